@@ -1,0 +1,1 @@
+"""One module per blueprint: parse, authorise, call a service, respond."""

@@ -1,0 +1,36 @@
+"""Login: email and password in, a bearer token out."""
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import abort
+
+from app.auth import issue_token
+from app.errors import ErrorSchema
+from app.extensions import db
+from app.rest import Blueprint
+from app.schemas import LoginSchema, TokenSchema
+from app.services.accounts import authenticate
+
+blp = Blueprint("auth", __name__, url_prefix="/users", description="Log in for a bearer token.")
+
+
+@blp.route("/login")
+class Login(MethodView):
+    @blp.doc(security=[])
+    @blp.arguments(LoginSchema, example={"email": "admin@example.com", "password": "rgu7ue56ie"})
+    @blp.response(200, TokenSchema)
+    @blp.alt_response(401, schema=ErrorSchema, description="Wrong email or password.")
+    def post(self, credentials):
+        """Log in with email and password; returns a bearer token."""
+        user = authenticate(credentials["email"], credentials["password"])
+        if user is None:
+            abort(401, message="Wrong email or password.")
+        db.session.commit()  # keeps a rehashed password, if argon2's parameters moved on
+        token = issue_token(user)
+        lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
+        return {
+            "Token": token,
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": int(lifetime.total_seconds()),
+        }

@@ -1,0 +1,41 @@
+"""The delivery log of product-change emails (admin only)."""
+
+from flask.views import MethodView
+from sqlalchemy import func, select
+
+from app.auth import BEARER, admin_required
+from app.extensions import db
+from app.models import Notification
+from app.rest import Blueprint
+from app.schemas import NotificationQuerySchema, NotificationSchema
+
+blp = Blueprint(
+    "notifications",
+    __name__,
+    url_prefix="/api/notifications",
+    description="Every product-change email: to whom, its status, attempts and errors.",
+)
+
+
+@blp.route("")
+class Notifications(MethodView):
+    @blp.doc(security=BEARER)
+    @admin_required
+    @blp.arguments(NotificationQuerySchema, location="query", as_kwargs=True)
+    @blp.response(200, NotificationSchema(many=True))
+    @blp.paginate()
+    def get(self, pagination_parameters, status=None, sku=None):
+        """List product-change emails, newest first (admin)."""
+        query = select(Notification)
+        if status:
+            query = query.where(Notification.status == status)
+        if sku:
+            query = query.where(Notification.sku == sku)
+        pagination_parameters.item_count = db.session.scalar(
+            select(func.count()).select_from(query.subquery())
+        )
+        return db.session.scalars(
+            query.order_by(Notification.id.desc())
+            .limit(pagination_parameters.page_size)
+            .offset(pagination_parameters.first_item)
+        ).all()

@@ -1,0 +1,91 @@
+"""View statistics (admin only), as JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import abort
+
+from app.auth import BEARER, admin_required
+from app.errors import ErrorSchema
+from app.rest import Blueprint
+from app.schemas import (
+    ProductStatsSchema,
+    StatsQuerySchema,
+    TopProductSchema,
+    TopQuerySchema,
+)
+from app.services import catalog, tracking
+
+blp = Blueprint(
+    "stats",
+    __name__,
+    url_prefix="/api",
+    description="How often products are consulted: per product and day, and the most viewed. "
+    "Add ?format=csv or 'Accept: text/csv' for CSV.",
+)
+
+CSV_DOC = {"responses": {"200": {"content": {"text/csv": {"schema": {"type": "string"}}}}}}
+
+
+def wants_csv(query: dict) -> bool:
+    if query.get("format"):
+        return query["format"] == "csv"
+    best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
+    return best == "text/csv"
+
+
+def csv_response(header: list[str], rows: list[list], filename: str) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return Response(
+        out.getvalue(),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@blp.route("/products/<string:sku>/stats")
+class ProductStats(MethodView):
+    @blp.doc(security=BEARER, **CSV_DOC)
+    @admin_required
+    @blp.arguments(StatsQuerySchema, location="query")
+    @blp.response(200, ProductStatsSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such product, ever.")
+    def get(self, query, sku):
+        """Views of one product per day in a range (admin); deleted products included."""
+        product = catalog.find_product_with_history(sku)
+        if product is None:
+            abort(404, message=f"No product with sku {sku!r}.")
+        stats = tracking.product_stats(product, query["start"], query["end"])
+        if not wants_csv(query):
+            return stats
+        rows = [
+            [d["date"].isoformat(), d["views"], d["anonymous_views"], d["registered_views"]]
+            for d in stats["by_day"]
+        ]
+        return csv_response(
+            ["date", "views", "anonymous_views", "registered_views"],
+            rows,
+            f"{product.sku}-views.csv",
+        )
+
+
+@blp.route("/stats/products")
+class TopProducts(MethodView):
+    @blp.doc(security=BEARER, **CSV_DOC)
+    @admin_required
+    @blp.arguments(TopQuerySchema, location="query")
+    @blp.response(200, TopProductSchema(many=True))
+    def get(self, query):
+        """The most viewed products in a range, most viewed first (admin)."""
+        top = tracking.top_products(query["start"], query["end"], query["limit"], query["viewer"])
+        if not wants_csv(query):
+            return top
+        fields = ["sku", "name", "views", "anonymous_views", "registered_views"]
+        return csv_response(fields, [[item[f] for f in fields] for item in top], "top-products.csv")

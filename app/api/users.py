@@ -1,0 +1,111 @@
+"""Users: admins list, create, change and delete accounts (admins and read-only)."""
+
+from flask import url_for
+from flask.views import MethodView
+from flask_smorest import abort
+from sqlalchemy import func, select
+
+from app.auth import BEARER, admin_required
+from app.errors import ErrorSchema
+from app.extensions import db
+from app.models import User
+from app.rest import Blueprint
+from app.schemas import UserCreateSchema, UserSchema, UserUpdateSchema
+from app.services import accounts
+
+blp = Blueprint(
+    "users",
+    __name__,
+    url_prefix="/api/users",
+    description="Accounts: admins (rol 1) and read-only users (rol 2). Admin only.",
+)
+
+SEED_USER = {
+    "fullname": "arnoldo",
+    "password": "cheutere",
+    "username": "marado",
+    "email": "josuecevedo@xd.com",
+    "rol": 2,
+}
+
+
+def get_or_404(user_id: int) -> User:
+    user = accounts.find_user(user_id)
+    if user is None:
+        abort(404, message=f"No user with id {user_id}.")
+    return user
+
+
+def update(user_id: int, data: dict) -> User:
+    user = get_or_404(user_id)
+    accounts.update_user(user, data)
+    db.session.commit()
+    return user
+
+
+@blp.route("")
+class Users(MethodView):
+    @blp.doc(security=BEARER)
+    @admin_required
+    @blp.response(200, UserSchema(many=True))
+    @blp.paginate()
+    def get(self, pagination_parameters):
+        """List active users (admin)."""
+        live = select(User).where(User.active.is_(True))
+        pagination_parameters.item_count = db.session.scalar(
+            select(func.count()).select_from(live.subquery())
+        )
+        return db.session.scalars(
+            live.order_by(User.id)
+            .limit(pagination_parameters.page_size)
+            .offset(pagination_parameters.first_item)
+        ).all()
+
+    @blp.doc(security=BEARER)
+    @admin_required
+    @blp.arguments(UserCreateSchema, example=SEED_USER)
+    @blp.response(201, UserSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @blp.alt_response(409, schema=ErrorSchema, description="Email or username taken.")
+    def post(self, data):
+        """Create a user (admin); rol 1 makes an admin, rol 2 a read-only account."""
+        user = accounts.create_user(**data)
+        db.session.commit()
+        return user, {"Location": url_for("users.UsersById", user_id=user.id)}
+
+
+@blp.route("/<int:user_id>")
+class UsersById(MethodView):
+    @blp.doc(security=BEARER)
+    @admin_required
+    @blp.response(200, UserSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such user.")
+    def get(self, user_id):
+        """Read one user (admin)."""
+        return get_or_404(user_id)
+
+    @blp.doc(security=BEARER)
+    @admin_required
+    @blp.arguments(UserUpdateSchema, example={"rol": 1})
+    @blp.response(200, UserSchema)
+    @blp.alt_response(409, schema=ErrorSchema, description="Taken, or the last admin.")
+    def put(self, data, user_id):
+        """Change some fields of a user (admin)."""
+        return update(user_id, data)
+
+    @blp.doc(security=BEARER)
+    @admin_required
+    @blp.arguments(UserUpdateSchema, example={"fullname": "Arnoldo M."})
+    @blp.response(200, UserSchema)
+    @blp.alt_response(409, schema=ErrorSchema, description="Taken, or the last admin.")
+    def patch(self, data, user_id):
+        """Change some fields of a user (admin); same as PUT."""
+        return update(user_id, data)
+
+    @blp.doc(security=BEARER)
+    @admin_required
+    @blp.response(204)
+    @blp.alt_response(409, schema=ErrorSchema, description="The last active admin.")
+    def delete(self, user_id):
+        """Delete a user (admin); their tokens stop working at once."""
+        accounts.delete_user(get_or_404(user_id))
+        db.session.commit()

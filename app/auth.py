@@ -1,0 +1,101 @@
+"""Tokens: issuing them, turning them into the current user, and the role guards."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import request
+from flask_jwt_extended import create_access_token, current_user, verify_jwt_in_request
+from flask_smorest import abort
+
+from app.errors import error_response
+from app.extensions import jwt
+from app.models import Role, User
+from app.services.accounts import find_user
+
+BEARER = [{"bearerAuth": []}]
+PUBLIC = [{}, {"bearerAuth": []}]
+
+
+def issue_token(user: User) -> str:
+    # The version claim lets a deletion, demotion or new password revoke old tokens at once.
+    return create_access_token(
+        identity=str(user.id), additional_claims={"ver": user.token_version, "rol": user.rol}
+    )
+
+
+def viewer() -> User | None:
+    """The user behind the request's token, or None for an anonymous reader."""
+    return current_user if request.headers.get("Authorization") else None
+
+
+def admin_required(fn):
+    """Refuse without a valid token (401) or without the admin role (403)."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        verify_jwt_in_request()
+        if current_user.rol != Role.ADMIN:
+            abort(403, message="This action requires an admin account (rol 1).")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def token_optional(fn):
+    """Public route: no header is anonymous, but a header that does not verify is 401."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        if request.headers.get("Authorization"):
+            verify_jwt_in_request()
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _unauthorized(message: str):
+    response = error_response(401, message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="marketplace"'
+    return response
+
+
+@jwt.user_lookup_loader
+def _load_user(_header: dict, payload: dict) -> User | None:
+    try:
+        user = find_user(int(payload["sub"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if user is None or payload.get("ver") != user.token_version:
+        return None
+    return user
+
+
+@jwt.unauthorized_loader
+def _missing_token(reason: str):
+    return _unauthorized(f"Authentication is required: {reason.rstrip('.')}.")
+
+
+@jwt.invalid_token_loader
+def _invalid_token(reason: str):
+    return _unauthorized("The token is invalid; log in again.")
+
+
+@jwt.expired_token_loader
+def _expired_token(_header, _payload):
+    return _unauthorized("The token has expired; log in again.")
+
+
+@jwt.revoked_token_loader
+def _revoked_token(_header, _payload):
+    return _unauthorized("The token has been revoked; log in again.")
+
+
+@jwt.user_lookup_error_loader
+def _unknown_user(_header, _payload):
+    return _unauthorized("The token is no longer valid for this account; log in again.")
+
+
+@jwt.token_verification_failed_loader
+def _verification_failed(_header, _payload):
+    return _unauthorized("The token is invalid; log in again.")

@@ -1,0 +1,119 @@
+"""Operator commands: `flask users ...` (and `flask db ...` from Flask-Migrate)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, datetime, timedelta
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from app.extensions import db
+from app.models import Role
+from app.services import RuleError, accounts, outbox, tracking
+
+users = AppGroup("users", help="Manage accounts.")
+
+
+@users.command("create-admin")
+@click.option("--email", required=True)
+@click.option("--password", required=True, help="At least 8 characters.")
+@click.option("--fullname", default="Administrator", show_default=True)
+@click.option("--username", default=None, help="Defaults to the part of the email before @.")
+def create_admin(email: str, password: str, fullname: str, username: str | None) -> None:
+    """Create an admin account (or promote and reset an existing one with this email)."""
+    if len(password) < 8:
+        raise click.BadParameter("must be at least 8 characters", param_hint="--password")
+    existing = accounts.find_by_email(email)
+    try:
+        if existing is not None:
+            accounts.update_user(existing, {"rol": Role.ADMIN, "password": password})
+            user = existing
+        else:
+            user = accounts.create_user(
+                fullname=fullname,
+                username=username or email.split("@", 1)[0],
+                email=email,
+                password=password,
+                rol=Role.ADMIN,
+            )
+        db.session.commit()
+    except RuleError as exc:
+        db.session.rollback()
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"Admin {user.email} (id {user.id}) is ready.")
+
+
+@users.command("ensure-admin")
+def ensure_admin() -> None:
+    """Create the first admin when none exists (ADMIN_EMAIL / ADMIN_PASSWORD, or generated)."""
+    first = accounts.ensure_first_admin(
+        current_app.config.get("ADMIN_EMAIL"), current_app.config.get("ADMIN_PASSWORD")
+    )
+    db.session.commit()
+    if first is None:
+        click.echo("An admin account exists already.")
+        return
+    click.echo(f"Created the first admin: {first.user.email}")
+    if first.generated_password:
+        line = "=" * 64
+        click.echo(
+            f"{line}\n  First admin password (shown only once): "
+            f"{first.generated_password}\n  Log in with POST /users/login, then change it.\n{line}"
+        )
+
+
+notifications = AppGroup("notifications", help="Deliver and re-queue product-change emails.")
+
+
+@notifications.command("worker")
+@click.option("--once", is_flag=True, help="Send what is due now, then exit.")
+@click.option("--batch", default=20, show_default=True, help="Rows claimed per round.")
+@click.option("--poll", default=2.0, show_default=True, help="Seconds to wait when idle.")
+def notifications_worker(once: bool, batch: int, poll: float) -> None:
+    """Send due emails (new, retried, or left by a crashed process) until stopped."""
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    click.echo(f"notifications worker: mail backend {current_app.config['MAIL_BACKEND']}")
+    handled = outbox.run_worker(batch, poll, once, stopping.is_set)
+    click.echo(f"notifications worker: stopped after {handled} email(s)")
+
+
+@notifications.command("retry")
+@click.option("--id", "ids", type=int, multiple=True, help="A failed notification's id.")
+@click.option("--all-failed", is_flag=True, help="Every failed notification.")
+def notifications_retry(ids: tuple[int, ...], all_failed: bool) -> None:
+    """Queue failed emails again (attempts start over)."""
+    if not ids and not all_failed:
+        raise click.UsageError("give --id N (repeatable) or --all-failed")
+    count = outbox.requeue(list(ids), all_failed=all_failed)
+    click.echo(f"{count} notification(s) queued again")
+
+
+stats = AppGroup("stats", help="Product view statistics.")
+views = AppGroup("views", help="Raw product view records.")
+DAY = click.DateTime(formats=["%Y-%m-%d"])
+
+
+@stats.command("rollup")
+@click.option("--from", "start", type=DAY, help="First day (UTC); default 30 days ago.")
+@click.option("--to", "end", type=DAY, help="Last day (UTC); default today.")
+def stats_rollup(start, end) -> None:
+    """Rebuild the per-day roll-ups of a range from the raw view rows."""
+    end = end.date() if end else datetime.now(UTC).date()
+    start = start.date() if start else end - timedelta(days=29)
+    if start > end:
+        raise click.BadParameter("must not be after --to", param_hint="--from")
+    count = tracking.rebuild_rollups(start, end)
+    click.echo(f"rolled up {count} view(s) from {start} to {end}")
+
+
+@views.command("prune")
+@click.option("--before", required=True, type=DAY, help="Delete raw views before this day.")
+def views_prune(before) -> None:
+    """Delete raw view rows before a day; the daily roll-ups (the statistics) stay."""
+    count = tracking.prune_views(before.date())
+    click.echo(f"deleted {count} raw view(s) before {before.date()}")

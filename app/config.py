@@ -1,0 +1,210 @@
+"""Configuration read from the environment when the app is created, never at import time."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
+MIN_SECRET_BYTES = 32
+
+
+class ConfigError(RuntimeError):
+    """The environment cannot run the service; the message says what to set."""
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}.") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}.")
+
+
+def database_url(raw: str | None) -> str:
+    """Return a SQLAlchemy URL, mapping the seed's ``mysql://`` form onto the pymysql driver."""
+    if not raw:
+        return f"sqlite:///{INSTANCE_DIR / 'marketplace.db'}"
+    for scheme in ("mysql", "mariadb"):
+        if raw.startswith(f"{scheme}://"):
+            raw = f"{scheme}+pymysql://" + raw[len(scheme) + 3 :]
+    if raw.startswith(("mysql+pymysql://", "mariadb+pymysql://")) and "charset=" not in raw:
+        raw += ("&" if "?" in raw else "?") + "charset=utf8mb4"
+    return raw
+
+
+def engine_options(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # Several threads (the web server's and the mail delivery thread) share the file.
+        return {"connect_args": {"timeout": 30}}
+    # MySQL closes idle connections: recycle before it does and test each checkout.
+    # READ COMMITTED: no gap locks, so outbox claims (FOR UPDATE SKIP LOCKED) and the
+    # updates that finish them do not deadlock, and each statement sees fresh commits.
+    return {
+        "pool_pre_ping": True,
+        "pool_recycle": 280,
+        "pool_size": 10,
+        "max_overflow": 10,
+        "isolation_level": "READ COMMITTED",
+    }
+
+
+def development_secret() -> str:
+    """A random key kept under instance/ so tokens survive a restart of `make run`."""
+    path = INSTANCE_DIR / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+class Config:
+    """Development defaults: embedded SQLite, console mailer, a generated secret."""
+
+    ENV_NAME = "development"
+    DEFAULT_MAIL_BACKEND = "console"
+    # With `make run` no separate worker runs: the web process retries due emails itself.
+    DEFAULT_SWEEP_SECONDS = 10
+
+    def __init__(self) -> None:
+        self.SQLALCHEMY_DATABASE_URI = database_url(env_str("DATABASE_URL"))
+        self.SQLALCHEMY_ENGINE_OPTIONS = engine_options(self.SQLALCHEMY_DATABASE_URI)
+        self.SECRET_KEY = self.secret_key()
+        self.JWT_SECRET_KEY = self.SECRET_KEY
+        self.JWT_ALGORITHM = "HS256"
+        self.JWT_DECODE_ALGORITHMS = ["HS256"]
+        self.JWT_TOKEN_LOCATION = ["headers"]
+        self.JWT_ACCESS_TOKEN_EXPIRES = timedelta(seconds=env_int("TOKEN_TTL_SECONDS", 3600))
+        self.ADMIN_EMAIL = env_str("ADMIN_EMAIL")
+        self.ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")
+        self.MAX_CONTENT_LENGTH = env_int("MAX_BODY_BYTES", 64 * 1024)
+
+        # Product-change emails (the outbox).
+        self.MAIL_BACKEND = (env_str("MAIL_BACKEND") or self.DEFAULT_MAIL_BACKEND).lower()
+        self.EMAIL_SOURCE = env_str("EMAIL_SOURCE")
+        self.REGION_NAME = env_str("REGION_NAME") or env_str("AWS_DEFAULT_REGION") or "us-east-1"
+        self.NOTIFY_ACTOR = env_bool("NOTIFY_ACTOR", True)
+        self.NOTIFY_MAX_ATTEMPTS = env_int("NOTIFY_MAX_ATTEMPTS", 10)
+        self.NOTIFY_RETRY_BASE_SECONDS = env_int("NOTIFY_RETRY_BASE_SECONDS", 15)
+        self.NOTIFY_THREADS = env_int("NOTIFY_THREADS", 2)
+        self.NOTIFY_SWEEP_SECONDS = env_int("NOTIFY_SWEEP_SECONDS", self.DEFAULT_SWEEP_SECONDS)
+
+        # Product views and their statistics.
+        self.VIEW_RECORDING = (env_str("VIEW_RECORDING") or "buffered").lower()
+        self.VIEWS_FLUSH_SECONDS = env_float("VIEWS_FLUSH_SECONDS", 1.0)
+        self.VIEWS_BATCH = env_int("VIEWS_BATCH", 500)
+        self.VIEWS_BUFFER_LIMIT = env_int("VIEWS_BUFFER_LIMIT", 100_000)
+        stats_url = env_str("STATS_DATABASE_URL")
+        self.SQLALCHEMY_BINDS = (
+            {"stats": {"url": database_url(stats_url), **engine_options(database_url(stats_url))}}
+            if stats_url
+            else {}
+        )
+
+        self.API_TITLE = "Marketplace catalog"
+        self.API_VERSION = "1.0.0"
+        self.OPENAPI_VERSION = "3.0.3"
+        self.OPENAPI_URL_PREFIX = "/api"
+        self.OPENAPI_JSON_PATH = "openapi.json"
+
+    def secret_key(self) -> str:
+        return env_str("SECRET_KEY") or development_secret()
+
+    def validate(self) -> None:
+        """Raise ConfigError when the environment cannot run this configuration."""
+        if self.VIEW_RECORDING not in {"buffered", "direct", "off"}:
+            raise ConfigError(
+                f"VIEW_RECORDING must be buffered, direct or off, got {self.VIEW_RECORDING!r}."
+            )
+        if self.MAIL_BACKEND not in {"console", "ses"}:
+            raise ConfigError(
+                f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."
+            )
+
+
+class ProductionConfig(Config):
+    """Production: secrets must come from the environment."""
+
+    ENV_NAME = "production"
+    DEFAULT_MAIL_BACKEND = "ses"
+    # The `flask notifications worker` beside uWSGI retries due emails.
+    DEFAULT_SWEEP_SECONDS = 0
+
+    def secret_key(self) -> str:
+        return env_str("SECRET_KEY") or ""
+
+    def validate(self) -> None:
+        if len(self.SECRET_KEY.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                "SECRET_KEY must be set to a random string of at least "
+                f"{MIN_SECRET_BYTES} bytes in production "
+                '(for example: python -c "import secrets; print(secrets.token_urlsafe(48))").'
+            )
+        super().validate()
+        if self.MAIL_BACKEND == "ses" and not self.EMAIL_SOURCE:
+            raise ConfigError(
+                "EMAIL_SOURCE must be set to the SES-verified sender address when "
+                "MAIL_BACKEND=ses (the production default); set MAIL_BACKEND=console to "
+                "log emails instead."
+            )
+
+
+class TestConfig(Config):
+    """Tests pass their database URL in; everything else is deterministic."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+    # Tests drive retries themselves.
+    DEFAULT_SWEEP_SECONDS = 0
+
+    def __init__(self, database_url_: str | None = None) -> None:
+        super().__init__()
+        if database_url_:
+            self.SQLALCHEMY_DATABASE_URI = database_url(database_url_)
+            self.SQLALCHEMY_ENGINE_OPTIONS = engine_options(self.SQLALCHEMY_DATABASE_URI)
+
+    def secret_key(self) -> str:
+        return "test-secret-key-that-is-long-enough-for-hs256"
+
+
+def config_for_environment() -> Config:
+    name = (env_str("APP_ENV") or "development").lower()
+    if name == "production":
+        return ProductionConfig()
+    if name in {"development", "dev"}:
+        return Config()
+    raise ConfigError(f"APP_ENV must be 'development' or 'production', got {name!r}.")

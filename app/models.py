@@ -1,0 +1,223 @@
+"""Typed models.
+
+Uniqueness rule, identical on SQLite and MariaDB: SKUs, emails and usernames are unique
+case-insensitively. Each table keeps the value as the client wrote it (emails lowercased)
+plus a ``*_key`` column holding its lowercased form, with a binary collation on MySQL so
+accents and case never fold differently between the two databases. Deleting a product or
+user clears its key (the row and its history stay), so the sku or email can be used again.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import db
+
+TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Naive UTC in the database, aware UTC in Python (MySQL DATETIME keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def key_string(length: int):
+    """A lookup-key column: lowercase text compared byte for byte on every database."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+
+
+def text_column(length: int):
+    """Text compared case-insensitively on both databases (MySQL's _ci collation, SQLite NOCASE)."""
+    return String(length).with_variant(String(length, collation="NOCASE"), "sqlite")
+
+
+class Role(enum.IntEnum):
+    ADMIN = 1
+    ANONYMOUS = 2  # a registered, read-only account (the seed's name for it)
+
+
+class User(db.Model):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("rol IN (1, 2)", name="rol_known"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fullname: Mapped[str] = mapped_column(String(120))
+    username: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str] = mapped_column(String(254))
+    username_key: Mapped[str | None] = mapped_column(key_string(64), unique=True)
+    email_key: Mapped[str | None] = mapped_column(key_string(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    rol: Mapped[int] = mapped_column(Integer, default=Role.ANONYMOUS)
+    active: Mapped[bool] = mapped_column(default=True, index=True)
+    # Bumped whenever existing tokens must stop working (delete, demotion, new password).
+    token_version: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @property
+    def is_admin(self) -> bool:
+        return self.active and self.rol == Role.ADMIN
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.email}>"
+
+
+class Product(db.Model):
+    __tablename__ = "products"
+    __table_args__ = (
+        CheckConstraint("price >= 0", name="price_not_negative"),
+        CheckConstraint("quantity >= 0", name="quantity_not_negative"),
+        # The list shows live rows (deleted_at IS NULL): with or without a mark filter,
+        # an index gives the page in sort order and counts the total from the index alone.
+        Index("ix_products_live_price", "deleted_at", "price"),
+        Index("ix_products_live_name", "deleted_at", "name"),
+        Index("ix_products_live_created", "deleted_at", "created_at"),
+        Index("ix_products_mark_live_price", "mark", "deleted_at", "price"),
+        Index("ix_products_mark_live_name", "mark", "deleted_at", "name"),
+        Index("ix_products_mark_live_created", "mark", "deleted_at", "created_at"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Looked up case-insensitively, deleted rows included (the statistics of a deleted product).
+    sku: Mapped[str] = mapped_column(text_column(64), index=True)
+    sku_key: Mapped[str | None] = mapped_column(key_string(64), unique=True)
+    name: Mapped[str] = mapped_column(text_column(200))
+    price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    mark: Mapped[str] = mapped_column(text_column(100))
+    quantity: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<Product {self.sku}>"
+
+
+class NotificationStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Notification(db.Model):
+    """One email to one admin about one product change: the transactional outbox.
+
+    Written in the same transaction as the change. A row is *claimed* by a sender for a
+    short lease (``claim_token``/``claimed_until``) while its email is handed to the mailer,
+    so two senders never send the same row; a lease left by a crashed process expires and
+    the row becomes due again.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("ix_notifications_due", "status", "next_attempt_at"),
+        Index("ix_notifications_sku_id", "sku", "id"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(254))
+    recipient_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    sku: Mapped[str] = mapped_column(text_column(64))
+    product_name: Mapped[str] = mapped_column(String(200))
+    event: Mapped[str] = mapped_column(String(16))
+    changes: Mapped[dict] = mapped_column(JSON)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    actor_name: Mapped[str | None] = mapped_column(String(120))
+    actor_email: Mapped[str | None] = mapped_column(String(254))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    claim_token: Mapped[str | None] = mapped_column(String(36), index=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<Notification {self.id} {self.event} {self.sku} -> {self.recipient}>"
+
+
+class ProductView(db.Model):
+    """One consultation of one product: who (None = anonymous) and when (UTC)."""
+
+    __tablename__ = "product_views"
+    __table_args__ = (
+        Index("ix_product_views_product_viewed", "product_id", "viewed_at"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    viewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class DailyProductViews(db.Model):
+    """Views per product per UTC day, kept up to date as views are written."""
+
+    __tablename__ = "daily_product_views"
+    __table_args__ = (Index("ix_daily_product_views_day", "day", "product_id"), TABLE_ARGS)
+
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    anonymous_views: Mapped[int] = mapped_column(default=0)
+    registered_views: Mapped[int] = mapped_column(default=0)
+
+
+class DailyProductViewer(db.Model):
+    """Which registered users viewed a product on a day: unique viewers without raw rows."""
+
+    __tablename__ = "daily_product_viewers"
+    __table_args__ = (TABLE_ARGS,)
+
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)

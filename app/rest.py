@@ -1,0 +1,108 @@
+"""flask-smorest, adapted to the service's contract.
+
+- JSON bodies keep exact decimals (prices) and reject NaN/Infinity, non-UTF-8 bytes,
+  absurd nesting and non-JSON content types with a clear 4xx.
+- Every error leaves through ``app.errors.error_response`` (one shape).
+- Paginated lists carry ``X-Pagination`` and an RFC 8288 ``Link`` header.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from urllib.parse import urlencode
+
+import flask_smorest
+from flask import request
+from webargs import core
+from webargs.flaskparser import FlaskParser, abort
+
+from app.errors import ErrorSchema, error_payload
+
+MAX_JSON_DEPTH = 32
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _depth(value, limit: int) -> int:
+    """Depth of nested containers, stopping as soon as ``limit`` is passed."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def load_json_body(raw: bytes):
+    """Decode a request body; raise ValueError with a sentence a client can act on."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError("The body is not valid UTF-8.") from exc
+    try:
+        data = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    except RecursionError as exc:
+        raise ValueError("The JSON body is nested too deeply.") from exc
+    except ValueError as exc:
+        raise ValueError(f"The body is not valid JSON: {str(exc).rstrip('.')}.") from exc
+    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ValueError("The JSON body is nested too deeply.")
+    return data
+
+
+class Parser(FlaskParser):
+    def _raw_load_json(self, req):
+        raw = req.get_data(cache=True)
+        if not raw:
+            return core.missing
+        if not req.is_json:
+            abort(415, message="Send the body as JSON with 'Content-Type: application/json'.")
+        try:
+            return load_json_body(raw)
+        except ValueError as exc:
+            abort(400, message=str(exc), messages={"json": [str(exc)]})
+
+    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
+        abort(400, message="The body is not valid JSON.", messages={"json": ["Invalid JSON body."]})
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = Parser()
+    PAGINATION_ARGUMENTS_PARSER = Parser()
+    DEFAULT_PAGINATION_PARAMETERS = {"page": 1, "page_size": 20, "max_page_size": 100}
+
+    def _set_pagination_metadata(self, page_params, result, headers):
+        result, headers = super()._set_pagination_metadata(page_params, result, headers)
+        meta = self._make_pagination_metadata(
+            page_params.page, page_params.page_size, page_params.item_count
+        )
+        links = []
+        for rel, key in (
+            ("first", "first_page"),
+            ("prev", "previous_page"),
+            ("next", "next_page"),
+            ("last", "last_page"),
+        ):
+            if key in meta:
+                args = request.args.to_dict()
+                args.update(page=meta[key], page_size=page_params.page_size)
+                links.append(f'<{request.base_url}?{urlencode(args)}>; rel="{rel}"')
+        if links:
+            headers["Link"] = ", ".join(links)
+        return result, headers
+
+
+class Api(flask_smorest.Api):
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error):
+        payload, headers = error_payload(error)
+        return payload, error.code, headers

@@ -1,0 +1,144 @@
+"""Users: creation, changes, deletion, login and the last-admin rule."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.models import Role, User, utcnow
+from app.services import RuleError
+from app.services.passwords import hash_password, verify_password
+
+
+def find_user(user_id: int) -> User | None:
+    user = db.session.get(User, user_id)
+    return user if user is not None and user.active else None
+
+
+def find_by_email(email: str) -> User | None:
+    return db.session.scalar(select(User).where(User.email_key == email.strip().lower()))
+
+
+def _ensure_free(email: str | None, username: str | None, exclude: User | None = None) -> None:
+    for column, value, label in (
+        (User.email_key, email, "email"),
+        (User.username_key, username, "username"),
+    ):
+        if value is None:
+            continue
+        other = db.session.scalar(select(User).where(column == value.lower()))
+        if other is not None and other is not exclude:
+            raise RuleError(409, f"A user with this {label} already exists.", label)
+
+
+def create_user(
+    *, fullname: str, username: str, email: str, password: str, rol: int = Role.ANONYMOUS
+) -> User:
+    _ensure_free(email, username)
+    user = User(
+        fullname=fullname,
+        username=username,
+        username_key=username.lower(),
+        email=email.lower(),
+        email_key=email.lower(),
+        password_hash=hash_password(password),
+        rol=int(rol),
+    )
+    db.session.add(user)
+    db.session.flush()
+    return user
+
+
+def _active_admin_ids_locked() -> list[int]:
+    """Active admins, row-locked on MySQL so two concurrent demotions cannot both pass."""
+    query = select(User.id).where(User.rol == Role.ADMIN, User.active.is_(True))
+    return list(db.session.scalars(query.with_for_update()))
+
+
+def _guard_last_admin(user: User, action: str) -> None:
+    if user.rol != Role.ADMIN or not user.active:
+        return
+    if _active_admin_ids_locked() == [user.id]:
+        raise RuleError(409, f"The last active admin cannot be {action}.")
+
+
+def update_user(user: User, changes: dict) -> User:
+    _ensure_free(changes.get("email"), changes.get("username"), exclude=user)
+    if "rol" in changes and changes["rol"] != user.rol:
+        if changes["rol"] != Role.ADMIN:
+            _guard_last_admin(user, "demoted")
+        user.token_version += 1
+    if "password" in changes:
+        user.password_hash = hash_password(changes["password"])
+        user.token_version += 1
+    for field in ("fullname", "rol"):
+        if field in changes:
+            setattr(user, field, changes[field])
+    if "username" in changes:
+        user.username = changes["username"]
+        user.username_key = changes["username"].lower()
+    if "email" in changes:
+        user.email = user.email_key = changes["email"].lower()
+    return user
+
+
+def delete_user(user: User) -> None:
+    """Soft delete: the row stays for history, its email and username become free again."""
+    _guard_last_admin(user, "deleted")
+    user.active = False
+    user.deleted_at = utcnow()
+    user.email_key = None
+    user.username_key = None
+    user.token_version += 1
+
+
+def authenticate(email: str, password: str) -> User | None:
+    """The active user with these credentials, or None (same cost either way)."""
+    user = find_by_email(email)
+    ok, new_hash = verify_password(password, user.password_hash if user else None)
+    if not ok or user is None or not user.active:
+        return None
+    if new_hash:
+        user.password_hash = new_hash
+    return user
+
+
+@dataclass
+class FirstAdmin:
+    user: User
+    generated_password: str | None
+
+
+def admin_count() -> int:
+    return db.session.scalar(
+        select(func.count()).select_from(User).where(User.rol == Role.ADMIN, User.active.is_(True))
+    )
+
+
+def ensure_first_admin(email: str | None, password: str | None) -> FirstAdmin | None:
+    """Create an admin when none exists; a generated password is returned to be shown once."""
+    if admin_count():
+        return None
+    email = (email or "admin@example.com").strip().lower()
+    generated = None if password else secrets.token_urlsafe(12)
+    existing = find_by_email(email)
+    if existing is not None:
+        # A registered account with that email exists: promote it rather than collide.
+        update_user(existing, {"rol": Role.ADMIN, "password": password or generated})
+        return FirstAdmin(existing, generated)
+    username = re.sub(r"[^A-Za-z0-9_.-]", "-", email.split("@", 1)[0])[:64].strip("-._")
+    username = username if len(username) >= 2 else "admin"
+    if db.session.scalar(select(User).where(User.username_key == username.lower())):
+        username = f"{username[:55]}-{secrets.token_hex(4)}"
+    user = create_user(
+        fullname="Administrator",
+        username=username,
+        email=email,
+        password=password or generated,
+        rol=Role.ADMIN,
+    )
+    return FirstAdmin(user, generated)

@@ -1,0 +1,44 @@
+"""A bare Flask app serving products from memory: the ceiling the service is compared with.
+
+It answers ``GET /api/products/<sku>`` with the same JSON the service returns, from a dict
+and nothing else (no database, schema, auth or extensions). BENCH_BARE_PRODUCTS holds the
+JSON object ``{sku: product}`` to serve; without it, one sample product is served.
+
+    .venv/bin/uwsgi --http-socket 127.0.0.1:8001 --wsgi-file bench/bare_app.py --callable app
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flask import Flask, abort, jsonify
+
+SAMPLE = {
+    "d7iy6euiue": {
+        "sku": "d7iy6euiue",
+        "name": "zapatos",
+        "price": 300,
+        "mark": "chabelo",
+        "quantity": 5,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "updated_at": "2026-01-01T00:00:00+00:00",
+    }
+}
+
+PRODUCTS = {
+    sku.lower(): product
+    for sku, product in (
+        json.loads(os.environ.get("BENCH_BARE_PRODUCTS") or "null") or SAMPLE
+    ).items()
+}
+
+app = Flask(__name__)
+
+
+@app.get("/api/products/<string:sku>")
+def product(sku: str):
+    found = PRODUCTS.get(sku.lower())
+    if found is None:
+        abort(404)
+    return jsonify(found)

@@ -1,0 +1,207 @@
+"""Catalog reads under uWSGI on MariaDB.
+
+1. ``GET /api/products/<sku>`` throughput, divided by a bare Flask route that returns the
+   same JSON from memory under the same uWSGI options (target >= 0.5).
+2. ``GET /api/products?mark=<m>&sort=price&page=2`` median latency with 100,000 products,
+   divided by the same with 1,000 products (target <= 1.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from urllib.parse import quote
+
+from common import (
+    BenchError,
+    Catalog,
+    Context,
+    Latencies,
+    Load,
+    Result,
+    Target,
+    UwsgiServer,
+    alternate,
+    app_environment,
+    build_catalog,
+    drop_database,
+    get_json,
+    say,
+    sequential_latencies,
+)
+
+SMALL = ("bench_catalog_1k", 1_000)
+LARGE = ("bench_catalog_100k", 100_000)
+# 1,000 products over 20 marks is 50 a mark, so page 2 (items 21-40) is full in both
+# catalogs and both answer with the same 20 products' worth of JSON; each mark holds 5%.
+MARKS = 20
+PAGE_SIZE = 20
+LIST_PATH = "/api/products?mark={mark}&sort=price&page=2"
+WARMUP_SECONDS = 2.0
+LATENCY_ROUNDS = 6
+MAX_ERROR_SHARE = 0.01
+
+THROUGHPUT_TARGET = Target(">=", 0.5)
+LATENCY_TARGET = Target("<=", 1.5)
+
+
+def run(ctx: Context) -> list[Result]:
+    catalogs: list[Catalog] = []
+    try:
+        for database, size in (SMALL, LARGE):
+            env = app_environment(database, ctx.app_env)
+            catalogs.append(build_catalog(database, size, marks=MARKS, env=env))
+        small, large = catalogs
+        with contextlib.ExitStack() as servers:
+            app_small = servers.enter_context(serve_app("app-1k", small, ctx))
+            app_large = servers.enter_context(serve_app("app-100k", large, ctx))
+            sku = large.sample_skus[len(large.sample_skus) // 2]
+            bare = servers.enter_context(serve_bare(app_large, sku))
+            return [
+                product_throughput(ctx, app_large, bare, sku),
+                listing_latency(ctx, app_small, app_large, small, large),
+            ]
+    finally:
+        if not ctx.keep_databases:
+            for database, _size in (SMALL, LARGE):
+                try:
+                    drop_database(database)
+                except Exception as exc:  # keep the benchmark's own error, if any
+                    say(f"could not drop {database}: {exc}")
+
+
+def serve_app(name: str, catalog: Catalog, ctx: Context) -> UwsgiServer:
+    env = app_environment(catalog.database, ctx.app_env)
+    return UwsgiServer(name, "wsgi.py", env, ready_path=f"/api/products/{catalog.sample_skus[0]}")
+
+
+def serve_bare(app: UwsgiServer, sku: str) -> UwsgiServer:
+    """The bare route, loaded with exactly the product JSON the service returns for ``sku``."""
+    _headers, product, _body = get_json(app, f"/api/products/{sku}")
+    env = {**os.environ, "BENCH_BARE_PRODUCTS": json.dumps({sku: product})}
+    return UwsgiServer("bare", "bench/bare_app.py", env, ready_path=f"/api/products/{sku}")
+
+
+def product_throughput(ctx: Context, app: UwsgiServer, bare: UwsgiServer, sku: str) -> Result:
+    path = f"/api/products/{quote(sku)}"
+    _h, app_json, app_body = get_json(app, path)
+    _h, bare_json, bare_body = get_json(bare, path)
+    if app_json != bare_json:
+        raise BenchError(f"The bare route answers differently:\n{app_body!r}\n{bare_body!r}")
+
+    servers = [app, bare]
+    for server in servers:
+        ctx.load.run(server.url(path), WARMUP_SECONDS)
+    totals = {server.name: Load(0, 0.0, 0) for server in servers}
+    rounds: dict[str, list[float]] = {server.name: [] for server in servers}
+    for _n, server in alternate(ctx.rounds, servers):
+        load = ctx.load.run(server.url(path), ctx.seconds)
+        check_errors(server, load)
+        total = totals[server.name]
+        totals[server.name] = Load(
+            total.requests + load.requests, total.seconds + load.seconds, total.errors + load.errors
+        )
+        rounds[server.name].append(round(load.rps, 1))
+        say(f"{server.name}: {load.rps:,.0f} req/s ({load.requests:,} in {load.seconds:.1f}s)")
+
+    app_rps, bare_rps = totals[app.name].rps, totals[bare.name].rps
+    per_round = [
+        round(a / b, 3) for a, b in zip(rounds[app.name], rounds[bare.name], strict=True) if b
+    ]
+    say(f"service / bare per round: {', '.join(f'{r:.3f}' for r in per_round)}")
+    return Result(
+        name="GET /api/products/<sku>: service / bare Flask throughput",
+        measured=f"{app_rps:,.0f} / {bare_rps:,.0f} req/s",
+        ratio=app_rps / bare_rps,
+        target=THROUGHPUT_TARGET,
+        details={
+            "service_rps": round(app_rps, 1),
+            "bare_rps": round(bare_rps, 1),
+            "rounds_rps": rounds,
+            "rounds_ratio": per_round,
+            "requests": {name: load.requests for name, load in totals.items()},
+            "errors": {name: load.errors for name, load in totals.items()},
+            "seconds_per_round": ctx.seconds,
+            "body_bytes": {"service": len(app_body), "bare": len(bare_body)},
+            "same_bytes": app_body == bare_body,
+            "catalog_products": LARGE[1],
+        },
+    )
+
+
+def check_errors(server: UwsgiServer, load: Load) -> None:
+    if load.requests == 0:
+        raise BenchError(f"{server.name}: the load generator completed no request.")
+    if load.errors > load.requests * MAX_ERROR_SHARE:
+        raise BenchError(
+            f"{server.name}: {load.errors} errors in {load.requests} requests "
+            f"(see {server.log_path})."
+        )
+
+
+def listing_latency(
+    ctx: Context, app_small: UwsgiServer, app_large: UwsgiServer, small: Catalog, large: Catalog
+) -> Result:
+    marks = small.marks
+    for server, catalog in ((app_small, small), (app_large, large)):
+        check_listing(server, catalog)
+
+    per_round = max(1, ctx.latency_requests // LATENCY_ROUNDS)
+
+    def paths(offset: int, count: int) -> list[str]:
+        # The same sequence of marks for both catalogs.
+        return [LIST_PATH.format(mark=marks[(offset + i) % len(marks)]) for i in range(count)]
+
+    servers = [app_small, app_large]
+    for server in servers:
+        sequential_latencies(server, paths(0, 2 * len(marks)))  # warm-up
+    measured = {server.name: Latencies() for server in servers}
+    for n, server in alternate(LATENCY_ROUNDS, servers):
+        got = sequential_latencies(server, paths(n * per_round, per_round))
+        measured[server.name].samples.extend(got.samples)
+    small_ms = measured[app_small.name].median_ms
+    large_ms = measured[app_large.name].median_ms
+    say(f"listing median: {large_ms:.2f} ms (100k) / {small_ms:.2f} ms (1k)")
+
+    def summary(name: str, catalog: Catalog) -> dict:
+        lat = measured[name]
+        return {
+            "products": catalog.size,
+            "products_per_mark": round(catalog.size / len(catalog.marks)),
+            "requests": len(lat.samples),
+            "median_ms": round(lat.median_ms, 3),
+            "p90_ms": round(lat.percentile_ms(90), 3),
+            "p99_ms": round(lat.percentile_ms(99), 3),
+        }
+
+    return Result(
+        name="GET /api/products?mark&sort=price&page=2: 100k / 1k median latency",
+        measured=f"{large_ms:.2f} / {small_ms:.2f} ms",
+        ratio=large_ms / small_ms,
+        target=LATENCY_TARGET,
+        details={
+            "path": LIST_PATH,
+            "marks": len(marks),
+            "large": summary(app_large.name, large),
+            "small": summary(app_small.name, small),
+        },
+    )
+
+
+def check_listing(server: UwsgiServer, catalog: Catalog) -> None:
+    """Every mark's page 2 is full and its total matches what was inserted."""
+    for mark in catalog.marks:
+        headers, items, _body = get_json(server, LIST_PATH.format(mark=mark))
+        pagination = json.loads(headers.get("X-Pagination") or "{}")
+        expected = catalog.live_per_mark[mark]
+        if pagination.get("total") != expected or len(items) != min(
+            PAGE_SIZE, max(0, expected - PAGE_SIZE)
+        ):
+            raise BenchError(
+                f"{server.name}: mark {mark} lists {len(items)} items of total "
+                f"{pagination.get('total')}, expected {expected} live products."
+            )
+        prices = [item["price"] for item in items]
+        if prices != sorted(prices) or any(item["mark"] != mark for item in items):
+            raise BenchError(f"{server.name}: mark {mark} is not filtered and sorted by price.")

@@ -1,0 +1,176 @@
+"""One suite, two databases: SQLite always, MariaDB when TEST_DATABASE_URL is set.
+
+The schema comes from the committed migrations (``flask db upgrade``), once per database;
+each test then starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from flask_migrate import upgrade
+from sqlalchemy import MetaData, create_engine, select, text
+
+from app import create_app
+from app.auth import issue_token
+from app.config import TestConfig, database_url
+from app.extensions import db
+from app.models import Product, Role, User
+from app.services.passwords import hash_password
+
+PASSWORD = "correct-horse-42"
+BACKENDS = ["sqlite"] + (["mariadb"] if os.environ.get("TEST_DATABASE_URL") else [])
+
+
+def drop_everything(url: str) -> None:
+    """Empty the test database completely, migrations' bookkeeping included."""
+    engine = create_engine(database_url(url))
+    with engine.begin() as conn:
+        if conn.dialect.name in ("mysql", "mariadb"):
+            conn.execute(text("SET FOREIGN_KEY_CHECKS = 0"))
+        meta = MetaData()
+        meta.reflect(conn)
+        meta.drop_all(conn)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database(request, tmp_path_factory) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+    else:
+        url = os.environ["TEST_DATABASE_URL"]
+    drop_everything(url)
+    app = create_app(TestConfig(url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return url
+
+
+@pytest.fixture
+def app(database):
+    app = create_app(TestConfig(database))
+    yield app
+    app.extensions["outbox"].stop()
+    app.extensions["views"].stop()
+    with app.app_context():
+        db.session.remove()
+        with db.engine.begin() as conn:
+            for table in reversed(db.metadata.sorted_tables):
+                conn.execute(table.delete())
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    return hash_password(PASSWORD)
+
+
+class Factory:
+    """Makes rows directly (no HTTP) and tokens for them."""
+
+    def __init__(self, app, password_hash: str):
+        self.app = app
+        self.password_hash = password_hash
+        self.counter = 0
+
+    def user(self, rol: int = Role.ADMIN, email: str | None = None, **fields) -> dict:
+        self.counter += 1
+        email = email or f"user{self.counter}@example.com"
+        username = fields.pop("username", f"user{self.counter}")
+        with self.app.app_context():
+            user = User(
+                fullname=fields.pop("fullname", f"User {self.counter}"),
+                username=username,
+                username_key=username.lower(),
+                email=email.lower(),
+                email_key=email.lower(),
+                password_hash=self.password_hash,
+                rol=rol,
+                **fields,
+            )
+            db.session.add(user)
+            db.session.commit()
+            return {
+                "id": user.id,
+                "email": user.email,
+                "rol": user.rol,
+                "token": issue_token(user),
+                "headers": self.headers(user),
+            }
+
+    def admin(self, **kwargs) -> dict:
+        return self.user(rol=Role.ADMIN, **kwargs)
+
+    def reader(self, **kwargs) -> dict:
+        return self.user(rol=Role.ANONYMOUS, **kwargs)
+
+    @staticmethod
+    def headers(user: User) -> dict:
+        return {"Authorization": f"Bearer {issue_token(user)}"}
+
+    def expired_headers(self, user_id: int) -> dict:
+        with self.app.app_context():
+            user = db.session.get(User, user_id)
+            from flask_jwt_extended import create_access_token
+
+            token = create_access_token(
+                identity=str(user.id),
+                additional_claims={"ver": user.token_version},
+                expires_delta=timedelta(seconds=-10),
+            )
+        return {"Authorization": f"Bearer {token}"}
+
+    def product(self, sku: str | None = None, **fields) -> dict:
+        self.counter += 1
+        sku = sku or f"sku-{self.counter}"
+        values = {
+            "name": f"Product {self.counter}",
+            "price": Decimal("10.00"),
+            "mark": "acme",
+            "quantity": 1,
+        } | fields
+        with self.app.app_context():
+            db.session.add(Product(sku=sku, sku_key=sku.lower(), **values))
+            db.session.commit()
+        return {"sku": sku, **values}
+
+
+@pytest.fixture
+def make(app, password_hash) -> Factory:
+    return Factory(app, password_hash)
+
+
+@pytest.fixture
+def admin(make) -> dict:
+    return make.admin(email="admin@example.com")
+
+
+@pytest.fixture
+def reader(make) -> dict:
+    return make.reader(email="reader@example.com")
+
+
+@pytest.fixture
+def rows(app):
+    """rows(Model, *where) -> the matching rows, read in a fresh session."""
+
+    def fetch(model, *where):
+        with app.app_context():
+            return list(db.session.scalars(select(model).where(*where)))
+
+    return fetch

@@ -1,0 +1,244 @@
+"""The application factory: configuration, errors and the published API description."""
+
+import secrets
+from pathlib import Path
+
+import jwt
+import pytest
+
+import app.config as settings
+from app import create_app
+from app.config import Config, ConfigError, ProductionConfig, database_url
+from app.extensions import db
+from tests.conftest import PASSWORD
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No settings from the caller's shell; a throwaway database and instance folder.
+
+    Emails go to the console so that only the setting under test can stop the app.
+    """
+    for name in ("APP_ENV", "SECRET_KEY", "TOKEN_TTL_SECONDS", "ADMIN_EMAIL", "ADMIN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'app.db'}")
+    monkeypatch.setenv("MAIL_BACKEND", "console")
+    monkeypatch.setenv("NOTIFY_SWEEP_SECONDS", "0")
+    monkeypatch.setattr(settings, "INSTANCE_DIR", tmp_path / "instance")
+    return monkeypatch
+
+
+# ---------------------------------------------------------------- production secrets
+
+
+@pytest.mark.parametrize("secret", [None, "", "too-short", "x" * 31])
+def test_production_refuses_a_missing_or_weak_secret_key(clean_env, secret):
+    if secret is not None:
+        clean_env.setenv("SECRET_KEY", secret)
+
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        create_app(ProductionConfig())
+
+
+def test_app_env_production_goes_through_the_same_check(clean_env):
+    clean_env.setenv("APP_ENV", "production")
+
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        create_app()
+
+
+def test_production_starts_with_a_strong_secret_key(clean_env):
+    key = secrets.token_urlsafe(48)
+    clean_env.setenv("APP_ENV", "production")
+    clean_env.setenv("SECRET_KEY", key)
+
+    app = create_app()
+
+    assert app.config["SECRET_KEY"] == key
+    assert app.config["JWT_SECRET_KEY"] == key
+    assert app.test_client().get("/api/openapi.json").status_code == 200
+    # Production never invents a key of its own on disk.
+    assert not (settings.INSTANCE_DIR / "secret_key").exists()
+
+
+def test_an_unknown_app_env_is_refused(clean_env):
+    clean_env.setenv("APP_ENV", "staging")
+
+    with pytest.raises(ConfigError, match="APP_ENV"):
+        create_app()
+
+
+def test_a_non_numeric_token_ttl_is_refused(clean_env):
+    clean_env.setenv("SECRET_KEY", secrets.token_urlsafe(48))
+    clean_env.setenv("TOKEN_TTL_SECONDS", "an hour")
+
+    with pytest.raises(ConfigError, match="TOKEN_TTL_SECONDS"):
+        create_app()
+
+
+# ---------------------------------------------------------------- development defaults
+
+
+def test_development_without_secret_key_generates_one_and_keeps_it(clean_env):
+    first = create_app(Config())
+
+    key = first.config["SECRET_KEY"]
+    assert len(key.encode()) >= settings.MIN_SECRET_BYTES
+    assert (settings.INSTANCE_DIR / "secret_key").read_text().strip() == key
+    # A restart reads the same key back, so tokens issued before it still verify.
+    assert create_app(Config()).config["SECRET_KEY"] == key
+
+
+def test_development_prefers_secret_key_from_the_environment(clean_env):
+    clean_env.setenv("SECRET_KEY", "a-key-from-the-environment")
+
+    assert create_app().config["SECRET_KEY"] == "a-key-from-the-environment"
+    assert not (settings.INSTANCE_DIR / "secret_key").exists()
+
+
+# ---------------------------------------------------------------- database URLs
+
+
+def test_seed_mysql_url_is_mapped_to_pymysql_with_utf8mb4():
+    assert (
+        database_url("mysql://root:root@host:3306/db")
+        == "mysql+pymysql://root:root@host:3306/db?charset=utf8mb4"
+    )
+
+
+def test_existing_query_string_and_charset_are_kept():
+    assert (
+        database_url("mysql://u:p@h/db?ssl=true")
+        == "mysql+pymysql://u:p@h/db?ssl=true&charset=utf8mb4"
+    )
+    assert (
+        database_url("mysql://u:p@h/db?charset=latin1") == "mysql+pymysql://u:p@h/db?charset=latin1"
+    )
+    assert database_url("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
+
+
+@pytest.mark.parametrize("raw", [None, ""])
+def test_default_database_is_an_sqlite_file_under_instance(raw):
+    url = database_url(raw)
+
+    assert url.startswith("sqlite:///")
+    path = Path(url.removeprefix("sqlite:///"))
+    assert path.parent == REPO / "instance"
+    assert path.suffix == ".db"
+
+
+def test_default_database_url_is_used_when_database_url_is_unset(clean_env):
+    clean_env.delenv("DATABASE_URL")
+    clean_env.setenv("SECRET_KEY", "dev-key")
+
+    uri = create_app().config["SQLALCHEMY_DATABASE_URI"]
+
+    assert uri == f"sqlite:///{settings.INSTANCE_DIR / 'marketplace.db'}"
+
+
+# ---------------------------------------------------------------- token lifetime
+
+
+def test_token_ttl_seconds_sets_expires_in(monkeypatch, database, make, admin):
+    monkeypatch.setenv("TOKEN_TTL_SECONDS", "120")
+    short_lived = create_app(settings.TestConfig(database))
+
+    try:
+        response = short_lived.test_client().post(
+            "/users/login", json={"email": "admin@example.com", "password": PASSWORD}
+        )
+    finally:
+        with short_lived.app_context():
+            db.engine.dispose()
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["expires_in"] == 120
+    claims = jwt.decode(body["Token"], options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 120
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_unknown_route_is_a_json_404(client):
+    response = client.get("/api/nothing-here")
+
+    assert response.status_code == 404
+    assert response.is_json
+    body = response.get_json()
+    assert set(body) == {"code", "status", "message"}
+    assert body["code"] == 404
+    assert body["status"] == "Not Found"
+
+
+def test_wrong_method_is_a_json_405_with_allow(client):
+    response = client.get("/users/login")
+
+    assert response.status_code == 405
+    assert response.get_json()["code"] == 405
+    assert "POST" in response.headers["Allow"]
+    assert "GET" not in response.headers["Allow"]
+
+
+def test_a_crash_is_a_json_500_without_details(app, client):
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals: password=hunter2")
+
+    response = client.get("/boom")
+
+    assert response.status_code == 500
+    assert set(response.get_json()) == {"code", "status", "message"}
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text
+    assert "hunter2" not in text
+
+
+@pytest.mark.parametrize(
+    "method, path, kwargs",
+    [
+        ("get", "/nowhere", {}),
+        ("delete", "/users/login", {}),
+        ("post", "/users/login", {"data": "{not json", "content_type": "application/json"}),
+        ("post", "/users/login", {"data": "email=a", "content_type": "text/plain"}),
+        ("post", "/users/login", {"json": {"email": 5, "password": []}}),
+        ("get", "/api/products", {"headers": {"Authorization": "Bearer x.y.z"}}),
+        ("get", "/api/users/abc", {}),
+    ],
+)
+def test_error_responses_never_contain_a_traceback(client, method, path, kwargs):
+    response = getattr(client, method)(path, **kwargs)
+
+    assert 400 <= response.status_code < 500
+    assert response.is_json
+    assert {"code", "status", "message"} <= set(response.get_json())
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+
+def test_openapi_describes_the_routes_and_bearer_auth(client):
+    response = client.get("/api/openapi.json")
+
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert {
+        "/users/login",
+        "/api/products",
+        "/api/products/{sku}",
+        "/api/users",
+        "/api/users/{user_id}",
+    } <= set(spec["paths"])
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    assert spec["paths"]["/api/users"]["get"]["security"] == [{"bearerAuth": []}]
+    assert spec["paths"]["/users/login"]["post"]["security"] == []

@@ -1,0 +1,154 @@
+"""Operator commands: `flask users create-admin` and `flask users ensure-admin`."""
+
+import re
+import shlex
+
+from app.models import Role, User
+
+
+def login(client, email, password):
+    return client.post("/users/login", json={"email": email, "password": password})
+
+
+def flask_users(runner, command: str):
+    """Run `flask users <command>` against the test app."""
+    return runner.invoke(args=["users", *shlex.split(command)])
+
+
+# ---------------------------------------------------------------- create-admin
+
+
+def test_create_admin_makes_an_admin_who_can_log_in(runner, client, rows):
+    result = flask_users(
+        runner,
+        "create-admin --email Ops@Example.com --password ops-password-1"
+        " --fullname 'Ops Team' --username ops",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "ops@example.com" in result.output
+    [user] = rows(User)
+    assert user.email == "ops@example.com"
+    assert user.username == "ops"
+    assert user.fullname == "Ops Team"
+    assert user.rol == Role.ADMIN
+    response = login(client, "ops@example.com", "ops-password-1")
+    assert response.status_code == 200
+    headers = {"Authorization": f"Bearer {response.get_json()['Token']}"}
+    assert client.get("/api/users", headers=headers).status_code == 200
+
+
+def test_create_admin_defaults_username_from_the_email(runner, rows):
+    result = flask_users(runner, "create-admin --email boss@example.com --password 12345678")
+
+    assert result.exit_code == 0, result.output
+    [user] = rows(User)
+    assert user.username == "boss"
+    assert user.fullname == "Administrator"
+
+
+def test_create_admin_refuses_a_short_password(runner, client, rows):
+    result = flask_users(runner, "create-admin --email ops@example.com --password 1234567")
+
+    assert result.exit_code != 0
+    assert "8 characters" in result.output
+    assert rows(User) == []
+    assert login(client, "ops@example.com", "1234567").status_code == 401
+
+
+def test_create_admin_promotes_an_existing_reader(runner, client, reader, rows):
+    result = flask_users(runner, "create-admin --email Reader@Example.com --password promoted-pass")
+
+    assert result.exit_code == 0, result.output
+    [user] = rows(User)
+    assert user.id == reader["id"]
+    assert user.rol == Role.ADMIN
+    assert login(client, "reader@example.com", "promoted-pass").status_code == 200
+
+
+def test_create_admin_with_a_taken_username_fails_cleanly(runner, make, rows):
+    make.reader(username="ops")
+
+    result = flask_users(
+        runner, "create-admin --email ops@example.com --password ops-password-1 --username OPS"
+    )
+
+    assert result.exit_code == 1
+    assert "username already exists" in result.output
+    assert "Traceback" not in result.output
+    assert [user.username for user in rows(User)] == ["ops"]
+
+
+# ---------------------------------------------------------------- ensure-admin
+
+
+def generated_password(output: str) -> str:
+    match = re.search(r"First admin password \(shown only once\): (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_ensure_admin_on_an_empty_database_prints_a_working_password(app, runner, client, rows):
+    app.config["ADMIN_EMAIL"] = None
+    app.config["ADMIN_PASSWORD"] = None
+
+    result = flask_users(runner, "ensure-admin")
+
+    assert result.exit_code == 0, result.output
+    password = generated_password(result.output)
+    assert result.output.count(password) == 1
+    [user] = rows(User)
+    assert (user.email, user.rol) == ("admin@example.com", Role.ADMIN)
+    assert login(client, "admin@example.com", password).status_code == 200
+
+
+def test_ensure_admin_again_creates_nothing(app, runner, client, rows):
+    app.config["ADMIN_EMAIL"] = None
+    app.config["ADMIN_PASSWORD"] = None
+    password = generated_password(flask_users(runner, "ensure-admin").output)
+
+    again = flask_users(runner, "ensure-admin")
+
+    assert again.exit_code == 0, again.output
+    assert "An admin account exists already." in again.output
+    assert "password" not in again.output
+    assert len(rows(User)) == 1
+    # The first password still works: the second run changed nothing.
+    assert login(client, "admin@example.com", password).status_code == 200
+
+
+def test_ensure_admin_does_nothing_when_an_admin_exists(runner, admin, rows):
+    result = flask_users(runner, "ensure-admin")
+
+    assert result.exit_code == 0
+    assert "An admin account exists already." in result.output
+    assert [user.id for user in rows(User)] == [admin["id"]]
+
+
+def test_ensure_admin_uses_the_configured_email_and_password(app, runner, client, rows):
+    app.config["ADMIN_EMAIL"] = "Owner@Shop.example"
+    app.config["ADMIN_PASSWORD"] = "owner-password-1"
+
+    result = flask_users(runner, "ensure-admin")
+
+    assert result.exit_code == 0, result.output
+    assert "owner@shop.example" in result.output
+    assert "shown only once" not in result.output
+    assert "owner-password-1" not in result.output
+    [user] = rows(User)
+    assert (user.email, user.rol) == ("owner@shop.example", Role.ADMIN)
+    assert login(client, "owner@shop.example", "owner-password-1").status_code == 200
+
+
+def test_ensure_admin_promotes_a_reader_with_the_configured_email(
+    app, runner, client, reader, rows
+):
+    app.config["ADMIN_EMAIL"] = "reader@example.com"
+    app.config["ADMIN_PASSWORD"] = "now-an-admin-1"
+
+    result = flask_users(runner, "ensure-admin")
+
+    assert result.exit_code == 0, result.output
+    [user] = rows(User)
+    assert (user.id, user.rol) == (reader["id"], Role.ADMIN)
+    assert login(client, "reader@example.com", "now-an-admin-1").status_code == 200

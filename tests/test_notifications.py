@@ -1,0 +1,363 @@
+"""Product-change emails: one per active admin, through SES (moto), never lost, never twice."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ses.models import ses_backends
+from sqlalchemy import update
+
+from app.extensions import db
+from app.models import Notification, utcnow
+from app.services import catalog, outbox
+
+SENDER = "catalog@example.com"
+REGION = "us-east-1"
+SEED = {"sku": "d7iy6euiue", "name": "zapatos", "price": 300, "mark": "chabelo", "quantity": 5}
+
+
+@pytest.fixture
+def ses(app, monkeypatch):
+    """SES stood in for by moto, the sender verified; yields moto's record of sent mail."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    app.config.update(MAIL_BACKEND="ses", EMAIL_SOURCE=SENDER, REGION_NAME=REGION)
+    with mock_aws():
+        boto3.client("ses", region_name=REGION).verify_email_identity(EmailAddress=SENDER)
+        yield ses_backends[DEFAULT_ACCOUNT_ID][REGION]
+
+
+@pytest.fixture
+def admins(make):
+    """Three active admins, plus a deleted admin and a reader who must never be emailed."""
+    people = [make.admin(email=f"admin{n}@example.com", fullname=f"Admin {n}") for n in (1, 2, 3)]
+    make.admin(email="gone@example.com", active=False)
+    make.reader(email="reader@example.com")
+    return people
+
+
+def settle(app) -> None:
+    assert app.extensions["outbox"].wait_idle(10), "emails still being handed to SES"
+
+
+def inbox(ses) -> dict[str, list]:
+    mail: dict[str, list] = {}
+    for message in ses.sent_messages:
+        for address in message.destinations["ToAddresses"]:
+            mail.setdefault(address, []).append(message)
+    return mail
+
+
+ADMIN_ADDRESSES = {"admin1@example.com", "admin2@example.com", "admin3@example.com"}
+
+
+def test_creating_a_product_emails_every_active_admin_once(app, client, admins, ses):
+    response = client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    assert response.status_code == 201
+    settle(app)
+
+    mail = inbox(ses)
+    assert set(mail) == ADMIN_ADDRESSES
+    assert all(len(messages) == 1 for messages in mail.values())
+    message = mail["admin2@example.com"][0]
+    assert message.source == SENDER
+    assert "d7iy6euiue" in message.subject and "created" in message.subject
+    assert "zapatos" in message.body
+    assert "Admin 1" in message.body and "admin1@example.com" in message.body
+
+
+def test_a_price_change_says_old_and_new_by_whom_and_when(app, client, make, admins, ses):
+    make.product("d7iy6euiue", name="zapatos", price=300)
+    response = client.put(
+        "/api/products/d7iy6euiue/", json={"price": 500}, headers=admins[1]["headers"]
+    )
+    assert response.status_code == 200
+    settle(app)
+
+    mail = inbox(ses)
+    assert set(mail) == ADMIN_ADDRESSES
+    message = mail["admin3@example.com"][0]
+    assert "price: 300 -> 500" in message.subject
+    assert "price: 300 \u2192 500" in message.body
+    assert "Admin 2" in message.body and "admin2@example.com" in message.body
+    assert " UTC" in message.body
+    assert len(ses.sent_messages) == 3
+
+
+def test_deleting_a_product_emails_every_admin(app, client, make, admins, ses):
+    make.product("d7iy6euiue", name="zapatos")
+    assert (
+        client.delete("/api/products/d7iy6euiue", headers=admins[0]["headers"]).status_code == 204
+    )
+    settle(app)
+    mail = inbox(ses)
+    assert set(mail) == ADMIN_ADDRESSES
+    assert "deleted" in mail["admin1@example.com"][0].subject
+
+
+def test_an_update_that_changes_nothing_sends_nothing(app, client, make, admins, ses, rows):
+    make.product("d7iy6euiue", name="zapatos", price=300)
+    response = client.put(
+        "/api/products/d7iy6euiue",
+        json={"price": 300, "name": "zapatos"},
+        headers=admins[0]["headers"],
+    )
+    assert response.status_code == 200
+    settle(app)
+    assert ses.sent_messages == []
+    assert rows(Notification) == []
+
+
+def test_a_rolled_back_change_emails_nobody(app, make, admins, ses, rows):
+    make.product("d7iy6euiue", price=300)
+    with app.app_context():
+        product = catalog.find_product("d7iy6euiue")
+        catalog.update_product(product, {"price": 999}, actor=None)
+        db.session.rollback()
+    settle(app)
+    assert rows(Notification) == []
+    assert ses.sent_messages == []
+
+
+def test_a_refused_request_writes_no_notification(app, client, make, admins, ses, rows):
+    make.product("d7iy6euiue")
+    response = client.put(
+        "/api/products/d7iy6euiue", json={"price": -5}, headers=admins[0]["headers"]
+    )
+    assert response.status_code == 422
+    settle(app)
+    assert rows(Notification) == []
+
+
+def test_notify_actor_false_leaves_the_acting_admin_out(app, client, admins, ses):
+    app.config["NOTIFY_ACTOR"] = False
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    settle(app)
+    assert set(inbox(ses)) == ADMIN_ADDRESSES - {"admin1@example.com"}
+
+
+def test_the_rows_are_written_with_the_change_and_sent_after_it(app, client, admins, ses, rows):
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    settle(app)
+    sent = rows(Notification)
+    assert len(sent) == 3
+    assert {row.status for row in sent} == {"sent"}
+    assert all(row.attempts == 1 and row.sent_at and row.message_id for row in sent)
+
+
+def unverify_sender() -> None:
+    boto3.client("ses", region_name=REGION).delete_identity(Identity=SENDER)
+
+
+def time_passes(app) -> None:
+    """Make every scheduled retry due now, as if its backoff had elapsed."""
+    with app.app_context():
+        db.session.execute(update(Notification).values(next_attempt_at=utcnow()))
+        db.session.commit()
+
+
+def run_worker(runner) -> str:
+    result = runner.invoke(args=["notifications", "worker", "--once"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_emails_left_behind_by_a_dead_process_are_sent_by_the_worker(
+    app, client, runner, admins, ses, rows
+):
+    # No in-process sending: as if the process died right after the commit.
+    app.config["NOTIFY_THREADS"] = 0
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    assert ses.sent_messages == []
+    assert {row.status for row in rows(Notification)} == {"pending"}
+
+    run_worker(runner)
+    assert set(inbox(ses)) == ADMIN_ADDRESSES
+    assert len(ses.sent_messages) == 3
+    run_worker(runner)  # a second pass finds nothing to send again
+    assert len(ses.sent_messages) == 3
+
+
+def test_a_crashed_senders_lease_expires_and_the_email_goes_out_once(
+    app, client, runner, admins, ses, rows
+):
+    app.config["NOTIFY_THREADS"] = 0
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    with app.app_context():
+        claimed = outbox.claim(limit=10)  # a sender takes the rows, then dies
+        assert len(claimed) == 3
+    run_worker(runner)
+    assert ses.sent_messages == []  # the lease still holds
+
+    with app.app_context():
+        db.session.execute(
+            update(Notification).values(claimed_until=utcnow() - timedelta(seconds=1))
+        )
+        db.session.commit()
+    run_worker(runner)
+    assert len(ses.sent_messages) == 3
+    assert {row.status for row in rows(Notification)} == {"sent"}
+
+
+def test_ses_failing_then_recovering_delivers_each_email_exactly_once(
+    app, client, runner, admins, ses, rows
+):
+    app.config["NOTIFY_THREADS"] = 0
+    unverify_sender()  # SES now rejects every send
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+
+    run_worker(runner)
+    failing = rows(Notification)
+    assert all(row.next_attempt_at > utcnow() for row in failing)  # backing off
+    run_worker(runner)  # not due yet: nothing is attempted
+    assert {row.attempts for row in rows(Notification)} == {1}
+    time_passes(app)
+    run_worker(runner)
+    failing = rows(Notification)
+    assert ses.sent_messages == []
+    assert {row.status for row in failing} == {"pending"}
+    assert {row.attempts for row in failing} == {2}
+    assert all("MessageRejected" in row.last_error for row in failing)
+
+    boto3.client("ses", region_name=REGION).verify_email_identity(EmailAddress=SENDER)
+    time_passes(app)
+    run_worker(runner)
+    time_passes(app)
+    run_worker(runner)
+    assert set(inbox(ses)) == ADMIN_ADDRESSES
+    assert len(ses.sent_messages) == 3
+    assert {row.status for row in rows(Notification)} == {"sent"}
+
+
+def test_after_the_last_attempt_an_email_is_failed_then_retry_requeues_it(
+    app, client, runner, admins, ses, rows
+):
+    app.config.update(NOTIFY_THREADS=0, NOTIFY_MAX_ATTEMPTS=2)
+    unverify_sender()
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    run_worker(runner)
+    time_passes(app)
+    run_worker(runner)
+    failed = rows(Notification)
+    assert {row.status for row in failed} == {"failed"}
+    assert all(row.attempts == 2 and "MessageRejected" in row.last_error for row in failed)
+    time_passes(app)
+    run_worker(runner)
+    assert ses.sent_messages == []  # failed rows are not retried on their own
+
+    boto3.client("ses", region_name=REGION).verify_email_identity(EmailAddress=SENDER)
+    one = failed[0].id
+    result = runner.invoke(args=["notifications", "retry", "--id", str(one)])
+    assert "1 notification(s) queued again" in result.output
+    run_worker(runner)
+    assert len(ses.sent_messages) == 1
+
+    result = runner.invoke(args=["notifications", "retry", "--all-failed"])
+    assert "2 notification(s) queued again" in result.output
+    run_worker(runner)
+    assert len(ses.sent_messages) == 3
+    assert {row.status for row in rows(Notification)} == {"sent"}
+
+
+def test_retry_needs_an_id_or_all_failed(runner):
+    result = runner.invoke(args=["notifications", "retry"])
+    assert result.exit_code != 0
+    assert "--all-failed" in result.output
+
+
+def test_two_workers_at_once_send_each_email_exactly_once(app, make, admins, ses, rows):
+    app.config["NOTIFY_THREADS"] = 0
+    with app.app_context():
+        for n in range(15):
+            catalog.create_product(
+                {"sku": f"p{n}", "name": f"Product {n}", "price": 10, "mark": "m", "quantity": 1},
+                actor=None,
+            )
+        db.session.commit()
+    assert len(rows(Notification)) == 45
+
+    start = threading.Barrier(2)
+
+    def worker():
+        with app.app_context():
+            start.wait()
+            mailer = outbox.build_mailer(app.config)
+            while outbox.deliver_due(mailer, limit=3):
+                pass
+            db.session.remove()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert len(ses.sent_messages) == 45
+    pairs = {(m.destinations["ToAddresses"][0], m.subject) for m in ses.sent_messages}
+    assert len(pairs) == 45
+    assert {row.status for row in rows(Notification)} == {"sent"}
+    assert all(row.attempts == 1 for row in rows(Notification))
+
+
+# ---------------------------------------------------------------- the delivery log
+
+
+def test_admins_read_the_delivery_log_filtered_by_status_and_sku(app, client, make, admins, ses):
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    client.post("/api/products", json={**SEED, "sku": "other"}, headers=admins[0]["headers"])
+    client.put("/api/products/d7iy6euiue", json={"price": 500}, headers=admins[0]["headers"])
+    settle(app)
+    headers = admins[1]["headers"]
+
+    everything = client.get("/api/notifications", headers=headers)
+    assert everything.status_code == 200
+    assert len(everything.json) == 9
+    assert '"total": 9' in everything.headers["X-Pagination"]
+
+    log = client.get("/api/notifications?sku=D7IY6EUIUE&status=sent", headers=headers).json
+    assert len(log) == 6
+    newest = log[0]
+    assert set(newest) == {
+        "id",
+        "recipient",
+        "sku",
+        "event",
+        "changes",
+        "status",
+        "attempts",
+        "last_error",
+        "created_at",
+        "sent_at",
+    }
+    assert newest["event"] == "updated"
+    assert newest["changes"] == {"price": {"old": 300, "new": 500}}
+    assert newest["status"] == "sent" and newest["attempts"] == 1
+    assert client.get("/api/notifications?status=failed", headers=headers).json == []
+
+
+def test_the_delivery_log_is_for_admins_only(client, make, admins):
+    reader = make.reader(email="r2@example.com")
+    assert client.get("/api/notifications").status_code == 401
+    assert client.get("/api/notifications", headers=reader["headers"]).status_code == 403
+    bad = client.get("/api/notifications?status=lost", headers=admins[0]["headers"])
+    assert bad.status_code == 422
+    assert "status" in bad.json["errors"]["query"]
+
+
+def test_console_mailer_logs_the_email(app, client, admins, caplog):
+    caplog.set_level("INFO", logger="app.mail")
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    settle(app)
+    logged = [r.getMessage() for r in caplog.records if r.name == "app.mail"]
+    assert len(logged) == 3
+    assert any("admin2@example.com" in line and "d7iy6euiue" in line for line in logged)

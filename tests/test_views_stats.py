@@ -1,0 +1,285 @@
+"""Product views are recorded on every successful read; admins read the statistics."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import DailyProductViews, Product, ProductView
+from app.services import tracking
+
+TODAY = datetime.now(UTC).date()
+
+
+def flush(app) -> None:
+    app.extensions["views"].flush()
+
+
+def product_id(app, sku: str) -> int:
+    with app.app_context():
+        return db.session.scalar(select(Product.id).where(Product.sku == sku))
+
+
+def views_of(rows, app, sku):
+    return rows(ProductView, ProductView.product_id == product_id(app, sku))
+
+
+def test_each_successful_read_is_one_view_anonymous_or_registered(app, client, make, reader, rows):
+    make.product("abc")
+    for _ in range(3):
+        assert client.get("/api/products/abc").status_code == 200
+    assert client.get("/api/products/abc/", headers=reader["headers"]).status_code == 200
+    flush(app)
+
+    views = views_of(rows, app, "abc")
+    assert len(views) == 4
+    assert sorted(v.user_id or 0 for v in views) == [0, 0, 0, reader["id"]]
+    assert all(abs(v.viewed_at - datetime.now(UTC)) < timedelta(minutes=1) for v in views)
+
+
+def test_not_found_reads_and_the_list_record_nothing(app, client, make, rows):
+    make.product("abc")
+    assert client.get("/api/products/nope").status_code == 404
+    assert client.get("/api/products").status_code == 200
+    assert client.get("/api/products?q=abc").status_code == 200
+    flush(app)
+    assert rows(ProductView) == []
+
+
+def test_a_refused_token_records_nothing(app, client, make, rows):
+    make.product("abc")
+    assert client.get("/api/products/abc", headers={"Authorization": "Bearer x"}).status_code == 401
+    flush(app)
+    assert rows(ProductView) == []
+
+
+def test_direct_mode_writes_within_the_read(app, client, make, rows):
+    app.extensions["views"].mode = "direct"
+    make.product("abc")
+    client.get("/api/products/abc")
+    assert len(rows(ProductView)) == 1  # no flush needed
+
+
+def test_buffered_views_wait_for_a_flush(app, client, make, rows):
+    app.extensions["views"].every = 3600  # only an explicit flush writes
+    make.product("abc")
+    client.get("/api/products/abc")
+    assert rows(ProductView) == []
+    assert app.extensions["views"].flush() == 1
+    assert len(rows(ProductView)) == 1
+
+
+def test_views_kept_when_the_database_write_fails_and_written_later(app, make, rows):
+    make.product("abc")
+    recorder = app.extensions["views"]
+    recorder.every = 3600
+    with app.test_request_context():
+        recorder.record(product_id(app, "abc"), None)
+    recorder.buffer.append((10**9, None, datetime.now(UTC)))  # no such product: the batch fails
+    assert recorder.flush() == 0
+    assert len(recorder.buffer) == 2
+    recorder.buffer.pop()  # the bad view goes away; the good one is still there
+    assert recorder.flush() == 1
+    assert len(rows(ProductView)) == 1
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def seed_views(app, sku: str, per_day: dict[date, tuple[int, list[int]]]) -> None:
+    """per_day: day -> (anonymous views, [user ids of registered views])."""
+    pid = product_id(app, sku)
+    views = []
+    for day, (anonymous, users) in per_day.items():
+        at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
+        views += [(pid, None, at)] * anonymous + [(pid, uid, at) for uid in users]
+    with app.app_context():
+        tracking.write_views(views)
+
+
+@pytest.fixture
+def viewers(make):
+    return [make.reader(email=f"viewer{n}@example.com") for n in range(3)]
+
+
+def test_product_stats_per_day_with_empty_days(app, client, make, admin, viewers):
+    make.product("abc", name="zapatos")
+    u1, u2 = viewers[0]["id"], viewers[1]["id"]
+    d1, d3 = date(2026, 3, 1), date(2026, 3, 3)
+    seed_views(app, "abc", {d1: (2, [u1, u1]), d3: (1, [u2, u1])})
+
+    response = client.get(
+        "/api/products/abc/stats?from=2026-03-01&to=2026-03-04", headers=admin["headers"]
+    )
+    assert response.status_code == 200
+    stats = response.json
+    assert stats["sku"] == "abc" and stats["name"] == "zapatos"
+    assert stats["from"] == "2026-03-01" and stats["to"] == "2026-03-04"
+    assert stats["views"] == 7
+    assert stats["anonymous_views"] == 3
+    assert stats["registered_views"] == 4
+    assert stats["unique_registered_viewers"] == 2
+    assert stats["by_day"] == [
+        {"date": "2026-03-01", "views": 4, "anonymous_views": 2, "registered_views": 2},
+        {"date": "2026-03-02", "views": 0, "anonymous_views": 0, "registered_views": 0},
+        {"date": "2026-03-03", "views": 3, "anonymous_views": 1, "registered_views": 2},
+        {"date": "2026-03-04", "views": 0, "anonymous_views": 0, "registered_views": 0},
+    ]
+
+
+def test_stats_default_to_the_last_30_days(app, client, make, admin):
+    make.product("abc")
+    seed_views(
+        app,
+        "abc",
+        {TODAY: (2, []), TODAY - timedelta(days=29): (1, []), TODAY - timedelta(days=30): (5, [])},
+    )
+    stats = client.get("/api/products/abc/stats", headers=admin["headers"]).json
+    assert stats["to"] == TODAY.isoformat()
+    assert stats["from"] == (TODAY - timedelta(days=29)).isoformat()
+    assert len(stats["by_day"]) == 30
+    assert stats["views"] == 3
+
+
+def test_what_a_reader_browses_shows_up_in_the_admins_stats(app, client, make, admin, reader):
+    make.product("abc")
+    client.get("/api/products/abc")
+    client.get("/api/products/abc", headers=reader["headers"])
+    client.get("/api/products/abc", headers=reader["headers"])
+    flush(app)
+    stats = client.get("/api/products/abc/stats", headers=admin["headers"]).json
+    assert (stats["views"], stats["anonymous_views"], stats["registered_views"]) == (3, 1, 2)
+    assert stats["unique_registered_viewers"] == 1
+    assert stats["by_day"][-1]["views"] == 3
+
+
+def test_a_deleted_products_views_stay_in_the_statistics(app, client, make, admin):
+    make.product("gone", name="viejo")
+    client.get("/api/products/gone")
+    flush(app)
+    assert client.delete("/api/products/gone", headers=admin["headers"]).status_code == 204
+
+    stats = client.get("/api/products/gone/stats", headers=admin["headers"]).json
+    assert stats["views"] == 1
+    top = client.get("/api/stats/products", headers=admin["headers"]).json
+    assert top == [
+        {"sku": "gone", "name": "viejo", "views": 1, "anonymous_views": 1, "registered_views": 0}
+    ]
+
+
+def test_top_products_most_viewed_first_by_viewer_kind(app, client, make, admin, viewers):
+    for sku in ("a", "b", "c", "quiet"):
+        make.product(sku, name=f"Product {sku}")
+    u = [v["id"] for v in viewers]
+    day = date(2026, 5, 10)
+    seed_views(app, "a", {day: (5, [u[0]]), day + timedelta(days=1): (1, [])})
+    seed_views(app, "b", {day: (1, [u[0], u[1], u[2], u[1]])})
+    seed_views(app, "c", {day - timedelta(days=1): (9, [])})  # outside the range
+
+    query = "from=2026-05-10&to=2026-05-11"
+    top = client.get(f"/api/stats/products?{query}", headers=admin["headers"]).json
+    assert [(p["sku"], p["views"]) for p in top] == [("a", 7), ("b", 5)]
+    assert top[0] == {
+        "sku": "a",
+        "name": "Product a",
+        "views": 7,
+        "anonymous_views": 6,
+        "registered_views": 1,
+    }
+
+    registered = client.get(
+        f"/api/stats/products?{query}&viewer=registered", headers=admin["headers"]
+    ).json
+    assert [p["sku"] for p in registered] == ["b", "a"]
+    anonymous = client.get(
+        f"/api/stats/products?{query}&viewer=anonymous&limit=1", headers=admin["headers"]
+    ).json
+    assert [p["sku"] for p in anonymous] == ["a"]
+
+
+def parse_csv(response) -> list[dict]:
+    assert response.status_code == 200
+    assert response.mimetype == "text/csv"
+    return list(csv.DictReader(io.StringIO(response.data.decode())))
+
+
+def test_csv_matches_the_json(app, client, make, admin, viewers):
+    make.product("abc", name="zapatos, rojos")
+    make.product("xyz", name='botas "nuevas"')
+    day = date(2026, 7, 1)
+    seed_views(app, "abc", {day: (2, [viewers[0]["id"]])})
+    seed_views(app, "xyz", {day: (1, [])})
+    query = "from=2026-07-01&to=2026-07-02"
+    h = admin["headers"]
+
+    stats = client.get(f"/api/products/abc/stats?{query}", headers=h).json
+    by_day = parse_csv(client.get(f"/api/products/abc/stats?{query}&format=csv", headers=h))
+    assert by_day == [{k: str(v) for k, v in day.items()} for day in stats["by_day"]]
+
+    top = client.get(f"/api/stats/products?{query}", headers=h).json
+    top_csv = parse_csv(
+        client.get(f"/api/stats/products?{query}", headers={**h, "Accept": "text/csv"})
+    )
+    assert top_csv == [{k: str(v) for k, v in item.items()} for item in top]
+    assert top_csv[0]["name"] == "zapatos, rojos"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("from=2026-03-05&to=2026-03-01", "from"),
+        ("from=yesterday", "from"),
+        ("to=2026-02-30", "to"),
+        ("from=2024-01-01&to=2025-06-01", "to"),
+        ("format=xml", "format"),
+    ],
+)
+def test_bad_ranges_are_422_naming_the_field(client, make, admin, query, field):
+    make.product("abc")
+    for path in ("/api/products/abc/stats", "/api/stats/products"):
+        response = client.get(f"{path}?{query}", headers=admin["headers"])
+        assert response.status_code == 422, path
+        assert field in response.json["errors"]["query"]
+
+
+def test_statistics_are_for_admins_only(client, make, reader):
+    make.product("abc")
+    for path in ("/api/products/abc/stats", "/api/stats/products"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers=reader["headers"]).status_code == 403
+
+
+def test_stats_of_an_unknown_product_is_404(client, admin):
+    response = client.get("/api/products/never/stats", headers=admin["headers"])
+    assert response.status_code == 404
+
+
+def test_rollup_rebuilds_from_raw_rows_and_prune_keeps_the_statistics(
+    app, client, runner, make, admin, rows
+):
+    make.product("abc")
+    old, recent = date(2026, 1, 10), date(2026, 1, 20)
+    seed_views(app, "abc", {old: (3, []), recent: (2, [])})
+    with app.app_context():  # a damaged roll-up
+        db.session.execute(DailyProductViews.__table__.delete())
+        db.session.commit()
+
+    result = runner.invoke(args=["stats", "rollup", "--from", "2026-01-01", "--to", "2026-01-31"])
+    assert result.exit_code == 0, result.output
+    assert "rolled up 5 view(s)" in result.output
+    query = "from=2026-01-01&to=2026-01-31"
+    assert (
+        client.get(f"/api/products/abc/stats?{query}", headers=admin["headers"]).json["views"] == 5
+    )
+
+    result = runner.invoke(args=["views", "prune", "--before", "2026-01-15"])
+    assert "deleted 3 raw view(s)" in result.output
+    assert len(rows(ProductView)) == 2
+    assert (
+        client.get(f"/api/products/abc/stats?{query}", headers=admin["headers"]).json["views"] == 5
+    )
