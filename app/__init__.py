@@ -56,9 +56,9 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.api import auth, notifications, products, stats, users
+    from app.api import auth, health, notifications, products, stats, users
 
-    for module in (auth, products, users, notifications, stats):
+    for module in (auth, products, users, notifications, stats, health):
         extensions.api.register_blueprint(module.blp)
 
 
@@ -70,9 +70,9 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from app.cli import notifications, stats, users, views
+    from app.cli import deploy, notifications, stats, users, views
 
-    for group in (users, notifications, stats, views):
+    for group in (users, notifications, stats, views, deploy):
         app.cli.add_command(group)
 
 

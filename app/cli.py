@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from flask_migrate import upgrade
+from sqlalchemy import text
 
 from app.extensions import db
 from app.models import Role
@@ -117,3 +120,40 @@ def views_prune(before) -> None:
     """Delete raw view rows before a day; the daily roll-ups (the statistics) stay."""
     count = tracking.prune_views(before.date())
     click.echo(f"deleted {count} raw view(s) before {before.date()}")
+
+
+deploy = AppGroup("deploy", help="Start-up tasks for a new release.")
+MIGRATION_LOCK = "marketplace_migrations"
+
+
+@deploy.command("upgrade")
+@click.option("--lock-timeout", default=300, show_default=True, help="Seconds to wait.")
+def deploy_upgrade(lock_timeout: int) -> None:
+    """Migrate the database and ensure the first admin, one instance at a time.
+
+    On MySQL/MariaDB a named lock (GET_LOCK) makes instances that start together take
+    turns: the first migrates, the others wait and then find nothing left to do.
+    """
+    with migration_lock(lock_timeout):
+        upgrade()
+        ensure_admin.callback()
+
+
+@contextmanager
+def migration_lock(timeout: int):
+    if db.engine.dialect.name not in ("mysql", "mariadb"):
+        yield  # SQLite: a single host, a single writer
+        return
+    with db.engine.connect() as conn:
+        got = conn.scalar(
+            text("SELECT GET_LOCK(:name, :timeout)"), {"name": MIGRATION_LOCK, "timeout": timeout}
+        )
+        if got != 1:
+            raise click.ClickException(
+                f"another instance held the migration lock for over {timeout}s"
+            )
+        click.echo("migration lock taken")
+        try:
+            yield
+        finally:
+            conn.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": MIGRATION_LOCK})

@@ -77,6 +77,9 @@ def engine_options(url: str) -> dict:
         "pool_size": 10,
         "max_overflow": 10,
         "isolation_level": "READ COMMITTED",
+        # Every session ends with a rollback or commit already, so the pool's own reset
+        # (a second ROLLBACK per request) is a wasted round trip.
+        "pool_reset_on_return": None,
     }
 
 

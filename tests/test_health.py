@@ -1,0 +1,41 @@
+"""Liveness and readiness, as the load balancer and HEALTHCHECK see them."""
+
+from app import config, create_app
+from app.models import Role, User
+
+
+def test_healthz_and_readyz_answer_when_the_database_is_up(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json == {"status": "ready"}
+
+
+def test_readyz_is_503_json_when_the_database_is_unreachable():
+    # Port 1 on loopback: nothing listens there.
+    app = create_app(config.TestConfig("mysql://root@127.0.0.1:1/marketplace"))
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json["code"] == 503
+    assert "database" in response.json["message"]
+
+
+def test_a_read_while_the_database_is_unreachable_is_a_json_503():
+    app = create_app(config.TestConfig("mysql://root@127.0.0.1:1/marketplace"))
+    response = app.test_client().get("/api/products/abc")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_deploy_upgrade_migrates_and_creates_the_first_admin_once(app, runner, rows):
+    app.config.update(ADMIN_EMAIL="ops@example.com", ADMIN_PASSWORD="first-admin-pw")
+    first = runner.invoke(args=["deploy", "upgrade"])
+    assert first.exit_code == 0, first.output
+    assert "Created the first admin: ops@example.com" in first.output
+    second = runner.invoke(args=["deploy", "upgrade"])
+    assert second.exit_code == 0, second.output
+    assert "An admin account exists already." in second.output
+    assert [u.email for u in rows(User, User.rol == Role.ADMIN)] == ["ops@example.com"]
