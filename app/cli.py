@@ -110,8 +110,13 @@ def stats_rollup(start, end) -> None:
     start = start.date() if start else end - timedelta(days=29)
     if start > end:
         raise click.BadParameter("must not be after --to", param_hint="--from")
-    count = tracking.rebuild_rollups(start, end)
-    click.echo(f"rolled up {count} view(s) from {start} to {end}")
+    count, first = tracking.rebuild_rollups(start, end)
+    if first is None:
+        click.echo("no raw views in that range: nothing rebuilt")
+        return
+    if first > start:
+        click.echo(f"raw views start on {first}; earlier days keep their roll-ups")
+    click.echo(f"rolled up {count} view(s) from {first} to {end}")
 
 
 @views.command("prune")

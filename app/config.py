@@ -20,24 +20,22 @@ def env_str(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
-def env_int(name: str, default: int) -> int:
+def _env_parsed(name: str, default, parse, kind: str):
     raw = env_str(name)
     if raw is None:
         return default
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from exc
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}.") from exc
+
+
+def env_int(name: str, default: int) -> int:
+    return _env_parsed(name, default, int, "a whole number")
 
 
 def env_float(name: str, default: float) -> float:
-    raw = env_str(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}.") from exc
+    return _env_parsed(name, default, float, "a number")
 
 
 def env_bool(name: str, default: bool) -> bool:

@@ -297,3 +297,11 @@ def test_strings_are_stored_verbatim_never_executed(client, admin):
     assert response.status_code == 201
     assert client.get("/api/products/d7iy6euiue").json["name"] == hostile
     assert skus(client.get("/api/products", query_string={"q": "DROP TABLE"})) == ["d7iy6euiue"]
+
+
+def test_an_oversized_body_is_413_and_writes_nothing(client, admin, rows):
+    body = {**SEED, "name": "x" * 100_000}
+    response = client.post("/api/products", json=body, headers=admin["headers"])
+    assert response.status_code == 413
+    assert response.json["code"] == 413
+    assert rows(Product) == []

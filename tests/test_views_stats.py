@@ -172,6 +172,26 @@ def test_a_deleted_products_views_stay_in_the_statistics(app, client, make, admi
     ]
 
 
+def test_a_re_created_sku_keeps_one_history(app, client, make, admin):
+    make.product("shoe", name="old shoe")
+    client.get("/api/products/shoe")
+    flush(app)
+    client.delete("/api/products/shoe", headers=admin["headers"])
+    client.post(
+        "/api/products",
+        json={"sku": "SHOE", "name": "new shoe", "price": 1, "mark": "m"},
+        headers=admin["headers"],
+    )
+    client.get("/api/products/shoe")
+    client.get("/api/products/shoe")
+    flush(app)
+
+    stats = client.get("/api/products/shoe/stats", headers=admin["headers"]).json
+    assert (stats["sku"], stats["name"], stats["views"]) == ("SHOE", "new shoe", 3)
+    top = client.get("/api/stats/products", headers=admin["headers"]).json
+    assert [(p["sku"].lower(), p["name"], p["views"]) for p in top] == [("shoe", "new shoe", 3)]
+
+
 def test_top_products_most_viewed_first_by_viewer_kind(app, client, make, admin, viewers):
     for sku in ("a", "b", "c", "quiet"):
         make.product(sku, name=f"Product {sku}")

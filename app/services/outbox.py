@@ -12,6 +12,7 @@ expires, so two workers never send the same row.
 
 from __future__ import annotations
 
+import atexit
 import html
 import logging
 import os
@@ -301,6 +302,8 @@ class Dispatcher:
                 )
             for thread in self.threads:
                 thread.start()
+            # A graceful stop hands over what is queued before the process exits.
+            atexit.register(self.stop)
             self.pid = os.getpid()
 
     def _run(self) -> None:
@@ -338,11 +341,14 @@ class Dispatcher:
         return not self.queue.unfinished_tasks
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Finish what is queued (bounded by ``timeout``), then end the sender threads."""
         if self.pid != os.getpid():
             return
+        self.pid = None
         self.wait_idle(timeout)
-        for _ in self.threads:
-            self.queue.put(self.STOP)
+        for thread in self.threads:
+            if thread.name != "outbox-sweep":
+                self.queue.put(self.STOP)
 
 
 def init_app(app: Flask) -> None:

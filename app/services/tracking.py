@@ -198,29 +198,38 @@ def stats_session():
         yield session
 
 
+def _same_sku(sku: str):
+    """Every product row that ever carried this sku: a deleted and re-created product
+    keeps one history (sku comparison is case-insensitive on both databases)."""
+    return select(Product.id).where(Product.sku == sku).scalar_subquery()
+
+
 def product_stats(product: Product, start: date, end: date) -> dict:
+    ids = _same_sku(product.sku)
+    in_range = DailyProductViews.day.between(start, end)
     with stats_session() as session:
         per_day = {
-            row.day: row
-            for row in session.execute(
-                select(DailyProductViews).where(
-                    DailyProductViews.product_id == product.id,
-                    DailyProductViews.day.between(start, end),
+            day: (int(anon), int(reg))
+            for day, anon, reg in session.execute(
+                select(
+                    DailyProductViews.day,
+                    func.sum(DailyProductViews.anonymous_views),
+                    func.sum(DailyProductViews.registered_views),
                 )
-            ).scalars()
+                .where(DailyProductViews.product_id.in_(ids), in_range)
+                .group_by(DailyProductViews.day)
+            )
         }
         unique = session.scalar(
             select(func.count(func.distinct(DailyProductViewer.user_id))).where(
-                DailyProductViewer.product_id == product.id,
+                DailyProductViewer.product_id.in_(ids),
                 DailyProductViewer.day.between(start, end),
             )
         )
     by_day = []
     day = start
     while day <= end:
-        row = per_day.get(day)
-        anon = row.anonymous_views if row else 0
-        reg = row.registered_views if row else 0
+        anon, reg = per_day.get(day, (0, 0))
         by_day.append(
             {"date": day, "views": anon + reg, "anonymous_views": anon, "registered_views": reg}
         )
@@ -241,42 +250,57 @@ def product_stats(product: Product, start: date, end: date) -> dict:
 
 
 def top_products(start: date, end: date, limit: int, viewer: str) -> list[dict]:
+    """The most viewed skus in the range (a deleted and re-created sku counts once)."""
     anon = func.sum(DailyProductViews.anonymous_views)
     reg = func.sum(DailyProductViews.registered_views)
     rank = {"all": anon + reg, "anonymous": anon, "registered": reg}[viewer]
+    sku = func.min(Product.sku)  # one spelling per group; the group is case-insensitive
     query = (
-        select(DailyProductViews.product_id, anon.label("anon"), reg.label("reg"))
+        select(sku.label("sku"), anon.label("anon"), reg.label("reg"))
+        .join(Product, Product.id == DailyProductViews.product_id)
         .where(DailyProductViews.day.between(start, end))
-        .group_by(DailyProductViews.product_id)
+        .group_by(Product.sku)
         .having(rank > 0)
-        .order_by(rank.desc(), DailyProductViews.product_id)
+        .order_by(rank.desc(), sku)
         .limit(limit)
     )
     with stats_session() as session:
         ranked = session.execute(query).all()
-        products = {
-            p.id: p
-            for p in session.scalars(
-                select(Product).where(Product.id.in_([r.product_id for r in ranked]))
-            )
+        # The name shown is the live product's, else the most recently deleted one's.
+        names: dict[str, str] = {}
+        for product in session.scalars(
+            select(Product)
+            .where(Product.sku.in_([r.sku for r in ranked]))
+            .order_by(Product.deleted_at.is_not(None), Product.id.desc())
+        ):
+            names.setdefault(product.sku.lower(), product.name)
+    return [
+        {
+            "sku": r.sku,
+            "name": names.get(r.sku.lower(), ""),
+            "views": int(r.anon) + int(r.reg),
+            "anonymous_views": int(r.anon),
+            "registered_views": int(r.reg),
         }
-        return [
-            {
-                "sku": products[r.product_id].sku,
-                "name": products[r.product_id].name,
-                "views": int(r.anon) + int(r.reg),
-                "anonymous_views": int(r.anon),
-                "registered_views": int(r.reg),
-            }
-            for r in ranked
-        ]
+        for r in ranked
+    ]
 
 
 # ---------------------------------------------------------------- maintenance
 
 
-def rebuild_rollups(start: date, end: date) -> int:
-    """Recompute the roll-ups of [start, end] from the raw rows (`flask stats rollup`)."""
+def rebuild_rollups(start: date, end: date) -> tuple[int, date | None]:
+    """Recompute the roll-ups of [start, end] from the raw rows (`flask stats rollup`).
+
+    Days before the oldest raw row are left alone: their raw rows may have been pruned,
+    and their roll-ups are then the only record. Returns (views rolled up, first day).
+    """
+    oldest = db.session.scalar(select(func.min(ProductView.viewed_at)))
+    if oldest is None:
+        return 0, None
+    start = max(start, oldest.date())
+    if start > end:
+        return 0, None
     lo = datetime.combine(start, datetime.min.time())
     hi = datetime.combine(end + timedelta(days=1), datetime.min.time())
     views = [
@@ -291,7 +315,7 @@ def rebuild_rollups(start: date, end: date) -> int:
         db.session.execute(delete(model).where(model.day.between(start, end)))
     _add_to_rollups(db.session, views)
     db.session.commit()
-    return len(views)
+    return len(views), start
 
 
 def prune_views(before: date) -> int:
