@@ -36,6 +36,7 @@ def configure_logging(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from app import auth  # noqa: F401  (registers the JWT loaders)
+    from app import security
     from app.schemas import Price
     from app.services import outbox, tracking
 
@@ -48,6 +49,7 @@ def register_extensions(app: Flask) -> None:
     extensions.jwt.init_app(app)
     outbox.init_app(app)
     tracking.init_app(app)
+    security.init_app(app)
     rest.init_app(app)
     rest.register_field(Price, "number", None)
     rest.spec.components.security_scheme(
@@ -56,10 +58,11 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.api import auth, health, notifications, products, stats, users
+    from app.api import auth, docs, health, notifications, products, stats, users
 
     for module in (auth, products, users, notifications, stats, health):
         extensions.api.register_blueprint(module.blp)
+    app.register_blueprint(docs.blp)
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -136,11 +136,22 @@ class Config:
             else {}
         )
 
+        # Failed logins per client address and per account; memory:// is per process,
+        # production points RATELIMIT_STORAGE_URI at Redis (redis://host:6379/0).
+        self.LOGIN_FAILURES_LIMIT = env_str("LOGIN_FAILURES_LIMIT") or "10 per minute"
+        self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI") or "memory://"
+        self.RATELIMIT_HEADERS_ENABLED = True
+        self.CORS_ORIGINS = [
+            origin.strip() for origin in (env_str("CORS_ORIGINS") or "").split(",") if origin.strip()
+        ]
+
         self.API_TITLE = "Marketplace catalog"
         self.API_VERSION = "1.0.0"
         self.OPENAPI_VERSION = "3.0.3"
         self.OPENAPI_URL_PREFIX = "/api"
         self.OPENAPI_JSON_PATH = "openapi.json"
+        self.OPENAPI_SWAGGER_UI_PATH = "/docs"
+        self.OPENAPI_SWAGGER_UI_URL = "/api/docs/static/"
 
     def secret_key(self) -> str:
         return env_str("SECRET_KEY") or development_secret()

@@ -1,0 +1,174 @@
+"""Login limits, response headers, CORS, tokens that must be refused, hostile input."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import jwt as pyjwt
+import pytest
+
+from tests.conftest import PASSWORD
+
+WRONG = {"email": "admin@example.com", "password": "not-the-password"}
+
+
+def login(client, body, address="10.1.1.1"):
+    return client.post("/users/login", json=body, environ_base={"REMOTE_ADDR": address})
+
+
+def test_ten_failed_logins_a_minute_then_429_with_retry_after(client, admin):
+    for _ in range(10):
+        assert login(client, WRONG).status_code == 401
+    refused = login(client, WRONG)
+    assert refused.status_code == 429
+    assert refused.json["code"] == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    # even the right password waits: the account is under attack
+    right = login(client, {"email": "admin@example.com", "password": PASSWORD})
+    assert right.status_code == 429
+
+
+def test_failures_are_limited_per_account_across_addresses(client, admin):
+    for n in range(10):
+        assert login(client, WRONG, address=f"10.0.0.{n + 1}").status_code == 401
+    assert login(client, WRONG, address="10.0.0.99").status_code == 429
+    # another account from a fresh address is not affected
+    other = {"email": "someone@example.com", "password": "whatever-1"}
+    assert login(client, other, address="10.0.0.100").status_code == 401
+
+
+def test_failures_are_limited_per_client_across_accounts(client, admin):
+    for n in range(10):
+        body = {"email": f"guess{n}@example.com", "password": "whatever-1"}
+        assert login(client, body, address="10.9.9.9").status_code == 401
+    assert login(client, WRONG, address="10.9.9.9").status_code == 429
+    ok = login(client, {"email": "admin@example.com", "password": PASSWORD}, address="10.9.9.8")
+    assert ok.status_code == 200
+
+
+def test_successful_logins_never_count_against_the_limit(client, admin):
+    right = {"email": "admin@example.com", "password": PASSWORD}
+    for _ in range(25):
+        assert login(client, right).status_code == 200
+
+
+def test_responses_carry_security_headers(client, make):
+    make.product("abc")
+    response = client.get("/api/products/abc")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    token = login(client, WRONG)
+    assert token.headers["Cache-Control"] == "no-store"
+
+
+def test_cors_is_same_origin_by_default(client):
+    response = client.get("/api/products", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_cors_origins_are_configurable(database, monkeypatch):
+    from app import config, create_app
+
+    monkeypatch.setenv("CORS_ORIGINS", "https://shop.example, https://admin.example")
+    app = create_app(config.TestConfig(database))
+    client = app.test_client()
+    allowed = client.get("/api/products", headers={"Origin": "https://shop.example"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert "X-Pagination" in allowed.headers["Access-Control-Expose-Headers"]
+    other = client.get("/api/products", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def forged(payload: dict, key: str = "another-key-entirely-0123456789abcdef") -> str:
+    return pyjwt.encode(payload, key, algorithm="HS256")
+
+
+def test_an_unsigned_alg_none_token_is_refused(client, admin):
+    claims = pyjwt.decode(admin["token"], options={"verify_signature": False})
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode())
+    token = f"{header.decode().rstrip('=')}.{body.decode().rstrip('=')}."
+    response = client.get("/api/users", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+
+
+def test_a_token_signed_with_another_key_is_refused(client, admin):
+    claims = pyjwt.decode(admin["token"], options={"verify_signature": False})
+    response = client.get("/api/users", headers={"Authorization": f"Bearer {forged(claims)}"})
+    assert response.status_code == 401
+
+
+def test_tokens_carry_no_password_material(client, admin, password_hash):
+    claims = pyjwt.decode(admin["token"], options={"verify_signature": False})
+    text = json.dumps(claims)
+    assert PASSWORD not in text and password_hash not in text and "argon2" not in text
+    assert set(claims) <= {"sub", "ver", "rol", "iat", "nbf", "exp", "jti", "type", "fresh", "csrf"}
+
+
+# ---------------------------------------------------------------- hostile input
+
+HOSTILE = [
+    "'; DROP TABLE users; --",
+    "<script>alert(1)</script>",
+    '" OR 1=1 --',
+    "{{7*7}} ${7*7}",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_strings_in_user_fields_are_stored_verbatim(client, admin, text):
+    body = {
+        "fullname": text,
+        "password": text + "-long-enough",
+        "username": "plain.user",
+        "email": "plain@example.com",
+        "rol": 2,
+    }
+    created = client.post("/api/users", json=body, headers=admin["headers"])
+    assert created.status_code == 201
+    read = client.get(f"/api/users/{created.json['id']}", headers=admin["headers"])
+    assert read.json["fullname"] == text
+    assert (
+        client.post(
+            "/users/login", json={"email": "plain@example.com", "password": text + "-long-enough"}
+        ).status_code
+        == 200
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/products/..%2F..%2Fetc%2Fpasswd",
+        "/api/products/../../etc/passwd",
+        "/api/products/%00",
+        "/api/products/a%2Fb",
+    ],
+)
+def test_path_traversal_in_a_sku_is_a_json_404(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.json["code"] == 404
+
+
+def test_huge_numbers_are_422_not_500(client, admin):
+    body = {"sku": "big", "name": "x", "price": 10**400, "mark": "m", "quantity": 10**30}
+    response = client.post("/api/products", json=body, headers=admin["headers"])
+    assert response.status_code == 422
+    assert {"price", "quantity"} <= set(response.json["errors"]["json"])
+
+
+def test_swagger_ui_is_served_without_a_cdn(client):
+    page = client.get("/api/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/api/docs/static/swagger-ui-bundle.js" in html
+    assert "//cdn" not in html and "unpkg" not in html
+    with client.get("/api/docs/static/swagger-ui-bundle.js") as script:
+        assert script.status_code == 200 and len(script.data) > 100_000
