@@ -35,9 +35,11 @@ def configure_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from app import auth  # noqa: F401  (registers the JWT loaders)
-    from app import security
-    from app.schemas import Price
+    from app import (
+        auth,  # noqa: F401  (registers the JWT loaders)
+        security,
+    )
+    from app.schemas import Price, price_properties
     from app.services import outbox, tracking
 
     # The name ``api`` is also the blueprint package (app.api), so go through the module.
@@ -52,6 +54,7 @@ def register_extensions(app: Flask) -> None:
     security.init_app(app)
     rest.init_app(app)
     rest.register_field(Price, "number", None)
+    rest.ma_plugin.converter.add_attribute_function(price_properties)
     rest.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )

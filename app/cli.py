@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from contextlib import contextmanager
@@ -11,10 +12,12 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 from flask_migrate import upgrade
+from flask_smorest.spec import openapi_cli
 from sqlalchemy import text
 
-from app.extensions import db
+from app.extensions import api, db
 from app.models import Role
+from app.postman import postman_collection
 from app.services import RuleError, accounts, outbox, tracking
 
 users = AppGroup("users", help="Manage accounts.")
@@ -162,3 +165,10 @@ def migration_lock(timeout: int):
             yield
         finally:
             conn.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": MIGRATION_LOCK})
+
+
+@openapi_cli.command("postman")
+@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True)
+def openapi_postman(base_url: str) -> None:
+    """Print a Postman collection (v2.1) of every route, generated from the OpenAPI spec."""
+    click.echo(json.dumps(postman_collection(api.spec.to_dict(), base_url), indent=2))

@@ -142,7 +142,9 @@ class Config:
         self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI") or "memory://"
         self.RATELIMIT_HEADERS_ENABLED = True
         self.CORS_ORIGINS = [
-            origin.strip() for origin in (env_str("CORS_ORIGINS") or "").split(",") if origin.strip()
+            origin.strip()
+            for origin in (env_str("CORS_ORIGINS") or "").split(",")
+            if origin.strip()
         ]
 
         self.API_TITLE = "Marketplace catalog"

@@ -99,6 +99,20 @@ class Blueprint(flask_smorest.Blueprint):
             headers["Link"] = ", ".join(links)
         return result, headers
 
+    def _document_pagination_metadata(self, spec, resp_doc):
+        # The header's value is a JSON object in one string, not OpenAPI's "simple" style.
+        resp_doc.setdefault("headers", {})[self.PAGINATION_HEADER_NAME] = {
+            "description": "Pagination as a JSON object: total, total_pages, first_page, "
+            "last_page, page, previous_page, next_page.",
+            "schema": {"type": "string"},
+            "example": '{"total": 25, "total_pages": 2, "first_page": 1, "last_page": 2, '
+            '"page": 1, "next_page": 2}',
+        }
+        resp_doc["headers"]["Link"] = {
+            "description": "RFC 8288 links to the first, previous, next and last pages.",
+            "schema": {"type": "string"},
+        }
+
 
 class Api(flask_smorest.Api):
     ERROR_SCHEMA = ErrorSchema

@@ -55,6 +55,13 @@ class Price(fields.Field):
         return int(value) if value == value.to_integral_value() else float(value)
 
 
+def price_properties(self, field, **kwargs) -> dict:
+    """OpenAPI for Price: a number of cents, 0 to MAX_PRICE (apispec attribute function)."""
+    if isinstance(field, Price):
+        return {"minimum": 0, "maximum": float(MAX_PRICE), "multipleOf": 0.01}
+    return {}
+
+
 class Count(fields.Integer):
     """A whole number given as a JSON integer (not 5.0, not true)."""
 

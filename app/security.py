@@ -19,8 +19,11 @@ def init_app(app: Flask) -> None:
     limiter.init_app(app)
     origins = app.config["CORS_ORIGINS"]
     if origins:
-        CORS(app, resources={r"/api/*": {"origins": origins}},
-             expose_headers=["X-Pagination", "Link", "Location"])
+        CORS(
+            app,
+            resources={r"/api/*": {"origins": origins}},
+            expose_headers=["X-Pagination", "Link", "Location"],
+        )
     app.after_request(_security_headers)
 
 

@@ -174,3 +174,15 @@ def rows(app):
             return list(db.session.scalars(select(model).where(*where)))
 
     return fetch
+
+
+@pytest.fixture
+def api_schema(app):
+    import schemathesis
+
+    return schemathesis.openapi.from_wsgi("/api/openapi.json", app)
+
+
+@pytest.fixture
+def admin_headers(admin) -> dict:
+    return admin["headers"]

@@ -8,8 +8,8 @@ from app.auth import issue_token
 from app.errors import ErrorSchema
 from app.extensions import db, limiter
 from app.rest import Blueprint
-from app.security import login_failures_limit
 from app.schemas import LoginSchema, TokenSchema
+from app.security import login_failures_limit
 from app.services.accounts import authenticate
 
 blp = Blueprint("auth", __name__, url_prefix="/users", description="Log in for a bearer token.")
@@ -33,10 +33,12 @@ def _failed(response) -> bool:
 @blp.route("/login")
 class Login(MethodView):
     decorators = [
-        limiter.limit(login_failures_limit, key_func=_client, deduct_when=_failed,
-                      scope="login-client"),
-        limiter.limit(login_failures_limit, key_func=_account, deduct_when=_failed,
-                      scope="login-account"),
+        limiter.limit(
+            login_failures_limit, key_func=_client, deduct_when=_failed, scope="login-client"
+        ),
+        limiter.limit(
+            login_failures_limit, key_func=_account, deduct_when=_failed, scope="login-account"
+        ),
     ]
 
     @blp.doc(security=[])

@@ -1,11 +1,11 @@
 """The delivery log of product-change emails (admin only)."""
 
 from flask.views import MethodView
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.auth import BEARER, admin_required
-from app.extensions import db
 from app.models import Notification
+from app.pagination import page_of
 from app.rest import Blueprint
 from app.schemas import NotificationQuerySchema, NotificationSchema
 
@@ -31,11 +31,4 @@ class Notifications(MethodView):
             query = query.where(Notification.status == status)
         if sku:
             query = query.where(Notification.sku == sku)
-        pagination_parameters.item_count = db.session.scalar(
-            select(func.count()).select_from(query.subquery())
-        )
-        return db.session.scalars(
-            query.order_by(Notification.id.desc())
-            .limit(pagination_parameters.page_size)
-            .offset(pagination_parameters.first_item)
-        ).all()
+        return page_of(query.order_by(Notification.id.desc()), pagination_parameters)

@@ -28,7 +28,18 @@ blp = Blueprint(
     "Add ?format=csv or 'Accept: text/csv' for CSV.",
 )
 
-CSV_DOC = {"responses": {"200": {"content": {"text/csv": {"schema": {"type": "string"}}}}}}
+CSV = {"text/csv": {"schema": {"type": "string"}}}
+
+
+def json_or_csv(json_schema: dict) -> dict:
+    """Document both answers of a statistics route: JSON (default) and CSV."""
+    return {"responses": {"200": {"content": {"application/json": {"schema": json_schema}, **CSV}}}}
+
+
+PRODUCT_STATS_DOC = json_or_csv({"$ref": "#/components/schemas/ProductStats"})
+TOP_PRODUCTS_DOC = json_or_csv(
+    {"type": "array", "items": {"$ref": "#/components/schemas/TopProduct"}}
+)
 
 
 def wants_csv(query: dict) -> bool:
@@ -52,7 +63,7 @@ def csv_response(header: list[str], rows: list[list], filename: str) -> Response
 
 @blp.route("/products/<string:sku>/stats")
 class ProductStats(MethodView):
-    @blp.doc(security=BEARER, **CSV_DOC)
+    @blp.doc(security=BEARER, **PRODUCT_STATS_DOC)
     @admin_required
     @blp.arguments(StatsQuerySchema, location="query")
     @blp.response(200, ProductStatsSchema)
@@ -78,7 +89,7 @@ class ProductStats(MethodView):
 
 @blp.route("/stats/products")
 class TopProducts(MethodView):
-    @blp.doc(security=BEARER, **CSV_DOC)
+    @blp.doc(security=BEARER, **TOP_PRODUCTS_DOC)
     @admin_required
     @blp.arguments(TopQuerySchema, location="query")
     @blp.response(200, TopProductSchema(many=True))

@@ -3,12 +3,13 @@
 from flask import url_for
 from flask.views import MethodView
 from flask_smorest import abort
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.auth import BEARER, admin_required
 from app.errors import ErrorSchema
 from app.extensions import db
 from app.models import User
+from app.pagination import page_of
 from app.rest import Blueprint
 from app.schemas import UserCreateSchema, UserSchema, UserUpdateSchema
 from app.services import accounts
@@ -51,15 +52,8 @@ class Users(MethodView):
     @blp.paginate()
     def get(self, pagination_parameters):
         """List active users (admin)."""
-        live = select(User).where(User.active.is_(True))
-        pagination_parameters.item_count = db.session.scalar(
-            select(func.count()).select_from(live.subquery())
-        )
-        return db.session.scalars(
-            live.order_by(User.id)
-            .limit(pagination_parameters.page_size)
-            .offset(pagination_parameters.first_item)
-        ).all()
+        live = select(User).where(User.active.is_(True)).order_by(User.id)
+        return page_of(live, pagination_parameters)
 
     @blp.doc(security=BEARER)
     @admin_required
@@ -73,7 +67,7 @@ class Users(MethodView):
         return user, {"Location": url_for("users.UsersById", user_id=user.id)}
 
 
-@blp.route("/<int:user_id>")
+@blp.route("/<int(max=2147483647):user_id>")
 class UsersById(MethodView):
     @blp.doc(security=BEARER)
     @admin_required

@@ -110,6 +110,8 @@ def product_filters(filters: dict) -> list:
 def list_products(filters: dict, page: int, page_size: int) -> tuple[list[Product], int]:
     where = product_filters(filters)
     total = db.session.scalar(select(func.count()).select_from(Product).where(*where))
+    if (page - 1) * page_size >= total:
+        return [], total  # past the last page
     sort = filters.get("sort") or "created"
     column = SORT_COLUMNS[sort.lstrip("-")]
     order = (column.desc(), Product.id.desc()) if sort.startswith("-") else (column, Product.id)
