@@ -172,3 +172,22 @@ def test_swagger_ui_is_served_without_a_cdn(client):
     assert "//cdn" not in html and "unpkg" not in html
     with client.get("/api/docs/static/swagger-ui-bundle.js") as script:
         assert script.status_code == 200 and len(script.data) > 100_000
+
+
+def test_with_redis_storage_every_process_shares_the_limit(database, admin, monkeypatch):
+    """Two app instances (two uWSGI processes, say) count failures in one Redis."""
+    import uuid
+
+    from app import config, create_app
+
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/15")
+    monkeypatch.setenv("LOGIN_FAILURES_LIMIT", "4 per minute")
+    first = create_app(config.TestConfig(database)).test_client()
+    second = create_app(config.TestConfig(database)).test_client()
+    address = f"10.77.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"  # fresh each run
+    body = {"email": f"{uuid.uuid4().hex}@example.com", "password": "wrong-password"}
+    assert login(first, body, address).status_code == 401
+    assert login(second, body, address).status_code == 401
+    assert login(first, body, address).status_code == 401
+    assert login(second, body, address).status_code == 401
+    assert login(first, body, address).status_code == 429
