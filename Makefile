@@ -6,7 +6,7 @@ FLASK := $(BIN)/flask
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench smoke docs-check clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ format: $(VENV)/.installed
 ## make bench: throughput and latency ratios under uWSGI on MariaDB (see bench/README)
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
+
+## make smoke: the Docker deployment's files without Docker: Debian's nginx + uWSGI on MariaDB (root)
+smoke: $(VENV)/.installed
+	$(BIN)/python deploy/smoke.py
+
+## make docs-check: open /api/docs in headless Chromium and check every route is drawn
+docs-check: $(VENV)/.installed
+	$(BIN)/python deploy/docs_in_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,86 @@
+# The Marketplace service: nginx on port 80 -> uWSGI (unix socket) -> Flask, with the
+# notification worker beside it (docker/entrypoint.sh, app.ini, nginx.conf).
+#
+#   docker build -t marketplace .
+#   docker run -it --rm -p 80:80 --stop-timeout 30 \
+#       -e DATABASE_URL=mysql://user:password@dbhost:3306/db -e SECRET_KEY=... \
+#       -e EMAIL_SOURCE=... -e REGION_NAME=us-east-1 \
+#       -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... marketplace
+#
+# The migrations run at start (safe with several containers at once). Give the container
+# time for its graceful stop (workers flush the product views they buffer): 30 s with
+# --stop-timeout, or the ECS task's stopTimeout; Docker's default is 10 s.
+# No secret is baked in: every one comes from the environment at run time.
+#
+# The same Debian packages (nginx, uWSGI and its python3 plugin, python3) run the same
+# entrypoint, app.ini and nginx.conf in deploy/smoke.py (`make smoke`), without Docker.
+
+# ---------------------------------------------------------------- build: the virtualenv
+FROM debian:bookworm-20260824-slim AS build
+
+# Versions come with the dated base image's Debian release (bookworm and its security
+# updates); pinning exact Debian versions breaks the build whenever the archive drops a
+# superseded one.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+# Built with Debian's python3: the one uWSGI's python3 plugin embeds at run time.
+RUN python3 -m venv /opt/venv
+# The requirements alone first: this layer is rebuilt only when they change, not with
+# the code. Wheels only: no compiler in this image or the next.
+COPY requirements.txt /tmp/requirements.txt
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+        --only-binary=:all: -r /tmp/requirements.txt
+
+# ---------------------------------------------------------------- runtime
+FROM debian:bookworm-20260824-slim
+
+# The app user owns nothing but /run/marketplace (uWSGI's socket and master FIFO); the
+# code and the virtualenv belong to root and are read-only to it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        python3 nginx uwsgi-core uwsgi-plugin-python3 \
+    && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \
+    && groupadd --system app \
+    && useradd --system --gid app --home-dir /app --no-create-home \
+        --shell /usr/sbin/nologin app \
+    && install -d -m 0750 -o app -g www-data /run/marketplace
+
+# Who runs what. The container starts as root, and only for what needs it: the
+# entrypoint makes /run/marketplace, runs the migration as `app` (setpriv), and starts
+# nginx, whose master binds port 80 as root and whose workers (all the traffic) run as
+# www-data. uWSGI's master, its workers and the notification worker drop to `app`
+# (APP_USER, app.ini's uid/gid) before loading any application code. Hence no USER
+# line: USER app would leave nginx unable to bind port 80 without file capabilities
+# (setcap) and the entrypoint unable to set up the socket directory.
+ENV APP_ENV=production \
+    APP_DIR=/app \
+    APP_VENV=/opt/venv \
+    APP_USER=app \
+    FLASK_APP=wsgi \
+    PATH=/opt/venv/bin:$PATH \
+    LANG=C.UTF-8 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+COPY --from=build /opt/venv /opt/venv
+
+WORKDIR /app
+COPY nginx.conf /etc/nginx/nginx.conf
+COPY docker/entrypoint.sh /usr/local/bin/docker-entrypoint
+COPY app.ini wsgi.py ./
+COPY migrations ./migrations
+COPY app ./app
+# Byte-code now: the app user cannot write __pycache__ next to the code.
+RUN python3 -m compileall -q /app
+
+EXPOSE 80
+STOPSIGNAL SIGTERM
+# Liveness through nginx and uWSGI (no curl in the slim image: Python's urllib).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1/healthz', timeout=4)"]
+
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint"]
