@@ -106,10 +106,14 @@ DAY = click.DateTime(formats=["%Y-%m-%d"])
 
 @stats.command("rollup")
 @click.option("--from", "start", type=DAY, help="First day (UTC); default 30 days ago.")
-@click.option("--to", "end", type=DAY, help="Last day (UTC); default today.")
+@click.option("--to", "end", type=DAY, help="Last day (UTC); default yesterday.")
 def stats_rollup(start, end) -> None:
-    """Rebuild the per-day roll-ups of a range from the raw view rows."""
-    end = end.date() if end else datetime.now(UTC).date()
+    """Rebuild the per-day roll-ups of a range from the raw view rows.
+
+    Meant for past days: views still being written for a day in the range (today) can
+    be missed by the rebuild, so the default range ends yesterday.
+    """
+    end = end.date() if end else datetime.now(UTC).date() - timedelta(days=1)
     start = start.date() if start else end - timedelta(days=29)
     if start > end:
         raise click.BadParameter("must not be after --to", param_hint="--from")
