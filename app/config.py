@@ -140,7 +140,6 @@ class Config:
         # production points RATELIMIT_STORAGE_URI at Redis (redis://host:6379/0).
         self.LOGIN_FAILURES_LIMIT = env_str("LOGIN_FAILURES_LIMIT") or "10 per minute"
         self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI") or "memory://"
-        self.RATELIMIT_HEADERS_ENABLED = True
         self.CORS_ORIGINS = [
             origin.strip()
             for origin in (env_str("CORS_ORIGINS") or "").split(",")

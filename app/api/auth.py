@@ -6,41 +6,16 @@ from flask_smorest import abort
 
 from app.auth import issue_token
 from app.errors import ErrorSchema
-from app.extensions import db, limiter
+from app.extensions import db
 from app.rest import Blueprint
 from app.schemas import LoginSchema, TokenSchema
-from app.security import login_failures_limit
 from app.services.accounts import authenticate
 
 blp = Blueprint("auth", __name__, url_prefix="/users", description="Log in for a bearer token.")
 
 
-def _client() -> str:
-    return f"client:{request.remote_addr}"
-
-
-def _account() -> str:
-    body = request.get_json(silent=True)
-    email = body.get("email") if isinstance(body, dict) else None
-    return f"account:{email.strip().lower() if isinstance(email, str) else ''}"
-
-
-def _failed(response) -> bool:
-    # Only failed attempts count: a busy office behind one address is never locked out.
-    return response.status_code == 401
-
-
 @blp.route("/login")
 class Login(MethodView):
-    decorators = [
-        limiter.limit(
-            login_failures_limit, key_func=_client, deduct_when=_failed, scope="login-client"
-        ),
-        limiter.limit(
-            login_failures_limit, key_func=_account, deduct_when=_failed, scope="login-account"
-        ),
-    ]
-
     @blp.doc(security=[])
     @blp.arguments(LoginSchema, example={"email": "admin@example.com", "password": "rgu7ue56ie"})
     @blp.response(200, TokenSchema)
@@ -48,8 +23,19 @@ class Login(MethodView):
     @blp.alt_response(429, schema=ErrorSchema, description="Too many failed attempts.")
     def post(self, credentials):
         """Log in with email and password; returns a bearer token."""
-        user = authenticate(credentials["email"], credentials["password"])
+        # Only failures count toward the limit: a busy office behind one address is never
+        # locked out by its own successful logins.
+        limits = current_app.extensions["login_limits"]
+        address, email = request.remote_addr, credentials["email"]
+        if wait := limits.retry_after(address, email):
+            abort(
+                429,
+                message=f"Too many failed logins; try again in {wait} s.",
+                headers={"Retry-After": str(wait)},
+            )
+        user = authenticate(email, credentials["password"])
         if user is None:
+            limits.failed(address, email)
             abort(401, message="Wrong email or password.")
         db.session.commit()  # keeps a rehashed password, if argon2's parameters moved on
         token = issue_token(user)
