@@ -44,6 +44,7 @@ MARIADB_PASSWORD = os.environ.get("BENCH_MARIADB_PASSWORD", "")
 UWSGI_PROCESSES = 2
 SERVER_START_SECONDS = 60
 SERVER_STOP_SECONDS = 15
+GRACEFUL_STOP_SECONDS = 60
 HTTP_TIMEOUT_SECONDS = 10
 
 
@@ -60,12 +61,14 @@ def say(message: str) -> None:
 
 @dataclass(frozen=True)
 class Target:
-    """A bound on a ratio: ``>= 0.5`` or ``<= 1.5``."""
+    """A bound on a ratio: ``>= 0.5`` or ``<= 1.5``; ``== 1`` for an exact count."""
 
     op: str
     bound: float
 
     def met(self, ratio: float) -> bool:
+        if self.op == "==":
+            return ratio == self.bound
         return ratio >= self.bound if self.op == ">=" else ratio <= self.bound
 
     def __str__(self) -> str:
@@ -320,7 +323,13 @@ class UwsgiServer:
     """A uWSGI server for one WSGI file, on a free loopback port, stopped on exit."""
 
     def __init__(
-        self, name: str, wsgi_file: str, env: dict[str, str], ready_path: str = "/"
+        self,
+        name: str,
+        wsgi_file: str,
+        env: dict[str, str],
+        ready_path: str = "/",
+        *,
+        master_fifo: bool = False,
     ) -> None:
         self.name = name
         self.wsgi_file = wsgi_file
@@ -329,6 +338,9 @@ class UwsgiServer:
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.log_path = RESULTS_DIR / f"uwsgi-{name}.log"
+        # With a master FIFO, stop_gracefully() can ask for uWSGI's graceful shutdown ("q"),
+        # in which the workers run their exit hooks (SIGTERM with die-on-term does not).
+        self.fifo_path = RESULTS_DIR / f"uwsgi-{name}.fifo" if master_fifo else None
 
     def __enter__(self) -> UwsgiServer:
         self.start()
@@ -343,9 +355,13 @@ class UwsgiServer:
     def start(self) -> None:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        command = uwsgi_command(self.wsgi_file, self.port)
+        if self.fifo_path is not None:
+            self.fifo_path.unlink(missing_ok=True)
+            command += ["--master-fifo", str(self.fifo_path)]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                uwsgi_command(self.wsgi_file, self.port),
+                command,
                 cwd=REPO_ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -398,6 +414,38 @@ class UwsgiServer:
         # Workers outliving their master would keep the port: end what is left of the group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        if self.fifo_path is not None:
+            self.fifo_path.unlink(missing_ok=True)
+
+    def stop_gracefully(self, timeout: float = GRACEFUL_STOP_SECONDS) -> None:
+        """uWSGI's graceful shutdown ("q" on the master FIFO): workers finish their requests
+        and run their exit hooks (the app's buffers are flushed) before the master exits.
+
+        Raises BenchError when the server has no FIFO, was already gone, or did not stop
+        within ``timeout`` (it is then killed); the server is stopped either way.
+        """
+        proc = self.proc
+        try:
+            if self.fifo_path is None:
+                raise BenchError(f"{self.name}: started without a master FIFO.")
+            if proc is None or proc.poll() is not None:
+                raise BenchError(f"{self.name}: uWSGI was not running at the graceful stop.")
+            # Non-blocking: opening a FIFO nobody reads fails at once instead of hanging.
+            fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                os.write(fd, b"q")
+            finally:
+                os.close(fd)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise BenchError(
+                    f"{self.name}: no graceful stop within {timeout:.0f}s:\n"
+                    f"{log_tail(self.log_path)}"
+                ) from None
+            say(f"{self.name}: stopped gracefully (exit {proc.returncode})")
+        finally:
+            self.stop()
 
 
 # ---------------------------------------------------------------- HTTP
@@ -415,7 +463,9 @@ def http_get(
         conn.close()
 
 
-def fetch(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+def fetch(
+    conn: http.client.HTTPConnection, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """GET ``path`` on a kept-alive connection, reconnecting when the server has closed it.
 
     uWSGI's http-socket closes the connection after each answer without saying so
@@ -427,14 +477,14 @@ def fetch(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
         conn.close()  # readable while idle: the server has closed its end
         reused = False
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
         body = resp.read()
     except (OSError, http.client.HTTPException):
         conn.close()
         if not reused:
             raise
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
         body = resp.read()
     if resp.will_close:
@@ -466,7 +516,11 @@ class Latencies:
 
 
 def sequential_latencies(
-    server: UwsgiServer, paths: list[str], *, budget_seconds: float = 60.0
+    server: UwsgiServer,
+    paths: list[str],
+    *,
+    budget_seconds: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> Latencies:
     """Request each path once, one after the other on one client; time each round trip.
 
@@ -480,7 +534,7 @@ def sequential_latencies(
             if time.monotonic() > deadline:
                 raise BenchError(f"{server.name}: latency run passed {budget_seconds:.0f}s")
             began = time.perf_counter()
-            status, body = fetch(conn, path)
+            status, body = fetch(conn, path, headers)
             result.samples.append(time.perf_counter() - began)
             if status != 200:
                 raise BenchError(f"GET {path} on {server.name}: HTTP {status}: {body[:300]!r}")
@@ -658,3 +712,161 @@ def alternate(rounds: int, sides: list) -> Iterator[tuple[int, object]]:
     for n in range(rounds):
         for side in sides if n % 2 == 0 else reversed(sides):
             yield n, side
+
+
+# ---------------------------------------------------------------- admins, tokens, JSON calls
+
+
+def http_request(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = HTTP_TIMEOUT_SECONDS,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a new connection (uWSGI's http-socket closes it after each answer)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def json_request(
+    server: UwsgiServer,
+    method: str,
+    path: str,
+    payload: object = None,
+    *,
+    token: str | None = None,
+    expect: int = 200,
+) -> object:
+    """Send JSON (if any) with an optional bearer token; return the decoded answer."""
+    headers = {"Accept": "application/json"}
+    body = None
+    if payload is not None:
+        body = json.dumps(payload).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    status, _headers, answer = http_request(
+        HOST, server.port, method, path, body=body, headers=headers
+    )
+    if status != expect:
+        raise BenchError(f"{method} {path} on {server.name}: HTTP {status}: {answer[:300]!r}")
+    return json.loads(answer) if answer else None
+
+
+def flask_command(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    """Run ``.venv/bin/flask <args>`` (an operator command) and return its output."""
+    done = subprocess.run(
+        [str(VENV_BIN / "flask"), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(
+            f"flask {' '.join(args[:2])} failed (exit {done.returncode}):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        )
+    return done.stdout
+
+
+def create_admin(env: dict[str, str], email: str, password: str, fullname: str) -> None:
+    """An admin account made the operator's way: ``flask users create-admin``."""
+    flask_command(
+        [
+            "users", "create-admin",
+            "--email", email, "--password", password, "--fullname", fullname,
+        ],
+        env,
+    )  # fmt: skip
+
+
+def login(server: UwsgiServer, email: str, password: str) -> str:
+    """POST /users/login; the bearer token."""
+    answer = json_request(server, "POST", "/users/login", {"email": email, "password": password})
+    token = answer.get("access_token") if isinstance(answer, dict) else None
+    if not token:
+        raise BenchError(f"{server.name}: login of {email} returned no access_token: {answer!r}")
+    return token
+
+
+def scalar(database: str, sql: str, args: tuple | dict | None = None):
+    """The first column of the first row of a query on ``database`` (a fresh connection)."""
+    check_database_name(database)
+    with contextlib.closing(connect(database)) as conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        row = cur.fetchone()
+        return row[0] if row else None
+
+
+# ---------------------------------------------------------------- helper processes
+
+
+class Background:
+    """A helper server (moto, ...) in its own process group, on loopback; stopped on exit."""
+
+    def __init__(self, name: str, command: list[str], port: int, ready_path: str) -> None:
+        self.name = name
+        self.command = command
+        self.port = port
+        self.ready_path = ready_path
+        self.proc: subprocess.Popen | None = None
+        self.log_path = RESULTS_DIR / f"{name}.log"
+
+    def __enter__(self) -> Background:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.command,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + SERVER_START_SECONDS
+            while True:
+                if self.proc.poll() is not None:
+                    raise BenchError(
+                        f"{self.name} exited with {self.proc.returncode}:\n"
+                        f"{log_tail(self.log_path)}"
+                    )
+                try:
+                    status, _h, _b = http_get(HOST, self.port, self.ready_path, timeout=2)
+                    if status == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{self.name} not ready after {SERVER_START_SECONDS}s")
+                time.sleep(0.2)
+        except BaseException:
+            self.__exit__()
+            raise
+        say(f"{self.name}: pid {self.proc.pid} on {HOST}:{self.port}")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(SERVER_STOP_SECONDS)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(SERVER_STOP_SECONDS)

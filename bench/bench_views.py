@@ -1,0 +1,454 @@
+"""Product views under uWSGI on MariaDB: what counting them costs, and what reading them costs.
+
+1. ``GET /api/products/<sku>`` throughput with ``VIEW_RECORDING=buffered`` (the default)
+   divided by the same with ``VIEW_RECORDING=off`` (target >= 0.8); ``direct`` (a write in
+   every read, the rejected alternative) is measured beside them, for information.
+2. Exactness: reads of another product on the buffered server by a load generator that
+   counts its 200 answers; after a graceful uWSGI stop (``q`` on the master FIFO, so every
+   worker flushes its buffer) ``product_views`` must hold exactly that many rows for it.
+3. ``GET /api/products/<sku>/stats`` (30 days, admin) median latency with 5,000,000 raw view
+   rows divided by the same with 50,000 (target <= 2): the statistics read the daily
+   roll-ups, so their cost should not grow with the raw rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from urllib.parse import quote
+
+from common import (
+    BenchError,
+    Context,
+    Latencies,
+    Load,
+    Result,
+    Target,
+    ThreadedClient,
+    UwsgiServer,
+    alternate,
+    app_environment,
+    build_catalog,
+    connect,
+    create_admin,
+    drop_database,
+    get_json,
+    json_request,
+    login,
+    say,
+    scalar,
+    sequential_latencies,
+)
+
+READS_DB = "bench_views_reads"
+READ_PRODUCTS = 1_000
+MODES = ("off", "buffered", "direct")
+WARMUP_SECONDS = 2.0
+MAX_ERROR_SHARE = 0.01
+
+SMALL = ("bench_views_50k", 50_000)
+LARGE = ("bench_views_5m", 5_000_000)
+STATS_PRODUCTS = 1_000
+REGISTERED_USERS = 300
+REGISTERED_PERCENT = 10  # of the views; the rest are anonymous (user_id NULL)
+DAYS = 365
+RANGE_DAYS = 30
+RANGE_ENDS_DAYS_AGO = 15
+LATENCY_ROUNDS = 6
+ADMIN = ("stats-admin@example.com", "stats-admin-password")
+
+THROUGHPUT_TARGET = Target(">=", 0.8)
+EXACT_TARGET = Target("==", 1)
+STATS_TARGET = Target("<=", 2)
+
+
+def run(ctx: Context) -> list[Result]:
+    try:
+        results = reads(ctx)
+        results.append(statistics_latency(ctx))
+        return results
+    finally:
+        if not ctx.keep_databases:
+            for database in (READS_DB, SMALL[0], LARGE[0]):
+                try:
+                    drop_database(database)
+                except Exception as exc:  # keep the benchmark's own error, if any
+                    say(f"could not drop {database}: {exc}")
+
+
+# ---------------------------------------------------------------- recording views
+
+
+def reads(ctx: Context) -> list[Result]:
+    env = app_environment(READS_DB, ctx.app_env)
+    catalog = build_catalog(READS_DB, READ_PRODUCTS, marks=20, env=env)
+    middle = len(catalog.sample_skus) // 2
+    sku, exact_sku = catalog.sample_skus[middle], catalog.sample_skus[middle + 1]
+    path = f"/api/products/{quote(sku)}"
+    with contextlib.ExitStack() as stack:
+        servers = {
+            mode: stack.enter_context(
+                UwsgiServer(
+                    f"views-{mode}",
+                    "wsgi.py",
+                    {**env, "VIEW_RECORDING": mode},
+                    ready_path="/api/products",  # the list records no view
+                    master_fifo=mode == "buffered",
+                )
+            )
+            for mode in MODES
+        }
+        answers = {mode: get_json(server, path)[1] for mode, server in servers.items()}
+        if any(answer != answers["off"] for answer in answers.values()):
+            raise BenchError(f"The three modes answer differently: {answers}")
+        results = throughput(ctx, servers, path)
+        results.append(exact_views(ctx, servers["buffered"], exact_sku))
+    return results
+
+
+def throughput(ctx: Context, servers: dict[str, UwsgiServer], path: str) -> list[Result]:
+    order = [servers[mode] for mode in MODES]
+    for server in order:
+        ctx.load.run(server.url(path), WARMUP_SECONDS)
+    totals = {server.name: Load(0, 0.0, 0) for server in order}
+    rounds: dict[str, list[float]] = {server.name: [] for server in order}
+    # Twice the rounds, half as long: the same time per server, but other work on the
+    # machine (it comes in bursts) is less likely to land on one side only.
+    seconds = max(1.0, ctx.seconds / 2)
+    for _n, server in alternate(ctx.rounds * 2, order):
+        load = ctx.load.run(server.url(path), seconds)
+        if load.requests == 0:
+            raise BenchError(f"{server.name}: the load generator completed no request.")
+        if load.errors > load.requests * MAX_ERROR_SHARE:
+            message = f"{server.name}: {load.errors} errors in {load.requests} requests"
+            if server is not servers["direct"]:
+                raise BenchError(f"{message} (see {server.log_path}).")
+            say(f"{message} (direct writes; see {server.log_path})")
+        total = totals[server.name]
+        totals[server.name] = Load(
+            total.requests + load.requests, total.seconds + load.seconds, total.errors + load.errors
+        )
+        rounds[server.name].append(round(load.rps, 1))
+        say(f"{server.name}: {load.rps:,.0f} req/s ({load.requests:,} in {load.seconds:.1f}s)")
+
+    off = servers["off"]
+    off_rps = totals[off.name].rps
+    results = []
+    for mode, name, target in (
+        ("buffered", "GET /api/products/<sku>: views buffered / off throughput", THROUGHPUT_TARGET),
+        ("direct", "GET /api/products/<sku>: views direct / off (info)", THROUGHPUT_TARGET),
+    ):
+        server = servers[mode]
+        rps = totals[server.name].rps
+        per_round = [
+            round(a / b, 3) for a, b in zip(rounds[server.name], rounds[off.name], strict=True) if b
+        ]
+        say(f"{mode} / off per round: {', '.join(f'{r:.3f}' for r in per_round)}")
+        results.append(
+            Result(
+                name=name,
+                measured=f"{rps:,.0f} / {off_rps:,.0f} req/s",
+                ratio=rps / off_rps,
+                target=target,
+                details={
+                    f"{mode}_rps": round(rps, 1),
+                    "off_rps": round(off_rps, 1),
+                    "rounds_rps": {n: rounds[n] for n in (server.name, off.name)},
+                    "rounds_ratio": per_round,
+                    "requests": {n: totals[n].requests for n in (server.name, off.name)},
+                    "errors": {n: totals[n].errors for n in (server.name, off.name)},
+                    "seconds_per_round": seconds,
+                    "catalog_products": READ_PRODUCTS,
+                },
+            )
+        )
+    return results
+
+
+def exact_views(ctx: Context, server: UwsgiServer, sku: str) -> Result:
+    """Reads counted by the client against the rows written, after a graceful stop."""
+    product_id = scalar(READS_DB, "SELECT id FROM products WHERE sku_key = %s", (sku.lower(),))
+    before = count_views(product_id)
+    if before != (0, 0):
+        raise BenchError(f"{sku} has views before its reads: {before}")
+    # The Python client counts every answer it waits for; wrk abandons the requests in
+    # flight when its time is up, which the server may still answer (and count).
+    client = ThreadedClient(getattr(ctx.load, "connections", 4))
+    load = client.run(server.url(f"/api/products/{quote(sku)}"), ctx.seconds)
+    answered = load.requests - load.errors
+    say(f"{server.name}: {answered:,} reads answered 200 ({load.errors} others), {client.name}")
+    buffered = count_views(product_id)
+    server.stop_gracefully()
+    recorded, rolled_up = count_views(product_id)
+    raw_total = scalar(READS_DB, "SELECT COUNT(*) FROM product_views")
+    rollup_total = scalar(
+        READS_DB, "SELECT SUM(anonymous_views + registered_views) FROM daily_product_views"
+    )
+    say(
+        f"views of {sku}: {recorded:,} recorded / {answered:,} answered "
+        f"(roll-ups {rolled_up:,}; {buffered[0]:,} were in the table before the stop); "
+        f"whole table {raw_total:,} raw / {int(rollup_total or 0):,} in roll-ups"
+    )
+    return Result(
+        name="Buffered views recorded / 200 responses, after a graceful stop",
+        measured=f"{recorded:,} / {answered:,}",
+        ratio=recorded / answered if answered else 0.0,
+        target=EXACT_TARGET,
+        details={
+            "answered_200": answered,
+            "other_answers": load.errors,
+            "recorded": recorded,
+            "rolled_up": rolled_up,
+            "in_table_before_stop": buffered[0],
+            "table_raw_rows": raw_total,
+            "table_rolled_up": int(rollup_total or 0),
+            "load_generator": client.name,
+            "seconds": round(load.seconds, 1),
+        },
+    )
+
+
+def count_views(product_id: int) -> tuple[int, int]:
+    """Raw rows, and the same counted by the daily roll-ups, for one product."""
+    raw = scalar(
+        READS_DB, "SELECT COUNT(*) FROM product_views WHERE product_id = %s", (product_id,)
+    )
+    rolled = scalar(
+        READS_DB,
+        "SELECT COALESCE(SUM(anonymous_views + registered_views), 0) FROM daily_product_views"
+        " WHERE product_id = %s",
+        (product_id,),
+    )
+    return int(raw), int(rolled)
+
+
+# ---------------------------------------------------------------- reading statistics
+
+
+def statistics_latency(ctx: Context) -> Result:
+    today = datetime.now(UTC).date()
+    first_day = today - timedelta(days=DAYS - 1)
+    end = today - timedelta(days=RANGE_ENDS_DAYS_AGO)
+    start = end - timedelta(days=RANGE_DAYS - 1)
+    built = {}
+    skus = {}
+    for database, rows in (SMALL, LARGE):
+        env = app_environment(database, ctx.app_env)
+        catalog = build_catalog(database, STATS_PRODUCTS, marks=20, env=env)
+        create_admin(env, *ADMIN, "Stats Admin")
+        built[database] = fill_views(database, rows, first_day)
+        skus[database] = catalog.sample_skus[0]
+    if skus[SMALL[0]] != skus[LARGE[0]]:
+        raise BenchError(f"The two catalogs differ: {skus}")
+    sku = skus[LARGE[0]]
+    path = f"/api/products/{quote(sku)}/stats?from={start}&to={end}"
+
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for database, rows in (SMALL, LARGE):
+            env = app_environment(database, ctx.app_env)
+            servers.append(
+                stack.enter_context(
+                    UwsgiServer(f"stats-{label(rows)}", "wsgi.py", env, ready_path="/api/products")
+                )
+            )
+        headers = {}
+        checked = {}
+        for server, (database, _rows) in zip(servers, (SMALL, LARGE), strict=True):
+            token = login(server, *ADMIN)
+            headers[server.name] = {"Authorization": f"Bearer {token}"}
+            answer = json_request(server, "GET", path, token=token)
+            checked[server.name] = check_stats(database, sku, start, end, answer)
+
+        per_round = max(1, ctx.latency_requests // LATENCY_ROUNDS)
+        for server in servers:
+            sequential_latencies(server, [path] * 20, headers=headers[server.name])  # warm-up
+        measured = {server.name: Latencies() for server in servers}
+        for _n, server in alternate(LATENCY_ROUNDS, servers):
+            got = sequential_latencies(server, [path] * per_round, headers=headers[server.name])
+            measured[server.name].samples.extend(got.samples)
+
+    small, large = (measured[server.name] for server in servers)
+    say(
+        f"stats median: {large.median_ms:.2f} ms ({label(LARGE[1])} rows) / "
+        f"{small.median_ms:.2f} ms ({label(SMALL[1])} rows)"
+    )
+
+    def summary(server: UwsgiServer, database: str, lat: Latencies) -> dict:
+        return {
+            **built[database],
+            "answer": checked[server.name],
+            "requests": len(lat.samples),
+            "median_ms": round(lat.median_ms, 3),
+            "p90_ms": round(lat.percentile_ms(90), 3),
+            "p99_ms": round(lat.percentile_ms(99), 3),
+        }
+
+    return Result(
+        name=f"GET /api/products/<sku>/stats ({RANGE_DAYS} days): 5M / 50k views median latency",
+        measured=f"{large.median_ms:.2f} / {small.median_ms:.2f} ms",
+        ratio=large.median_ms / small.median_ms,
+        target=STATS_TARGET,
+        details={
+            "path": path,
+            "large": summary(servers[1], LARGE[0], large),
+            "small": summary(servers[0], SMALL[0], small),
+        },
+    )
+
+
+def label(rows: int) -> str:
+    return f"{rows // 1_000_000}m" if rows >= 1_000_000 else f"{rows // 1_000}k"
+
+
+BULK_SESSION = (
+    "SET SESSION foreign_key_checks = 0, unique_checks = 0,"
+    " tmp_table_size = 1073741824, max_heap_table_size = 1073741824"
+)
+
+
+def fill_views(database: str, rows: int, first_day: date) -> dict:
+    """Registered users, ``rows`` raw views over the products and DAYS days ending today,
+    then the daily roll-ups computed from those rows with INSERT ... SELECT ... GROUP BY."""
+    started = time.monotonic()
+    with contextlib.closing(connect(database)) as conn, conn.cursor() as cur:
+        cur.execute(BULK_SESSION)
+        cur.execute(
+            "INSERT INTO users (fullname, username, email, username_key, email_key,"
+            " password_hash, rol, active, token_version, created_at, updated_at)"
+            " SELECT CONCAT('Reader ', seq), CONCAT('reader', seq),"
+            " CONCAT('reader', seq, '@example.com'), CONCAT('reader', seq),"
+            " CONCAT('reader', seq, '@example.com'), '!', 2, 1, 1, NOW(6), NOW(6)"
+            f" FROM seq_1_to_{REGISTERED_USERS}"
+        )
+        cur.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM products")
+        p_lo, p_hi, p_count = cur.fetchone()
+        cur.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM users WHERE rol = 2")
+        u_lo, u_hi, u_count = cur.fetchone()
+        if p_hi - p_lo + 1 != p_count or u_hi - u_lo + 1 != u_count:
+            raise BenchError(f"{database}: product or user ids are not contiguous")
+        # Row n: a product and (for REGISTERED_PERCENT of them) a user from two
+        # multiplicative hashes of n; the time moves evenly through the DAYS days, so the
+        # rows arrive in time order as they would in use.
+        seconds = DAYS * 86_400
+        cur.execute(
+            "INSERT INTO product_views (product_id, user_id, viewed_at)"
+            f" SELECT {p_lo} + (seq * 2654435761) %% 1000003 %% {p_count},"
+            f" IF((seq * 40503) %% 65521 %% 100 < {REGISTERED_PERCENT},"
+            f" {u_lo} + (seq * 7919 + 13) %% 104729 %% {u_count}, NULL),"
+            f" TIMESTAMP(%s) + INTERVAL ((seq - 1) * {seconds} DIV {rows}) SECOND"
+            "  + INTERVAL ((seq * 7919) %% 1000000) MICROSECOND"
+            f" FROM seq_1_to_{rows}",
+            (datetime.combine(first_day, datetime.min.time()),),
+        )
+        conn.commit()
+    raw_seconds = time.monotonic() - started
+
+    rollups = {
+        "daily_product_views": (
+            "INSERT INTO daily_product_views (product_id, day, anonymous_views, registered_views)"
+            " SELECT product_id, DATE(viewed_at), SUM(user_id IS NULL), SUM(user_id IS NOT NULL)"
+            " FROM product_views GROUP BY product_id, DATE(viewed_at)"
+        ),
+        "daily_product_viewers": (
+            "INSERT INTO daily_product_viewers (product_id, day, user_id)"
+            " SELECT product_id, DATE(viewed_at), user_id FROM product_views"
+            " WHERE user_id IS NOT NULL GROUP BY product_id, DATE(viewed_at), user_id"
+        ),
+    }
+    errors: list[BaseException] = []
+
+    def roll_up(sql: str) -> None:
+        try:
+            with contextlib.closing(connect(database)) as conn, conn.cursor() as cur:
+                cur.execute(BULK_SESSION)
+                cur.execute(sql)
+                conn.commit()
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    began = time.monotonic()
+    # Two statements, two connections: each is one full scan on its own core.
+    threads = [threading.Thread(target=roll_up, args=(sql,)) for sql in rollups.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(900)
+    if errors or any(thread.is_alive() for thread in threads):
+        raise BenchError(f"{database}: the roll-ups failed: {errors or 'timeout'}")
+    rollup_seconds = time.monotonic() - began
+
+    with contextlib.closing(connect(database)) as conn, conn.cursor() as cur:
+        for table in ("product_views", *rollups):
+            cur.execute(f"ANALYZE TABLE {table}")
+            cur.fetchall()
+        cur.execute("SELECT COUNT(*), COUNT(user_id) FROM product_views")
+        raw, registered = cur.fetchone()
+        cur.execute(
+            "SELECT COUNT(*), SUM(anonymous_views), SUM(registered_views) FROM daily_product_views"
+        )
+        days, anonymous, registered_rolled = cur.fetchone()
+        cur.execute("SELECT COUNT(*) FROM daily_product_viewers")
+        (viewer_days,) = cur.fetchone()
+    if raw != rows or anonymous + registered_rolled != raw or registered_rolled != registered:
+        raise BenchError(
+            f"{database}: {raw} raw views ({registered} registered), roll-ups "
+            f"{anonymous} anonymous + {registered_rolled} registered; expected {rows}"
+        )
+    say(
+        f"{database}: {raw:,} views ({registered:,} registered, {REGISTERED_USERS} readers) in "
+        f"{raw_seconds:.1f}s; roll-ups ({days:,} product-days, {viewer_days:,} viewer-days) "
+        f"in {rollup_seconds:.1f}s"
+    )
+    return {
+        "views": raw,
+        "registered_views": registered,
+        "product_days": days,
+        "viewer_days": viewer_days,
+        "insert_seconds": round(raw_seconds, 1),
+        "rollup_seconds": round(rollup_seconds, 1),
+    }
+
+
+def check_stats(database: str, sku: str, start: date, end: date, answer: dict) -> dict:
+    """The route's answer equals the same figures counted from the raw rows."""
+    lo = datetime.combine(start, datetime.min.time())
+    hi = datetime.combine(end + timedelta(days=1), datetime.min.time())
+    with contextlib.closing(connect(database)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT DATE(v.viewed_at), SUM(v.user_id IS NULL), SUM(v.user_id IS NOT NULL)"
+            " FROM product_views v JOIN products p ON p.id = v.product_id"
+            " WHERE p.sku_key = %s AND v.viewed_at >= %s AND v.viewed_at < %s"
+            " GROUP BY DATE(v.viewed_at)",
+            (sku.lower(), lo, hi),
+        )
+        raw_days = {day.isoformat(): (int(a), int(r)) for day, a, r in cur.fetchall()}
+        cur.execute(
+            "SELECT COUNT(DISTINCT v.user_id) FROM product_views v"
+            " JOIN products p ON p.id = v.product_id"
+            " WHERE p.sku_key = %s AND v.viewed_at >= %s AND v.viewed_at < %s",
+            (sku.lower(), lo, hi),
+        )
+        (unique,) = cur.fetchone()
+    got_days = {
+        d["date"]: (d["anonymous_views"], d["registered_views"])
+        for d in answer.get("by_day", [])
+        if d["views"]
+    }
+    anonymous = sum(a for a, _r in raw_days.values())
+    registered = sum(r for _a, r in raw_days.values())
+    expected = {
+        "views": anonymous + registered,
+        "anonymous_views": anonymous,
+        "registered_views": registered,
+        "unique_registered_viewers": unique,
+    }
+    got = {key: answer.get(key) for key in expected}
+    if got != expected or got_days != raw_days or len(answer.get("by_day", [])) != RANGE_DAYS:
+        raise BenchError(
+            f"{database}: the stats of {sku} differ from the raw rows: {got} != {expected}, "
+            f"days {got_days} != {raw_days}"
+        )
+    return {**expected, "days_with_views": len(raw_days)}
