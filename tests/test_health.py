@@ -39,3 +39,38 @@ def test_deploy_upgrade_migrates_and_creates_the_first_admin_once(app, runner, r
     assert second.exit_code == 0, second.output
     assert "An admin account exists already." in second.output
     assert [u.email for u in rows(User, User.rol == Role.ADMIN)] == ["ops@example.com"]
+
+
+def _kill_pooled_connection(app) -> None:
+    """Have MariaDB drop the connection the app's pool holds (as a restart would)."""
+    import pymysql
+    from sqlalchemy import text
+
+    from app.extensions import db
+
+    with app.app_context():
+        victim = db.session.execute(text("SELECT CONNECTION_ID()")).scalar()
+        db.session.remove()
+        url = db.engine.url
+    admin = pymysql.connect(
+        host=url.host, port=url.port or 3306, user=url.username, password=url.password or ""
+    )
+    with admin.cursor() as cursor:
+        cursor.execute(f"KILL {int(victim)}")
+    admin.close()
+
+
+def test_after_the_database_drops_its_connections_the_service_recovers(app, client, make):
+    """No ping before each request: a lost connection costs one 503, then the pool is new."""
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        # An embedded database has no server connection to lose: the read simply works.
+        make.product("abc")
+        assert client.get("/api/products/abc").status_code == 200
+        return
+    make.product("abc")
+    assert client.get("/api/products/abc").status_code == 200
+    _kill_pooled_connection(app)
+    first = client.get("/api/products/abc")
+    assert first.status_code == 503  # a clear, retryable answer, not a 500
+    assert first.json["code"] == 503 and first.headers["Retry-After"]
+    assert client.get("/api/products/abc").status_code == 200
