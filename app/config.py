@@ -139,9 +139,13 @@ class Config:
             else {}
         )
 
-        # Failed logins per client address and per account; memory:// is per process,
+        # Failed logins per client address, and per account from any address (higher, so
+        # one client cannot lock an account out); memory:// is per process,
         # production points RATELIMIT_STORAGE_URI at Redis (redis://host:6379/0).
         self.LOGIN_FAILURES_LIMIT = env_str("LOGIN_FAILURES_LIMIT") or "10 per minute"
+        self.LOGIN_ACCOUNT_FAILURES_LIMIT = (
+            env_str("LOGIN_ACCOUNT_FAILURES_LIMIT") or "50 per minute"
+        )
         self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI") or "memory://"
         self.CORS_ORIGINS = [
             origin.strip()

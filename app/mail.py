@@ -41,11 +41,14 @@ class ConsoleMailer:
 class SESMailer:
     def __init__(self, source: str, region: str | None):
         self.source = source
-        # Short timeouts and no hidden retries: the outbox owns retrying, with backoff.
+        # Short timeouts and one attempt (botocore would otherwise retry by itself and
+        # could send an email twice): the outbox owns retrying, with backoff.
         self.client = boto3.client(
             "ses",
             region_name=region,
-            config=BotoConfig(connect_timeout=5, read_timeout=15, retries={"max_attempts": 1}),
+            config=BotoConfig(
+                connect_timeout=5, read_timeout=15, retries={"total_max_attempts": 1}
+            ),
         )
 
     def send(self, email: Email) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
@@ -83,6 +83,11 @@ class Text(fields.String):
 
 
 class LowerEmail(fields.Email):
+    """An email address, lowercased; at most 254 characters (RFC 5321, the column's size)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(validate=validate.Length(max=254), **kwargs)
+
     def _deserialize(self, value, attr, data, **kwargs):
         return (
             super()
@@ -252,13 +257,15 @@ class NotificationQuerySchema(Schema):
 # ---------------------------------------------------------------- statistics
 
 MAX_RANGE_DAYS = 366
+# Days the statistics can be asked about (the calendar's ends would overflow).
+DAYS = validate.Range(min=date(1970, 1, 1), max=date(9998, 12, 31))
 
 
 class StatsQuerySchema(Schema):
     """A range of UTC days, both ends included; the last 30 days by default."""
 
-    start = fields.Date(data_key="from", metadata={"example": "2026-11-01"})
-    end = fields.Date(data_key="to", metadata={"example": "2026-11-30"})
+    start = fields.Date(data_key="from", validate=DAYS, metadata={"example": "2026-11-01"})
+    end = fields.Date(data_key="to", validate=DAYS, metadata={"example": "2026-11-30"})
     format = fields.String(
         validate=validate.OneOf(["json", "csv"]),
         metadata={"description": "csv for a spreadsheet (or send 'Accept: text/csv')."},

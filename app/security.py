@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -10,6 +11,8 @@ from flask_cors import CORS
 from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+
+log = logging.getLogger(__name__)
 
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 # Swagger UI: its own files, an inline start-up script and inline styles.
@@ -21,7 +24,9 @@ DOCS_POLICY = (
 
 def init_app(app: Flask) -> None:
     app.extensions["login_limits"] = LoginLimits(
-        app.config["LOGIN_FAILURES_LIMIT"], app.config["RATELIMIT_STORAGE_URI"]
+        app.config["LOGIN_FAILURES_LIMIT"],
+        app.config["LOGIN_ACCOUNT_FAILURES_LIMIT"],
+        app.config["RATELIMIT_STORAGE_URI"],
     )
     origins = app.config["CORS_ORIGINS"]
     if origins:
@@ -47,27 +52,40 @@ def _security_headers(response):
 
 
 class LoginLimits:
-    """Failed logins per client address and per account (the ``limits`` library, the
-    engine of Flask-Limiter, used in the login view alone: Flask-Limiter's own hook would
-    run on every request, 0.6 ms of each product read)."""
+    """Failed logins per client address and per account.
 
-    def __init__(self, limit: str, storage_uri: str):
-        self.limit = parse(limit)
+    The ``limits`` library (Flask-Limiter's engine) used from the login view alone:
+    Flask-Limiter's own hook runs on every request (0.6 ms of each product read). The
+    account limit is higher than the address limit, so one client cannot lock an admin
+    out; several addresses guessing one account are still slowed down. If the storage
+    (Redis) is unreachable, logins go on unlimited and the error is logged.
+    """
+
+    def __init__(self, per_client: str, per_account: str, storage_uri: str):
+        self.limits = {"client": parse(per_client), "account": parse(per_account)}
         self.window = MovingWindowRateLimiter(storage_from_string(storage_uri))
 
     @staticmethod
-    def _keys(address: str | None, email: str) -> list[tuple[str, str]]:
-        return [("client", address or "-"), ("account", email.strip().lower())]
+    def _keys(address: str | None, email: str) -> dict[str, str]:
+        return {"client": address or "-", "account": email.strip().lower()}
 
     def retry_after(self, address: str | None, email: str) -> int:
         """Seconds until another attempt is allowed; 0 when it is allowed now."""
         wait = 0.0
-        for kind, key in self._keys(address, email):
-            if not self.window.test(self.limit, "login", kind, key):
-                reset = self.window.get_window_stats(self.limit, "login", kind, key).reset_time
-                wait = max(wait, reset - time.time())
+        try:
+            for kind, key in self._keys(address, email).items():
+                limit = self.limits[kind]
+                if not self.window.test(limit, "login", kind, key):
+                    reset = self.window.get_window_stats(limit, "login", kind, key).reset_time
+                    wait = max(wait, reset - time.time())
+        except Exception:
+            log.exception("login limits unavailable; this attempt is not limited")
+            return 0
         return max(1, math.ceil(wait)) if wait else 0
 
     def failed(self, address: str | None, email: str) -> None:
-        for kind, key in self._keys(address, email):
-            self.window.hit(self.limit, "login", kind, key)
+        try:
+            for kind, key in self._keys(address, email).items():
+                self.window.hit(self.limits[kind], "login", kind, key)
+        except Exception:
+            log.exception("login limits unavailable; this failure is not counted")

@@ -128,6 +128,12 @@ reap() {
 
 cd "$APP_DIR"
 
+# `docker run IMAGE <command>` runs that command as the app user instead of serving, for
+# one-off tasks: `flask deploy upgrade`, `flask users create-admin --email ...`.
+if [[ $# -gt 0 ]]; then
+    exec "${as_app_user[@]}" "$@"
+fi
+
 # ---------------------------------------------------------------- runtime directories
 for dir in "$(dirname "$WEB_SOCKET")" "$(dirname "$WEB_FIFO")"; do
     if [[ $(id -u) == 0 ]]; then

@@ -51,6 +51,7 @@ resource "aws_launch_template" "app" {
     stats_db_host         = var.create_read_replica ? aws_db_instance.replica[0].address : ""
     email_source          = var.email_source
     migrate_command       = var.migrate_command
+    ratelimit_storage_uri = var.ratelimit_storage_uri
   }))
 
   tag_specifications {

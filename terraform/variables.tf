@@ -114,6 +114,12 @@ variable "migrate_command" {
   default     = "flask deploy upgrade"
 }
 
+variable "ratelimit_storage_uri" {
+  description = "Where failed logins are counted, e.g. redis://my-cache.abc123.use1.cache.amazonaws.com:6379/0 (an ElastiCache Redis reachable from the app's security group; this configuration does not create one). Empty: each uWSGI process counts on its own, so the effective limit is the configured one times processes times instances."
+  type        = string
+  default     = ""
+}
+
 variable "log_retention_days" {
   description = "Days CloudWatch Logs keeps the containers' output."
   type        = number

@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.extensions import db
 from app.models import Notification, utcnow
@@ -361,3 +361,43 @@ def test_console_mailer_logs_the_email(app, client, admins, caplog):
     logged = [r.getMessage() for r in caplog.records if r.name == "app.mail"]
     assert len(logged) == 3
     assert any("admin2@example.com" in line and "d7iy6euiue" in line for line in logged)
+
+
+def test_a_row_taken_over_by_another_sender_mid_batch_is_not_sent_twice(app, make, admins, ses):
+    """A batch's later rows may outlive their lease; a new holder must not be doubled."""
+    from app.mail import SESMailer
+
+    app.config["NOTIFY_THREADS"] = 0
+    with app.app_context():
+        catalog.create_product(SEED, actor=None)
+        db.session.commit()
+
+    class SlowBatchMailer(SESMailer):
+        """SES (moto) for real; while the first email goes out, another sender takes a
+        row of this batch over, as happens when a lease runs out."""
+
+        stolen = False
+
+        def send(self, email):
+            if not self.stolen:
+                self.stolen = True
+                with app.app_context():
+                    db.session.execute(
+                        update(Notification)
+                        .where(Notification.recipient == "admin3@example.com")
+                        .values(
+                            claim_token="another-sender",
+                            claimed_until=utcnow() + timedelta(minutes=5),
+                        )
+                    )
+                    db.session.commit()
+            return super().send(email)
+
+    with app.app_context():
+        assert outbox.deliver_due(SlowBatchMailer(SENDER, REGION), limit=10) == 3
+    assert set(inbox(ses)) == {"admin1@example.com", "admin2@example.com"}
+    with app.app_context():
+        taken = db.session.scalar(
+            select(Notification).where(Notification.recipient == "admin3@example.com")
+        )
+        assert (taken.status, taken.claim_token) == ("pending", "another-sender")

@@ -341,3 +341,36 @@ def test_readers_and_anonymous_cannot_manage_users(client, admin, reader, rows, 
     assert send(path, **kwargs).status_code == 401
     assert send(path, headers=reader["headers"], **kwargs).status_code == 403
     assert [(u.id, u.rol, u.active) for u in rows(User)] == before
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(app, make, rows):
+    """The last-admin rule holds under concurrency (row locks; SQLite's write lock)."""
+    import threading
+
+    from app.extensions import db
+    from app.models import Role, User
+    from app.services import RuleError, accounts
+
+    first, second = make.admin(email="a1@example.com"), make.admin(email="a2@example.com")
+    start = threading.Barrier(2)
+    outcomes = []
+
+    def demote(target_id):
+        with app.app_context():
+            user = db.session.get(User, target_id)
+            start.wait()
+            try:
+                accounts.update_user(user, {"rol": Role.ANONYMOUS})
+                db.session.commit()
+                outcomes.append("demoted")
+            except RuleError:
+                db.session.rollback()
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=demote, args=(t["id"],)) for t in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == ["demoted", "refused"]
+    assert len(rows(User, User.rol == Role.ADMIN, User.active.is_(True))) == 1

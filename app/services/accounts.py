@@ -6,7 +6,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.extensions import db
 from app.models import Role, User, utcnow
@@ -54,9 +54,19 @@ def create_user(
 
 
 def _active_admin_ids_locked() -> list[int]:
-    """Active admins, row-locked on MySQL so two concurrent demotions cannot both pass."""
-    query = select(User.id).where(User.rol == Role.ADMIN, User.active.is_(True))
-    return list(db.session.scalars(query.with_for_update()))
+    """Active admins, locked so two concurrent demotions or deletions cannot both pass."""
+    admins = (User.rol == Role.ADMIN, User.active.is_(True))
+    if db.engine.dialect.name == "sqlite":
+        # SQLite has no row locks and pysqlite begins a transaction at the first write:
+        # a write that changes nothing takes the database's write lock first, so the
+        # count below is read by one writer at a time.
+        db.session.execute(
+            update(User)
+            .where(*admins)
+            .values(token_version=User.token_version, updated_at=User.updated_at)
+            .execution_options(synchronize_session=False)
+        )
+    return list(db.session.scalars(select(User.id).where(*admins).with_for_update()))
 
 
 def _guard_last_admin(user: User, action: str) -> None:

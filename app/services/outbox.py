@@ -5,7 +5,8 @@ session listener hands the new rows to this process's dispatcher threads, so the
 never waits for the mailer. ``deliver_due`` (the `flask notifications worker` loop, also
 used by the dispatcher) sends whatever is due, including rows a crashed process left.
 
-Each send goes: claim (short transaction, lease) -> mailer -> mark sent or schedule a
+Each send goes: claim a batch (short transaction, lease) -> renew the row's lease (short
+transaction; skipped if another sender holds it now) -> mailer -> mark sent or schedule a
 retry (short transaction). A claimed row is invisible to other senders until its lease
 expires, so two workers never send the same row.
 """
@@ -19,6 +20,7 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from queue import Queue
 from typing import TYPE_CHECKING
@@ -161,7 +163,17 @@ def _due(now):
     )
 
 
-def claim(limit: int, ids: list[int] | None = None) -> list[Notification]:
+@dataclass(frozen=True)
+class Claimed:
+    """A row this sender holds: what it needs to send and record it, read at claim time."""
+
+    id: int
+    token: str
+    attempts: int
+    email: Email
+
+
+def claim(limit: int, ids: list[int] | None = None) -> list[Claimed]:
     """Take up to ``limit`` due rows for this sender, in a transaction of their own."""
     now = utcnow()
     token = str(uuid.uuid4())
@@ -187,7 +199,8 @@ def claim(limit: int, ids: list[int] | None = None) -> list[Notification]:
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
-    return list(db.session.scalars(select(Notification).where(Notification.claim_token == token)))
+    rows = db.session.scalars(select(Notification).where(Notification.claim_token == token))
+    return [Claimed(row.id, token, row.attempts, render(row)) for row in rows]
 
 
 def backoff(attempts: int) -> timedelta:
@@ -207,11 +220,31 @@ def _finish(row_id: int, token: str, **values) -> None:
         log.warning("notification %s: lease lost before its result was recorded", row_id)
 
 
-def deliver(row: Notification, mailer: Mailer) -> bool:
+def _renew(row: Claimed) -> bool:
+    """Extend the lease just before sending; False when the row is no longer this sender's
+    (its lease ran out while earlier rows of the batch were sent, and another took it)."""
+    result = db.session.execute(
+        update(Notification)
+        .where(
+            Notification.id == row.id,
+            Notification.claim_token == row.token,
+            Notification.status == Status.PENDING,
+        )
+        .values(claimed_until=utcnow() + LEASE)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return result.rowcount == 1
+
+
+def deliver(row: Claimed, mailer: Mailer) -> bool:
     """Send one claimed row; record success, or the error and when to try again."""
-    row_id, token, attempts = row.id, row.claim_token, row.attempts
+    row_id, token, attempts = row.id, row.token, row.attempts
+    if not _renew(row):
+        log.warning("notification %s: lease lost before sending; left to its new sender", row_id)
+        return False
     try:
-        message_id = mailer.send(render(row))
+        message_id = mailer.send(row.email)
     except Exception as exc:  # any mailer failure is recorded and retried, never raised
         error = f"{type(exc).__name__}: {exc}"[:1000]
         if attempts >= current_app.config["NOTIFY_MAX_ATTEMPTS"]:
