@@ -40,7 +40,7 @@ def create_admin(email: str, password: str, fullname: str, username: str | None)
         else:
             user = accounts.create_user(
                 fullname=fullname,
-                username=username or email.split("@", 1)[0],
+                username=username or accounts.username_from_email(email),
                 email=email,
                 password=password,
                 rol=Role.ADMIN,

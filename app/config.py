@@ -99,7 +99,6 @@ def development_secret() -> str:
 class Config:
     """Development defaults: embedded SQLite, console mailer, a generated secret."""
 
-    ENV_NAME = "development"
     DEFAULT_MAIL_BACKEND = "console"
     # With `make run` no separate worker runs: the web process retries due emails itself.
     DEFAULT_SWEEP_SECONDS = 10
@@ -179,7 +178,6 @@ class Config:
 class ProductionConfig(Config):
     """Production: secrets must come from the environment."""
 
-    ENV_NAME = "production"
     DEFAULT_MAIL_BACKEND = "ses"
     # The `flask notifications worker` beside uWSGI retries due emails.
     DEFAULT_SWEEP_SECONDS = 0
@@ -206,7 +204,6 @@ class ProductionConfig(Config):
 class TestConfig(Config):
     """Tests pass their database URL in; everything else is deterministic."""
 
-    ENV_NAME = "testing"
     TESTING = True
     # Tests drive retries themselves.
     DEFAULT_SWEEP_SECONDS = 0

@@ -97,10 +97,6 @@ class User(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    @property
-    def is_admin(self) -> bool:
-        return self.active and self.rol == Role.ADMIN
-
     def __repr__(self) -> str:
         return f"<User {self.id} {self.email}>"
 

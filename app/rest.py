@@ -94,7 +94,9 @@ class Blueprint(flask_smorest.Blueprint):
             if key in meta:
                 args = request.args.to_dict()
                 args.update(page=meta[key], page_size=page_params.page_size)
-                links.append(f'<{request.base_url}?{urlencode(args)}>; rel="{rel}"')
+                # Relative (RFC 8288 allows it): behind the load balancer, this process
+                # does not see the scheme and host the client used.
+                links.append(f'<{request.path}?{urlencode(args)}>; rel="{rel}"')
         if links:
             headers["Link"] = ", ".join(links)
         return result, headers

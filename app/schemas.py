@@ -16,6 +16,12 @@ USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$"
 CENT = Decimal("0.01")
 
 
+def json_number(value: Decimal) -> int | float:
+    """A money amount as JSON shows it: 300, 19.99 (never "300.00")."""
+    value = Decimal(value)
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
 class Price(fields.Field):
     """Exact money: a JSON number with at most two decimal places, returned as a number.
 
@@ -49,10 +55,7 @@ class Price(fields.Field):
         return amount.quantize(CENT)
 
     def _serialize(self, value, attr, obj, **kwargs):
-        if value is None:
-            return None
-        value = Decimal(value)
-        return int(value) if value == value.to_integral_value() else float(value)
+        return None if value is None else json_number(value)
 
 
 def price_properties(self, field, **kwargs) -> dict:

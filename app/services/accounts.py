@@ -123,6 +123,15 @@ class FirstAdmin:
     generated_password: str | None
 
 
+def username_from_email(email: str) -> str:
+    """A free username in the API's format, made from the part of the email before @."""
+    username = re.sub(r"[^A-Za-z0-9_.-]", "-", email.split("@", 1)[0])[:64].strip("-._")
+    username = username if len(username) >= 2 else "admin"
+    if db.session.scalar(select(User).where(User.username_key == username.lower())):
+        username = f"{username[:55]}-{secrets.token_hex(4)}"
+    return username
+
+
 def admin_count() -> int:
     return db.session.scalar(
         select(func.count()).select_from(User).where(User.rol == Role.ADMIN, User.active.is_(True))
@@ -140,13 +149,9 @@ def ensure_first_admin(email: str | None, password: str | None) -> FirstAdmin | 
         # A registered account with that email exists: promote it rather than collide.
         update_user(existing, {"rol": Role.ADMIN, "password": password or generated})
         return FirstAdmin(existing, generated)
-    username = re.sub(r"[^A-Za-z0-9_.-]", "-", email.split("@", 1)[0])[:64].strip("-._")
-    username = username if len(username) >= 2 else "admin"
-    if db.session.scalar(select(User).where(User.username_key == username.lower())):
-        username = f"{username[:55]}-{secrets.token_hex(4)}"
     user = create_user(
         fullname="Administrator",
-        username=username,
+        username=username_from_email(email),
         email=email,
         password=password or generated,
         rol=Role.ADMIN,

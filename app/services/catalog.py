@@ -9,9 +9,15 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import Product, User, utcnow
+from app.schemas import json_number
 from app.services import RuleError, outbox
 
 EDITABLE = ("name", "price", "mark", "quantity")
+
+
+def _plain(value):
+    """A field's value as the change log and the email show it (prices as numbers)."""
+    return json_number(value) if isinstance(value, Decimal) else value
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,6 @@ def _record(change: Change) -> Change:
     """Every committed change emails the admins: the rows join the change's transaction."""
     outbox.notify(change)
     return change
-
-
-def _plain(value):
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
 
 
 SORT_COLUMNS = {"name": Product.name, "price": Product.price, "created": Product.created_at}

@@ -85,15 +85,19 @@ def _add_to_rollups(session: Session, views: list[View]) -> None:
 
 
 def write_views(views: list[View]) -> None:
-    """Write a batch of views and their roll-ups in one transaction (committed here)."""
+    """Write a batch of views and their roll-ups in one transaction of their own.
+
+    A session of its own: a request's session (its objects, its transaction) is never
+    touched by the write.
+    """
     if not views:
         return
-    db.session.execute(
-        insert(ProductView),
-        [{"product_id": p, "user_id": u, "viewed_at": at} for p, u, at in views],
-    )
-    _add_to_rollups(db.session, views)
-    db.session.commit()
+    with Session(db.engine) as session, session.begin():
+        session.execute(
+            insert(ProductView),
+            [{"product_id": p, "user_id": u, "viewed_at": at} for p, u, at in views],
+        )
+        _add_to_rollups(session, views)
 
 
 class ViewRecorder:
@@ -119,7 +123,11 @@ class ViewRecorder:
             return
         view = (product_id, user_id, utcnow())
         if self.mode == "direct":
-            write_views([view])
+            try:
+                write_views([view])
+            except Exception:
+                # The read itself succeeded: answer it, and say what was not recorded.
+                log.exception("recording a view of product %s failed", product_id)
             return
         self._ensure_started()
         with self.lock:
@@ -162,10 +170,7 @@ class ViewRecorder:
                 return 0
             try:
                 with self.app.app_context():
-                    try:
-                        write_views(views)
-                    finally:
-                        db.session.remove()
+                    write_views(views)
             except Exception:
                 with self.lock:
                     self.buffer[:0] = views
@@ -174,6 +179,11 @@ class ViewRecorder:
                         # Bounded memory while the database is away: the oldest go first.
                         del self.buffer[:overflow]
                         self.dropped += overflow
+                        log.error(
+                            "view buffer full: dropped the %s oldest views (%s so far)",
+                            overflow,
+                            self.dropped,
+                        )
                 log.exception("writing %s views failed; kept for the next flush", len(views))
                 return 0
             return len(views)
