@@ -69,10 +69,11 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_errorhandlers(app: Flask) -> None:
-    from app.errors import register_error_handlers, register_rule_errors
+    from app.errors import register_error_handlers, register_rule_errors, remove_session_safely
 
     register_error_handlers(app)
     register_rule_errors(app)
+    app.teardown_appcontext(remove_session_safely)
 
 
 def register_commands(app: Flask) -> None:

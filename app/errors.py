@@ -10,7 +10,7 @@ from http import HTTPStatus
 
 from flask import Flask, jsonify
 from marshmallow import Schema, fields
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
@@ -117,3 +117,15 @@ def register_rule_errors(app: Flask) -> None:
         db.session.rollback()
         errors = {"json": {error.field: [error.message]}} if error.field else None
         return error_response(error.code, error.message, errors)
+
+
+def remove_session_safely(_exc=None) -> None:
+    """End the request's session without letting a dead connection raise: teardown runs
+    after the response has started, so an error here would cut the answer off."""
+    from app.extensions import db
+
+    try:
+        db.session.remove()
+    except SQLAlchemyError as exc:
+        log.warning("closing the database session failed: %s", exc)
+        db.session.registry.clear()

@@ -401,3 +401,35 @@ def test_a_row_taken_over_by_another_sender_mid_batch_is_not_sent_twice(app, mak
             select(Notification).where(Notification.recipient == "admin3@example.com")
         )
         assert (taken.status, taken.claim_token) == ("pending", "another-sender")
+
+
+def test_a_send_recorded_late_because_the_database_was_away_is_not_sent_again(
+    app, runner, make, admins, ses, rows, monkeypatch
+):
+    """SES accepted the email but the database refused the 'sent' update for a moment:
+    the sender keeps trying to record it, so the email is not sent a second time later."""
+    from sqlalchemy.exc import OperationalError
+
+    app.config["NOTIFY_THREADS"] = 0
+    with app.app_context():
+        catalog.create_product(SEED, actor=None)
+        db.session.commit()
+    monkeypatch.setattr(outbox.time, "sleep", lambda _seconds: None)
+    real_commit = db.session.commit
+    calls = {"n": 0}
+
+    def flaky_commit():
+        calls["n"] += 1
+        if calls["n"] in (3, 4):  # after the claim and the first renewal: the 'sent' update
+            raise OperationalError("UPDATE notifications", {}, Exception("server has gone away"))
+        return real_commit()
+
+    monkeypatch.setattr(db.session, "commit", flaky_commit)
+    with app.app_context():
+        outbox.deliver_due(outbox.build_mailer(app.config), limit=10)
+    monkeypatch.setattr(db.session, "commit", real_commit)
+
+    assert len(ses.sent_messages) == 3
+    assert {row.status for row in rows(Notification)} == {"sent"}
+    run_worker(runner)
+    assert len(ses.sent_messages) == 3

@@ -30,6 +30,7 @@ from sqlalchemy import and_, event, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from app.errors import remove_session_safely
 from app.extensions import db
 from app.mail import Email, Mailer, build_mailer
 from app.models import Notification, NotificationStatus, Role, User, utcnow
@@ -208,14 +209,32 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(base * 2 ** (attempts - 1), 3600))
 
 
+RECORD_RETRY_SECONDS = 120
+
+
 def _finish(row_id: int, token: str, **values) -> None:
-    result = db.session.execute(
-        update(Notification)
-        .where(Notification.id == row_id, Notification.claim_token == token)
-        .values(claim_token=None, claimed_until=None, **values)
-        .execution_options(synchronize_session=False)
-    )
-    db.session.commit()
+    """Record a send's outcome. If the database is away, keep trying for a while: an
+    email SES accepted but never recorded would be sent again when its lease expires."""
+    delay, deadline = 0.5, time.monotonic() + RECORD_RETRY_SECONDS
+    while True:
+        try:
+            result = db.session.execute(
+                update(Notification)
+                .where(Notification.id == row_id, Notification.claim_token == token)
+                .values(claim_token=None, claimed_until=None, **values)
+                .execution_options(synchronize_session=False)
+            )
+            db.session.commit()
+            break
+        except OperationalError as exc:
+            remove_session_safely()
+            if time.monotonic() > deadline:
+                raise
+            log.warning(
+                "notification %s: recording its result failed, retrying: %s", row_id, exc.orig
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
     if result.rowcount != 1:
         log.warning("notification %s: lease lost before its result was recorded", row_id)
 
