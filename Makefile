@@ -6,7 +6,7 @@ FLASK := $(BIN)/flask
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format bench smoke docs-check clean
+.PHONY: run test lint format bench smoke reliability docs-check clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(VENV)/.installed
 ## make smoke: the Docker deployment's files without Docker: Debian's nginx + uWSGI on MariaDB (root)
 smoke: $(VENV)/.installed
 	$(BIN)/python deploy/smoke.py
+
+## make reliability: load, MariaDB stopped 10 s, SES failing 60 s on nginx + uWSGI (root;
+## stops this machine's MariaDB and starts it again: not run by CI)
+reliability: $(VENV)/.installed
+	$(BIN)/python deploy/reliability.py
 
 ## make docs-check: open /api/docs in headless Chromium and check every route is drawn
 docs-check: $(VENV)/.installed
