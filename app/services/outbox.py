@@ -179,29 +179,38 @@ def claim(limit: int, ids: list[int] | None = None) -> list[Claimed]:
     now = utcnow()
     token = str(uuid.uuid4())
     due = _due(now)
-    candidates = select(Notification.id).where(due).order_by(Notification.id).limit(limit)
-    if ids is not None:
-        candidates = candidates.where(Notification.id.in_(ids))
+    claiming = update(Notification).values(
+        claim_token=token, claimed_until=now + LEASE, attempts=Notification.attempts + 1
+    )
     if db.engine.dialect.name == "sqlite":
         # One writer at a time: a conditional UPDATE is the claim.
+        candidates = select(Notification.id).where(due).order_by(Notification.id).limit(limit)
+        if ids is not None:
+            candidates = candidates.where(Notification.id.in_(ids))
         target = and_(Notification.id.in_(candidates.scalar_subquery()), due)
-    else:
-        # MySQL/MariaDB: lock the candidates, skipping rows another worker holds; they
-        # are ours until the commit, so the update goes by primary key alone.
-        locked = list(db.session.scalars(candidates.with_for_update(skip_locked=True)))
-        if not locked:
-            db.session.commit()
-            return []
-        target = Notification.id.in_(locked)
+        db.session.execute(claiming.where(target).execution_options(synchronize_session=False))
+        db.session.commit()
+        rows = db.session.scalars(select(Notification).where(Notification.claim_token == token))
+        return [Claimed(row.id, token, row.attempts, render(row)) for row in rows]
+    # MySQL/MariaDB: lock the due rows, skipping those another sender holds; they are ours
+    # until the commit, so the update goes by primary key alone. What the sends need is
+    # read before the commit: a connection lost after it must not leave rows claimed for
+    # a whole lease that this sender never got to see.
+    query = select(Notification).where(due).order_by(Notification.id).limit(limit)
+    if ids is not None:
+        query = query.where(Notification.id.in_(ids))
+    rows = list(db.session.scalars(query.with_for_update(skip_locked=True)))
+    if not rows:
+        db.session.commit()
+        return []
+    claimed = [Claimed(row.id, token, row.attempts + 1, render(row)) for row in rows]
     db.session.execute(
-        update(Notification)
-        .where(target)
-        .values(claim_token=token, claimed_until=now + LEASE, attempts=Notification.attempts + 1)
-        .execution_options(synchronize_session=False)
+        claiming.where(Notification.id.in_([row.id for row in claimed])).execution_options(
+            synchronize_session=False
+        )
     )
     db.session.commit()
-    rows = db.session.scalars(select(Notification).where(Notification.claim_token == token))
-    return [Claimed(row.id, token, row.attempts, render(row)) for row in rows]
+    return claimed
 
 
 def backoff(attempts: int) -> timedelta:
@@ -212,48 +221,59 @@ def backoff(attempts: int) -> timedelta:
 RECORD_RETRY_SECONDS = 120
 
 
-def _finish(row_id: int, token: str, **values) -> None:
-    """Record a send's outcome. If the database is away, keep trying for a while: an
-    email SES accepted but never recorded would be sent again when its lease expires."""
+def _until_the_database_answers(work, row_id: int, what: str):
+    """Run a short transaction, retrying while the database is away (for up to
+    RECORD_RETRY_SECONDS): giving up would leave a claimed row unsent until its lease
+    expires, or a sent email unrecorded, to be sent again."""
     delay, deadline = 0.5, time.monotonic() + RECORD_RETRY_SECONDS
     while True:
         try:
-            result = db.session.execute(
-                update(Notification)
-                .where(Notification.id == row_id, Notification.claim_token == token)
-                .values(claim_token=None, claimed_until=None, **values)
-                .execution_options(synchronize_session=False)
-            )
-            db.session.commit()
-            break
+            return work()
         except OperationalError as exc:
             remove_session_safely()
             if time.monotonic() > deadline:
                 raise
-            log.warning(
-                "notification %s: recording its result failed, retrying: %s", row_id, exc.orig
-            )
+            log.warning("notification %s: %s failed, retrying: %s", row_id, what, exc.orig)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-    if result.rowcount != 1:
+
+
+def _finish(row_id: int, token: str, **values) -> None:
+    """Record a send's outcome (waiting for the database if it is away)."""
+
+    def record():
+        result = db.session.execute(
+            update(Notification)
+            .where(Notification.id == row_id, Notification.claim_token == token)
+            .values(claim_token=None, claimed_until=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        return result.rowcount
+
+    if _until_the_database_answers(record, row_id, "recording its result") != 1:
         log.warning("notification %s: lease lost before its result was recorded", row_id)
 
 
 def _renew(row: Claimed) -> bool:
     """Extend the lease just before sending; False when the row is no longer this sender's
     (its lease ran out while earlier rows of the batch were sent, and another took it)."""
-    result = db.session.execute(
-        update(Notification)
-        .where(
-            Notification.id == row.id,
-            Notification.claim_token == row.token,
-            Notification.status == Status.PENDING,
+
+    def renew():
+        result = db.session.execute(
+            update(Notification)
+            .where(
+                Notification.id == row.id,
+                Notification.claim_token == row.token,
+                Notification.status == Status.PENDING,
+            )
+            .values(claimed_until=utcnow() + LEASE)
+            .execution_options(synchronize_session=False)
         )
-        .values(claimed_until=utcnow() + LEASE)
-        .execution_options(synchronize_session=False)
-    )
-    db.session.commit()
-    return result.rowcount == 1
+        db.session.commit()
+        return result.rowcount
+
+    return _until_the_database_answers(renew, row.id, "renewing its lease") == 1
 
 
 def deliver(row: Claimed, mailer: Mailer) -> bool:
