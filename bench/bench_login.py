@@ -31,8 +31,11 @@ def run(ctx) -> list[Result]:
     from app.extensions import db
     from app.services import accounts
 
+    # Measure, do not limit.
+    os.environ["LOGIN_FAILURES_LIMIT"] = os.environ["LOGIN_ACCOUNT_FAILURES_LIMIT"] = (
+        "100000 per minute"
+    )
     app = create_app()
-    app.config["LOGIN_FAILURES_LIMIT"] = "100000 per minute"  # measure, do not limit
     with app.app_context():
         upgrade()
         accounts.create_user(
