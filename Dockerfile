@@ -8,8 +8,9 @@
 #       -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... marketplace
 #
 # The migrations run at start (safe with several containers at once). Give the container
-# time for its graceful stop (workers flush the product views they buffer): 30 s with
-# --stop-timeout, or the ECS task's stopTimeout; Docker's default is 10 s.
+# time for its graceful stop (requests in flight finish, the worker its current email):
+# 30 s with --stop-timeout, or the ECS task's stopTimeout; Docker's default is 10 s.
+# Set REDIS_URL (ElastiCache) in production: product views then go through its stream.
 # No secret is baked in: every one comes from the environment at run time.
 #
 # The same Debian packages (nginx, uWSGI and its python3 plugin, python3) run the same
@@ -42,7 +43,7 @@ FROM debian:bookworm-20260824-slim
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3 nginx uwsgi-core uwsgi-plugin-python3 \
+        python3 nginx uwsgi-core uwsgi-plugin-python3 tini \
     && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \
     && groupadd --system app \
     && useradd --system --gid app --home-dir /app --no-create-home \
@@ -83,4 +84,6 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1/healthz', timeout=4)"]
 
-ENTRYPOINT ["/usr/local/bin/docker-entrypoint"]
+# tini as PID 1 reaps orphans and hands SIGTERM to the entrypoint, which stops nginx
+# gracefully first, then uWSGI.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/docker-entrypoint"]

@@ -16,11 +16,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/activate
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-## make run: install, migrate the SQLite database, ensure the first admin, serve on :8000
+## make run: install, migrate the SQLite database, ensure the first admin, then serve on
+## :8000 with the worker beside it (it sends the emails: the console mailer prints them)
 run: $(VENV)/.installed
 	$(FLASK) db upgrade
 	$(FLASK) users ensure-admin
-	$(FLASK) run --host $(HOST) --port $(PORT)
+	$(FLASK) worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
+		$(FLASK) run --host $(HOST) --port $(PORT)
 
 ## make test: the whole suite (SQLite; MariaDB too when TEST_DATABASE_URL is set)
 test: $(VENV)/.installed

@@ -38,9 +38,10 @@ def register_extensions(app: Flask) -> None:
     from app import (
         auth,  # noqa: F401  (registers the JWT loaders)
         security,
+        streams,
     )
     from app.schemas import Price, price_properties
-    from app.services import outbox, tracking
+    from app.services import notifications
 
     # The name ``api`` is also the blueprint package (app.api), so go through the module.
     rest = extensions.api
@@ -49,8 +50,8 @@ def register_extensions(app: Flask) -> None:
         app, extensions.db, directory=str(MIGRATIONS_DIR), render_as_batch=True
     )
     extensions.jwt.init_app(app)
-    outbox.init_app(app)
-    tracking.init_app(app)
+    streams.init_app(app)
+    notifications.init_app(app)
     security.init_app(app)
     rest.init_app(app)
     rest.register_field(Price, "number", None)
@@ -77,9 +78,9 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from app.cli import deploy, notifications, stats, users, views
+    from app.cli import deploy, notifications, stats, users, views, worker_command
 
-    for group in (users, notifications, stats, views, deploy):
+    for group in (users, notifications, stats, views, deploy, worker_command):
         app.cli.add_command(group)
 
 

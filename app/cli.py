@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from flask_migrate import upgrade
 from flask_smorest.spec import openapi_cli
 from sqlalchemy import text
 
+from app import outbox
 from app.extensions import api, db
 from app.models import Role
 from app.postman import postman_collection
-from app.services import RuleError, accounts, outbox, tracking
+from app.services import RuleError, accounts, tracking
+from app.worker import Worker
 
 users = AppGroup("users", help="Manage accounts.")
 
@@ -71,31 +72,42 @@ def ensure_admin() -> None:
         )
 
 
-notifications = AppGroup("notifications", help="Deliver and re-queue product-change emails.")
-
-
-@notifications.command("worker")
-@click.option("--once", is_flag=True, help="Send what is due now, then exit.")
-@click.option("--batch", default=20, show_default=True, help="Rows claimed per round.")
-@click.option("--poll", default=2.0, show_default=True, help="Seconds to wait when idle.")
-def notifications_worker(once: bool, batch: int, poll: float) -> None:
-    """Send due emails (new, retried, or left by a crashed process) until stopped."""
-    stopping = threading.Event()
+@click.command("worker")
+@with_appcontext
+@click.option(
+    "--once", is_flag=True, help="Apply the views stream and send what is due, then exit."
+)
+def worker_command(once: bool) -> None:
+    """Run the worker: write the views stream to the database and send the emails."""
+    worker = Worker(current_app._get_current_object())
+    if once:
+        entries, emails = worker.drain()
+        click.echo(f"worker: {entries} view entr(ies) applied, {emails} email(s) attempted")
+        return
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    click.echo(f"notifications worker: mail backend {current_app.config['MAIL_BACKEND']}")
-    handled = outbox.run_worker(batch, poll, once, stopping.is_set)
-    click.echo(f"notifications worker: stopped after {handled} email(s)")
+        signal.signal(signum, lambda *_: worker.stop())
+    worker.run()
+
+
+notifications = AppGroup("notifications", help="Re-queue product-change emails.")
 
 
 @notifications.command("retry")
-@click.option("--id", "ids", type=int, multiple=True, help="A failed notification's id.")
-@click.option("--all-failed", is_flag=True, help="Every failed notification.")
-def notifications_retry(ids: tuple[int, ...], all_failed: bool) -> None:
-    """Queue failed emails again (attempts start over)."""
-    if not ids and not all_failed:
-        raise click.UsageError("give --id N (repeatable) or --all-failed")
-    count = outbox.requeue(list(ids), all_failed=all_failed)
+@click.option("--id", "ids", type=int, multiple=True, help="A failed or unknown email's id.")
+@click.option("--all-failed", is_flag=True, help="Every failed email.")
+@click.option(
+    "--unknown",
+    "all_unknown",
+    is_flag=True,
+    help="Every email whose outcome is unknown (a recipient may get it twice).",
+)
+def notifications_retry(ids: tuple[int, ...], all_failed: bool, all_unknown: bool) -> None:
+    """Queue failed or unknown emails again (attempts start over). Each email carries its
+    notification id in the X-Marketplace-Notification-Id header, so a recipient's system
+    can tell a deliberate resend from a new email."""
+    if not ids and not all_failed and not all_unknown:
+        raise click.UsageError("give --id N (repeatable), --all-failed or --unknown")
+    count = outbox.requeue(list(ids), all_failed=all_failed, all_unknown=all_unknown)
     click.echo(f"{count} notification(s) queued again")
 
 

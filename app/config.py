@@ -64,7 +64,7 @@ def database_url(raw: str | None) -> str:
 
 def engine_options(url: str) -> dict:
     if url.startswith("sqlite"):
-        # Several threads (the web server's and the mail delivery thread) share the file.
+        # The web server and the worker share the file: wait for the other's write.
         return {"connect_args": {"timeout": 30}}
     # MySQL closes idle connections: recycle them before it does.
     # No ping before each checkout by default: it is a round trip on every request (about
@@ -78,10 +78,30 @@ def engine_options(url: str) -> dict:
         "pool_size": 10,
         "max_overflow": 10,
         "isolation_level": "READ COMMITTED",
+        # No hangs: a database that stops answering gives an error (a JSON 503) within
+        # seconds, well before uWSGI's harakiri would kill the worker. The server's own
+        # limits (set on each connection, see app/extensions.py) come first.
+        "connect_args": {
+            "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3),
+            "read_timeout": env_int("DB_READ_TIMEOUT", 8),
+            "write_timeout": env_int("DB_WRITE_TIMEOUT", 8),
+            "init_command": session_limits(
+                env_int("DB_LOCK_WAIT_SECONDS", 5), env_float("DB_STATEMENT_SECONDS", 6.0)
+            ),
+        },
         # Every session ends with a rollback or commit already, so the pool's own reset
         # (a second ROLLBACK per request) is a wasted round trip.
         "pool_reset_on_return": None,
     }
+
+
+def session_limits(lock_wait: int, statement: float) -> str:
+    """Per-connection limits the server enforces: a row lock waited for, and (MariaDB
+    only: MySQL skips the ``/*M! */`` comment) a statement's running time."""
+    command = f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait)}"
+    if statement:
+        command += f" /*M!, max_statement_time = {float(statement)} */"
+    return command
 
 
 def development_secret() -> str:
@@ -100,8 +120,6 @@ class Config:
     """Development defaults: embedded SQLite, console mailer, a generated secret."""
 
     DEFAULT_MAIL_BACKEND = "console"
-    # With `make run` no separate worker runs: the web process retries due emails itself.
-    DEFAULT_SWEEP_SECONDS = 10
 
     def __init__(self) -> None:
         self.SQLALCHEMY_DATABASE_URI = database_url(env_str("DATABASE_URL"))
@@ -123,14 +141,22 @@ class Config:
         self.NOTIFY_ACTOR = env_bool("NOTIFY_ACTOR", True)
         self.NOTIFY_MAX_ATTEMPTS = env_int("NOTIFY_MAX_ATTEMPTS", 10)
         self.NOTIFY_RETRY_BASE_SECONDS = env_int("NOTIFY_RETRY_BASE_SECONDS", 15)
-        self.NOTIFY_THREADS = env_int("NOTIFY_THREADS", 2)
-        self.NOTIFY_SWEEP_SECONDS = env_int("NOTIFY_SWEEP_SECONDS", self.DEFAULT_SWEEP_SECONDS)
 
-        # Product views and their statistics.
-        self.VIEW_RECORDING = (env_str("VIEW_RECORDING") or "buffered").lower()
-        self.VIEWS_FLUSH_SECONDS = env_float("VIEWS_FLUSH_SECONDS", 1.0)
+        # Redis: the views stream and the worker's wake-up (optional; see app/streams.py).
+        self.REDIS_URL = env_str("REDIS_URL")
+        self.REDIS_TIMEOUT = env_float("REDIS_TIMEOUT", 0.5)
+
+        # The worker process (`flask worker`, app/worker.py).
+        self.WORKER_NAME = env_str("WORKER_NAME")
+        self.WORKER_SENDERS = env_int("WORKER_SENDERS", 2)
+        self.WORKER_BATCH = env_int("WORKER_BATCH", 5)
+        self.WORKER_POLL_SECONDS = env_float("WORKER_POLL_SECONDS", 2.0 if self.REDIS_URL else 0.5)
+
+        # Product views and their statistics: auto = the stream when REDIS_URL is set,
+        # else written directly; direct = always written by the read; off.
+        self.VIEW_RECORDING = (env_str("VIEW_RECORDING") or "auto").lower()
         self.VIEWS_BATCH = env_int("VIEWS_BATCH", 500)
-        self.VIEWS_BUFFER_LIMIT = env_int("VIEWS_BUFFER_LIMIT", 100_000)
+        self.VIEWS_RECLAIM_SECONDS = env_float("VIEWS_RECLAIM_SECONDS", 30.0)
         stats_url = env_str("STATS_DATABASE_URL")
         self.SQLALCHEMY_BINDS = (
             {"stats": {"url": database_url(stats_url), **engine_options(database_url(stats_url))}}
@@ -165,9 +191,9 @@ class Config:
 
     def validate(self) -> None:
         """Raise ConfigError when the environment cannot run this configuration."""
-        if self.VIEW_RECORDING not in {"buffered", "direct", "off"}:
+        if self.VIEW_RECORDING not in {"auto", "direct", "off"}:
             raise ConfigError(
-                f"VIEW_RECORDING must be buffered, direct or off, got {self.VIEW_RECORDING!r}."
+                f"VIEW_RECORDING must be auto, direct or off, got {self.VIEW_RECORDING!r}."
             )
         if self.MAIL_BACKEND not in {"console", "ses"}:
             raise ConfigError(
@@ -179,8 +205,6 @@ class ProductionConfig(Config):
     """Production: secrets must come from the environment."""
 
     DEFAULT_MAIL_BACKEND = "ses"
-    # The `flask notifications worker` beside uWSGI retries due emails.
-    DEFAULT_SWEEP_SECONDS = 0
 
     def secret_key(self) -> str:
         return env_str("SECRET_KEY") or ""
@@ -205,8 +229,6 @@ class TestConfig(Config):
     """Tests pass their database URL in; everything else is deterministic."""
 
     TESTING = True
-    # Tests drive retries themselves.
-    DEFAULT_SWEEP_SECONDS = 0
 
     def __init__(self, database_url_: str | None = None) -> None:
         super().__init__()

@@ -22,6 +22,7 @@ DEFAULT_MESSAGES = {
     404: "Nothing exists at this address.",
     405: "This method is not allowed here.",
     409: "The request conflicts with existing data.",
+    412: "The resource changed since it was read (If-Match).",
     413: "The request body is too large.",
     415: "Send the body as JSON with 'Content-Type: application/json'.",
     422: "The request body or parameters are invalid.",
@@ -88,6 +89,19 @@ def register_error_handlers(app: Flask) -> None:
         db.session.rollback()
         log.info("integrity conflict: %s", error.orig)
         return error_response(409, "The change conflicts with a row written at the same time.")
+
+    from app.commits import CommitUnconfirmed
+
+    @app.errorhandler(CommitUnconfirmed)
+    def commit_unconfirmed(error):
+        db.session.close()
+        response = error_response(
+            503,
+            "The database did not confirm the change, which may or may not have been "
+            "applied: read it before trying again, or retry with the same Idempotency-Key.",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(OperationalError)
     def database_unavailable(error):

@@ -3,19 +3,48 @@
 ``console`` writes the email to the log (the default for `make run`, works offline);
 ``ses`` sends through Amazon SES with boto3's standard credential chain and honours
 boto3's own ``AWS_ENDPOINT_URL`` (so a local SES stand-in needs no code change).
+
+A failed send raises one of two errors, and the difference decides what the outbox does:
+``NotAccepted`` when SES certainly did not take the email (the connection was refused, or
+SES answered with an error): it is retried. ``OutcomeUnknown`` when the request may have
+reached SES (a timeout waiting for the answer, a connection cut mid-way): it is never
+resent by itself, since that could deliver it twice.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP
 from typing import Protocol
 
 import boto3
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ParamValidationError,
+    ProxyConnectionError,
+)
 
 log = logging.getLogger("app.mail")
+
+NOTIFICATION_HEADER = "X-Marketplace-Notification-Id"
+# SES's own limits and the connection's: at most CONNECT + READ seconds per send.
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 15
+
+
+class NotAccepted(Exception):
+    """SES did not take the email: sending it again cannot deliver it twice."""
+
+
+class OutcomeUnknown(Exception):
+    """The request may have reached SES: the email may or may not have gone out."""
 
 
 @dataclass(frozen=True)
@@ -24,45 +53,76 @@ class Email:
     subject: str
     text: str
     html: str
+    notification_id: int | None = None
+
+
+def header_safe(value: str) -> str:
+    """One line: CR, LF and other control characters can never start a new header."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]+", " ", value).strip()
+
+
+def mime_message(email: Email, source: str) -> bytes:
+    message = EmailMessage(policy=SMTP)
+    message["From"] = source
+    message["To"] = email.to
+    message["Subject"] = header_safe(email.subject)
+    if email.notification_id is not None:
+        message[NOTIFICATION_HEADER] = str(email.notification_id)
+    message.set_content(email.text)
+    message.add_alternative(email.html, subtype="html")
+    return message.as_bytes()
 
 
 class Mailer(Protocol):
     def send(self, email: Email) -> str:
-        """Send one email; return the provider's message id or raise on failure."""
+        """Send one email; return the provider's message id, or raise NotAccepted or
+        OutcomeUnknown."""
 
 
 class ConsoleMailer:
     def send(self, email: Email) -> str:
         message_id = f"console-{uuid.uuid4()}"
-        log.info("email to %s\nSubject: %s\n\n%s", email.to, email.subject, email.text)
+        log.info(
+            "email to %s (notification %s)\nSubject: %s\n\n%s",
+            email.to,
+            email.notification_id,
+            header_safe(email.subject),
+            email.text,
+        )
         return message_id
 
 
 class SESMailer:
     def __init__(self, source: str, region: str | None):
         self.source = source
-        # Short timeouts and one attempt (botocore would otherwise retry by itself and
-        # could send an email twice): the outbox owns retrying, with backoff.
+        # One attempt (botocore would otherwise retry by itself and could send an email
+        # twice): the outbox owns retrying, with backoff.
         self.client = boto3.client(
             "ses",
             region_name=region,
             config=BotoConfig(
-                connect_timeout=5, read_timeout=15, retries={"total_max_attempts": 1}
+                connect_timeout=CONNECT_TIMEOUT,
+                read_timeout=READ_TIMEOUT,
+                retries={"total_max_attempts": 1},
             ),
         )
 
     def send(self, email: Email) -> str:
-        response = self.client.send_email(
-            Source=self.source,
-            Destination={"ToAddresses": [email.to]},
-            Message={
-                "Subject": {"Data": email.subject, "Charset": "UTF-8"},
-                "Body": {
-                    "Text": {"Data": email.text, "Charset": "UTF-8"},
-                    "Html": {"Data": email.html, "Charset": "UTF-8"},
-                },
-            },
-        )
+        try:
+            # The recipient comes from the message's To header (SES's rule for raw
+            # messages sent without Destinations).
+            response = self.client.send_raw_email(
+                Source=self.source, RawMessage={"Data": mime_message(email, self.source)}
+            )
+        except ClientError as exc:  # SES answered: it refused the email
+            raise NotAccepted(f"SES refused it: {exc}") from exc
+        except (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError) as exc:
+            # No connection was made: nothing reached SES.
+            raise NotAccepted(f"SES unreachable: {exc}") from exc
+        except ParamValidationError as exc:
+            raise NotAccepted(f"invalid request: {exc}") from exc
+        except Exception as exc:  # a read timeout, a connection cut after the request
+            raise OutcomeUnknown(f"{type(exc).__name__}: {exc}") from exc
         return response["MessageId"]
 
 

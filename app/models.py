@@ -24,7 +24,9 @@ from sqlalchemy import (
     Integer,
     Numeric,
     String,
+    Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column
@@ -125,6 +127,8 @@ class Product(db.Model):
     price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     mark: Mapped[str] = mapped_column(text_column(100))
     quantity: Mapped[int] = mapped_column(Integer)
+    # Incremented by every change: the ETag, and the guard of cached copies.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -134,9 +138,11 @@ class Product(db.Model):
 
 
 class NotificationStatus(enum.StrEnum):
-    PENDING = "pending"
+    PENDING = "pending"  # due (now or after a backoff), possibly claimed by a sender
+    SENDING = "sending"  # handed to SES; never sent again by itself
     SENT = "sent"
-    FAILED = "failed"
+    FAILED = "failed"  # SES refused it NOTIFY_MAX_ATTEMPTS times
+    UNKNOWN = "unknown"  # SES may or may not have taken it: resent only on purpose
 
 
 class Notification(db.Model):
@@ -194,6 +200,9 @@ class ProductView(db.Model):
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     viewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # The views stream's entry id: a batch applied twice adds nothing (NULL: written
+    # directly by the read).
+    stream_id: Mapped[str | None] = mapped_column(key_string(32), unique=True)
 
 
 class DailyProductViews(db.Model):
@@ -217,3 +226,39 @@ class DailyProductViewer(db.Model):
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+
+
+class IdempotencyKey(db.Model):
+    """A client's ``Idempotency-Key`` for one write: the first answer, replayed to retries."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("user_id", "key"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    key: Mapped[str] = mapped_column(key_string(255))
+    # What the key was first used for: method, path and a hash of the body.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    # While the first request runs, a retry gets 409; a request that died leaves a
+    # lease that runs out.
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    response_headers: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WriteReceipt(db.Model):
+    """Written in every write's transaction: if the commit's answer is lost, a look for
+    the receipt tells whether the write committed."""
+
+    __tablename__ = "write_receipts"
+    __table_args__ = (TABLE_ARGS,)
+
+    token: Mapped[str] = mapped_column(key_string(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -7,7 +7,7 @@ from decimal import Decimal, InvalidOperation
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from app.models import Role
+from app.models import NotificationStatus, Role
 
 MAX_PRICE = Decimal("9999999999.99")
 MAX_QUANTITY = 2_147_483_647
@@ -245,7 +245,13 @@ class NotificationSchema(Schema):
             "description": "Each changed field as {old, new}.",
         }
     )
-    status = fields.String(metadata={"example": "sent"})
+    status = fields.String(
+        metadata={
+            "example": "sent",
+            "description": "pending, sending, sent, failed (SES refused it every time) or "
+            "unknown (SES may or may not have taken it; resent only on purpose).",
+        }
+    )
     attempts = fields.Integer()
     last_error = fields.String(allow_none=True)
     created_at = fields.DateTime(format="iso")
@@ -253,7 +259,7 @@ class NotificationSchema(Schema):
 
 
 class NotificationQuerySchema(Schema):
-    status = fields.String(validate=validate.OneOf(["pending", "sent", "failed"]))
+    status = fields.String(validate=validate.OneOf([s.value for s in NotificationStatus]))
     sku = Text(validate=validate.Length(min=1, max=64))
 
 

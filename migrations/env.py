@@ -3,6 +3,8 @@ from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
@@ -84,6 +86,12 @@ def run_migrations_online():
         conf_args["process_revision_directives"] = process_revision_directives
 
     connectable = get_engine()
+    if connectable.dialect.name in ("mysql", "mariadb"):
+        # Not the service's short per-request limits: a migration of a large table may
+        # rightly take minutes.
+        connectable = create_engine(
+            connectable.url, poolclass=NullPool, isolation_level="READ COMMITTED"
+        )
 
     with connectable.connect() as connection:
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)

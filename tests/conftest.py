@@ -7,10 +7,15 @@ each test then starts from empty tables.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import redis
 from flask_migrate import upgrade
 from sqlalchemy import MetaData, create_engine, select, text
 
@@ -55,8 +60,6 @@ def database(request, tmp_path_factory) -> str:
 def app(database):
     app = create_app(TestConfig(database))
     yield app
-    app.extensions["outbox"].stop()
-    app.extensions["views"].stop()
     with app.app_context():
         db.session.remove()
         with db.engine.begin() as conn:
@@ -186,3 +189,50 @@ def api_schema(app):
 @pytest.fixture
 def admin_headers(admin) -> dict:
     return admin["headers"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A Redis of the suite's own (TEST_REDIS_URL, or a redis-server it starts on a free
+    loopback port and stops at the end): tests empty it, so never the machine's."""
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is needed (apt-get install redis-server)"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workdir = tmp_path_factory.mktemp("redis")
+    options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    server = subprocess.Popen(
+        [binary, "--port", str(port), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    probe = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            probe.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.fixture
+def streamed(app, redis_url):
+    """The app as in production: views go through the Redis stream (emptied first)."""
+    from app import streams
+
+    conn = streams.connect(redis_url, timeout=2)
+    conn.flushdb()
+    app.config["REDIS_URL"] = redis_url
+    streams.init_app(app)
+    yield conn
+    conn.close()

@@ -229,7 +229,7 @@ def test_apt_installs_are_lean_and_clean_up(dockerfile):
     installed = " ".join(r.args for r in runs if r.stage == final)
     for tool in ("build-essential", "gcc", "python3-dev", "python3-pip", "curl", "wget"):
         assert not re.search(rf"\s{re.escape(tool)}(\s|$)", installed), f"{tool} in the image"
-    for package in ("nginx", "uwsgi-core", "uwsgi-plugin-python3", "python3"):
+    for package in ("nginx", "uwsgi-core", "uwsgi-plugin-python3", "python3", "tini"):
         assert re.search(rf"\s{re.escape(package)}(\s|$)", installed), f"{package} missing"
 
 
@@ -249,7 +249,9 @@ def test_the_image_copies_what_the_entrypoint_runs(dockerfile):
     assert any("nginx.conf" in i.args and i.args.endswith("/etc/nginx/nginx.conf") for i in copies)
     entry = next(i for i in copies if "docker/entrypoint.sh" in i.args)
     target = entry.args.split()[-1]
-    assert named(dockerfile, "ENTRYPOINT")[-1].args == f'["{target}"]'  # exec form
+    # exec form, under tini (PID 1: reaps orphans, hands SIGTERM to the entrypoint)
+    assert named(dockerfile, "ENTRYPOINT")[-1].args == f'["/usr/bin/tini", "--", "{target}"]'
+
     assert os.access(ENTRYPOINT, os.X_OK), "docker/entrypoint.sh must be executable"
     assert "80" in named(dockerfile, "EXPOSE")[-1].args.split()
 
@@ -276,6 +278,8 @@ def test_app_ini_has_the_essentials():
     assert single["plugins"] == "python3"  # Debian's plugin-based uWSGI
     for flag in ("master", "enable-threads", "need-app", "die-on-term", "vacuum"):
         assert single.get(flag) == "true", f"{flag} = true"
+    # SIGTERM (what orchestrators send) is a graceful shutdown, not uWSGI 2.0's brutal one.
+    assert "unix_signal:15 gracefully_kill_them_all" in settings["hook-master-start"]
     assert single["socket"] == DEFAULT_SOCKET
     assert single["master-fifo"].startswith("/run/marketplace/")
     assert single["chmod-socket"] == "660"
@@ -285,7 +289,7 @@ def test_app_ini_has_the_essentials():
 
 def test_app_ini_defaults_and_environment():
     defaults = ini_settings({})
-    assert defaults["processes"] == ["4"] and defaults["threads"] == ["1"]
+    assert defaults["processes"] == ["4"] and defaults["threads"] == ["2"]
     assert defaults["virtualenv"] == ["/opt/venv"] and defaults["chdir"] == ["/app"]
     custom = ini_settings(
         {
@@ -312,11 +316,11 @@ def test_app_ini_reads_no_uwsgi_prefixed_variable():
     assert "$(UWSGI_" not in APP_INI.read_text()
 
 
-def test_app_ini_runs_the_notification_worker_beside_the_app():
+def test_app_ini_runs_the_worker_beside_the_app():
     daemons = ini_settings({})["attach-daemon2"]
     assert len(daemons) == 1
     keyval = dict(item.split("=", 1) for item in daemons[0].split(","))
-    assert re.fullmatch(r"exec /opt/venv/bin/flask --app wsgi notifications worker", keyval["cmd"])
+    assert re.fullmatch(r"exec /opt/venv/bin/flask --app wsgi worker", keyval["cmd"])
     assert keyval["stopsignal"] == "15", "SIGTERM: the worker finishes its email and exits"
 
 
@@ -364,8 +368,8 @@ def test_entrypoint_migrates_then_serves_and_stops_gracefully():
     assert done.returncode == 0, done.stderr
     assert text.index("deploy upgrade") < text.index("uwsgi --ini") < text.index("nginx -c")
     assert re.search(r"trap .+ TERM", text) and re.search(r"trap .+ INT", text)
-    assert "printf q >" in text, "uWSGI's graceful shutdown: q into the master FIFO"
-    assert "kill -QUIT" in text or "nginx -s quit" in text
+    # nginx stops taking requests first, then uWSGI (SIGTERM: graceful, see app.ini).
+    assert text.index('kill -QUIT "$nginx_pid"') < text.index('kill -TERM "$uwsgi_pid"\n')
     assert "daemon off;" in text
 
 

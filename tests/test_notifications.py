@@ -1,20 +1,30 @@
-"""Product-change emails: one per active admin, through SES (moto), never lost, never twice."""
+"""Product-change emails: one per active admin, through SES (moto), never lost, never twice.
+
+The web process only writes the rows; the worker (`flask worker`) sends them. Tests run
+the worker's drain (`flask worker --once`) where the service would have it running.
+"""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
+from email import message_from_string, policy
 
 import boto3
 import pytest
+from botocore.exceptions import ReadTimeoutError
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 from sqlalchemy import select, update
 
+from app import outbox
 from app.extensions import db
+from app.mail import NOTIFICATION_HEADER, SESMailer, build_mailer
 from app.models import Notification, utcnow
-from app.services import catalog, outbox
+from app.services import catalog
+from app.worker import Worker
 
 SENDER = "catalog@example.com"
 REGION = "us-east-1"
@@ -46,15 +56,43 @@ def admins(make):
     return people
 
 
-def settle(app) -> None:
-    assert app.extensions["outbox"].wait_idle(10), "emails still being handed to SES"
+@dataclass(frozen=True)
+class Received:
+    to: str
+    source: str
+    subject: str
+    text: str
+    html: str
+    notification_id: int
 
 
-def inbox(ses) -> dict[str, list]:
+def received(ses) -> list[Received]:
+    """What moto's SES accepted, parsed as a recipient's mail client would."""
+    mail = []
+    for raw in ses.sent_messages:
+        message = message_from_string(raw.raw_data, policy=policy.default)
+        mail.append(
+            Received(
+                to=message["To"],
+                source=raw.source,
+                subject=message["Subject"],
+                text=message.get_body(("plain",)).get_content(),
+                html=message.get_body(("html",)).get_content(),
+                notification_id=int(message[NOTIFICATION_HEADER]),
+            )
+        )
+    return mail
+
+
+def settle(app) -> tuple[int, int]:
+    """What the running worker would do next: send every email due now."""
+    return Worker(app).drain()
+
+
+def inbox(ses) -> dict[str, list[Received]]:
     mail: dict[str, list] = {}
-    for message in ses.sent_messages:
-        for address in message.destinations["ToAddresses"]:
-            mail.setdefault(address, []).append(message)
+    for message in received(ses):
+        mail.setdefault(message.to, []).append(message)
     return mail
 
 
@@ -72,8 +110,8 @@ def test_creating_a_product_emails_every_active_admin_once(app, client, admins, 
     message = mail["admin2@example.com"][0]
     assert message.source == SENDER
     assert "d7iy6euiue" in message.subject and "created" in message.subject
-    assert "zapatos" in message.body
-    assert "Admin 1" in message.body and "admin1@example.com" in message.body
+    assert "zapatos" in message.text
+    assert "Admin 1" in message.text and "admin1@example.com" in message.text
 
 
 def test_a_price_change_says_old_and_new_by_whom_and_when(app, client, make, admins, ses):
@@ -88,9 +126,10 @@ def test_a_price_change_says_old_and_new_by_whom_and_when(app, client, make, adm
     assert set(mail) == ADMIN_ADDRESSES
     message = mail["admin3@example.com"][0]
     assert "price: 300 -> 500" in message.subject
-    assert "price: 300 \u2192 500" in message.body
-    assert "Admin 2" in message.body and "admin2@example.com" in message.body
-    assert " UTC" in message.body
+    assert "price: 300 -> 500" in message.text
+    assert "price: 300 \u2192 500" in message.html
+    assert "Admin 2" in message.text and "admin2@example.com" in message.text
+    assert " UTC" in message.text
     assert len(ses.sent_messages) == 3
 
 
@@ -167,16 +206,14 @@ def time_passes(app) -> None:
 
 
 def run_worker(runner) -> str:
-    result = runner.invoke(args=["notifications", "worker", "--once"])
+    result = runner.invoke(args=["worker", "--once"])
     assert result.exit_code == 0, result.output
     return result.output
 
 
-def test_emails_left_behind_by_a_dead_process_are_sent_by_the_worker(
+def test_the_web_request_only_writes_the_rows_and_the_worker_sends_them(
     app, client, runner, admins, ses, rows
 ):
-    # No in-process sending: as if the process died right after the commit.
-    app.config["NOTIFY_THREADS"] = 0
     client.post("/api/products", json=SEED, headers=admins[0]["headers"])
     assert ses.sent_messages == []
     assert {row.status for row in rows(Notification)} == {"pending"}
@@ -191,13 +228,12 @@ def test_emails_left_behind_by_a_dead_process_are_sent_by_the_worker(
 def test_a_crashed_senders_lease_expires_and_the_email_goes_out_once(
     app, client, runner, admins, ses, rows
 ):
-    app.config["NOTIFY_THREADS"] = 0
     client.post("/api/products", json=SEED, headers=admins[0]["headers"])
     with app.app_context():
         claimed = outbox.claim(limit=10)  # a sender takes the rows, then dies
         assert len(claimed) == 3
     run_worker(runner)
-    assert ses.sent_messages == []  # the lease still holds
+    assert ses.sent_messages == []  # the claim's lease still holds
 
     with app.app_context():
         db.session.execute(
@@ -212,7 +248,6 @@ def test_a_crashed_senders_lease_expires_and_the_email_goes_out_once(
 def test_ses_failing_then_recovering_delivers_each_email_exactly_once(
     app, client, runner, admins, ses, rows
 ):
-    app.config["NOTIFY_THREADS"] = 0
     unverify_sender()  # SES now rejects every send
     client.post("/api/products", json=SEED, headers=admins[0]["headers"])
 
@@ -242,7 +277,7 @@ def test_ses_failing_then_recovering_delivers_each_email_exactly_once(
 def test_after_the_last_attempt_an_email_is_failed_then_retry_requeues_it(
     app, client, runner, admins, ses, rows
 ):
-    app.config.update(NOTIFY_THREADS=0, NOTIFY_MAX_ATTEMPTS=2)
+    app.config.update(NOTIFY_MAX_ATTEMPTS=2)
     unverify_sender()
     client.post("/api/products", json=SEED, headers=admins[0]["headers"])
     run_worker(runner)
@@ -276,7 +311,6 @@ def test_retry_needs_an_id_or_all_failed(runner):
 
 
 def test_two_workers_at_once_send_each_email_exactly_once(app, make, admins, ses, rows):
-    app.config["NOTIFY_THREADS"] = 0
     with app.app_context():
         for n in range(15):
             catalog.create_product(
@@ -289,12 +323,8 @@ def test_two_workers_at_once_send_each_email_exactly_once(app, make, admins, ses
     start = threading.Barrier(2)
 
     def worker():
-        with app.app_context():
-            start.wait()
-            mailer = outbox.build_mailer(app.config)
-            while outbox.deliver_due(mailer, limit=3):
-                pass
-            db.session.remove()
+        start.wait()
+        Worker(app).drain()
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for thread in threads:
@@ -303,8 +333,7 @@ def test_two_workers_at_once_send_each_email_exactly_once(app, make, admins, ses
         thread.join(60)
 
     assert len(ses.sent_messages) == 45
-    pairs = {(m.destinations["ToAddresses"][0], m.subject) for m in ses.sent_messages}
-    assert len(pairs) == 45
+    assert len({m.notification_id for m in received(ses)}) == 45
     assert {row.status for row in rows(Notification)} == {"sent"}
     assert all(row.attempts == 1 for row in rows(Notification))
 
@@ -367,7 +396,6 @@ def test_a_row_taken_over_by_another_sender_mid_batch_is_not_sent_twice(app, mak
     """A batch's later rows may outlive their lease; a new holder must not be doubled."""
     from app.mail import SESMailer
 
-    app.config["NOTIFY_THREADS"] = 0
     with app.app_context():
         catalog.create_product(SEED, actor=None)
         db.session.commit()
@@ -394,7 +422,12 @@ def test_a_row_taken_over_by_another_sender_mid_batch_is_not_sent_twice(app, mak
             return super().send(email)
 
     with app.app_context():
-        assert outbox.deliver_due(SlowBatchMailer(SENDER, REGION), limit=10) == 3
+        rows = outbox.claim(10)
+        assert [outbox.deliver(row, SlowBatchMailer(SENDER, REGION)) for row in rows] == [
+            "sent",
+            "sent",
+            "lost",
+        ]
     assert set(inbox(ses)) == {"admin1@example.com", "admin2@example.com"}
     with app.app_context():
         taken = db.session.scalar(
@@ -410,7 +443,6 @@ def test_a_send_recorded_late_because_the_database_was_away_is_not_sent_again(
     the sender keeps trying to record it, so the email is not sent a second time later."""
     from sqlalchemy.exc import OperationalError
 
-    app.config["NOTIFY_THREADS"] = 0
     with app.app_context():
         catalog.create_product(SEED, actor=None)
         db.session.commit()
@@ -420,16 +452,118 @@ def test_a_send_recorded_late_because_the_database_was_away_is_not_sent_again(
 
     def flaky_commit():
         calls["n"] += 1
-        if calls["n"] in (3, 4):  # after the claim and the first renewal: the 'sent' update
+        if calls["n"] in (3, 4):  # after the claim and the first start: the 'sent' update
             raise OperationalError("UPDATE notifications", {}, Exception("server has gone away"))
         return real_commit()
 
     monkeypatch.setattr(db.session, "commit", flaky_commit)
     with app.app_context():
-        outbox.deliver_due(outbox.build_mailer(app.config), limit=10)
+        for row in outbox.claim(10):
+            outbox.deliver(row, build_mailer(app.config))
     monkeypatch.setattr(db.session, "commit", real_commit)
 
     assert len(ses.sent_messages) == 3
     assert {row.status for row in rows(Notification)} == {"sent"}
     run_worker(runner)
     assert len(ses.sent_messages) == 3
+
+
+# ---------------------------------------------------------------- outcomes that are unknown
+
+
+def ses_times_out(mailer: SESMailer) -> SESMailer:
+    """SES (moto) behind a network that loses its answers: botocore's read timeout."""
+
+    def lose_the_answer(request, **_kwargs):
+        raise ReadTimeoutError(endpoint_url=request.url)
+
+    mailer.client.meta.events.register("before-send.ses.SendRawEmail", lose_the_answer)
+    return mailer
+
+
+def test_each_email_names_its_notification_for_the_recipients_system(app, client, admins, ses):
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    settle(app)
+    with app.app_context():
+        ids = set(db.session.scalars(select(Notification.id)))
+    assert {message.notification_id for message in received(ses)} == ids
+
+
+def test_a_send_ses_did_not_answer_is_unknown_listed_and_not_resent(
+    app, client, runner, admins, ses, rows
+):
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    with app.app_context():
+        mailer = ses_times_out(build_mailer(app.config))
+        outcomes = [outbox.deliver(row, mailer) for row in outbox.claim(10)]
+    assert outcomes == ["unknown"] * 3
+    assert {row.status for row in rows(Notification)} == {"unknown"}
+    assert all("outcome unknown" in row.last_error for row in rows(Notification))
+
+    time_passes(app)
+    run_worker(runner)
+    assert ses.sent_messages == []  # never resent by itself
+
+    listed = client.get("/api/notifications?status=unknown", headers=admins[1]["headers"])
+    assert listed.status_code == 200
+    assert len(listed.json) == 3 and {n["status"] for n in listed.json} == {"unknown"}
+
+    result = runner.invoke(args=["notifications", "retry", "--unknown"])
+    assert "3 notification(s) queued again" in result.output
+    run_worker(runner)
+    assert set(inbox(ses)) == ADMIN_ADDRESSES
+    assert {row.status for row in rows(Notification)} == {"sent"}
+
+
+def test_a_sender_that_died_during_a_send_leaves_it_unknown_not_resent(
+    app, client, runner, admins, ses, rows
+):
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    with app.app_context():
+        row = outbox.claim(1)[0]
+        assert outbox.start(row)  # marked as being sent... and the process is killed
+    run_worker(runner)
+    assert len(ses.sent_messages) == 2  # the other two; this one is still in flight
+    with app.app_context():
+        db.session.execute(
+            update(Notification)
+            .where(Notification.id == row.id)
+            .values(claimed_until=utcnow() - timedelta(seconds=1))
+        )
+        db.session.commit()
+    run_worker(runner)
+    assert len(ses.sent_messages) == 2
+    abandoned = rows(Notification, Notification.id == row.id)[0]
+    assert abandoned.status == "unknown"
+    assert "stopped during the send" in abandoned.last_error
+
+
+def test_a_graceful_stop_gives_back_the_emails_it_had_not_started(app, client, admins, ses, rows):
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    worker = Worker(app)
+    with app.app_context():
+        claimed = outbox.claim(10)
+        assert len(claimed) == 3
+        worker.stop()
+        assert outbox.release(claimed[1:]) == 2
+    due_now = [row for row in rows(Notification) if row.claim_token is None]
+    assert len(due_now) == 2
+    settle(app)
+    assert len(ses.sent_messages) == 2  # the first is still claimed by its sender
+
+
+def test_the_worker_process_wakes_on_a_commit_and_stops_on_request(app, client, admins, ses, rows):
+    worker = Worker(app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+        deadline = utcnow() + timedelta(seconds=20)
+        while len(ses.sent_messages) < 3 and utcnow() < deadline:
+            threading.Event().wait(0.05)
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert set(inbox(ses)) == ADMIN_ADDRESSES
+    assert {row.status for row in rows(Notification)} == {"sent"}

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from app import streams
 from app.extensions import db
 from app.models import DailyProductViews, Product, ProductView
 from app.services import tracking
+from app.services.tracking import View
+from app.worker import ViewsConsumer, Worker
 
 TODAY = datetime.now(UTC).date()
 
 
 def flush(app) -> None:
-    app.extensions["views"].flush()
+    """What the running worker does next: write what the views stream holds."""
+    Worker(app).drain()
 
 
 def product_id(app, sku: str) -> int:
@@ -58,34 +64,89 @@ def test_a_refused_token_records_nothing(app, client, make, rows):
     assert rows(ProductView) == []
 
 
-def test_direct_mode_writes_within_the_read(app, client, make, rows):
-    app.extensions["views"].mode = "direct"
+def test_without_redis_each_view_is_written_within_the_read(app, client, make, rows):
+    assert app.config["REDIS_URL"] is None
     make.product("abc")
     client.get("/api/products/abc")
-    assert len(rows(ProductView)) == 1  # no flush needed
+    assert len(rows(ProductView)) == 1  # no worker needed
 
 
-def test_buffered_views_wait_for_a_flush(app, client, make, rows):
-    app.extensions["views"].every = 3600  # only an explicit flush writes
+def test_with_redis_a_read_appends_to_the_stream_and_the_worker_writes_it(
+    app, client, make, reader, rows, streamed
+):
     make.product("abc")
-    client.get("/api/products/abc")
-    assert rows(ProductView) == []
-    assert app.extensions["views"].flush() == 1
-    assert len(rows(ProductView)) == 1
+    for headers in ({}, {}, reader["headers"]):
+        assert client.get("/api/products/abc", headers=headers).status_code == 200
+    assert streamed.xlen(streams.VIEWS_STREAM) == 3
+    assert rows(ProductView) == []  # the read only appended
+
+    flush(app)
+    views = views_of(rows, app, "abc")
+    assert sorted(v.user_id or 0 for v in views) == [0, 0, reader["id"]]
+    assert all(v.stream_id for v in views)
+    assert streamed.xpending(streams.VIEWS_STREAM, streams.VIEWS_GROUP)["pending"] == 0
+    assert streamed.xlen(streams.VIEWS_STREAM) <= 1  # acknowledged entries are trimmed
+    daily = rows(DailyProductViews)
+    assert [(d.anonymous_views, d.registered_views) for d in daily] == [(2, 1)]
 
 
-def test_views_kept_when_the_database_write_fails_and_written_later(app, make, rows):
+def test_a_batch_applied_again_after_a_lost_acknowledgement_changes_nothing(
+    app, client, make, rows, streamed
+):
     make.product("abc")
-    recorder = app.extensions["views"]
-    recorder.every = 3600
+    for _ in range(5):
+        client.get("/api/products/abc")
+    with app.app_context():
+        first = ViewsConsumer(streamed, "first", batch=100, block_ms=0, idle_ms=0)
+        first.ensure_group()
+        entries = first._read(block=False)  # delivered to the first consumer...
+        assert len(entries) == 5
+        written = tracking.write_views(
+            [tracking.View(*streams.parse_view(f), stream_id=i) for i, f in entries]
+        )
+        assert written == 5  # ...written, and then it died before XACK
+
+        second = ViewsConsumer(streamed, "second", batch=100, block_ms=0, idle_ms=0)
+        assert second.reclaim() == 5  # the entries are taken over and applied again
+    assert len(rows(ProductView)) == 5
+    assert [d.anonymous_views for d in rows(DailyProductViews)] == [5]
+    assert streamed.xpending(streams.VIEWS_STREAM, streams.VIEWS_GROUP)["pending"] == 0
+
+
+def test_when_redis_is_down_the_read_answers_and_the_view_is_written_directly(
+    app, client, make, rows, streamed
+):
+    make.product("abc")
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    app.extensions["redis"] = streams.connect(dead, timeout=0.5)
+    assert client.get("/api/products/abc").status_code == 200
+    views = rows(ProductView)
+    assert len(views) == 1 and views[0].stream_id is None
+
+
+def test_when_both_are_down_the_read_answers_and_the_lost_view_is_counted(
+    app, client, make, rows, caplog
+):
+    make.product("abc")
+    lost_before = REGISTRY.get_sample_value("marketplace_views_lost_total") or 0
     with app.test_request_context():
-        recorder.record(product_id(app, "abc"), None)
-    recorder.buffer.append((10**9, None, datetime.now(UTC)))  # no such product: the batch fails
-    assert recorder.flush() == 0
-    assert len(recorder.buffer) == 2
-    recorder.buffer.pop()  # the bad view goes away; the good one is still there
-    assert recorder.flush() == 1
-    assert len(rows(ProductView)) == 1
+        # A view the database refuses (no such product) with no stream to take it.
+        assert tracking.record_view(10**9, None) == "lost"
+    assert REGISTRY.get_sample_value("marketplace_views_lost_total") == lost_before + 1
+    assert any("lost" in record.getMessage() for record in caplog.records)
+    assert rows(ProductView) == []
+
+
+def test_a_not_modified_answer_is_a_view_and_head_is_not(app, client, make, rows):
+    make.product("abc")
+    first = client.get("/api/products/abc")
+    tag = first.headers["ETag"]
+    again = client.get("/api/products/abc", headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.headers["ETag"] == tag
+    assert client.head("/api/products/abc").status_code == 200
+    assert len(rows(ProductView)) == 2
 
 
 # ---------------------------------------------------------------- statistics
@@ -97,7 +158,7 @@ def seed_views(app, sku: str, per_day: dict[date, tuple[int, list[int]]]) -> Non
     views = []
     for day, (anonymous, users) in per_day.items():
         at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
-        views += [(pid, None, at)] * anonymous + [(pid, uid, at) for uid in users]
+        views += [View(pid, None, at)] * anonymous + [View(pid, uid, at) for uid in users]
     with app.app_context():
         tracking.write_views(views)
 

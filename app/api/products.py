@@ -1,15 +1,13 @@
 """Products: anyone reads; admins create, change and delete."""
 
-from functools import wraps
-
-from flask import url_for
+from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_jwt_extended import current_user
 from flask_smorest import abort
 
+from app import conditional
 from app.auth import BEARER, PUBLIC, admin_required, token_optional, viewer
 from app.errors import ErrorSchema
-from app.extensions import db
 from app.rest import Blueprint
 from app.schemas import (
     ProductCreateSchema,
@@ -18,6 +16,7 @@ from app.schemas import (
     ProductUpdateSchema,
 )
 from app.services import catalog, tracking
+from app.writes import writes
 
 blp = Blueprint(
     "products",
@@ -42,24 +41,39 @@ def get_or_404(sku: str):
     return product
 
 
-def records_view(fn):
-    """Count a successful read of a product: who (or anonymous) and when."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        product = fn(*args, **kwargs)
-        reader = viewer()
-        tracking.record_view(product.id, reader.id if reader else None)
-        return product
-
-    return wrapper
+def lock_or_404(sku: str):
+    """The product, locked for a change, if it is the version the client names."""
+    product = catalog.lock_product(sku)
+    if product is None:
+        abort(404, message=f"No product with sku {sku!r}.")
+    conditional.require_current(product)
+    return product
 
 
 def update(sku: str, data: dict):
-    product = get_or_404(sku)
+    product = lock_or_404(sku)
     catalog.update_product(product, data, current_user)
-    db.session.commit()
-    return product
+    return product, conditional.headers(product)
+
+
+CONDITIONAL = {
+    "parameters": [
+        {
+            "in": "header",
+            "name": "If-Match",
+            "schema": {"type": "string"},
+            "description": "Change only this version (the ETag of a read); 412 otherwise.",
+        },
+        {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "schema": {"type": "string", "maxLength": 255},
+            "description": "Retry safely: the same key and body within 24 h answer the "
+            "first answer again; a different body gets 422, a request still running 409.",
+        },
+    ]
+}
+ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "The version read."}}
 
 
 @blp.route("")
@@ -77,54 +91,68 @@ class Products(MethodView):
         pagination_parameters.item_count = total
         return items
 
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, parameters=CONDITIONAL["parameters"][1:])
     @admin_required
+    @writes
     @blp.arguments(ProductCreateSchema, example=SEED_PRODUCT)
-    @blp.response(201, ProductSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @blp.response(
+        201,
+        ProductSchema,
+        headers={"Location": {"schema": {"type": "string"}}, **ETAG_HEADER},
+    )
     @blp.alt_response(409, schema=ErrorSchema, description="The sku is taken.")
     def post(self, data):
         """Create a product (admin)."""
-        change = catalog.create_product(data, current_user)
-        db.session.commit()
-        return change.product, {
-            "Location": url_for("products.ProductsBySku", sku=change.product.sku)
-        }
+        product = catalog.create_product(data, current_user).product
+        location = url_for("products.ProductsBySku", sku=product.sku)
+        return product, {"Location": location, **conditional.headers(product)}
 
 
 @blp.route("/<string:sku>")
 class ProductsBySku(MethodView):
     @blp.doc(security=PUBLIC)
     @token_optional
-    @blp.response(200, ProductSchema)
+    @blp.response(200, ProductSchema, headers=ETAG_HEADER)
+    @blp.alt_response(304, description="Not modified (If-None-Match): still a view.")
     @blp.alt_response(404, schema=ErrorSchema, description="No such product.")
-    @records_view
     def get(self, sku):
-        """Read one product (each read is counted in the product's statistics)."""
-        return get_or_404(sku)
+        """Read one product (each read, 200 or 304, is counted in its statistics)."""
+        product = get_or_404(sku)
+        if request.method == "GET":  # HEAD is not a consultation
+            reader = viewer()
+            tracking.record_view(product.id, reader.id if reader else None)
+        if conditional.not_modified(product):
+            return Response(status=304, headers=conditional.headers(product))
+        return product, conditional.headers(product)
 
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, parameters=CONDITIONAL["parameters"])
     @admin_required
+    @writes
     @blp.arguments(ProductUpdateSchema, example={"price": 500})
-    @blp.response(200, ProductSchema)
+    @blp.response(200, ProductSchema, headers=ETAG_HEADER)
     @blp.alt_response(404, schema=ErrorSchema, description="No such product.")
+    @blp.alt_response(412, schema=ErrorSchema, description="If-Match names another version.")
     def put(self, data, sku):
         """Change some fields of a product (admin); the sku cannot change."""
         return update(sku, data)
 
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, parameters=CONDITIONAL["parameters"])
     @admin_required
+    @writes
     @blp.arguments(ProductUpdateSchema, example={"quantity": 7})
-    @blp.response(200, ProductSchema)
+    @blp.response(200, ProductSchema, headers=ETAG_HEADER)
     @blp.alt_response(404, schema=ErrorSchema, description="No such product.")
+    @blp.alt_response(412, schema=ErrorSchema, description="If-Match names another version.")
     def patch(self, data, sku):
         """Change some fields of a product (admin); same as PUT."""
         return update(sku, data)
 
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, parameters=CONDITIONAL["parameters"])
     @admin_required
+    @writes
     @blp.response(204)
     @blp.alt_response(404, schema=ErrorSchema, description="No such product.")
+    @blp.alt_response(412, schema=ErrorSchema, description="If-Match names another version.")
     def delete(self, sku):
         """Delete a product (admin); its history is kept."""
-        catalog.delete_product(get_or_404(sku), current_user)
-        db.session.commit()
+        catalog.delete_product(lock_or_404(sku), current_user)

@@ -7,12 +7,12 @@ from sqlalchemy import select
 
 from app.auth import BEARER, admin_required
 from app.errors import ErrorSchema
-from app.extensions import db
 from app.models import User
 from app.pagination import page_of
 from app.rest import Blueprint
 from app.schemas import UserCreateSchema, UserSchema, UserUpdateSchema
 from app.services import accounts
+from app.writes import writes
 
 blp = Blueprint(
     "users",
@@ -37,11 +37,28 @@ def get_or_404(user_id: int) -> User:
     return user
 
 
-def update(user_id: int, data: dict) -> User:
-    user = get_or_404(user_id)
-    accounts.update_user(user, data)
-    db.session.commit()
+def lock_or_404(user_id: int) -> User:
+    user = accounts.lock_user(user_id)
+    if user is None:
+        abort(404, message=f"No user with id {user_id}.")
     return user
+
+
+def update(user_id: int, data: dict) -> User:
+    user = lock_or_404(user_id)
+    accounts.update_user(user, data)
+    return user
+
+
+IDEMPOTENCY_KEY = [
+    {
+        "in": "header",
+        "name": "Idempotency-Key",
+        "schema": {"type": "string", "maxLength": 255},
+        "description": "Retry safely: the same key and body within 24 h answer the first "
+        "answer again; a different body gets 422, a request still running 409.",
+    }
+]
 
 
 @blp.route("")
@@ -55,15 +72,15 @@ class Users(MethodView):
         live = select(User).where(User.active.is_(True)).order_by(User.id)
         return page_of(live, pagination_parameters)
 
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
     @admin_required
+    @writes
     @blp.arguments(UserCreateSchema, example=SEED_USER)
     @blp.response(201, UserSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(409, schema=ErrorSchema, description="Email or username taken.")
     def post(self, data):
         """Create a user (admin); rol 1 makes an admin, rol 2 a read-only account."""
         user = accounts.create_user(**data)
-        db.session.commit()
         return user, {"Location": url_for("users.UsersById", user_id=user.id)}
 
 
@@ -77,8 +94,9 @@ class UsersById(MethodView):
         """Read one user (admin)."""
         return get_or_404(user_id)
 
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
     @admin_required
+    @writes
     @blp.arguments(UserUpdateSchema, example={"rol": 1})
     @blp.response(200, UserSchema)
     @blp.alt_response(409, schema=ErrorSchema, description="Taken, or the last admin.")
@@ -86,8 +104,9 @@ class UsersById(MethodView):
         """Change some fields of a user (admin)."""
         return update(user_id, data)
 
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
     @admin_required
+    @writes
     @blp.arguments(UserUpdateSchema, example={"fullname": "Arnoldo M."})
     @blp.response(200, UserSchema)
     @blp.alt_response(409, schema=ErrorSchema, description="Taken, or the last admin.")
@@ -95,11 +114,11 @@ class UsersById(MethodView):
         """Change some fields of a user (admin); same as PUT."""
         return update(user_id, data)
 
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
     @admin_required
+    @writes
     @blp.response(204)
     @blp.alt_response(409, schema=ErrorSchema, description="The last active admin.")
     def delete(self, user_id):
         """Delete a user (admin); their tokens stop working at once."""
-        accounts.delete_user(get_or_404(user_id))
-        db.session.commit()
+        accounts.delete_user(lock_or_404(user_id))

@@ -19,6 +19,26 @@ def find_user(user_id: int) -> User | None:
     return user if user is not None and user.active else None
 
 
+def lock_user(user_id: int) -> User | None:
+    """The active user, read as committed now and locked until the transaction ends
+    (two deletions of one user: the second finds nobody)."""
+    if db.engine.dialect.name == "sqlite":
+        # No row locks: take the database's write lock first (see catalog.take_write_lock).
+        db.session.execute(
+            update(User)
+            .where(User.id == -1)
+            .values(token_version=User.token_version)
+            .execution_options(synchronize_session=False)
+        )
+    user = db.session.scalar(
+        select(User)
+        .where(User.id == user_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return user if user is not None and user.active else None
+
+
 def find_by_email(email: str) -> User | None:
     return db.session.scalar(select(User).where(User.email_key == email.strip().lower()))
 
@@ -93,6 +113,7 @@ def update_user(user: User, changes: dict) -> User:
         user.username_key = changes["username"].lower()
     if "email" in changes:
         user.email = user.email_key = changes["email"].lower()
+    db.session.flush()  # the answer is built from the flushed row (updated_at)
     return user
 
 

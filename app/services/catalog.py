@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.extensions import db
 from app.models import Product, User, utcnow
 from app.schemas import json_number
-from app.services import RuleError, outbox
+from app.services import RuleError, notifications
+from app.services.notifications import Change
 
 EDITABLE = ("name", "price", "mark", "quantity")
 
@@ -20,19 +20,35 @@ def _plain(value):
     return json_number(value) if isinstance(value, Decimal) else value
 
 
-@dataclass(frozen=True)
-class Change:
-    """What happened to a product, by whom: the material of a notification."""
-
-    product: Product
-    event: str  # "created" | "updated" | "deleted"
-    actor: User | None
-    changes: dict[str, list]  # field -> [old, new]
-
-
 def find_product(sku: str) -> Product | None:
     """The live product with this sku (any case), or None."""
     return db.session.scalar(select(Product).where(Product.sku_key == sku.lower()))
+
+
+def take_write_lock() -> None:
+    """SQLite has no row locks: take the database's write lock before reading what a
+    change is computed from (pysqlite begins the transaction at the first write, and
+    this write changes nothing). MySQL/MariaDB lock the row itself (FOR UPDATE)."""
+    if db.engine.dialect.name == "sqlite":
+        db.session.execute(
+            update(Product)
+            .where(Product.id == -1)
+            .values(version=Product.version)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def lock_product(sku: str) -> Product | None:
+    """The live product with this sku, read as committed now and locked until the
+    transaction ends: concurrent changes of one product take turns, each computed from
+    the one before."""
+    take_write_lock()
+    return db.session.scalar(
+        select(Product)
+        .where(Product.sku_key == sku.lower())
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 def find_product_with_history(sku: str) -> Product | None:
@@ -58,7 +74,8 @@ def create_product(data: dict, actor: User | None) -> Change:
 
 
 def update_product(product: Product, data: dict, actor: User | None) -> Change | None:
-    """Apply the fields that differ; None when nothing changed."""
+    """Apply the fields that differ; None when nothing changed. ``product`` comes from
+    ``lock_product``, so the old values are the last committed ones."""
     if "sku" in data and data["sku"].lower() != product.sku_key:
         raise RuleError(422, "The sku cannot be changed.", "sku")
     diff = {}
@@ -68,6 +85,7 @@ def update_product(product: Product, data: dict, actor: User | None) -> Change |
             setattr(product, field, data[field])
     if not diff:
         return None
+    product.version += 1
     db.session.flush()
     return _record(Change(product, "updated", actor, diff))
 
@@ -77,13 +95,14 @@ def delete_product(product: Product, actor: User | None) -> Change:
     snapshot = {field: [_plain(getattr(product, field)), None] for field in EDITABLE}
     product.deleted_at = utcnow()
     product.sku_key = None
+    product.version += 1
     db.session.flush()
     return _record(Change(product, "deleted", actor, snapshot))
 
 
 def _record(change: Change) -> Change:
     """Every committed change emails the admins: the rows join the change's transaction."""
-    outbox.notify(change)
+    notifications.notify(change)
     return change
 
 

@@ -1,35 +1,44 @@
-"""Product views: recording them cheaply, rolling them up, and the statistics.
+"""Product views: recording them, rolling them up, and the statistics.
 
-Recording is buffered in each process (see the README's "Views" section for the figures
-behind that choice): a read appends to an in-memory list, a background thread writes
-batches. A batch goes in one transaction: the raw rows, the per-day counts and the
-per-day registered viewers, so the roll-ups are never behind the raw rows. A graceful
-stop (atexit, uWSGI shutdown or reload) flushes what is buffered; a hard crash can lose
-at most what arrived since the last flush (``VIEWS_FLUSH_SECONDS``, or ``VIEWS_BATCH``
-views, whichever comes first).
+A 200 (or 304) product read records its view before the answer leaves the process:
+with ``REDIS_URL`` set, one XADD to the views stream (the worker writes it to the
+database, see app/worker.py); without Redis, or when Redis does not answer, a direct
+write of the view and its roll-ups. If that fails too, the read still answers and the
+lost view is logged and counted (``marketplace_views_lost_total``).
+
+A batch of views goes in one transaction: the raw rows, the per-day counts and the
+per-day registered viewers, so the roll-ups are never behind the raw rows. Views from the
+stream carry their entry id (unique in ``product_views.stream_id``): a batch applied
+again after a lost acknowledgement adds nothing.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import threading
 from collections import Counter
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 
-from flask import Flask, current_app
+import redis
+from flask import current_app
 from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import metrics, streams
 from app.extensions import db
 from app.models import DailyProductViewer, DailyProductViews, Product, ProductView, utcnow
 
 log = logging.getLogger(__name__)
 
-View = tuple[int, int | None, datetime]  # product id, user id (None: anonymous), when
+
+class View(NamedTuple):
+    product_id: int
+    user_id: int | None  # None: anonymous
+    viewed_at: datetime
+    stream_id: str | None = None
 
 
 # ---------------------------------------------------------------- writing
@@ -73,128 +82,89 @@ def _add_to_rollups(session: Session, views: list[View]) -> None:
     """Add views to the per-day counts and the per-day registered viewers."""
     counts: Counter = Counter()
     viewers: set[tuple[int, date, int]] = set()
-    for product_id, user_id, at in views:
-        anon, reg = counts[(product_id, at.date())] or (0, 0)
-        counts[(product_id, at.date())] = (anon + (user_id is None), reg + (user_id is not None))
-        if user_id is not None:
-            viewers.add((product_id, at.date(), user_id))
+    for view in views:
+        key = (view.product_id, view.viewed_at.date())
+        anon, reg = counts[key] or (0, 0)
+        counts[key] = (anon + (view.user_id is None), reg + (view.user_id is not None))
+        if view.user_id is not None:
+            viewers.add((view.product_id, view.viewed_at.date(), view.user_id))
     if counts:
         _upsert_counts(session, counts)
     if viewers:
         _add_viewers(session, viewers)
 
 
-def write_views(views: list[View]) -> None:
-    """Write a batch of views and their roll-ups in one transaction of their own.
+def _write(session: Session, views: list[View]) -> int:
+    stream_ids = [view.stream_id for view in views if view.stream_id is not None]
+    if stream_ids:
+        applied = set(
+            session.scalars(
+                select(ProductView.stream_id).where(ProductView.stream_id.in_(stream_ids))
+            )
+        )
+        views = [view for view in views if view.stream_id not in applied]
+    if not views:
+        return 0
+    session.execute(
+        insert(ProductView),
+        [
+            {
+                "product_id": v.product_id,
+                "user_id": v.user_id,
+                "viewed_at": v.viewed_at,
+                "stream_id": v.stream_id,
+            }
+            for v in views
+        ],
+    )
+    _add_to_rollups(session, views)
+    return len(views)
+
+
+def write_views(views: list[View]) -> int:
+    """Write views and their roll-ups in one transaction of their own; return how many
+    were new (a stream entry already applied is skipped).
 
     A session of its own: a request's session (its objects, its transaction) is never
     touched by the write.
     """
     if not views:
-        return
-    with Session(db.engine) as session, session.begin():
-        session.execute(
-            insert(ProductView),
-            [{"product_id": p, "user_id": u, "viewed_at": at} for p, u, at in views],
-        )
-        _add_to_rollups(session, views)
+        return 0
+    for attempt in (1, 2):
+        try:
+            with Session(db.engine) as session, session.begin():
+                return _write(session, views)
+        except IntegrityError:
+            # Another writer applied some of these entries at the same moment (a
+            # reclaimed batch): read what it applied and write the rest.
+            if attempt == 2:
+                raise
+    return 0
 
 
-class ViewRecorder:
-    """Per-process view buffer with a flusher thread; ``VIEW_RECORDING`` picks the mode:
-    ``buffered`` (default), ``direct`` (a write inside each read) or ``off``."""
-
-    def __init__(self, app: Flask):
-        self.app = app
-        self.mode = app.config["VIEW_RECORDING"]
-        self.every = app.config["VIEWS_FLUSH_SECONDS"]
-        self.batch = app.config["VIEWS_BATCH"]
-        self.limit = app.config["VIEWS_BUFFER_LIMIT"]
-        self.buffer: list[View] = []
-        self.lock = threading.Lock()
-        self.flush_lock = threading.Lock()
-        self.wake = threading.Event()
-        self.pid: int | None = None
-        self.stopping = False
-        self.dropped = 0
-
-    def record(self, product_id: int, user_id: int | None) -> None:
-        if self.mode == "off":
-            return
-        view = (product_id, user_id, utcnow())
-        if self.mode == "direct":
-            try:
-                write_views([view])
-            except Exception:
-                # The read itself succeeded: answer it, and say what was not recorded.
-                log.exception("recording a view of product %s failed", product_id)
-            return
-        self._ensure_started()
-        with self.lock:
-            self.buffer.append(view)
-            full = len(self.buffer) >= self.batch
-        if full:
-            self.wake.set()
-
-    def _ensure_started(self) -> None:
-        # Threads do not survive a fork (uWSGI forks its workers): one flusher per process.
-        if self.pid == os.getpid():
-            return
-        with self.lock:
-            if self.pid == os.getpid():
-                return
-            self.buffer = []
-            self.wake = threading.Event()
-            threading.Thread(target=self._run, name="views-flush", daemon=True).start()
-            atexit.register(self.stop)
-            self.pid = os.getpid()
-
-    def _run(self) -> None:
-        while not self.stopping:
-            self.wake.wait(self.every)
-            self.wake.clear()
-            self.flush()
-
-    def stop(self) -> None:
-        """Flush what is buffered and let the flusher thread end (graceful shutdown)."""
-        self.stopping = True
-        self.wake.set()
-        self.flush()
-
-    def flush(self) -> int:
-        """Write everything buffered so far; on a database error keep it for the next try."""
-        with self.flush_lock:
-            with self.lock:
-                views, self.buffer = self.buffer, []
-            if not views:
-                return 0
-            try:
-                with self.app.app_context():
-                    write_views(views)
-            except Exception:
-                with self.lock:
-                    self.buffer[:0] = views
-                    overflow = len(self.buffer) - self.limit
-                    if overflow > 0:
-                        # Bounded memory while the database is away: the oldest go first.
-                        del self.buffer[:overflow]
-                        self.dropped += overflow
-                        log.error(
-                            "view buffer full: dropped the %s oldest views (%s so far)",
-                            overflow,
-                            self.dropped,
-                        )
-                log.exception("writing %s views failed; kept for the next flush", len(views))
-                return 0
-            return len(views)
-
-
-def init_app(app: Flask) -> None:
-    app.extensions["views"] = ViewRecorder(app)
-
-
-def record_view(product_id: int, user_id: int | None) -> None:
-    current_app.extensions["views"].record(product_id, user_id)
+def record_view(product_id: int, user_id: int | None) -> str:
+    """Record one consultation before the read answers; return how ("stream", "direct",
+    "off" or "lost")."""
+    mode = current_app.config["VIEW_RECORDING"]
+    if mode == "off":
+        return "off"
+    now = utcnow()
+    if mode == "auto" and streams.client() is not None:
+        try:
+            streams.append_view(product_id, user_id, now)
+            metrics.VIEWS_RECORDED.labels("stream").inc()
+            return "stream"
+        except redis.RedisError as exc:
+            log.warning("views stream unavailable, writing the view directly: %s", exc)
+    try:
+        write_views([View(product_id, user_id, now)])
+    except Exception:
+        # The read itself succeeded: answer it, and say what was not recorded.
+        metrics.VIEWS_LOST.inc()
+        log.exception("view of product %s by %s lost", product_id, user_id or "anonymous")
+        return "lost"
+    metrics.VIEWS_RECORDED.labels("direct").inc()
+    return "direct"
 
 
 # ---------------------------------------------------------------- reading (statistics)

@@ -1,0 +1,140 @@
+"""Who is told about a product change, and what the email says.
+
+``notify`` adds one pending row per admin to the caller's session: the rows commit with
+the change or not at all (a transactional outbox). Sending is the worker's (app/worker.py,
+through app/outbox.py); after the commit a session listener only wakes it.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
+
+from app import streams
+from app.extensions import db
+from app.mail import Email
+from app.models import Notification, Product, Role, User, utcnow
+
+# Set on the session when it holds new rows; read by the after-commit wake-up.
+PENDING_KEY = "notifications_added"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What happened to a product, by whom: the material of a notification."""
+
+    product: Product
+    event: str  # "created" | "updated" | "deleted"
+    actor: User | None
+    changes: dict[str, list]  # field -> [old, new]
+
+
+def recipients(actor: User | None) -> list[User]:
+    query = select(User).where(User.rol == Role.ADMIN, User.active.is_(True)).order_by(User.id)
+    admins = list(db.session.scalars(query))
+    if actor is not None and not current_app.config["NOTIFY_ACTOR"]:
+        admins = [admin for admin in admins if admin.id != actor.id]
+    return admins
+
+
+def notify(change: Change) -> list[Notification]:
+    """Add one pending email per admin to the session; sent only if the change commits."""
+    now = utcnow()
+    changes = {field: {"old": old, "new": new} for field, (old, new) in change.changes.items()}
+    rows = [
+        Notification(
+            recipient=admin.email,
+            recipient_id=admin.id,
+            product_id=change.product.id,
+            sku=change.product.sku,
+            product_name=change.product.name,
+            event=change.event,
+            changes=changes,
+            actor_id=change.actor.id if change.actor else None,
+            actor_name=change.actor.fullname if change.actor else None,
+            actor_email=change.actor.email if change.actor else None,
+            occurred_at=now,
+            next_attempt_at=now,
+        )
+        for admin in recipients(change.actor)
+    ]
+    if rows:
+        db.session.add_all(rows)
+        db.session.info[PENDING_KEY] = True
+    return rows
+
+
+def _wake_after_commit(session: Session) -> None:
+    if session.info.pop(PENDING_KEY, False):
+        streams.wake_worker()
+
+
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(PENDING_KEY, None)
+
+
+def init_app(app: Flask) -> None:
+    """After a commit that added emails, wake the worker (it sends; nothing here does)."""
+    if not event.contains(Session, "after_commit", _wake_after_commit):
+        event.listen(Session, "after_commit", _wake_after_commit)
+        event.listen(Session, "after_rollback", _forget_after_rollback)
+
+
+# What the body lists for each event: the new values, old -> new, or the last values.
+HEADINGS = {"created": "Values", "updated": "Changes", "deleted": "Last values"}
+MAX_SUBJECT = 200
+
+
+def _lines(row: Notification, arrow: str) -> list[str]:
+    lines = []
+    for field, change in row.changes.items():
+        old, new = change["old"], change["new"]
+        if row.event == "created":
+            lines.append(f"{field}: {new}")
+        elif row.event == "deleted":
+            lines.append(f"{field}: {old}")
+        else:
+            lines.append(f"{field}: {old} {arrow} {new}")
+    return lines
+
+
+def render(row: Notification) -> Email:
+    """Plain text and HTML bodies from the row's snapshot of the change."""
+    actor = (
+        f"{row.actor_name} <{row.actor_email}>" if row.actor_email else "an operator (command line)"
+    )
+    when = row.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    lines = _lines(row, "->")
+    detail = "; ".join(lines) if row.event == "updated" else row.product_name
+    subject = f"[Marketplace] Product {row.sku} {row.event}: {detail}"
+    if len(subject) > MAX_SUBJECT:
+        subject = subject[: MAX_SUBJECT - 3] + "..."
+    heading = HEADINGS[row.event]
+    text = (
+        "\n".join(
+            [
+                f"Product {row.sku} ({row.product_name}) was {row.event}.",
+                "",
+                f"By:   {actor}",
+                f"When: {when}",
+                "",
+                f"{heading}:",
+                *(f"  {line}" for line in lines),
+                "",
+                f"Notification {row.id}",
+            ]
+        )
+        + "\n"
+    )
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in _lines(row, "\u2192"))
+    body = (
+        f"<p>Product <b>{html.escape(row.sku)}</b> ({html.escape(row.product_name)}) "
+        f"was {html.escape(row.event)}.</p>"
+        f"<p>By: {html.escape(actor)}<br>When: {when}</p>"
+        f"<p>{heading}:</p><ul>{items}</ul>"
+    )
+    return Email(to=row.recipient, subject=subject, text=text, html=body, notification_id=row.id)

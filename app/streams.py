@@ -1,0 +1,77 @@
+"""Redis, when ``REDIS_URL`` is set: the durable stream of product views and the list
+that wakes the worker after a commit that added emails.
+
+Web processes only append (XADD, LPUSH); the worker (app/worker.py) reads the stream in
+a consumer group and writes the views to the database. Short socket timeouts on the web
+side: a Redis that does not answer costs a read at most ``REDIS_TIMEOUT`` before the view
+is written to the database directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import redis
+from flask import Flask, current_app
+
+log = logging.getLogger(__name__)
+
+VIEWS_STREAM = "marketplace:views"
+VIEWS_GROUP = "view-writers"
+WAKE_LIST = "marketplace:outbox:wake"
+# The wake-up list never holds more than this: one entry is enough to wake the worker.
+WAKE_KEEP = 16
+
+
+def connect(url: str, timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        decode_responses=True,
+    )
+
+
+def init_app(app: Flask) -> None:
+    url = app.config["REDIS_URL"]
+    # redis-py's pool notices a fork and opens new connections in the child (uWSGI).
+    app.extensions["redis"] = connect(url, app.config["REDIS_TIMEOUT"]) if url else None
+
+
+def client() -> redis.Redis | None:
+    return current_app.extensions.get("redis")
+
+
+def view_fields(product_id: int, user_id: int | None, at: datetime) -> dict:
+    return {"p": product_id, "u": user_id if user_id is not None else "", "t": at.timestamp()}
+
+
+def parse_view(fields: dict) -> tuple[int, int | None, datetime]:
+    """(product id, user id or None, when) from a stream entry; ValueError if malformed."""
+    user = fields.get("u", "")
+    return (
+        int(fields["p"]),
+        int(user) if user != "" else None,
+        datetime.fromtimestamp(float(fields["t"]), UTC),
+    )
+
+
+def append_view(product_id: int, user_id: int | None, at: datetime) -> str:
+    """XADD one view; raises redis.RedisError when Redis cannot take it."""
+    return client().xadd(VIEWS_STREAM, view_fields(product_id, user_id, at))
+
+
+def wake_worker() -> None:
+    """Tell the worker that emails are due (best effort: it also polls)."""
+    conn = client()
+    if conn is None:
+        return
+    try:
+        pipe = conn.pipeline(transaction=False)
+        pipe.lpush(WAKE_LIST, 1)
+        pipe.ltrim(WAKE_LIST, 0, WAKE_KEEP - 1)
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("could not wake the worker (it will poll): %s", exc)

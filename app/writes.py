@@ -1,0 +1,108 @@
+"""How a write request ends: its answer is built first, then the transaction commits.
+
+``@writes`` wraps a flask-smorest write view (below the role guard, above
+``@blp.arguments``): the view changes the session and returns its answer; the answer is
+serialised before the commit, so nothing after a successful commit can fail, and a 5xx
+means nothing was committed (app/commits.py). It also honours ``Idempotency-Key``
+(app/services/idempotency.py): a retry with the same key and body gets the first answer
+again, with ``Idempotent-Replayed: true``.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import wraps
+
+from flask import Response, request
+from flask_jwt_extended import current_user
+from flask_smorest import abort
+
+from app import commits
+from app.extensions import db
+from app.services import idempotency
+
+HEADER = "Idempotency-Key"
+# What a replay repeats besides the status and the body.
+REPLAYED_HEADERS = ("Location", "ETag", "Content-Type")
+KEY_FORMAT = re.compile(rf"[\x21-\x7e]{{1,{idempotency.MAX_KEY_LENGTH}}}")
+
+
+def _key() -> str | None:
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    # The draft's form is a quoted string; a bare token is accepted too.
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not KEY_FORMAT.fullmatch(key):
+        abort(
+            400,
+            message=f"{HEADER} must be 1 to {idempotency.MAX_KEY_LENGTH} visible ASCII characters.",
+            errors={"headers": {HEADER: ["Invalid value."]}},
+        )
+    return key
+
+
+def _reserve(key: str) -> idempotency.Reservation:
+    body = request.get_data(cache=True)
+    print_ = idempotency.fingerprint(request.method, request.path, body)
+    reservation = idempotency.reserve(current_user.id, key, print_)
+    if reservation.conflict:
+        abort(409, message=f"A request with this {HEADER} is still being processed; retry later.")
+    if reservation.mismatch:
+        abort(
+            422,
+            message=f"This {HEADER} was used for a different request; use a new key.",
+            errors={"headers": {HEADER: ["Used for a different request."]}},
+        )
+    return reservation
+
+
+def _replay(stored: idempotency.Stored) -> Response:
+    response = Response(stored.body, status=stored.status, headers=stored.headers or {})
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def writes(view):
+    """Commit after the answer is built; honour Idempotency-Key."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        key = _key()
+        reservation = _reserve(key) if key is not None else None
+        if reservation is not None and reservation.stored is not None:
+            return _replay(reservation.stored)
+        try:
+            response = view(*args, **kwargs)
+            if response.status_code >= 400:
+                raise _Refused(response)
+            if reservation is not None:
+                headers = {
+                    h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers
+                }
+                body = response.get_data(as_text=True)
+                idempotency.store(reservation, response.status_code, body, headers)
+            commits.commit()
+        except _Refused as refused:
+            db.session.rollback()
+            if reservation is not None:
+                idempotency.release(reservation)
+            return refused.response
+        except commits.CommitUnconfirmed:
+            # The key stays reserved until its lease ends: a retry then finds the stored
+            # answer if the write committed, or runs it if it did not.
+            raise
+        except BaseException:
+            db.session.rollback()
+            if reservation is not None:
+                idempotency.release(reservation)
+            raise
+        return response
+
+    return wrapper
+
+
+class _Refused(Exception):
+    def __init__(self, response: Response):
+        self.response = response
