@@ -10,16 +10,20 @@ again, with ``Idempotent-Replayed: true``.
 
 from __future__ import annotations
 
+import logging
 import re
 from functools import wraps
 
 from flask import Response, request
 from flask_jwt_extended import current_user
 from flask_smorest import abort
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import commits
 from app.extensions import db
 from app.services import idempotency
+
+log = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
 # What a replay repeats besides the status and the body.
@@ -85,22 +89,32 @@ def writes(view):
                 idempotency.store(reservation, response.status_code, body, headers)
             commits.commit()
         except _Refused as refused:
-            db.session.rollback()
-            if reservation is not None:
-                idempotency.release(reservation)
+            _abandon(reservation)
             return refused.response
         except commits.CommitUnconfirmed:
             # The key stays reserved until its lease ends: a retry then finds the stored
             # answer if the write committed, or runs it if it did not.
             raise
         except BaseException:
-            db.session.rollback()
-            if reservation is not None:
-                idempotency.release(reservation)
+            _abandon(reservation)
             raise
         return response
 
     return wrapper
+
+
+def _abandon(reservation: idempotency.Reservation | None) -> None:
+    """Nothing of this request commits; its key (if any) is free again."""
+    try:
+        db.session.rollback()
+    except SQLAlchemyError:
+        db.session.close()
+    if reservation is not None:
+        try:
+            idempotency.release(reservation)
+        except SQLAlchemyError as exc:
+            # The database is away: the key's lease runs out by itself.
+            log.warning("could not free an idempotency key: %s", exc)
 
 
 class _Refused(Exception):

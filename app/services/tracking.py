@@ -24,7 +24,7 @@ import redis
 from flask import current_app
 from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.dialects import mysql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from app import metrics, streams
@@ -138,6 +138,11 @@ def write_views(views: list[View]) -> int:
             # Another writer applied some of these entries at the same moment (a
             # reclaimed batch): read what it applied and write the rest.
             if attempt == 2:
+                raise
+        except DBAPIError as exc:
+            # A pooled connection the server had dropped (a restart): nothing was
+            # written, and the pool now holds fresh ones.
+            if attempt == 2 or not exc.connection_invalidated:
                 raise
     return 0
 
