@@ -1,9 +1,16 @@
 """The deployment in terraform/ keeps its security rules.
 
-The .tf files are parsed with python-hcl2 (no provider, no network): the database is private
-and encrypted, only the app reaches MySQL, only the load balancer is open to the internet,
-the instance role grants exactly the allowed actions, no static AWS keys exist, the state
-is in S3, the target group checks /readyz, and the files are `terraform fmt`-clean.
+The .tf files are parsed with python-hcl2: the database and Redis are private and
+encrypted, only the app reaches MySQL and Redis, Redis never evicts, only the load balancer
+is open to the internet and port 80 redirects to HTTPS, the instance role grants exactly
+the allowed actions and reads exactly the parameters the boot script reads, no static AWS
+keys exist, the state is in S3, the target group checks /readyz.
+
+The real `terraform` runs too (offline: no provider, no state of the deployment):
+`terraform fmt -check`, a plan of variables.tf alone (a certificate is required unless
+allow_plain_http), and the boot script rendered by templatefile() and run by bash against
+moto's SSM and ECR, with docker, dnf and systemctl stood in for on PATH (no Docker engine
+here), to see the environment each container gets.
 
 None of these tests uses the database fixtures of conftest.py, so each runs once.
 """
