@@ -1,6 +1,7 @@
 # Public Application Load Balancer in front of the Auto Scaling group.
-# Without var.certificate_arn: HTTP on port 80 forwards to the instances.
-# With it: HTTPS on 443 forwards, and port 80 only redirects to HTTPS.
+# With var.certificate_arn (required unless var.allow_plain_http): HTTPS on 443 forwards
+# to the instances, and port 80 only answers 301 to the same URL on https://.
+# Without it (allow_plain_http = true, a test stack): HTTP on port 80 forwards.
 
 resource "aws_lb" "app" {
   name               = local.prefix

@@ -38,20 +38,25 @@ resource "aws_launch_template" "app" {
 
   # Only names and addresses go into the user data; the secrets are read from SSM at boot.
   user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", {
-    region                = var.region
-    registry              = split("/", aws_ecr_repository.app.repository_url)[0]
-    image                 = local.image
-    log_group             = aws_cloudwatch_log_group.app.name
-    db_password_parameter = aws_ssm_parameter.db_password.name
-    secret_key_parameter  = aws_ssm_parameter.secret_key.name
-    db_username           = var.db_username
-    db_name               = var.db_name
-    db_host               = aws_db_instance.main.address
-    db_port               = aws_db_instance.main.port
-    stats_db_host         = var.create_read_replica ? aws_db_instance.replica[0].address : ""
-    email_source          = var.email_source
-    migrate_command       = var.migrate_command
-    ratelimit_storage_uri = var.ratelimit_storage_uri
+    region                     = var.region
+    registry                   = split("/", aws_ecr_repository.app.repository_url)[0]
+    image                      = local.image
+    log_group                  = aws_cloudwatch_log_group.app.name
+    db_password_parameter      = aws_ssm_parameter.db_password.name
+    secret_key_parameter       = aws_ssm_parameter.secret_key.name
+    redis_auth_token_parameter = aws_ssm_parameter.redis_auth_token.name
+    admin_password_parameter   = aws_ssm_parameter.admin_password.name
+    db_username                = var.db_username
+    db_name                    = var.db_name
+    db_host                    = aws_db_instance.main.address
+    db_port                    = aws_db_instance.main.port
+    stats_db_host              = var.create_read_replica ? aws_db_instance.replica[0].address : ""
+    redis_host                 = aws_elasticache_replication_group.redis.primary_endpoint_address
+    redis_port                 = aws_elasticache_replication_group.redis.port
+    trusted_proxies            = local.trusted_proxies
+    email_source               = var.email_source
+    admin_email                = var.admin_email
+    migrate_command            = var.migrate_command
   }))
 
   tag_specifications {
@@ -95,11 +100,13 @@ resource "aws_autoscaling_group" "app" {
     }
   }
 
-  # The instances' first boot needs the NAT gateways (packages, ECR, SSM) and the database.
+  # The instances' first boot needs the NAT gateways (packages, ECR, SSM), the database and
+  # Redis.
   depends_on = [
     aws_route_table_association.private,
     aws_nat_gateway.main,
     aws_db_instance.main,
+    aws_elasticache_replication_group.redis,
   ]
 
   tag {

@@ -6,11 +6,13 @@
 #   ecr:GetAuthorizationToken                  "*" (the action has no resource-level scope)
 #   ecr:BatchCheckLayerAvailability,
 #   ecr:GetDownloadUrlForLayer, ecr:BatchGetImage   the service's repository (pull only)
-#   ssm:GetParameter, ssm:GetParameters        the service's two SecureString parameters
+#   ssm:GetParameter, ssm:GetParameters        the service's four SecureString parameters
 #   logs:CreateLogStream, logs:PutLogEvents    the service's log group (Docker's awslogs driver)
 # kms:Decrypt is not granted: the parameters use the AWS managed key alias/aws/ssm, whose
 # key policy lets the account's principals decrypt through SSM. (A customer managed key
 # would need kms:Decrypt on that key, with a kms:ViaService condition.)
+# ElastiCache needs no IAM grant: the instances reach it over the network (security group)
+# and authenticate with the AUTH token.
 # tests/test_terraform.py holds the same list and fails when the two differ.
 
 data "aws_iam_policy_document" "app_assume_role" {
@@ -59,6 +61,8 @@ data "aws_iam_policy_document" "app" {
     resources = [
       aws_ssm_parameter.db_password.arn,
       aws_ssm_parameter.secret_key.arn,
+      aws_ssm_parameter.redis_auth_token.arn,
+      aws_ssm_parameter.admin_password.arn,
     ]
   }
 

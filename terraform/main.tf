@@ -21,6 +21,13 @@ locals {
 
   https_enabled = var.certificate_arn != ""
 
+  # Addresses of the load balancer's nodes: the only peers whose X-Forwarded-For the
+  # instances' nginx believes (TRUSTED_PROXIES).
+  trusted_proxies = join(",", aws_subnet.public[*].cidr_block)
+
+  redis_port   = 6379
+  redis_family = "redis${split(".", var.redis_engine_version)[0]}"
+
   # SSM Parameter Store path of the application's secrets.
   ssm_prefix = "/${var.name}/${var.environment}"
 

@@ -23,12 +23,24 @@ output "rds_replica_endpoint" {
   value       = one(aws_db_instance.replica[*].endpoint)
 }
 
+output "redis_endpoint" {
+  description = "Primary endpoint (host:port) of the ElastiCache Redis (TLS and AUTH token required)."
+  value       = "${aws_elasticache_replication_group.redis.primary_endpoint_address}:${aws_elasticache_replication_group.redis.port}"
+}
+
 output "ssm_parameter_names" {
-  description = "SSM SecureString parameters holding the database password and SECRET_KEY (read them with aws ssm get-parameter --with-decryption)."
+  description = "SSM SecureString parameters holding the generated secrets: database password, SECRET_KEY, Redis AUTH token and the first admin's password (read one with aws ssm get-parameter --with-decryption)."
   value = {
-    db_password = aws_ssm_parameter.db_password.name
-    secret_key  = aws_ssm_parameter.secret_key.name
+    db_password      = aws_ssm_parameter.db_password.name
+    secret_key       = aws_ssm_parameter.secret_key.name
+    redis_auth_token = aws_ssm_parameter.redis_auth_token.name
+    admin_password   = aws_ssm_parameter.admin_password.name
   }
+}
+
+output "trusted_proxies" {
+  description = "CIDR blocks of the load balancer's subnets, given to the instances as TRUSTED_PROXIES."
+  value       = local.trusted_proxies
 }
 
 output "log_group_name" {

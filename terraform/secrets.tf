@@ -32,3 +32,33 @@ resource "aws_ssm_parameter" "secret_key" {
   type        = "SecureString"
   value       = random_password.secret_key.result
 }
+
+# The AUTH token of the ElastiCache Redis (elasticache.tf). ElastiCache takes 16-128
+# printable characters without '@', '"' or '/'; letters and digits only also keep it
+# usable unescaped in REDIS_URL (rediss://:TOKEN@host:6379/0).
+resource "random_password" "redis_auth_token" {
+  length  = 64
+  special = false
+}
+
+resource "aws_ssm_parameter" "redis_auth_token" {
+  name        = "${local.ssm_prefix}/redis_auth_token"
+  description = "AUTH token of the ElastiCache Redis (REDIS_URL, RATELIMIT_STORAGE_URI)"
+  type        = "SecureString"
+  value       = random_password.redis_auth_token.result
+}
+
+# The first admin's password (ADMIN_PASSWORD). The migration container creates the first
+# admin with it when the database has none, so the service never has to generate one and
+# print it to the logs. The operator reads it once (README.md) and changes it.
+resource "random_password" "admin" {
+  length  = 24
+  special = false
+}
+
+resource "aws_ssm_parameter" "admin_password" {
+  name        = "${local.ssm_prefix}/admin_password"
+  description = "Initial password of the first admin ${var.admin_email} (change it after the first login)"
+  type        = "SecureString"
+  value       = random_password.admin.result
+}

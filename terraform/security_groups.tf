@@ -3,8 +3,10 @@
 #   internet -> ALB      80 and 443 (the only rules open to 0.0.0.0/0)
 #   ALB      -> app      80         (source: the ALB security group)
 #   app      -> database 3306       (source: the app security group)
-# Egress: the ALB only to the app on 80; the app to the database and to HTTPS (ECR, SSM,
-# SES, CloudWatch Logs, package mirrors, through the NAT gateway); the database none.
+#   app      -> Redis    6379       (source: the app security group)
+# Egress: the ALB only to the app on 80; the app to the database, to Redis and to HTTPS
+# (ECR, SSM, SES, CloudWatch Logs, package mirrors, through the NAT gateway); the database
+# and Redis none.
 
 resource "aws_security_group" "alb" {
   name        = "${local.prefix}-alb"
@@ -28,6 +30,14 @@ resource "aws_security_group" "db" {
   vpc_id      = aws_vpc.main.id
 
   tags = { Name = "${local.prefix}-db" }
+}
+
+resource "aws_security_group" "redis" {
+  name        = "${local.prefix}-redis"
+  description = "Redis: TLS on 6379 from the application instances only"
+  vpc_id      = aws_vpc.main.id
+
+  tags = { Name = "${local.prefix}-redis" }
 }
 
 # --- ALB -----------------------------------------------------------------------------
@@ -79,6 +89,15 @@ resource "aws_vpc_security_group_egress_rule" "app_to_db" {
   referenced_security_group_id = aws_security_group.db.id
 }
 
+resource "aws_vpc_security_group_egress_rule" "app_to_redis" {
+  security_group_id            = aws_security_group.app.id
+  description                  = "Redis (TLS) to ElastiCache"
+  ip_protocol                  = "tcp"
+  from_port                    = local.redis_port
+  to_port                      = local.redis_port
+  referenced_security_group_id = aws_security_group.redis.id
+}
+
 resource "aws_vpc_security_group_egress_rule" "app_https" {
   security_group_id = aws_security_group.app.id
   description       = "HTTPS to AWS APIs (ECR, SSM, SES, CloudWatch Logs) and package mirrors, via NAT"
@@ -96,5 +115,16 @@ resource "aws_vpc_security_group_ingress_rule" "db_from_app" {
   ip_protocol                  = "tcp"
   from_port                    = 3306
   to_port                      = 3306
+  referenced_security_group_id = aws_security_group.app.id
+}
+
+# --- Redis ---------------------------------------------------------------------------
+
+resource "aws_vpc_security_group_ingress_rule" "redis_from_app" {
+  security_group_id            = aws_security_group.redis.id
+  description                  = "Redis (TLS) from the application instances only"
+  ip_protocol                  = "tcp"
+  from_port                    = local.redis_port
+  to_port                      = local.redis_port
   referenced_security_group_id = aws_security_group.app.id
 }

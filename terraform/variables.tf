@@ -1,5 +1,5 @@
-# Inputs. Only image_tag and email_source have no default: every other value is a
-# production-leaning choice that can be overridden in a *.tfvars file or with -var.
+# Inputs. Only image_tag, email_source and admin_email have no default: every other value
+# is a production-leaning choice that can be overridden in a *.tfvars file or with -var.
 
 variable "region" {
   description = "AWS region for every resource (the S3 backend's region is set separately in terraform.tf)."
@@ -114,12 +114,6 @@ variable "migrate_command" {
   default     = "flask deploy upgrade"
 }
 
-variable "ratelimit_storage_uri" {
-  description = "Where failed logins are counted, e.g. redis://my-cache.abc123.use1.cache.amazonaws.com:6379/0 (an ElastiCache Redis reachable from the app's security group; this configuration does not create one). Empty: each uWSGI process counts on its own, so the effective limit is the configured one times processes times instances."
-  type        = string
-  default     = ""
-}
-
 variable "log_retention_days" {
   description = "Days CloudWatch Logs keeps the containers' output."
   type        = number
@@ -129,15 +123,84 @@ variable "log_retention_days" {
 # --- load balancer -------------------------------------------------------------------
 
 variable "certificate_arn" {
-  description = "ACM certificate ARN for the HTTPS listener. Empty: the ALB serves plain HTTP on port 80 only. Set: an HTTPS listener on 443 serves and port 80 redirects to it."
+  description = "ACM certificate ARN for the HTTPS listener on 443; port 80 then only redirects to it (301). Required unless allow_plain_http is true."
   type        = string
   default     = ""
+
+  validation {
+    condition     = var.certificate_arn != "" || var.allow_plain_http
+    error_message = "certificate_arn must be set: without a certificate the load balancer would carry passwords and tokens over plain HTTP. Set certificate_arn to an ACM certificate ARN, or set allow_plain_http = true to accept plain HTTP on purpose (a test stack without a domain)."
+  }
+
+  validation {
+    condition     = var.certificate_arn == "" || can(regex("^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/.+$", var.certificate_arn))
+    error_message = "certificate_arn must be an ACM certificate ARN (arn:aws:acm:<region>:<account>:certificate/<id>)."
+  }
+}
+
+variable "allow_plain_http" {
+  description = "Serve plain HTTP on port 80 when certificate_arn is empty. Only for a stack without a domain (a test): passwords and tokens then cross the internet unencrypted. Ignored when certificate_arn is set."
+  type        = bool
+  default     = false
 }
 
 variable "ssl_policy" {
-  description = "TLS security policy of the HTTPS listener (used only when certificate_arn is set)."
+  description = "TLS security policy of the HTTPS listener: TLS 1.3 and TLS 1.2 with forward-secret AEAD ciphers only, and hybrid post-quantum key exchange for clients that offer it."
   type        = string
-  default     = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+  default     = "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09"
+
+  validation {
+    condition     = can(regex("^ELBSecurityPolicy-TLS13-1-[23]-", var.ssl_policy))
+    error_message = "ssl_policy must be one of the ELBSecurityPolicy-TLS13-1-2-* or ELBSecurityPolicy-TLS13-1-3-* policies: older policies accept TLS 1.0 and 1.1."
+  }
+}
+
+# --- Redis (ElastiCache) -------------------------------------------------------------
+
+variable "redis_engine_version" {
+  description = "ElastiCache Redis OSS engine version (major.minor). Its parameter group family follows the major version."
+  type        = string
+  default     = "7.1"
+
+  validation {
+    condition     = can(regex("^7\\.[0-9]+$", var.redis_engine_version))
+    error_message = "redis_engine_version must be a Redis 7 version such as 7.1 (streams with XAUTOCLAIM need Redis 6.2 or later; the parameter group is written for the redis7 family)."
+  }
+}
+
+variable "redis_node_type" {
+  description = "ElastiCache node type. The views stream holds only views not yet written to the database, so memory needs are small; size for the burst you expect while the database is down."
+  type        = string
+  default     = "cache.t4g.small"
+}
+
+variable "redis_multi_az" {
+  description = "Run a replica in the other AZ with automatic failover (Multi-AZ). false: a single node; if it fails, views not yet written to the database are lost and the app writes views directly until a new node is up."
+  type        = bool
+  default     = true
+}
+
+variable "redis_snapshot_retention_days" {
+  description = "Days of daily ElastiCache snapshots kept (1-35)."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.redis_snapshot_retention_days >= 1 && var.redis_snapshot_retention_days <= 35
+    error_message = "redis_snapshot_retention_days must be between 1 and 35."
+  }
+}
+
+variable "redis_snapshot_window" {
+  description = "Daily UTC window of the ElastiCache snapshot (must not overlap redis_maintenance_window)."
+  type        = string
+  default     = "02:00-03:00"
+}
+
+variable "redis_maintenance_window" {
+  description = "Weekly UTC maintenance window of ElastiCache (after the database's, so the two are not patched at the same time)."
+  type        = string
+  default     = "sun:05:30-sun:06:30"
 }
 
 # --- database ------------------------------------------------------------------------
@@ -239,5 +302,15 @@ variable "email_source" {
   validation {
     condition     = can(regex("^[^@\\s'\"]+@[^@\\s'\"]+\\.[^@\\s'\"]+$", var.email_source))
     error_message = "email_source must be an email address."
+  }
+}
+
+variable "admin_email" {
+  description = "Email of the first admin account (ADMIN_EMAIL), created by migrate_command when the database has no admin. Its password is generated and kept in SSM (output ssm_parameter_names.admin_password)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[^@\\s'\"]+@[^@\\s'\"]+\\.[^@\\s'\"]+$", var.admin_email))
+    error_message = "admin_email must be an email address."
   }
 }

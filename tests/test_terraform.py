@@ -1,23 +1,35 @@
 """The deployment in terraform/ keeps its security rules.
 
-The .tf files are parsed with python-hcl2 (no provider, no network): the database is private
-and encrypted, only the app reaches MySQL, only the load balancer is open to the internet,
-the instance role grants exactly the allowed actions, no static AWS keys exist, the state
-is in S3, the target group checks /readyz, and the files are `terraform fmt`-clean.
+The .tf files are parsed with python-hcl2: the database and Redis are private and
+encrypted, only the app reaches MySQL and Redis, Redis never evicts, only the load balancer
+is open to the internet and port 80 redirects to HTTPS, the instance role grants exactly
+the allowed actions and reads exactly the parameters the boot script reads, no static AWS
+keys exist, the state is in S3, the target group checks /readyz.
+
+The real `terraform` runs too (offline: no provider, no state of the deployment):
+`terraform fmt -check`, a plan of variables.tf alone (a certificate is required unless
+allow_plain_http), and the boot script rendered by templatefile() and run by bash against
+moto's SSM and ECR, with docker, dnf and systemctl stood in for on PATH (no Docker engine
+here), to see the environment each container gets.
 
 None of these tests uses the database fixtures of conftest.py, so each runs once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+import urllib.request
 from functools import cache
 from pathlib import Path
 
 import hcl2
+import pytest
 from hcl2 import SerializationOptions
 
 TERRAFORM_DIR = Path(__file__).resolve().parent.parent / "terraform"
@@ -84,6 +96,18 @@ def blocks(kind: str, type_: str | None = None) -> list[tuple[str, str, dict]]:
 
 def resources(type_: str) -> dict[str, dict]:
     return {name: body for _, name, body in blocks("resource", type_)}
+
+
+def variable(name: str) -> dict:
+    found = [
+        body
+        for _, doc in parsed()
+        for entry in doc.get("variable", [])
+        for n, body in entry.items()
+        if n == name
+    ]
+    assert len(found) == 1, f"variable {name!r} must be declared once, found {len(found)}"
+    return found[0]
 
 
 def as_list(value) -> list:
@@ -476,27 +500,6 @@ def test_no_static_aws_keys():
     assert not resources("aws_iam_user"), "no IAM users: the instances use a role"
 
 
-def test_secrets_reach_the_instances_only_through_ssm():
-    (template,) = resources("aws_launch_template").values()
-    user_data = str(template.get("user_data", ""))
-    assert "user_data.sh.tftpl" in user_data, "the user data is rendered from the template"
-    for leak in ("random_password", ".result", ".value", "password ="):
-        assert leak not in user_data, f"the user data is given a secret ({leak!r})"
-
-    script = USER_DATA_TEMPLATE.read_text()
-    assert "aws ssm get-parameter" in script and "--with-decryption" in script
-    assert "aws ecr get-login-password" in script
-    run = re.search(r"docker run -d .*?\"\$IMAGE\"", script, flags=re.S)
-    assert run and "-p 80:80" in run.group(0), "the service runs with -p 80:80"
-    for name in ("DATABASE_URL", "SECRET_KEY", "EMAIL_SOURCE", "REGION_NAME", "APP_ENV"):
-        assert f"-e {name}" in script, f"the container is not given {name}"
-    assert "APP_ENV=production" in script
-    assert re.search(r"%\{ if stats_db_host != \"\" ~\}.*-e STATS_DATABASE_URL", script, re.S), (
-        "STATS_DATABASE_URL is given when (and only when) the read replica exists"
-    )
-    assert "replica" in user_data and "stats_db_host" in user_data
-
-
 def test_target_group_health_check_is_readyz():
     groups = resources("aws_lb_target_group")
     assert groups, "no target group"
@@ -516,162 +519,525 @@ def test_https_listener_exists_only_with_a_certificate():
     assert "count" not in listeners["http"], "port 80 always answers (serves or redirects)"
 
 
-# --- formatting -----------------------------------------------------------------------
+def test_port_80_redirects_to_https_under_a_modern_tls_policy():
+    listeners = resources("aws_lb_listener")
+    http, https = listeners["http"], listeners["https"]
+    assert (http.get("port"), http.get("protocol")) == (80, "HTTP")
+    (action,) = nested(http, "default_action")
+    assert action.get("type") == '${local.https_enabled ? "redirect" : "forward"}', (
+        "with a certificate, port 80 must redirect (and forward only without one)"
+    )
+    (dynamic,) = nested(action, "dynamic")
+    redirect = dynamic["redirect"]
+    assert redirect.get("for_each") == "${local.https_enabled ? [1] : []}"
+    (content,) = nested(redirect, "content")
+    assert (content.get("protocol"), str(content.get("port")), content.get("status_code")) == (
+        "HTTPS",
+        "443",
+        "HTTP_301",
+    ), f"port 80 must answer 301 to https on 443, got {content}"
 
-ASSIGN = re.compile(r"(?<![=!<>])=(?![=>])")  # `=`, not `==`, `!=`, `<=`, `>=` or `=>`
-
-
-def mask_line(line: str, stack: list) -> tuple[str, bool]:
-    """The line with string contents replaced by "x" (columns kept) and any comment cut,
-    and whether it had a comment. `stack` carries the string/interpolation state over to
-    the next line."""
-    out = []
-    i = 0
-    while i < len(line):
-        char, pair = line[i], line[i : i + 2]
-        mode = stack[-1] if stack else "code"
-        if mode == "str":
-            if char == "\\":
-                out.append("xx")
-                i += 2
-                continue
-            if pair in ("${", "%{") and line[i - 1 : i] != pair[0]:
-                stack.append(["interp", 1])
-                out.append("xx")
-                i += 2
-                continue
-            if char == '"':
-                stack.pop()
-                out.append('"')
-            else:
-                out.append("x")
-            i += 1
-            continue
-        if char == "#" or pair == "//":
-            return "".join(out).rstrip(), True
-        if char == '"':
-            stack.append("str")
-            out.append('"')
-        elif mode != "code":  # inside the ${ ... } of a string
-            if char == "{":
-                mode[1] += 1
-            elif char == "}":
-                mode[1] -= 1
-                if mode[1] == 0:
-                    stack.pop()
-            out.append("x")
-        else:
-            out.append(char)
-        i += 1
-    return "".join(out).rstrip(), False
+    assert (https.get("port"), https.get("protocol")) == (443, "HTTPS")
+    assert https.get("certificate_arn") == "${var.certificate_arn}"
+    assert https.get("ssl_policy") == "${var.ssl_policy}"
+    policy = variable("ssl_policy")
+    assert re.fullmatch(r"ELBSecurityPolicy-TLS13-1-[23]-.+", policy["default"]), (
+        f"the default TLS policy must allow TLS 1.2 and 1.3 only, got {policy['default']}"
+    )
 
 
-def net_brackets(code: str) -> int:
-    return sum(code.count(c) for c in "{[(") - sum(code.count(c) for c in "}])")
+# --- Redis (ElastiCache) --------------------------------------------------------------
+
+REDIS_PORT = 6379
 
 
-def fmt_problems(path: Path) -> list[str]:
-    """What `terraform fmt` would change in one file, for the rules of hclwrite's format.go
-    that need no full HCL parser: a line is indented two spaces per enclosing line that
-    opened brackets; the `=` of consecutive one-line attributes line up one space after
-    the longest name; one space after `=`; no tabs in the indentation, no trailing blanks
-    (comments aside: fmt leaves them alone), one final newline."""
-    text = path.read_text()
-    problems = []
-    if not text.endswith("\n") or text.endswith("\n\n"):
-        problems.append(f"{path.name}: must end with exactly one newline")
-    indents: list[int] = []  # how many brackets each enclosing line opened
-    stack: list = []
-    heredoc = None
-    chain: list[tuple[int, int, int]] = []  # (line number, name width, `=` column)
+def redis_group() -> tuple[str, dict]:
+    groups = resources("aws_elasticache_replication_group")
+    assert list(groups) == ["redis"], f"expected aws_elasticache_replication_group.redis: {groups}"
+    assert not resources("aws_elasticache_cluster"), "Redis is the replication group only"
+    return "redis", groups["redis"]
 
-    def close_chain():
-        if chain:
-            widest = max(width for _, width, _ in chain)
-            for number, _, column in chain:
-                if column != widest + 1:
-                    problems.append(f"{path.name}:{number}: `=` not aligned with its neighbours")
-            chain.clear()
 
-    for number, line in enumerate(text.splitlines(), 1):
-        where = f"{path.name}:{number}"
-        if heredoc:
-            if line.strip() == heredoc:
-                heredoc = None
-            continue
-        if not line.strip():
-            if line:
-                problems.append(f"{where}: trailing whitespace")
-            close_chain()
-            continue
-        in_string = bool(stack)
-        code, has_comment = mask_line(line, stack)
-        comment_only = has_comment and not code.strip()
-        if line != line.rstrip() and not has_comment:
-            problems.append(f"{where}: trailing whitespace")
-        lead = line[: len(line) - len(line.lstrip())]
-        if "\t" in lead:
-            problems.append(f"{where}: tab")
-        marker = re.search(r"<<-?([A-Za-z_]\w*)$", code)
-        if marker:
-            heredoc = marker.group(1)
+def literal_port(value) -> int | None:
+    """The port a from_port/to_port names: a number, or local.redis_port."""
+    if value == "${local.redis_port}":
+        (redis_port,) = {
+            b["redis_port"]
+            for _, doc in parsed()
+            for b in as_list(doc.get("locals"))
+            if "redis_port" in b
+        }
+        return int(redis_port)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
-        net = 0 if comment_only else net_brackets(code)
-        closed = -net
-        while closed > 0 and indents:
-            if closed >= indents[-1]:
-                closed -= indents.pop()
-            else:
-                indents[-1] -= closed
-                closed = 0
-        if not in_string and len(lead) != 2 * len(indents):
-            problems.append(
-                f"{where}: indented {len(lead)}, terraform fmt gives {2 * len(indents)}"
+
+def test_redis_is_private_encrypted_and_admits_only_the_app():
+    _, redis = redis_group()
+    assert redis.get("engine") == "redis"
+    assert redis.get("at_rest_encryption_enabled") is True, "Redis must be encrypted at rest"
+    assert redis.get("transit_encryption_enabled") is True, "Redis must require TLS"
+    assert redis.get("transit_encryption_mode", "required") == "required"
+    assert redis.get("auth_token") == "${random_password.redis_auth_token.result}", (
+        "Redis needs a generated AUTH token"
+    )
+    assert literal_port(redis.get("port")) == REDIS_PORT
+
+    subnet_group = ref_name(redis.get("subnet_group_name"), "aws_elasticache_subnet_group", "name")
+    assert subnet_group, "Redis must be placed in a subnet group of this configuration"
+    subnets = resources("aws_elasticache_subnet_group")[subnet_group].get("subnet_ids")
+    assert subnets == "${aws_subnet.private[*].id}", (
+        f"Redis must be in the private subnets: {subnets}"
+    )
+
+    app, db, alb = app_group(), db_group(), alb_group()
+    group = one_group(redis.get("security_group_ids"), "Redis replication group")
+    assert group not in {app, db, alb}, "Redis needs a security group of its own"
+    rules = [rule for rule in ingress_rules() if rule["group"] == group]
+    assert rules, "the Redis security group admits nothing: the app could not connect"
+    for rule in rules:
+        assert not rule["cidrs"] and not rule["other"], (
+            f"{rule['where']}: Redis must admit the app security group only, not "
+            f"{rule['cidrs'] or rule['other']}"
+        )
+        assert rule["sources"] == {app}, f"{rule['where']}: Redis admits {rule['sources']}"
+        assert (literal_port(rule["from"]), literal_port(rule["to"])) == (REDIS_PORT, REDIS_PORT)
+    egress = [
+        body
+        for body in resources("aws_vpc_security_group_egress_rule").values()
+        if ref_name(body.get("security_group_id"), "aws_security_group") == app
+        and ref_name(body.get("referenced_security_group_id"), "aws_security_group") == group
+    ]
+    assert [literal_port(body.get("from_port")) for body in egress] == [REDIS_PORT], (
+        "the app security group needs one egress rule to Redis on 6379"
+    )
+
+
+def test_redis_never_evicts_and_keeps_snapshots():
+    _, redis = redis_group()
+    name = ref_name(redis.get("parameter_group_name"), "aws_elasticache_parameter_group", "name")
+    assert name, "Redis must use a parameter group of this configuration (maxmemory-policy)"
+    parameters = {
+        item["name"]: item["value"]
+        for item in nested(resources("aws_elasticache_parameter_group")[name], "parameter")
+    }
+    assert parameters.get("maxmemory-policy") == "noeviction", (
+        "the views stream must never be evicted: maxmemory-policy must be noeviction, "
+        f"got {parameters.get('maxmemory-policy')!r}"
+    )
+
+    assert redis.get("snapshot_retention_limit") == "${var.redis_snapshot_retention_days}"
+    retention = variable("redis_snapshot_retention_days")
+    assert retention["default"] >= 1, "daily snapshots must be on by default"
+    assert redis.get("final_snapshot_identifier"), "a destroy must keep a last snapshot"
+    assert redis.get("num_cache_clusters") == "${var.redis_multi_az ? 2 : 1}"
+    for setting in ("automatic_failover_enabled", "multi_az_enabled"):
+        assert redis.get(setting) == "${var.redis_multi_az}", f"{setting} follows redis_multi_az"
+
+
+# --- what the instances are given -----------------------------------------------------
+
+
+def template_arguments() -> dict[str, str]:
+    """The variables compute.tf passes to user_data.sh.tftpl, as name -> expression."""
+    (template,) = resources("aws_launch_template").values()
+    user_data = str(template.get("user_data", ""))
+    call = re.fullmatch(
+        r"\$\{base64encode\(templatefile\(\"\$\{path\.module\}/user_data\.sh\.tftpl\", "
+        r"\{(.*)\}\)\)\}",
+        user_data,
+        flags=re.S,
+    )
+    assert call, f"the user data must be templatefile(user_data.sh.tftpl, {{...}}): {user_data}"
+    pairs = re.findall(r"(?:^|, )(\w+) = (.*?)(?=, \w+ = |$)", call.group(1), flags=re.S)
+    assert pairs, "the template is given no variables"
+    return dict(pairs)
+
+
+def test_secrets_reach_the_instances_only_through_ssm():
+    arguments = template_arguments()
+    for name, expression in arguments.items():
+        for leak in ("random_password", ".result", ".value", ".auth_token", "password ="):
+            assert leak not in expression, f"the user data is given a secret: {name} = {expression}"
+        if "aws_ssm_parameter." in expression:
+            assert re.fullmatch(r"aws_ssm_parameter\.\w+\.name", expression), (
+                f"{name}: the user data may hold a parameter's name only, got {expression}"
             )
-        if net > 0:
-            indents.append(net)
 
-        assign = None if comment_only or in_string else ASSIGN.search(code, len(lead) + 1)
-        if assign and not re.match(r"= \S", code[assign.start() :]):
-            problems.append(f"{where}: one space after `=`")
-        if assign and not net_brackets(code[assign.start() :]):
-            chain.append((number, len(code[: assign.start()].rstrip()), assign.start()))
-        else:
-            # A line opening a multi-line value is not aligned: one space before its `=`.
-            close_chain()
-            if assign and not re.search(r"\S =$", code[: assign.start() + 1]):
-                problems.append(f"{where}: one space before `=`")
-    close_chain()
-    return problems
+    script = USER_DATA_TEMPLATE.read_text()
+    assert "aws ssm get-parameter" in script and "--with-decryption" in script
+    assert "aws ecr get-login-password" in script
+    assert re.search(r"%\{ if stats_db_host != \"\" ~\}.*-e STATS_DATABASE_URL", script, re.S), (
+        "STATS_DATABASE_URL is given when (and only when) the read replica exists"
+    )
+    assert "replica" in arguments["stats_db_host"]
+
+
+def test_instance_role_reads_exactly_the_parameters_the_instances_read():
+    parameters = set(resources("aws_ssm_parameter"))
+    assert {"db_password", "secret_key", "redis_auth_token", "admin_password"} <= parameters
+    read = {
+        match.group(1)
+        for expression in template_arguments().values()
+        if (match := re.fullmatch(r"aws_ssm_parameter\.(\w+)\.name", expression))
+    }
+    assert read == parameters, (
+        f"parameters the instances are not told about: {sorted(parameters - read)}"
+    )
+    granted = {
+        ref_name(target, "aws_ssm_parameter", "arn")
+        for statement in permission_statements()
+        if any(action.startswith("ssm:") for action in statement["actions"])
+        for target in statement["resources"] or []
+    }
+    assert granted == read, (
+        f"the role must read exactly the parameters the boot script reads: granted "
+        f"{sorted(map(str, granted))}, read {sorted(read)}"
+    )
+
+
+def test_admin_password_is_generated_and_kept_in_ssm():
+    passwords = resources("random_password")
+    assert "admin" in passwords and int(passwords["admin"]["length"]) >= 16
+    parameter = resources("aws_ssm_parameter")["admin_password"]
+    assert parameter["value"] == "${random_password.admin.result}"
+    assert parameter["type"] == "SecureString"
+    assert template_arguments()["admin_password_parameter"] == (
+        "aws_ssm_parameter.admin_password.name"
+    )
+    assert template_arguments()["admin_email"] == "var.admin_email"
+
+
+def test_trusted_proxies_are_the_load_balancer_subnets():
+    (alb,) = resources("aws_lb").values()
+    subnets = re.fullmatch(r"\$\{aws_subnet\.(\w+)\[\*\]\.id\}", str(alb.get("subnets")))
+    assert subnets, f"the load balancer's subnets: {alb.get('subnets')}"
+    (trusted,) = {
+        body["trusted_proxies"]
+        for _, doc in parsed()
+        for body in as_list(doc.get("locals"))
+        if "trusted_proxies" in body
+    }
+    assert trusted == f'${{join(",", aws_subnet.{subnets.group(1)}[*].cidr_block)}}', (
+        f"TRUSTED_PROXIES must be the CIDR blocks of the load balancer's subnets, got {trusted}"
+    )
+    assert template_arguments()["trusted_proxies"] == "local.trusted_proxies"
+
+
+# --- running the real terraform (offline: no provider, no state) -----------------------
+
+
+@cache
+def terraform_binary() -> str:
+    """terraform on PATH (or beside this Python). Required: these tests do not skip."""
+    found = shutil.which("terraform") or shutil.which(
+        "terraform", path=str(Path(sys.executable).parent)
+    )
+    assert found, (
+        "terraform is not installed: the terraform tests run the real `terraform` (fmt, "
+        "variable validation, templatefile). Install Terraform >= 1.10 on PATH."
+    )
+    version = subprocess.run(
+        [found, "version", "-json"], capture_output=True, text=True, timeout=60, check=True
+    )
+    major, minor = map(
+        int, re.match(r"(\d+)\.(\d+)", json.loads(version.stdout)["terraform_version"]).groups()
+    )
+    assert (major, minor) >= (1, 10), f"terraform >= 1.10 is required, {found} is {major}.{minor}"
+    return found
+
+
+def terraform(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "TF_IN_AUTOMATION": "1",
+        "TF_CLI_CONFIG_FILE": os.devnull,
+        "TF_DATA_DIR": str(workdir / ".terraform"),
+        "CHECKPOINT_DISABLE": "1",
+    }
+    return subprocess.run(
+        [terraform_binary(), f"-chdir={workdir}", *args, "-no-color"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+REQUIRED_VARIABLES = {
+    "image_tag": "release-1",
+    "email_source": "notifications@example.com",
+    "admin_email": "admin@example.com",
+}
+CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+
+
+def plan_variables(tmp_path: Path, **values) -> subprocess.CompletedProcess:
+    """`terraform plan` of variables.tf alone: runs every variable's validation rules."""
+    workdir = tmp_path / f"plan-{len(list(tmp_path.iterdir()))}"
+    workdir.mkdir()
+    shutil.copy(TERRAFORM_DIR / "variables.tf", workdir)
+    (workdir / "terraform.tfvars.json").write_text(json.dumps({**REQUIRED_VARIABLES, **values}))
+    return terraform(workdir, "plan", "-input=false", "-lock=false", "-refresh=false")
+
+
+def test_a_certificate_is_required_unless_plain_http_is_allowed(tmp_path):
+    refused = plan_variables(tmp_path)
+    assert refused.returncode != 0, "a plan without certificate_arn must fail"
+    assert "certificate_arn must be set" in refused.stderr, refused.stderr
+    assert "allow_plain_http = true" in refused.stderr, "the error must say how to opt out"
+
+    with_certificate = plan_variables(tmp_path, certificate_arn=CERTIFICATE)
+    assert with_certificate.returncode == 0, with_certificate.stderr
+    plain = plan_variables(tmp_path, allow_plain_http=True)
+    assert plain.returncode == 0, plain.stderr
+
+    not_an_arn = plan_variables(tmp_path, certificate_arn="my-certificate")
+    assert not_an_arn.returncode != 0 and "ACM certificate ARN" in not_an_arn.stderr
+    old_tls = plan_variables(
+        tmp_path, certificate_arn=CERTIFICATE, ssl_policy="ELBSecurityPolicy-2016-08"
+    )
+    assert old_tls.returncode != 0 and "ssl_policy must be" in old_tls.stderr, old_tls.stderr
+
+
+# --- the boot script, rendered by terraform and run against moto -----------------------
+
+SCRIPT_VALUES = {
+    "region": "us-east-1",
+    "registry": "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+    "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/marketplace:release-1",
+    "log_group": "/marketplace/production/app",
+    "db_password_parameter": "/marketplace/production/db_password",
+    "secret_key_parameter": "/marketplace/production/secret_key",
+    "redis_auth_token_parameter": "/marketplace/production/redis_auth_token",
+    "admin_password_parameter": "/marketplace/production/admin_password",
+    "db_username": "marketplace",
+    "db_name": "marketplace",
+    "db_host": "marketplace-production.abc.us-east-1.rds.amazonaws.com",
+    "db_port": "3306",
+    "stats_db_host": "",
+    "redis_host": "master.marketplace-production-redis.abc.use1.cache.amazonaws.com",
+    "redis_port": "6379",
+    "trusted_proxies": "10.20.0.0/24,10.20.1.0/24",
+    "email_source": "notifications@example.com",
+    "admin_email": "admin@example.com",
+    "migrate_command": "flask deploy upgrade",
+}
+SECRETS = {
+    "db_password_parameter": "dbpass" + "D" * 26,
+    "secret_key_parameter": "secret" + "S" * 58,
+    "redis_auth_token_parameter": "token" + "T" * 59,
+    "admin_password_parameter": "admin" + "A" * 19,
+}
+
+# The two AWS CLI calls the boot script makes, through boto3 (against moto's server).
+AWS_CLI = """#!{python}
+import base64, sys
+import boto3
+args = sys.argv[1:]
+region = args[args.index("--region") + 1]
+if args[:2] == ["ssm", "get-parameter"]:
+    assert args[args.index("--query") + 1] == "Parameter.Value"
+    assert args[args.index("--output") + 1] == "text"
+    answer = boto3.client("ssm", region_name=region).get_parameter(
+        Name=args[args.index("--name") + 1], WithDecryption="--with-decryption" in args
+    )
+    print(answer["Parameter"]["Value"])
+elif args[:2] == ["ecr", "get-login-password"]:
+    data = boto3.client("ecr", region_name=region).get_authorization_token()
+    token = data["authorizationData"][0]["authorizationToken"]
+    print(base64.b64decode(token).decode().split(":", 1)[1])
+else:
+    sys.exit("aws: unexpected call " + " ".join(args))
+"""
+# No Docker engine here: docker records each call, and the value of every `-e NAME`.
+DOCKER = """#!{python}
+import json, os, sys
+args = sys.argv[1:]
+names = [args[i + 1] for i, arg in enumerate(args) if arg == "-e"]
+stdin = sys.stdin.read() if "--password-stdin" in args else None
+with open(os.environ["DOCKER_CALLS"], "a") as calls:
+    calls.write(json.dumps({{"args": args, "env": {{n: os.environ.get(n) for n in names}},
+                             "stdin": stdin}}) + "\\n")
+"""
+
+
+def render_user_data(tmp_path: Path, values: dict) -> str:
+    """user_data.sh.tftpl rendered by terraform's own templatefile()."""
+    workdir = tmp_path / "render"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir()
+    (workdir / "main.tf").write_text(
+        'variable "values" {\n  type = map(string)\n}\n\n'
+        f'output "user_data" {{\n  value = templatefile("{USER_DATA_TEMPLATE}", var.values)\n}}\n'
+    )
+    (workdir / "terraform.tfvars.json").write_text(json.dumps({"values": values}))
+    applied = terraform(workdir, "apply", "-auto-approve", "-input=false", "-lock=false")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    output = terraform(workdir, "output", "-raw", "user_data")
+    assert output.returncode == 0, output.stderr
+    return output.stdout
+
+
+@pytest.fixture
+def moto_aws(monkeypatch):
+    """moto's server on a free loopback port, with the service's parameters and ECR."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        import boto3
+
+        # moto's backends live in this process and outlast a server: start from nothing.
+        urllib.request.urlopen(
+            urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/moto-api/reset", method="POST"),
+            timeout=30,
+        ).close()
+        ssm = boto3.client("ssm", region_name="us-east-1")
+        for key, secret in SECRETS.items():
+            ssm.put_parameter(Name=SCRIPT_VALUES[key], Value=secret, Type="SecureString")
+        boto3.client("ecr", region_name="us-east-1").create_repository(repositoryName="marketplace")
+        yield env
+    finally:
+        server.stop()
+
+
+def run_user_data(tmp_path: Path, **overrides) -> tuple[str, list[dict]]:
+    """Render the boot script and run it with bash: AWS is moto, docker/dnf/systemctl
+    are stand-ins on PATH. Returns the script and the docker calls, with the environment
+    each got."""
+    script = render_user_data(tmp_path, {**SCRIPT_VALUES, **overrides})
+    syntax = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert syntax.returncode == 0, f"the rendered boot script is not valid bash: {syntax.stderr}"
+    bin_dir = tmp_path / "bin"
+    shutil.rmtree(bin_dir, ignore_errors=True)
+    bin_dir.mkdir()
+    for name, text in {
+        "aws": AWS_CLI.format(python=sys.executable),
+        "docker": DOCKER.format(python=sys.executable),
+        "dnf": "#!/bin/sh\nexit 0\n",
+        "systemctl": "#!/bin/sh\nexit 0\n",
+    }.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "docker-calls.jsonl"
+    calls.unlink(missing_ok=True)
+    (tmp_path / "user_data.sh").write_text(script)
+    ran = subprocess.run(
+        ["bash", str(tmp_path / "user_data.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_CALLS": str(calls)},
+    )
+    assert ran.returncode == 0, f"the boot script failed:\n{ran.stdout}\n{ran.stderr}"
+    return script, [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+def docker_runs(calls: list[dict]) -> dict[str, dict]:
+    runs = {}
+    for call in calls:
+        if call["args"][:1] == ["run"]:
+            name = call["args"][call["args"].index("--name") + 1]
+            runs[name] = call
+    return runs
+
+
+def test_boot_script_gives_the_service_its_environment_from_ssm(tmp_path, moto_aws):
+    script, calls = run_user_data(tmp_path)
+    runs = docker_runs(calls)
+    assert set(runs) == {"marketplace-migrate", "marketplace"}, f"docker runs: {sorted(runs)}"
+    service, migrate = runs["marketplace"]["env"], runs["marketplace-migrate"]["env"]
+    token = SECRETS["redis_auth_token_parameter"]
+    redis_url = f"rediss://:{token}@{SCRIPT_VALUES['redis_host']}:6379/0"
+    expected = {
+        "DATABASE_URL": (
+            f"mysql://marketplace:{SECRETS['db_password_parameter']}@{SCRIPT_VALUES['db_host']}"
+            ":3306/marketplace"
+        ),
+        "SECRET_KEY": SECRETS["secret_key_parameter"],
+        "REDIS_URL": redis_url,
+        "RATELIMIT_STORAGE_URI": redis_url,
+        "TRUSTED_PROXIES": "10.20.0.0/24,10.20.1.0/24",
+        "EMAIL_SOURCE": "notifications@example.com",
+        "REGION_NAME": "us-east-1",
+        "APP_ENV": "production",
+    }
+    for env in (service, migrate):
+        assert {name: env.get(name) for name in expected} == expected
+    assert "STATS_DATABASE_URL" not in service, "no replica, no STATS_DATABASE_URL"
+
+    # The first admin's password reaches the migration (which creates the admin) only.
+    assert migrate["ADMIN_EMAIL"] == "admin@example.com"
+    assert migrate["ADMIN_PASSWORD"] == SECRETS["admin_password_parameter"]
+    assert "ADMIN_PASSWORD" not in service, "the long-running container needs no admin password"
+    assert runs["marketplace-migrate"]["args"][-4:] == [
+        SCRIPT_VALUES["image"],
+        *SCRIPT_VALUES["migrate_command"].split(),
+    ], "the migration container runs migrate_command"
+
+    # No secret on any command line (`ps` shows those) nor in the user data itself.
+    for secret in SECRETS.values():
+        assert secret not in script
+        for call in calls:
+            assert not any(secret in arg for arg in call["args"]), f"{secret[:6]}... in {call}"
+    (login,) = [call for call in calls if call["args"][:1] == ["login"]]
+    assert login["stdin"].strip(), "docker login gets the ECR password on stdin"
+
+
+def test_boot_script_without_a_migration_container(tmp_path, moto_aws):
+    _, calls = run_user_data(
+        tmp_path, migrate_command="", stats_db_host="replica.abc.us-east-1.rds.amazonaws.com"
+    )
+    runs = docker_runs(calls)
+    assert set(runs) == {"marketplace"}, f"docker runs: {sorted(runs)}"
+    service = runs["marketplace"]["env"]
+    # The image's entrypoint migrates and creates the first admin, so it gets the password.
+    assert service["ADMIN_PASSWORD"] == SECRETS["admin_password_parameter"]
+    assert service["STATS_DATABASE_URL"] == (
+        f"mysql://marketplace:{SECRETS['db_password_parameter']}"
+        "@replica.abc.us-east-1.rds.amazonaws.com:3306/marketplace"
+    )
+    assert service["REDIS_URL"].startswith("rediss://:")
+
+
+# --- formatting -----------------------------------------------------------------------
 
 
 def test_terraform_fmt():
-    """`terraform fmt -check -recursive terraform`, run when terraform is installed.
-
-    Terraform is in neither Debian's archive nor PyPI (only unofficial repackagings), and
-    HashiCorp's release site cannot be reached here; this machine's image ships
-    /usr/local/bin/terraform. CI sets TERRAFORM_REQUIRED=1 on machines that have it, so a
-    lost binary fails the run. Without terraform and without TERRAFORM_REQUIRED the test
-    does not skip: it checks the layout rules of `terraform fmt` that need no HCL parser
-    (fmt_problems).
-    """
-    terraform = shutil.which("terraform")
-    if terraform:
-        result = subprocess.run(
-            [terraform, "fmt", "-check", "-recursive", "-diff", str(TERRAFORM_DIR)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, (
-            "terraform fmt would change these files; run `terraform fmt -recursive terraform`:\n"
-            f"{result.stdout}{result.stderr}"
-        )
-        return
-    assert os.environ.get("TERRAFORM_REQUIRED", "") in ("", "0"), (
-        "terraform is missing: TERRAFORM_REQUIRED is set but no `terraform` is on PATH, so "
-        "`terraform fmt -check -recursive terraform` cannot run"
+    """`terraform fmt -check -recursive terraform`: the files are as terraform writes them."""
+    result = subprocess.run(
+        [
+            terraform_binary(),
+            "fmt",
+            "-check",
+            "-recursive",
+            "-diff",
+            "-no-color",
+            str(TERRAFORM_DIR),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull},
     )
-    problems = [p for path in sorted(TERRAFORM_DIR.glob("*.tf")) for p in fmt_problems(path)]
-    assert not problems, "terraform fmt would change these files:\n" + "\n".join(problems)
+    assert result.returncode == 0, (
+        "terraform fmt would change these files; run `terraform fmt -recursive terraform`:\n"
+        f"{result.stdout}{result.stderr}"
+    )
