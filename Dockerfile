@@ -43,7 +43,7 @@ FROM debian:bookworm-20260824-slim
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3 nginx uwsgi-core uwsgi-plugin-python3 tini \
+        ca-certificates python3 nginx uwsgi-core uwsgi-plugin-python3 tini \
     && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \
     && groupadd --system app \
     && useradd --system --gid app --home-dir /app --no-create-home \
