@@ -31,7 +31,7 @@ import pymysql
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 # The system tests' harness: the same process reaper, ports, HTTP client and moto server.
-from tests.system.harness import HOST, Http, Moto, Reaper, free_port  # noqa: E402
+from tests.system.harness import HOST, Http, Moto, Reaper, free_port, tail  # noqa: E402
 
 BENCH_DIR = REPO_ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -328,13 +328,6 @@ def uwsgi_command(wsgi_file: str, port: int, processes: int = UWSGI_PROCESSES) -
     ]  # fmt: skip
 
 
-def log_tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"
-
-
 class UwsgiServer:
     """A uWSGI server for one WSGI file, on a free loopback port, stopped on exit."""
 
@@ -391,7 +384,7 @@ class UwsgiServer:
             if self.proc.poll() is not None:
                 raise BenchError(
                     f"uWSGI for {self.name} exited with {self.proc.returncode}:\n"
-                    f"{log_tail(self.log_path)}"
+                    f"{tail(self.log_path)}"
                 )
             try:
                 status, _headers, _body = http_get(HOST, self.port, self.ready_path, timeout=2)
@@ -404,7 +397,7 @@ class UwsgiServer:
             time.sleep(0.2)
         raise BenchError(
             f"uWSGI for {self.name} not ready after {SERVER_START_SECONDS}s ({last}):\n"
-            f"{log_tail(self.log_path)}"
+            f"{tail(self.log_path)}"
         )
 
     def stop(self) -> None:
@@ -440,8 +433,7 @@ class UwsgiServer:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 raise BenchError(
-                    f"{self.name}: no graceful stop within {timeout:.0f}s:\n"
-                    f"{log_tail(self.log_path)}"
+                    f"{self.name}: no graceful stop within {timeout:.0f}s:\n{tail(self.log_path)}"
                 ) from None
             say(f"{self.name}: stopped gracefully (exit {proc.returncode})")
         finally:
@@ -656,47 +648,14 @@ class ThreadedClient(LoadGenerator):
         return Load(totals["requests"], time.monotonic() - began, totals["errors"])
 
 
-def install_wrk() -> str | None:
-    """Install Debian's wrk when running as root with apt-get; None when that fails."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-    def apt_get(*args: str) -> bool:
-        try:
-            done = subprocess.run(
-                ["apt-get", *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            say(f"apt-get {' '.join(args)} failed: {exc}")
-            return False
-        if done.returncode != 0:
-            say(f"apt-get {' '.join(args)} failed: {done.stderr.strip()[-300:]}")
-        return done.returncode == 0
-
-    say("wrk is missing; trying apt-get install -y wrk")
-    # A fresh machine may have no package lists yet: update once, then try again.
-    if apt_get("install", "-y", "-qq", "wrk") or (
-        apt_get("update", "-qq") and apt_get("install", "-y", "-qq", "wrk")
-    ):
-        return shutil.which("wrk")
-    return None
-
-
 def choose_load_generator(kind: str = "auto", connections: int = 4) -> LoadGenerator:
-    """``wrk`` (installed if need be), else the threaded Python client."""
+    """``wrk`` (a prerequisite: README, .ci/run), else the threaded Python client."""
     if kind == "python":
         return ThreadedClient(connections)
-    path = shutil.which("wrk") or (install_wrk() if kind in ("auto", "wrk") else None)
-    if path:
+    if path := shutil.which("wrk"):
         return Wrk(path, connections)
     if kind == "wrk":
-        raise BenchError("wrk is not installed and could not be installed.")
+        raise BenchError("wrk is not installed (apt-get install wrk).")
     say("wrk unavailable; using the Python load generator")
     return ThreadedClient(connections)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import email
+import fcntl
 import hashlib
 import http.client
 import json
@@ -42,7 +43,7 @@ REDIS_SERVER = "/usr/bin/redis-server"
 PYTHON_PLUGIN = "/usr/lib/uwsgi/plugins/python3_plugin.so"
 # Debian's uWSGI embeds Debian's Python: the app's virtualenv for it is built with that
 # Python, kept between runs outside the work tree so that www-data can read it.
-DEBIAN_VENV = Path(os.environ.get("SYSTEM_TEST_VENV", "/var/cache/marketplace-smoke/venv"))
+VENV_CACHE = Path(os.environ.get("SYSTEM_TEST_VENV_CACHE", "/var/cache/marketplace-system"))
 APP_FILES = ("app", "migrations", "wsgi.py")  # what the Dockerfile copies into /app
 APP_USER = "www-data"  # the image's user is `app`; this machine has www-data
 EMAIL_SOURCE = "noreply@marketplace.test"
@@ -143,14 +144,9 @@ class Reaper:
         not counted by ``running()``."""
         with open(self.workdir / log, "ab") as out:
             process = subprocess.Popen(
-                [str(a) for a in args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **kwargs,
-            )
+                [str(a) for a in args], env=env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, **kwargs,
+            )  # fmt: skip
         self.started.append(process)
         if service:
             self.services.add(process.pid)
@@ -305,6 +301,26 @@ class Http:
 # ---------------------------------------------------------------- MariaDB
 
 
+# Loopback only; durability traded for speed (nothing here survives the run anyway).
+SERVER_OPTIONS = (
+    "--bind-address=127.0.0.1 --user=root --skip-log-bin --innodb-buffer-pool-size=128M"
+    " --innodb-flush-log-at-trx-commit=2 --character-set-server=utf8mb4"
+    " --collation-server=utf8mb4_unicode_ci"
+)
+
+
+def run(args: list, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command to its end; its output captured as text."""
+    return subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+
+
 class MariaDB:
     """A MariaDB server: this machine's (``port=3306``, never stopped) or a private
     ``mariadbd`` of our own (its datadir, port and socket), which may be stopped, frozen
@@ -319,39 +335,18 @@ class MariaDB:
         """Install a datadir under ``workdir`` and start ``mariadbd`` on a free port.
         ``options`` are extra server options, e.g. ``--max-connections=20``."""
         datadir = workdir / "datadir"
-        done = subprocess.run(
-            [
-                MARIADB_INSTALL_DB,
-                "--no-defaults",
-                f"--datadir={datadir}",
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        options_db = "--user=root --auth-root-authentication-method=normal --skip-test-db"
+        done = run(
+            [MARIADB_INSTALL_DB, "--no-defaults", f"--datadir={datadir}", *options_db.split()]
         )
         if done.returncode != 0:
             raise HarnessError(f"mariadb-install-db failed:\n{done.stdout}{done.stderr}")
         server = cls(free_port())
         server.command = [
-            MARIADBD,
-            "--no-defaults",
-            f"--datadir={datadir}",
-            f"--port={server.port}",
-            f"--socket={workdir / 'mysqld.sock'}",
-            f"--pid-file={workdir / 'mysqld.pid'}",
-            "--bind-address=127.0.0.1",
-            "--user=root",
-            "--skip-log-bin",
-            "--innodb-buffer-pool-size=128M",
-            "--innodb-flush-log-at-trx-commit=2",
-            "--character-set-server=utf8mb4",
-            "--collation-server=utf8mb4_unicode_ci",
-            *options,
-        ]
+            MARIADBD, "--no-defaults", f"--datadir={datadir}", f"--port={server.port}",
+            f"--socket={workdir / 'mysqld.sock'}", f"--pid-file={workdir / 'mysqld.pid'}",
+            *SERVER_OPTIONS.split(), *options,
+        ]  # fmt: skip
         server.reaper = reaper
         server.start()
         return server
@@ -389,21 +384,16 @@ class MariaDB:
     def thaw(self) -> None:
         os.kill(self._own().pid, signal.SIGCONT)
 
-    def url(self, database: str) -> str:
+    def url(self, database: str, port: int | None = None) -> str:
+        """The service's DATABASE_URL; ``port``: through a FaultProxy's port instead."""
         auth = self.user + (f":{self.password}" if self.password else "")
-        return f"mysql://{auth}@{HOST}:{self.port}/{database}"
+        return f"mysql://{auth}@{HOST}:{port or self.port}/{database}"
 
     def connect(self, database: str | None = None, timeout: float = 10) -> pymysql.Connection:
         return pymysql.connect(
-            host=HOST,
-            port=self.port,
-            user=self.user,
-            password=self.password,
-            database=database,
-            charset="utf8mb4",
-            connect_timeout=timeout,
-            autocommit=True,
-        )
+            host=HOST, port=self.port, user=self.user, password=self.password,
+            database=database, charset="utf8mb4", connect_timeout=timeout, autocommit=True,
+        )  # fmt: skip
 
     def query(self, database: str | None, sql: str, *params) -> list[tuple]:
         with contextlib.closing(self.connect(database)) as conn, conn.cursor() as cur:
@@ -429,23 +419,9 @@ class Redis:
     def __init__(self, reaper: Reaper, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"redis://{HOST}:{self.port}/0"
-        self.process = reaper.start(
-            [
-                REDIS_SERVER,
-                "--bind",
-                HOST,
-                "--port",
-                self.port,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            "redis.log",
-            service=True,
-        )
+        options = f"--bind {HOST} --port {self.port} --appendonly no --dir {workdir}"
+        command = [REDIS_SERVER, *options.split(), "--save", ""]
+        self.process = reaper.start(command, "redis.log", service=True)
         wait_until("redis-server", self.alive, 30)
 
     def alive(self) -> bool:
@@ -485,12 +461,9 @@ class Moto:
         import boto3
 
         return boto3.client(
-            "ses",
-            region_name="us-east-1",
-            endpoint_url=self.url,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+            "ses", region_name="us-east-1", endpoint_url=self.url,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )  # fmt: skip
 
     def reset(self) -> None:
         """Forget every email and identity, then verify the sender again."""
@@ -615,37 +588,25 @@ class FaultProxy:
 # ---------------------------------------------------------------- the nginx + uWSGI stack
 
 
-def debian_venv(source: Path = ROOT, venv: Path = DEBIAN_VENV) -> Path:
+def debian_venv(source: Path = ROOT, cache: Path = VENV_CACHE) -> Path:
     """The app's virtualenv for Debian's uWSGI: Debian's python3 and requirements.txt, as
-    in the image; rebuilt only when either changes."""
-    requirements = (source / "requirements.txt").read_bytes()
-    version = subprocess.run(
-        [SYSTEM_PYTHON, "--version"], capture_output=True, text=True, check=True
-    ).stdout
-    stamp = hashlib.sha256(requirements + version.encode()).hexdigest()
-    stamp_file = venv / ".requirements-stamp"
-    if stamp_file.exists() and stamp_file.read_text() == stamp:
-        return venv
-    shutil.rmtree(venv, ignore_errors=True)
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, timeout=300)
-    done = subprocess.run(
-        [
-            venv / "bin" / "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-            source / "requirements.txt",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise HarnessError(f"pip install into {venv} failed:\n{done.stderr[-3000:]}")
-    stamp_file.write_text(stamp)
+    in the image. One per (requirements, Python) in ``cache``, built once under a lock and
+    never rebuilt, so that runs from other trees at the same time are not disturbed."""
+    version = run([SYSTEM_PYTHON, "--version"]).stdout
+    stamp = hashlib.sha256((source / "requirements.txt").read_bytes() + version.encode())
+    venv = cache / f"venv-{stamp.hexdigest()[:16]}"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / ".complete").exists():
+            return venv
+        shutil.rmtree(venv, ignore_errors=True)  # a build that was interrupted
+        subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, timeout=300)
+        pip = [venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check"]
+        done = run([*pip, "-r", source / "requirements.txt"], timeout=900)
+        if done.returncode != 0:
+            raise HarnessError(f"pip install into {venv} failed:\n{done.stderr[-3000:]}")
+        (venv / ".complete").touch()
     return venv
 
 
@@ -701,13 +662,11 @@ class Deployment:
         return env
 
     def flask(self, env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(self.venv / "bin" / "flask"), "--app", "wsgi", *args],
+        return run(
+            [self.venv / "bin" / "flask", "--app", "wsgi", *args],
+            timeout,
             env=env,
             cwd=self.app_dir,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
         )
 
     def runtime_dir(self, name: str) -> Path:
