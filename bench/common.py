@@ -15,9 +15,9 @@ import secrets
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -29,10 +29,13 @@ from urllib.parse import urlsplit
 import pymysql
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+# The system tests' harness: the same process reaper, ports, HTTP client and moto server.
+from tests.system.harness import HOST, Http, Moto, Reaper, free_port, tail  # noqa: E402
+
 BENCH_DIR = REPO_ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
-HOST = "127.0.0.1"
 
 # The MariaDB server the catalogs are created on (root with an empty password by default).
 MARIADB_HOST = os.environ.get("BENCH_MARIADB_HOST", "127.0.0.1")
@@ -54,6 +57,25 @@ class BenchError(RuntimeError):
 
 def say(message: str) -> None:
     print(f"  {message}", flush=True)
+
+
+_reaper: Reaper | None = None
+
+
+def reaper() -> Reaper:
+    """The one Reaper of a benchmark run: every server is started, and ended, through it."""
+    global _reaper
+    if _reaper is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        _reaper = Reaper(RESULTS_DIR)
+    return _reaper
+
+
+def start_moto() -> Moto:
+    """moto's server (SES) on a free loopback port, through the run's reaper."""
+    moto = Moto(reaper(), str(VENV_BIN / "moto_server"))
+    say(f"moto-ses: pid {moto.process.pid} on {HOST}:{moto.port}")
+    return moto
 
 
 # ---------------------------------------------------------------- results
@@ -287,12 +309,6 @@ def build_catalog(
 # ---------------------------------------------------------------- uWSGI
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def uwsgi_command(wsgi_file: str, port: int, processes: int = UWSGI_PROCESSES) -> list[str]:
     """The one uWSGI command line every benchmarked server is started with."""
     return [
@@ -310,13 +326,6 @@ def uwsgi_command(wsgi_file: str, port: int, processes: int = UWSGI_PROCESSES) -
         "--ignore-write-errors",
         "--disable-write-exception",
     ]  # fmt: skip
-
-
-def log_tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"
 
 
 class UwsgiServer:
@@ -359,16 +368,8 @@ class UwsgiServer:
         if self.fifo_path is not None:
             self.fifo_path.unlink(missing_ok=True)
             command += ["--master-fifo", str(self.fifo_path)]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so the workers go with it
-            )
+        self.log_path.unlink(missing_ok=True)
+        self.proc = reaper().start(command, self.log_path.name, self.env, cwd=REPO_ROOT)
         try:
             self.wait_ready()
         except BaseException:
@@ -383,7 +384,7 @@ class UwsgiServer:
             if self.proc.poll() is not None:
                 raise BenchError(
                     f"uWSGI for {self.name} exited with {self.proc.returncode}:\n"
-                    f"{log_tail(self.log_path)}"
+                    f"{tail(self.log_path)}"
                 )
             try:
                 status, _headers, _body = http_get(HOST, self.port, self.ready_path, timeout=2)
@@ -396,24 +397,16 @@ class UwsgiServer:
             time.sleep(0.2)
         raise BenchError(
             f"uWSGI for {self.name} not ready after {SERVER_START_SECONDS}s ({last}):\n"
-            f"{log_tail(self.log_path)}"
+            f"{tail(self.log_path)}"
         )
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(SERVER_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(SERVER_STOP_SECONDS)
-        # Workers outliving their master would keep the port: end what is left of the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        reaper().stop(proc, signal.SIGTERM, SERVER_STOP_SECONDS)
+        # Workers outliving their master would keep the port: end what is left of it.
+        reaper().kill_tree(proc.pid)
         if self.fifo_path is not None:
             self.fifo_path.unlink(missing_ok=True)
 
@@ -440,8 +433,7 @@ class UwsgiServer:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 raise BenchError(
-                    f"{self.name}: no graceful stop within {timeout:.0f}s:\n"
-                    f"{log_tail(self.log_path)}"
+                    f"{self.name}: no graceful stop within {timeout:.0f}s:\n{tail(self.log_path)}"
                 ) from None
             say(f"{self.name}: stopped gracefully (exit {proc.returncode})")
         finally:
@@ -454,13 +446,7 @@ class UwsgiServer:
 def http_get(
     host: str, port: int, path: str, timeout: float = HTTP_TIMEOUT_SECONDS
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
+    return http_request(host, port, "GET", path, timeout=timeout)
 
 
 def fetch(
@@ -662,47 +648,14 @@ class ThreadedClient(LoadGenerator):
         return Load(totals["requests"], time.monotonic() - began, totals["errors"])
 
 
-def install_wrk() -> str | None:
-    """Install Debian's wrk when running as root with apt-get; None when that fails."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-    def apt_get(*args: str) -> bool:
-        try:
-            done = subprocess.run(
-                ["apt-get", *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            say(f"apt-get {' '.join(args)} failed: {exc}")
-            return False
-        if done.returncode != 0:
-            say(f"apt-get {' '.join(args)} failed: {done.stderr.strip()[-300:]}")
-        return done.returncode == 0
-
-    say("wrk is missing; trying apt-get install -y wrk")
-    # A fresh machine may have no package lists yet: update once, then try again.
-    if apt_get("install", "-y", "-qq", "wrk") or (
-        apt_get("update", "-qq") and apt_get("install", "-y", "-qq", "wrk")
-    ):
-        return shutil.which("wrk")
-    return None
-
-
 def choose_load_generator(kind: str = "auto", connections: int = 4) -> LoadGenerator:
-    """``wrk`` (installed if need be), else the threaded Python client."""
+    """``wrk`` (a prerequisite: README, .ci/run), else the threaded Python client."""
     if kind == "python":
         return ThreadedClient(connections)
-    path = shutil.which("wrk") or (install_wrk() if kind in ("auto", "wrk") else None)
-    if path:
+    if path := shutil.which("wrk"):
         return Wrk(path, connections)
     if kind == "wrk":
-        raise BenchError("wrk is not installed and could not be installed.")
+        raise BenchError("wrk is not installed (apt-get install wrk).")
     say("wrk unavailable; using the Python load generator")
     return ThreadedClient(connections)
 
@@ -728,13 +681,8 @@ def http_request(
     timeout: float = HTTP_TIMEOUT_SECONDS,
 ) -> tuple[int, dict[str, str], bytes]:
     """One request on a new connection (uWSGI's http-socket closes it after each answer)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
+    answer = Http(port, host, timeout).request(method, path, body=body, headers=headers)
+    return answer.status, answer.headers, answer.body
 
 
 def json_request(
@@ -808,65 +756,3 @@ def scalar(database: str, sql: str, args: tuple | dict | None = None):
         cur.execute(sql, args)
         row = cur.fetchone()
         return row[0] if row else None
-
-
-# ---------------------------------------------------------------- helper processes
-
-
-class Background:
-    """A helper server (moto, ...) in its own process group, on loopback; stopped on exit."""
-
-    def __init__(self, name: str, command: list[str], port: int, ready_path: str) -> None:
-        self.name = name
-        self.command = command
-        self.port = port
-        self.ready_path = ready_path
-        self.proc: subprocess.Popen | None = None
-        self.log_path = RESULTS_DIR / f"{name}.log"
-
-    def __enter__(self) -> Background:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            deadline = time.monotonic() + SERVER_START_SECONDS
-            while True:
-                if self.proc.poll() is not None:
-                    raise BenchError(
-                        f"{self.name} exited with {self.proc.returncode}:\n"
-                        f"{log_tail(self.log_path)}"
-                    )
-                try:
-                    status, _h, _b = http_get(HOST, self.port, self.ready_path, timeout=2)
-                    if status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{self.name} not ready after {SERVER_START_SECONDS}s")
-                time.sleep(0.2)
-        except BaseException:
-            self.__exit__()
-            raise
-        say(f"{self.name}: pid {self.proc.pid} on {HOST}:{self.port}")
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(SERVER_STOP_SECONDS)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(SERVER_STOP_SECONDS)
