@@ -197,7 +197,10 @@ class ProductView(db.Model):
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    # No foreign key to products on the view tables: its check would share-lock the
+    # product row in every batch of views and so wait on (and deadlock with) the
+    # changes of that product. Products are never deleted (soft deletes only).
+    product_id: Mapped[int] = mapped_column(Integer)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     viewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     # The views stream's entry id: a batch applied twice adds nothing (NULL: written
@@ -211,7 +214,7 @@ class DailyProductViews(db.Model):
     __tablename__ = "daily_product_views"
     __table_args__ = (Index("ix_daily_product_views_day", "day", "product_id"), TABLE_ARGS)
 
-    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), primary_key=True)
+    product_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     anonymous_views: Mapped[int] = mapped_column(default=0)
     registered_views: Mapped[int] = mapped_column(default=0)
@@ -223,7 +226,7 @@ class DailyProductViewer(db.Model):
     __tablename__ = "daily_product_viewers"
     __table_args__ = (TABLE_ARGS,)
 
-    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), primary_key=True)
+    product_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
 PRUNE_SECONDS = 300.0
+FINAL_DRAIN_SECONDS = 5.0
 # A consumer gone this long with nothing pending is forgotten by the group.
 FORGET_CONSUMER_MS = 3_600_000
 
@@ -230,6 +231,14 @@ class Worker:
                     self._guarded("reclaiming views", self.consumer.reclaim)
                     self._guarded("trimming the views stream", self.consumer.trim)
                     last_upkeep = time.monotonic()
+            # Stopping: write what the stream holds now (the last reads before the web
+            # workers stopped), for a few seconds at most; anything later waits in Redis
+            # for the next worker.
+            deadline = time.monotonic() + FINAL_DRAIN_SECONDS
+            while time.monotonic() < deadline and self._guarded(
+                "writing the last views", lambda: self.consumer.step(block=False), pause=0.2
+            ):
+                pass
 
     def _housekeeping(self) -> None:
         last_prune = 0.0

@@ -17,7 +17,7 @@ from functools import wraps
 from flask import Response, request
 from flask_jwt_extended import current_user
 from flask_smorest import abort
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from app import commits
 from app.extensions import db
@@ -78,7 +78,7 @@ def writes(view):
         if reservation is not None and reservation.stored is not None:
             return _replay(reservation.stored)
         try:
-            response = view(*args, **kwargs)
+            response = _run(view, args, kwargs)
             if response.status_code >= 400:
                 raise _Refused(response)
             if reservation is not None:
@@ -101,6 +101,26 @@ def writes(view):
         return response
 
     return wrapper
+
+
+# MySQL's "try restarting transaction": the transaction was rolled back whole.
+RESTARTABLE = {1213}  # deadlock found when trying to get lock
+ATTEMPTS = 3
+
+
+def _run(view, args, kwargs) -> Response:
+    """The view, run again (up to ATTEMPTS times) when the database chose its
+    transaction as a deadlock's victim: nothing of it was kept."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return view(*args, **kwargs)
+        except OperationalError as exc:
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            if code not in RESTARTABLE or attempt == ATTEMPTS:
+                raise
+            log.info("write restarted after a deadlock (attempt %s)", attempt)
+            db.session.rollback()
+    raise AssertionError("unreachable")
 
 
 def _abandon(reservation: idempotency.Reservation | None) -> None:

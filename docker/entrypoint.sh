@@ -76,7 +76,10 @@ log "flask deploy upgrade"
 "${as_app_user[@]}" "$APP_VENV/bin/flask" --app wsgi deploy upgrade &
 child=$!
 reap "$child"
-if [[ -n $stopping ]]; then exit 143; fi
+if [[ -n $stopping ]]; then
+    log "stopped during the migration"
+    exit 143
+fi
 if [[ $status != 0 ]]; then
     log "flask deploy upgrade failed"
     exit 1

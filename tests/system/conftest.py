@@ -133,14 +133,14 @@ def fault_proxy():
 
 
 @pytest.fixture(scope="session")
-def deployment(reaper, opts) -> h.Deployment:
+def deployment(reaper, opts, redis) -> h.Deployment:
     """The app copy and Debian-Python virtualenv every stack of the run serves."""
     need(h.NGINX, h.UWSGI, h.PYTHON_PLUGIN, h.SYSTEM_PYTHON, "setpriv")
     source = opts.source.resolve()
     venv = h.debian_venv(source)
     workdir = reaper.workdir / "deploy"
     workdir.mkdir()
-    d = h.Deployment(source, venv, h.stage_app(source, workdir), workdir, reaper)
+    d = h.Deployment(source, venv, h.stage_app(source, workdir), workdir, reaper, redis)
     probe = subprocess.run(
         [
             "setpriv",

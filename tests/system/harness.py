@@ -13,6 +13,7 @@ import email
 import fcntl
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import random
@@ -419,10 +420,17 @@ class Redis:
     def __init__(self, reaper: Reaper, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"redis://{HOST}:{self.port}/0"
-        options = f"--bind {HOST} --port {self.port} --appendonly no --dir {workdir}"
+        self.databases = itertools.count(1)
+        options = (
+            f"--bind {HOST} --port {self.port} --appendonly no --dir {workdir} --databases 4096"
+        )
         command = [REDIS_SERVER, *options.split(), "--save", ""]
         self.process = reaper.start(command, "redis.log", service=True)
         wait_until("redis-server", self.alive, 30)
+
+    def new_database(self) -> str:
+        """The URL of a database no stack has used yet."""
+        return f"redis://{HOST}:{self.port}/{next(self.databases)}"
 
     def alive(self) -> bool:
         try:
@@ -637,10 +645,13 @@ class Deployment:
     app_dir: Path
     workdir: Path
     reaper: Reaper
+    redis: Redis | None = None
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(48))
 
     def env(self, database_url: str, ses_url: str, **extra: object) -> dict[str, str]:
-        """The container's environment (docker run -e ...), on this machine's loopback."""
+        """The container's environment (docker run -e ...), on this machine's loopback.
+        With a Redis, REDIS_URL names a database of its own (as production's ElastiCache):
+        no other stack's views stream is in it. ``REDIS_URL=""`` runs without Redis."""
         env = {
             "PATH": f"{self.venv}/bin:{SYSTEM_PATH}",
             "HOME": str(self.workdir / "home"),
@@ -658,6 +669,8 @@ class Deployment:
             "APP_VENV": str(self.venv),
             "APP_USER": APP_USER,
         }
+        if self.redis is not None:
+            env["REDIS_URL"] = self.redis.new_database()
         env.update({key: str(value) for key, value in extra.items()})
         return env
 

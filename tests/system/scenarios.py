@@ -79,7 +79,7 @@ def drained(run: SimpleNamespace, moto: h.Moto, timeout: float) -> float | None:
 
 
 def finish(run: SimpleNamespace, moto: h.Moto, results: list, scenario: str) -> None:
-    run.stopped = run.stack.stop(how="fifo")
+    run.stopped = run.stack.stop(how="sigterm")
     run.figures = {
         "scenario": scenario,
         **h.tally(run.db, run.name, moto, run.load, ADMIN_ADDRESSES, run.skus),

@@ -8,6 +8,7 @@ at what its graceful stop left.
 from __future__ import annotations
 
 import pwd
+import re
 import signal
 import time
 from types import SimpleNamespace
@@ -31,11 +32,6 @@ def instance(deployment, mariadb, moto, reaper):
         moto.url,
         ADMIN_EMAIL=ADMINS[0][0],
         ADMIN_PASSWORD=ADMINS[0][1],
-        # Only uWSGI's attached worker sends: not the web workers' threads.
-        NOTIFY_THREADS=0,
-        # Views stay buffered in the workers until the graceful stop writes them.
-        VIEWS_FLUSH_SECONDS=3600,
-        VIEWS_BATCH=1_000_000,
     )
     stack = h.Stack(deployment, "container", env, entrypoint=True)
     state = SimpleNamespace(stack=stack, db=mariadb, name=name, env=env, reads=0, stopped=None)
@@ -106,9 +102,17 @@ def test_admins_log_in_create_and_read_a_product(instance, create_admins):
     instance.reads += 6
 
 
-def test_views_stay_buffered_in_the_workers_until_the_stop(instance):
-    """Today's buffered views: nothing is written while the instance runs."""
-    assert instance.db.query(instance.name, "SELECT COUNT(*) FROM product_views") == [(0,)]
+def test_each_read_reaches_the_database_through_the_views_stream(instance):
+    """The reads went to Redis; the worker daemon writes them, each with its entry id."""
+    h.wait_until(
+        "the worker to write the views",
+        lambda: h.view_counts(instance.db, instance.name) == {"smoke-1": instance.reads},
+        30,
+    )
+    rows = instance.db.query(
+        instance.name, "SELECT COUNT(*) FROM product_views WHERE stream_id IS NOT NULL"
+    )
+    assert rows == [(instance.reads,)]
 
 
 def test_bodies_too_large_are_refused_by_nginx_and_by_the_app(instance):
@@ -155,13 +159,12 @@ def test_sigterm_stops_everything_gracefully(instance, reaper):
     assert stack.stop() == {"entrypoint": 0}, h.tail(stack.log)
     output = stack.log.read_text(errors="replace")
     assert "graceful shutdown triggered" in output and "goodbye to uWSGI" in output
-    assert "notifications worker: stopped after" in output
+    assert re.search(r"worker \S+: stopped", output), "the worker daemon stopped gracefully"
     assert not (stack.runs[0] / "uwsgi.sock").exists()  # vacuum
     assert not reaper.running()
 
 
-def test_the_graceful_stop_wrote_every_buffered_view(instance):
-    """Today's buffered views: the stop flushes every worker's buffer."""
+def test_after_the_stop_every_read_has_exactly_one_view(instance):
     assert h.view_counts(instance.db, instance.name) == {"smoke-1": instance.reads}
 
 

@@ -67,7 +67,7 @@ def test_two_instances_under_load_with_a_graceful_reload_lose_and_double_nothing
     used = {part.split()[0] for part in log.split("upstream=unix:")[1:]}
     assert {str(r / "uwsgi.sock") for r in stack.runs} <= used, "nginx used one instance only"
 
-    assert set(stack.stop(how="fifo").values()) == {0}
+    assert set(stack.stop(how="sigterm").values()) == {0}
     assert not reaper.running()
     figures = h.tally(mariadb, name, ses, load, [a for a, _ in ADMINS[:2]], skus)
     reads = load.reads()
