@@ -15,7 +15,7 @@ from flask_migrate import upgrade
 from flask_smorest.spec import openapi_cli
 from sqlalchemy import text
 
-from app.extensions import api, db
+from app.extensions import db, openapi
 from app.models import Role
 from app.postman import postman_collection
 from app.services import RuleError, accounts, outbox, tracking
@@ -175,4 +175,4 @@ def migration_lock(timeout: int):
 @click.option("--base-url", default="http://127.0.0.1:8000", show_default=True)
 def openapi_postman(base_url: str) -> None:
     """Print a Postman collection (v2.1) of every route, generated from the OpenAPI spec."""
-    click.echo(json.dumps(postman_collection(api.spec.to_dict(), base_url), indent=2))
+    click.echo(json.dumps(postman_collection(openapi.spec.to_dict(), base_url), indent=2))

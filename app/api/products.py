@@ -10,7 +10,7 @@ from flask_smorest import abort
 from app.auth import BEARER, PUBLIC, admin_required, token_optional, viewer
 from app.errors import ErrorSchema
 from app.extensions import db
-from app.rest import Blueprint
+from app.openapi import Blueprint
 from app.schemas import (
     ProductCreateSchema,
     ProductQuerySchema,

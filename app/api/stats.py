@@ -11,7 +11,7 @@ from flask_smorest import abort
 
 from app.auth import BEARER, admin_required
 from app.errors import ErrorSchema
-from app.rest import Blueprint
+from app.openapi import Blueprint
 from app.schemas import (
     ProductStatsSchema,
     StatsQuerySchema,

@@ -9,8 +9,8 @@ from app.auth import BEARER, admin_required
 from app.errors import ErrorSchema
 from app.extensions import db
 from app.models import User
+from app.openapi import Blueprint
 from app.pagination import page_of
-from app.rest import Blueprint
 from app.schemas import UserCreateSchema, UserSchema, UserUpdateSchema
 from app.services import accounts
 

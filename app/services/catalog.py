@@ -8,8 +8,8 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from app.extensions import db
+from app.fields import json_number
 from app.models import Product, User, utcnow
-from app.schemas import json_number
 from app.services import RuleError, outbox
 
 EDITABLE = ("name", "price", "mark", "quantity")

@@ -30,7 +30,7 @@ from sqlalchemy import and_, event, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.errors import remove_session_safely
+from app.database import remove_session_safely
 from app.extensions import db
 from app.mail import Email, Mailer, build_mailer
 from app.models import Notification, NotificationStatus, Role, User, utcnow
