@@ -22,9 +22,10 @@ run: $(VENV)/.installed
 	$(FLASK) users ensure-admin
 	$(FLASK) run --host $(HOST) --port $(PORT)
 
-## make test: the whole suite (SQLite; MariaDB too when TEST_DATABASE_URL is set)
+## make test: the whole suite (SQLite; MariaDB too when TEST_DATABASE_URL is set), with
+## line and branch coverage of app/ printed at the end
 test: $(VENV)/.installed
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --cov=app --cov-branch --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
