@@ -20,12 +20,12 @@ PUBLIC = [{}, {"bearerAuth": []}]
 def issue_token(user: User) -> str:
     # The version claim lets a deletion, demotion or new password revoke old tokens at once.
     return create_access_token(
-        identity=str(user.id), additional_claims={"ver": user.token_version, "rol": user.rol}
+        identity=str(user.id), additional_claims={"ver": user.token_version, "rol": user.role}
     )
 
 
-def viewer() -> User | None:
-    """The user behind the request's token, or None for an anonymous reader."""
+def optional_user() -> User | None:
+    """The user behind the request's token, or None when the request carries none."""
     return current_user if request.headers.get("Authorization") else None
 
 
@@ -35,7 +35,7 @@ def admin_required(fn):
     @wraps(fn)
     def wrapper(*args, **kwargs):
         verify_jwt_in_request()
-        if current_user.rol != Role.ADMIN:
+        if current_user.role != Role.ADMIN:
             abort(403, message="This action requires an admin account (rol 1).")
         return fn(*args, **kwargs)
 

@@ -35,7 +35,7 @@ def create_admin(email: str, password: str, fullname: str, username: str | None)
     existing = accounts.find_by_email(email)
     try:
         if existing is not None:
-            accounts.update_user(existing, {"rol": Role.ADMIN, "password": password})
+            accounts.update_user(existing, {"role": Role.ADMIN, "password": password})
             user = existing
         else:
             user = accounts.create_user(
@@ -43,7 +43,7 @@ def create_admin(email: str, password: str, fullname: str, username: str | None)
                 username=username or accounts.username_from_email(email),
                 email=email,
                 password=password,
-                rol=Role.ADMIN,
+                role=Role.ADMIN,
             )
         db.session.commit()
     except RuleError as exc:

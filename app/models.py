@@ -72,7 +72,7 @@ def text_column(length: int):
 
 class Role(enum.IntEnum):
     ADMIN = 1
-    ANONYMOUS = 2  # a registered, read-only account (the seed's name for it)
+    READER = 2  # a registered, read-only account (rol 2 on the wire)
 
 
 class User(db.Model):
@@ -89,7 +89,8 @@ class User(db.Model):
     username_key: Mapped[str | None] = mapped_column(key_string(64), unique=True)
     email_key: Mapped[str | None] = mapped_column(key_string(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    rol: Mapped[int] = mapped_column(Integer, default=Role.ANONYMOUS)
+    # "rol" in the database and on the wire (the seed's name); "role" in Python.
+    role: Mapped[int] = mapped_column("rol", Integer, default=Role.READER)
     active: Mapped[bool] = mapped_column(default=True, index=True)
     # Bumped whenever existing tokens must stop working (delete, demotion, new password).
     token_version: Mapped[int] = mapped_column(default=1)

@@ -95,7 +95,7 @@ class ProductQuerySchema(Schema):
 
 # ---------------------------------------------------------------- users
 
-ROLES = validate.OneOf([Role.ADMIN.value, Role.ANONYMOUS.value], error="Must be 1 (admin) or 2.")
+ROLES = validate.OneOf([Role.ADMIN.value, Role.READER.value], error="Must be 1 (admin) or 2.")
 
 
 class UserSchema(Schema):
@@ -103,7 +103,9 @@ class UserSchema(Schema):
     fullname = fields.String(metadata={"example": "arnoldo"})
     username = fields.String(metadata={"example": "marado"})
     email = fields.String(metadata={"example": "josuecevedo@xd.com"})
-    rol = fields.Integer(metadata={"example": 2, "description": "1 = admin, 2 = read-only."})
+    role = fields.Integer(
+        data_key="rol", metadata={"example": 2, "description": "1 = admin, 2 = read-only."}
+    )
     created_at = fields.DateTime(format="iso")
     updated_at = fields.DateTime(format="iso")
 
@@ -135,7 +137,9 @@ class UserCreateSchema(Schema):
     password = password_field(required=True, metadata={"example": "cheutere"})
     username = username_field(required=True, metadata={"example": "marado"})
     email = LowerEmail(required=True, metadata={"example": "josuecevedo@xd.com"})
-    rol = Count(load_default=Role.ANONYMOUS.value, validate=ROLES, metadata={"example": 2})
+    role = Count(
+        data_key="rol", load_default=Role.READER.value, validate=ROLES, metadata={"example": 2}
+    )
 
 
 class UserUpdateSchema(Schema):
@@ -143,7 +147,7 @@ class UserUpdateSchema(Schema):
     password = password_field()
     username = username_field()
     email = LowerEmail()
-    rol = Count(validate=ROLES, metadata={"example": 1})
+    role = Count(data_key="rol", validate=ROLES, metadata={"example": 1})
 
 
 # ---------------------------------------------------------------- notifications
@@ -205,8 +209,11 @@ class StatsQuerySchema(Schema):
 
 class TopQuerySchema(StatsQuerySchema):
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
-    viewer = fields.String(
-        load_default="all", validate=validate.OneOf(["all", "anonymous", "registered"])
+    # Whose views rank the products ("viewer" on the wire).
+    audience = fields.String(
+        data_key="viewer",
+        load_default="all",
+        validate=validate.OneOf(["all", "anonymous", "registered"]),
     )
 
 

@@ -79,7 +79,7 @@ def main() -> int:
             username="docs-admin",
             email=ADMIN_EMAIL,
             password=ADMIN_PASSWORD,
-            rol=1,
+            role=1,
         )
         db.session.commit()
     port = free_port()

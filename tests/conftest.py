@@ -88,7 +88,7 @@ class Factory:
         self.password_hash = password_hash
         self.counter = 0
 
-    def user(self, rol: int = Role.ADMIN, email: str | None = None, **fields) -> dict:
+    def user(self, role: int = Role.ADMIN, email: str | None = None, **fields) -> dict:
         self.counter += 1
         email = email or f"user{self.counter}@example.com"
         username = fields.pop("username", f"user{self.counter}")
@@ -100,7 +100,7 @@ class Factory:
                 email=email.lower(),
                 email_key=email.lower(),
                 password_hash=self.password_hash,
-                rol=rol,
+                role=role,
                 **fields,
             )
             db.session.add(user)
@@ -108,16 +108,16 @@ class Factory:
             return {
                 "id": user.id,
                 "email": user.email,
-                "rol": user.rol,
+                "role": user.role,
                 "token": issue_token(user),
                 "headers": self.headers(user),
             }
 
     def admin(self, **kwargs) -> dict:
-        return self.user(rol=Role.ADMIN, **kwargs)
+        return self.user(role=Role.ADMIN, **kwargs)
 
     def reader(self, **kwargs) -> dict:
-        return self.user(rol=Role.ANONYMOUS, **kwargs)
+        return self.user(role=Role.READER, **kwargs)
 
     @staticmethod
     def headers(user: User) -> dict:

@@ -7,7 +7,7 @@ from flask.views import MethodView
 from flask_jwt_extended import current_user
 from flask_smorest import abort
 
-from app.auth import BEARER, PUBLIC, admin_required, token_optional, viewer
+from app.auth import BEARER, PUBLIC, admin_required, optional_user, token_optional
 from app.errors import ErrorSchema
 from app.extensions import db
 from app.openapi import Blueprint
@@ -48,8 +48,8 @@ def records_view(fn):
     @wraps(fn)
     def wrapper(*args, **kwargs):
         product = fn(*args, **kwargs)
-        reader = viewer()
-        tracking.record_view(product.id, reader.id if reader else None)
+        user = optional_user()
+        tracking.record_view(product.id, user.id if user else None)
         return product
 
     return wrapper

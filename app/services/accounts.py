@@ -36,7 +36,7 @@ def _ensure_free(email: str | None, username: str | None, exclude: User | None =
 
 
 def create_user(
-    *, fullname: str, username: str, email: str, password: str, rol: int = Role.ANONYMOUS
+    *, fullname: str, username: str, email: str, password: str, role: int = Role.READER
 ) -> User:
     _ensure_free(email, username)
     user = User(
@@ -46,7 +46,7 @@ def create_user(
         email=email.lower(),
         email_key=email.lower(),
         password_hash=hash_password(password),
-        rol=int(rol),
+        role=int(role),
     )
     db.session.add(user)
     db.session.flush()
@@ -55,7 +55,7 @@ def create_user(
 
 def _active_admin_ids_locked() -> list[int]:
     """Active admins, locked so two concurrent demotions or deletions cannot both pass."""
-    admins = (User.rol == Role.ADMIN, User.active.is_(True))
+    admins = (User.role == Role.ADMIN, User.active.is_(True))
     if db.engine.dialect.name == "sqlite":
         # SQLite has no row locks and pysqlite begins a transaction at the first write:
         # a write that changes nothing takes the database's write lock first, so the
@@ -70,7 +70,7 @@ def _active_admin_ids_locked() -> list[int]:
 
 
 def _guard_last_admin(user: User, action: str) -> None:
-    if user.rol != Role.ADMIN or not user.active:
+    if user.role != Role.ADMIN or not user.active:
         return
     if _active_admin_ids_locked() == [user.id]:
         raise RuleError(409, f"The last active admin cannot be {action}.")
@@ -78,14 +78,14 @@ def _guard_last_admin(user: User, action: str) -> None:
 
 def update_user(user: User, changes: dict) -> User:
     _ensure_free(changes.get("email"), changes.get("username"), exclude=user)
-    if "rol" in changes and changes["rol"] != user.rol:
-        if changes["rol"] != Role.ADMIN:
+    if "role" in changes and changes["role"] != user.role:
+        if changes["role"] != Role.ADMIN:
             _guard_last_admin(user, "demoted")
         user.token_version += 1
     if "password" in changes:
         user.password_hash = hash_password(changes["password"])
         user.token_version += 1
-    for field in ("fullname", "rol"):
+    for field in ("fullname", "role"):
         if field in changes:
             setattr(user, field, changes[field])
     if "username" in changes:
@@ -134,7 +134,7 @@ def username_from_email(email: str) -> str:
 
 def admin_count() -> int:
     return db.session.scalar(
-        select(func.count()).select_from(User).where(User.rol == Role.ADMIN, User.active.is_(True))
+        select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.active.is_(True))
     )
 
 
@@ -147,13 +147,13 @@ def ensure_first_admin(email: str | None, password: str | None) -> FirstAdmin | 
     existing = find_by_email(email)
     if existing is not None:
         # A registered account with that email exists: promote it rather than collide.
-        update_user(existing, {"rol": Role.ADMIN, "password": password or generated})
+        update_user(existing, {"role": Role.ADMIN, "password": password or generated})
         return FirstAdmin(existing, generated)
     user = create_user(
         fullname="Administrator",
         username=username_from_email(email),
         email=email,
         password=password or generated,
-        rol=Role.ADMIN,
+        role=Role.ADMIN,
     )
     return FirstAdmin(user, generated)

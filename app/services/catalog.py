@@ -54,7 +54,7 @@ def create_product(data: dict, actor: User | None) -> Change:
     db.session.add(product)
     db.session.flush()
     snapshot = {field: [None, _plain(getattr(product, field))] for field in EDITABLE}
-    return _record(Change(product, "created", actor, snapshot))
+    return _notify_admins(Change(product, "created", actor, snapshot))
 
 
 def update_product(product: Product, data: dict, actor: User | None) -> Change | None:
@@ -69,7 +69,7 @@ def update_product(product: Product, data: dict, actor: User | None) -> Change |
     if not diff:
         return None
     db.session.flush()
-    return _record(Change(product, "updated", actor, diff))
+    return _notify_admins(Change(product, "updated", actor, diff))
 
 
 def delete_product(product: Product, actor: User | None) -> Change:
@@ -78,10 +78,10 @@ def delete_product(product: Product, actor: User | None) -> Change:
     product.deleted_at = utcnow()
     product.sku_key = None
     db.session.flush()
-    return _record(Change(product, "deleted", actor, snapshot))
+    return _notify_admins(Change(product, "deleted", actor, snapshot))
 
 
-def _record(change: Change) -> Change:
+def _notify_admins(change: Change) -> Change:
     """Every committed change emails the admins: the rows join the change's transaction."""
     outbox.notify(change)
     return change
