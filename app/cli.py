@@ -16,35 +16,26 @@ from flask_smorest.spec import openapi_cli
 from sqlalchemy import text
 
 from app.extensions import db, openapi
-from app.models import Role
 from app.postman import postman_collection
 from app.services import RuleError, accounts, outbox, tracking
+from app.services.passwords import MIN_PASSWORD_LENGTH
 
 users = AppGroup("users", help="Manage accounts.")
 
 
 @users.command("create-admin")
 @click.option("--email", required=True)
-@click.option("--password", required=True, help="At least 8 characters.")
+@click.option("--password", required=True, help=f"At least {MIN_PASSWORD_LENGTH} characters.")
 @click.option("--fullname", default="Administrator", show_default=True)
 @click.option("--username", default=None, help="Defaults to the part of the email before @.")
 def create_admin(email: str, password: str, fullname: str, username: str | None) -> None:
     """Create an admin account (or promote and reset an existing one with this email)."""
-    if len(password) < 8:
-        raise click.BadParameter("must be at least 8 characters", param_hint="--password")
-    existing = accounts.find_by_email(email)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise click.BadParameter(
+            f"must be at least {MIN_PASSWORD_LENGTH} characters", param_hint="--password"
+        )
     try:
-        if existing is not None:
-            accounts.update_user(existing, {"role": Role.ADMIN, "password": password})
-            user = existing
-        else:
-            user = accounts.create_user(
-                fullname=fullname,
-                username=username or accounts.username_from_email(email),
-                email=email,
-                password=password,
-                role=Role.ADMIN,
-            )
+        user = accounts.make_admin(email, password, fullname=fullname, username=username)
         db.session.commit()
     except RuleError as exc:
         db.session.rollback()

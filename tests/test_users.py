@@ -31,7 +31,7 @@ def login(client, email, password):
 
 
 def live_users(rows):
-    return rows(User, User.active.is_(True))
+    return rows(User, User.is_active)
 
 
 # ---------------------------------------------------------------- reading
@@ -265,7 +265,7 @@ def test_the_last_admin_cannot_be_deleted(client, admin, reader, rows):
     assert response.status_code == 409
     assert "last active admin" in response.get_json()["message"]
     [stored] = rows(User, User.id == admin["id"])
-    assert stored.active
+    assert stored.is_active
     assert stored.role == Role.ADMIN
     assert client.get("/api/users", headers=admin["headers"]).status_code == 200
 
@@ -336,11 +336,11 @@ def test_unknown_user_id_is_404(client, admin, method):
 def test_readers_and_anonymous_cannot_manage_users(client, admin, reader, rows, method, path):
     send = getattr(client, method)
     kwargs = {"json": SEED_USER} if method in ("post", "put") else {}
-    before = [(u.id, u.role, u.active) for u in rows(User)]
+    before = [(u.id, u.role, u.is_active) for u in rows(User)]
 
     assert send(path, **kwargs).status_code == 401
     assert send(path, headers=reader["headers"], **kwargs).status_code == 403
-    assert [(u.id, u.role, u.active) for u in rows(User)] == before
+    assert [(u.id, u.role, u.is_active) for u in rows(User)] == before
 
 
 def test_two_admins_demoting_each_other_at_once_leave_one_admin(app, make, rows):
@@ -373,4 +373,4 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(app, make, rows)
     for thread in threads:
         thread.join(60)
     assert sorted(outcomes) == ["demoted", "refused"]
-    assert len(rows(User, User.role == Role.ADMIN, User.active.is_(True))) == 1
+    assert len(rows(User, User.role == Role.ADMIN, User.is_active)) == 1

@@ -52,7 +52,7 @@ class Users(MethodView):
     @blp.paginate()
     def get(self, pagination_parameters):
         """List active users (admin)."""
-        live = select(User).where(User.active.is_(True)).order_by(User.id)
+        live = select(User).where(User.is_active).order_by(User.id)
         return page_of(live, pagination_parameters)
 
     @blp.doc(security=BEARER)

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 
 from app.extensions import db
-from app.models import Role, User, utcnow
+from app.models import Role, User
 from app.services import RuleError
 from app.services.passwords import hash_password, verify_password
 
 
 def find_user(user_id: int) -> User | None:
     user = db.session.get(User, user_id)
-    return user if user is not None and user.active else None
+    return user if user is not None and user.is_active else None
 
 
 def find_by_email(email: str) -> User | None:
@@ -42,9 +42,7 @@ def create_user(
     user = User(
         fullname=fullname,
         username=username,
-        username_key=username.lower(),
-        email=email.lower(),
-        email_key=email.lower(),
+        email=email,
         password_hash=hash_password(password),
         role=int(role),
     )
@@ -55,7 +53,7 @@ def create_user(
 
 def _active_admin_ids_locked() -> list[int]:
     """Active admins, locked so two concurrent demotions or deletions cannot both pass."""
-    admins = (User.role == Role.ADMIN, User.active.is_(True))
+    admins = (User.role == Role.ADMIN, User.is_active)
     if db.engine.dialect.name == "sqlite":
         # SQLite has no row locks and pysqlite begins a transaction at the first write:
         # a write that changes nothing takes the database's write lock first, so the
@@ -70,7 +68,7 @@ def _active_admin_ids_locked() -> list[int]:
 
 
 def _guard_last_admin(user: User, action: str) -> None:
-    if user.role != Role.ADMIN or not user.active:
+    if user.role != Role.ADMIN or not user.is_active:
         return
     if _active_admin_ids_locked() == [user.id]:
         raise RuleError(409, f"The last active admin cannot be {action}.")
@@ -85,32 +83,23 @@ def update_user(user: User, changes: dict) -> User:
     if "password" in changes:
         user.password_hash = hash_password(changes["password"])
         user.token_version += 1
-    for field in ("fullname", "role"):
+    for field in ("fullname", "role", "username", "email"):
         if field in changes:
             setattr(user, field, changes[field])
-    if "username" in changes:
-        user.username = changes["username"]
-        user.username_key = changes["username"].lower()
-    if "email" in changes:
-        user.email = user.email_key = changes["email"].lower()
     return user
 
 
 def delete_user(user: User) -> None:
     """Soft delete: the row stays for history, its email and username become free again."""
     _guard_last_admin(user, "deleted")
-    user.active = False
-    user.deleted_at = utcnow()
-    user.email_key = None
-    user.username_key = None
-    user.token_version += 1
+    user.soft_delete()
 
 
 def authenticate(email: str, password: str) -> User | None:
     """The active user with these credentials, or None (same cost either way)."""
     user = find_by_email(email)
     ok, new_hash = verify_password(password, user.password_hash if user else None)
-    if not ok or user is None or not user.active:
+    if not ok or user is None or not user.is_active:
         return None
     if new_hash:
         user.password_hash = new_hash
@@ -134,26 +123,30 @@ def username_from_email(email: str) -> str:
 
 def admin_count() -> int:
     return db.session.scalar(
-        select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.active.is_(True))
+        select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.is_active)
+    )
+
+
+def make_admin(
+    email: str, password: str, *, fullname: str = "Administrator", username: str | None = None
+) -> User:
+    """Promote the account with this email and set its password, or create a new admin."""
+    existing = find_by_email(email)
+    if existing is not None:
+        return update_user(existing, {"role": Role.ADMIN, "password": password})
+    return create_user(
+        fullname=fullname,
+        username=username or username_from_email(email),
+        email=email,
+        password=password,
+        role=Role.ADMIN,
     )
 
 
 def ensure_first_admin(email: str | None, password: str | None) -> FirstAdmin | None:
-    """Create an admin when none exists; a generated password is returned to be shown once."""
+    """Make an admin when none exists; a generated password is returned to be shown once."""
     if admin_count():
         return None
     email = (email or "admin@example.com").strip().lower()
     generated = None if password else secrets.token_urlsafe(12)
-    existing = find_by_email(email)
-    if existing is not None:
-        # A registered account with that email exists: promote it rather than collide.
-        update_user(existing, {"role": Role.ADMIN, "password": password or generated})
-        return FirstAdmin(existing, generated)
-    user = create_user(
-        fullname="Administrator",
-        username=username_from_email(email),
-        email=email,
-        password=password or generated,
-        role=Role.ADMIN,
-    )
-    return FirstAdmin(user, generated)
+    return FirstAdmin(make_admin(email, password or generated), generated)

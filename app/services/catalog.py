@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.fields import json_number
-from app.models import Product, User, utcnow
+from app.models import Product, User
 from app.services import RuleError, outbox
 
 EDITABLE = ("name", "price", "mark", "quantity")
@@ -48,9 +48,7 @@ def find_product_with_history(sku: str) -> Product | None:
 def create_product(data: dict, actor: User | None) -> Change:
     if find_product(data["sku"]) is not None:
         raise RuleError(409, f"A product with sku {data['sku']!r} already exists.", "sku")
-    product = Product(
-        sku=data["sku"], sku_key=data["sku"].lower(), **{field: data[field] for field in EDITABLE}
-    )
+    product = Product(sku=data["sku"], **{field: data[field] for field in EDITABLE})
     db.session.add(product)
     db.session.flush()
     snapshot = {field: [None, _plain(getattr(product, field))] for field in EDITABLE}
@@ -75,8 +73,7 @@ def update_product(product: Product, data: dict, actor: User | None) -> Change |
 def delete_product(product: Product, actor: User | None) -> Change:
     """Soft delete: the row keeps its history; the sku can be used again."""
     snapshot = {field: [_plain(getattr(product, field)), None] for field in EDITABLE}
-    product.deleted_at = utcnow()
-    product.sku_key = None
+    product.soft_delete()
     db.session.flush()
     return _notify_admins(Change(product, "deleted", actor, snapshot))
 
