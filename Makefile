@@ -24,9 +24,10 @@ run: $(VENV)/.installed
 	$(FLASK) worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 		$(FLASK) run --host $(HOST) --port $(PORT)
 
-## make test: the suite but the system tests (SQLite; MariaDB too when TEST_DATABASE_URL is set)
+## make test: the suite but the system tests (SQLite; MariaDB too when TEST_DATABASE_URL is
+## set), with line and branch coverage of app/ printed at the end
 test: $(VENV)/.installed
-	$(BIN)/pytest -m "not system" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not system" --cov=app --cov-branch --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

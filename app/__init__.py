@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from flask import Flask
 
-from app import extensions
+from app import auth, cli, database, errors, extensions, security, streams
+from app.api import auth as login
+from app.api import docs, health, notifications, products, stats, users
 from app.config import INSTANCE_DIR, Config, config_for_environment
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+from app.services import notifications as notification_rows
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -35,52 +35,26 @@ def configure_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from app import (
-        auth,  # noqa: F401  (registers the JWT loaders)
-        security,
-        streams,
-    )
-    from app.schemas import Price, price_properties
-    from app.services import notifications
-
-    # The name ``api`` is also the blueprint package (app.api), so go through the module.
-    rest = extensions.api
-    extensions.db.init_app(app)
-    extensions.migrate.init_app(
-        app, extensions.db, directory=str(MIGRATIONS_DIR), render_as_batch=True
-    )
-    extensions.jwt.init_app(app)
-    streams.init_app(app)
-    notifications.init_app(app)
+    database.init_app(app)
+    auth.init_app(app)
+    extensions.openapi.init_app(app)
     security.init_app(app)
-    rest.init_app(app)
-    rest.register_field(Price, "number", None)
-    rest.ma_plugin.converter.add_attribute_function(price_properties)
-    rest.spec.components.security_scheme(
-        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-    )
+    streams.init_app(app)
+    notification_rows.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.api import auth, docs, health, notifications, products, stats, users
-
-    for module in (auth, products, users, notifications, stats, health):
-        extensions.api.register_blueprint(module.blp)
+    for module in (login, products, users, notifications, stats, health):
+        extensions.openapi.register_blueprint(module.blp)
     app.register_blueprint(docs.blp)
 
 
 def register_errorhandlers(app: Flask) -> None:
-    from app.errors import register_error_handlers, register_rule_errors, remove_session_safely
-
-    register_error_handlers(app)
-    register_rule_errors(app)
-    app.teardown_appcontext(remove_session_safely)
+    errors.register_error_handlers(app)
 
 
 def register_commands(app: Flask) -> None:
-    from app.cli import deploy, notifications, stats, users, views, worker_command
-
-    for group in (users, notifications, stats, views, deploy, worker_command):
+    for group in (cli.users, cli.notifications, cli.stats, cli.views, cli.deploy, cli.worker):
         app.cli.add_command(group)
 
 

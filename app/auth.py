@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import request
+from flask import Flask, request
 from flask_jwt_extended import create_access_token, current_user, verify_jwt_in_request
 from flask_smorest import abort
 
@@ -20,12 +20,12 @@ PUBLIC = [{}, {"bearerAuth": []}]
 def issue_token(user: User) -> str:
     # The version claim lets a deletion, demotion or new password revoke old tokens at once.
     return create_access_token(
-        identity=str(user.id), additional_claims={"ver": user.token_version, "rol": user.rol}
+        identity=str(user.id), additional_claims={"ver": user.token_version, "rol": user.role}
     )
 
 
-def viewer() -> User | None:
-    """The user behind the request's token, or None for an anonymous reader."""
+def optional_user() -> User | None:
+    """The user behind the request's token, or None when the request carries none."""
     return current_user if request.headers.get("Authorization") else None
 
 
@@ -35,7 +35,7 @@ def admin_required(fn):
     @wraps(fn)
     def wrapper(*args, **kwargs):
         verify_jwt_in_request()
-        if current_user.rol != Role.ADMIN:
+        if current_user.role != Role.ADMIN:
             abort(403, message="This action requires an admin account (rol 1).")
         return fn(*args, **kwargs)
 
@@ -54,13 +54,23 @@ def token_optional(fn):
     return wrapper
 
 
+def init_app(app: Flask) -> None:
+    jwt.init_app(app)
+    jwt.user_lookup_loader(_load_user)
+    jwt.user_lookup_error_loader(_unknown_user)
+    jwt.unauthorized_loader(_missing_token)
+    jwt.invalid_token_loader(_invalid_token)
+    jwt.expired_token_loader(_expired_token)
+    jwt.revoked_token_loader(_revoked_token)
+    jwt.token_verification_failed_loader(_verification_failed)
+
+
 def _unauthorized(message: str):
     response = error_response(401, message)
     response.headers["WWW-Authenticate"] = 'Bearer realm="marketplace"'
     return response
 
 
-@jwt.user_lookup_loader
 def _load_user(_header: dict, payload: dict) -> User | None:
     try:
         user = find_user(int(payload["sub"]))
@@ -71,31 +81,25 @@ def _load_user(_header: dict, payload: dict) -> User | None:
     return user
 
 
-@jwt.unauthorized_loader
 def _missing_token(reason: str):
     return _unauthorized(f"Authentication is required: {reason.rstrip('.')}.")
 
 
-@jwt.invalid_token_loader
 def _invalid_token(reason: str):
     return _unauthorized("The token is invalid; log in again.")
 
 
-@jwt.expired_token_loader
 def _expired_token(_header, _payload):
     return _unauthorized("The token has expired; log in again.")
 
 
-@jwt.revoked_token_loader
 def _revoked_token(_header, _payload):
     return _unauthorized("The token has been revoked; log in again.")
 
 
-@jwt.user_lookup_error_loader
 def _unknown_user(_header, _payload):
     return _unauthorized("The token is no longer valid for this account; log in again.")
 
 
-@jwt.token_verification_failed_loader
 def _verification_failed(_header, _payload):
     return _unauthorized("The token is invalid; log in again.")

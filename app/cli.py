@@ -15,10 +15,10 @@ from flask_smorest.spec import openapi_cli
 from sqlalchemy import text
 
 from app import outbox
-from app.extensions import api, db
-from app.models import Role
+from app.extensions import db, openapi
 from app.postman import postman_collection
 from app.services import RuleError, accounts, tracking
+from app.services.passwords import MIN_PASSWORD_LENGTH
 from app.worker import Worker
 
 users = AppGroup("users", help="Manage accounts.")
@@ -26,26 +26,17 @@ users = AppGroup("users", help="Manage accounts.")
 
 @users.command("create-admin")
 @click.option("--email", required=True)
-@click.option("--password", required=True, help="At least 8 characters.")
+@click.option("--password", required=True, help=f"At least {MIN_PASSWORD_LENGTH} characters.")
 @click.option("--fullname", default="Administrator", show_default=True)
 @click.option("--username", default=None, help="Defaults to the part of the email before @.")
 def create_admin(email: str, password: str, fullname: str, username: str | None) -> None:
     """Create an admin account (or promote and reset an existing one with this email)."""
-    if len(password) < 8:
-        raise click.BadParameter("must be at least 8 characters", param_hint="--password")
-    existing = accounts.find_by_email(email)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise click.BadParameter(
+            f"must be at least {MIN_PASSWORD_LENGTH} characters", param_hint="--password"
+        )
     try:
-        if existing is not None:
-            accounts.update_user(existing, {"rol": Role.ADMIN, "password": password})
-            user = existing
-        else:
-            user = accounts.create_user(
-                fullname=fullname,
-                username=username or accounts.username_from_email(email),
-                email=email,
-                password=password,
-                rol=Role.ADMIN,
-            )
+        user = accounts.make_admin(email, password, fullname=fullname, username=username)
         db.session.commit()
     except RuleError as exc:
         db.session.rollback()
@@ -77,16 +68,16 @@ def ensure_admin() -> None:
 @click.option(
     "--once", is_flag=True, help="Apply the views stream and send what is due, then exit."
 )
-def worker_command(once: bool) -> None:
+def worker(once: bool) -> None:
     """Run the worker: write the views stream to the database and send the emails."""
-    worker = Worker(current_app._get_current_object())
+    process = Worker(current_app._get_current_object())
     if once:
-        entries, emails = worker.drain()
+        entries, emails = process.drain()
         click.echo(f"worker: {entries} view entr(ies) applied, {emails} email(s) attempted")
         return
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: worker.stop())
-    worker.run()
+        signal.signal(signum, lambda *_: process.stop())
+    process.run()
 
 
 notifications = AppGroup("notifications", help="Re-queue product-change emails.")
@@ -187,4 +178,4 @@ def migration_lock(timeout: int):
 @click.option("--base-url", default="http://127.0.0.1:8000", show_default=True)
 def openapi_postman(base_url: str) -> None:
     """Print a Postman collection (v2.1) of every route, generated from the OpenAPI spec."""
-    click.echo(json.dumps(postman_collection(api.spec.to_dict(), base_url), indent=2))
+    click.echo(json.dumps(postman_collection(openapi.spec.to_dict(), base_url), indent=2))

@@ -1,6 +1,7 @@
 """The one JSON error shape: {"code", "status", "message"[, "errors"]}.
 
-Every failure (validation, auth, 404, 405, 409, 413, 415, 500, 503) is rendered here.
+Every failure (validation, auth, 404, 405, 409, 413, 415, 500, 503) is rendered by
+``error_response``; the database's own errors are mapped to it in ``app.database``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from http import HTTPStatus
 
 from flask import Flask, jsonify
 from marshmallow import Schema, fields
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
@@ -80,66 +80,9 @@ def error_response(code: int, message: str | None = None, errors: dict | None = 
 
 
 def register_error_handlers(app: Flask) -> None:
-    from app.extensions import db
-
-    @app.errorhandler(IntegrityError)
-    def integrity_error(error):
-        # Reached only by a race the services' own checks could not see (two requests
-        # creating the same sku at once): the database's constraint decides.
-        db.session.rollback()
-        log.info("integrity conflict: %s", error.orig)
-        return error_response(409, "The change conflicts with a row written at the same time.")
-
-    from app.commits import CommitUnconfirmed
-
-    @app.errorhandler(CommitUnconfirmed)
-    def commit_unconfirmed(error):
-        db.session.close()
-        response = error_response(
-            503,
-            "The database did not confirm the change, which may or may not have been "
-            "applied: read it before trying again, or retry with the same Idempotency-Key.",
-        )
-        response.headers["Retry-After"] = "5"
-        return response
-
-    @app.errorhandler(OperationalError)
-    def database_unavailable(error):
-        try:
-            db.session.rollback()
-        except OperationalError:
-            db.session.close()
-        log.error("database unavailable: %s", error.orig)
-        response = error_response(503, "The database is unavailable; try again shortly.")
-        response.headers["Retry-After"] = "5"
-        return response
-
     @app.errorhandler(InternalServerError)
     def internal_error(error):
         original = getattr(error, "original_exception", None)
         if original is not None:
             log.error("unhandled error", exc_info=original)
         return error_response(500)
-
-
-def register_rule_errors(app: Flask) -> None:
-    from app.extensions import db
-    from app.services import RuleError
-
-    @app.errorhandler(RuleError)
-    def rule_error(error: RuleError):
-        db.session.rollback()
-        errors = {"json": {error.field: [error.message]}} if error.field else None
-        return error_response(error.code, error.message, errors)
-
-
-def remove_session_safely(_exc=None) -> None:
-    """End the request's session without letting a dead connection raise: teardown runs
-    after the response has started, so an error here would cut the answer off."""
-    from app.extensions import db
-
-    try:
-        db.session.remove()
-    except SQLAlchemyError as exc:
-        log.warning("closing the database session failed: %s", exc)
-        db.session.registry.clear()

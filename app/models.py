@@ -3,8 +3,9 @@
 Uniqueness rule, identical on SQLite and MariaDB: SKUs, emails and usernames are unique
 case-insensitively. Each table keeps the value as the client wrote it (emails lowercased)
 plus a ``*_key`` column holding its lowercased form, with a binary collation on MySQL so
-accents and case never fold differently between the two databases. Deleting a product or
-user clears its key (the row and its history stay), so the sku or email can be used again.
+accents and case never fold differently between the two databases. The models derive the
+keys whenever the value is set; ``soft_delete()`` clears them (the row and its history
+stay), so the sku or email can be used again.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.ext.hybrid import hybrid_property
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from app.extensions import db
 
@@ -74,7 +76,7 @@ def text_column(length: int):
 
 class Role(enum.IntEnum):
     ADMIN = 1
-    ANONYMOUS = 2  # a registered, read-only account (the seed's name for it)
+    READER = 2  # a registered, read-only account (rol 2 on the wire)
 
 
 class User(db.Model):
@@ -91,13 +93,40 @@ class User(db.Model):
     username_key: Mapped[str | None] = mapped_column(key_string(64), unique=True)
     email_key: Mapped[str | None] = mapped_column(key_string(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    rol: Mapped[int] = mapped_column(Integer, default=Role.ANONYMOUS)
-    active: Mapped[bool] = mapped_column(default=True, index=True)
+    # "rol" in the database and on the wire (the seed's name); "role" in Python.
+    role: Mapped[int] = mapped_column("rol", Integer, default=Role.READER)
     # Bumped whenever existing tokens must stop working (delete, demotion, new password).
     token_version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+
+    @validates("email")
+    def _derive_email_key(self, _key: str, email: str) -> str:
+        email = email.lower()
+        self.email_key = email
+        return email
+
+    @validates("username")
+    def _derive_username_key(self, _key: str, username: str) -> str:
+        self.username_key = username.lower()
+        return username
+
+    @hybrid_property
+    def is_active(self) -> bool:
+        """Not deleted; in a query, ``deleted_at IS NULL``."""
+        return self.deleted_at is None
+
+    @is_active.inplace.expression
+    @classmethod
+    def _is_active_expression(cls):
+        return cls.deleted_at.is_(None)
+
+    def soft_delete(self) -> None:
+        """The row stays for history; the email and username are free again, tokens die."""
+        self.deleted_at = utcnow()
+        self.email_key = self.username_key = None
+        self.token_version += 1
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.email}>"
@@ -132,6 +161,16 @@ class Product(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @validates("sku")
+    def _derive_sku_key(self, _key: str, sku: str) -> str:
+        self.sku_key = sku.lower()
+        return sku
+
+    def soft_delete(self) -> None:
+        """The row keeps its history; the sku can be used again."""
+        self.deleted_at = utcnow()
+        self.sku_key = None
 
     def __repr__(self) -> str:
         return f"<Product {self.sku}>"

@@ -3,104 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from app.fields import Count, LowerEmail, Price, Text, text
 from app.models import NotificationStatus, Role
+from app.services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
-MAX_PRICE = Decimal("9999999999.99")
-MAX_QUANTITY = 2_147_483_647
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$"
-CENT = Decimal("0.01")
-
-
-def json_number(value: Decimal) -> int | float:
-    """A money amount as JSON shows it: 300, 19.99 (never "300.00")."""
-    value = Decimal(value)
-    return int(value) if value == value.to_integral_value() else float(value)
-
-
-class Price(fields.Field):
-    """Exact money: a JSON number with at most two decimal places, returned as a number.
-
-    In a query string (``from_text=True``) the number arrives as text.
-    """
-
-    def __init__(self, *, from_text: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.from_text = from_text
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if self.from_text and isinstance(value, str):
-            try:
-                value = Decimal(value.strip())
-            except InvalidOperation as exc:
-                raise ValidationError("Must be a number, for example 300 or 19.99.") from exc
-        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-            raise ValidationError("Must be a number, for example 300 or 19.99.")
-        try:
-            amount = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
-        except InvalidOperation as exc:
-            raise ValidationError("Must be a number, for example 300 or 19.99.") from exc
-        if not amount.is_finite():
-            raise ValidationError("Must be a finite number.")
-        if amount < 0:
-            raise ValidationError("Must be 0 or more.")
-        if amount > MAX_PRICE:
-            raise ValidationError(f"Must be at most {MAX_PRICE}.")
-        if amount != amount.quantize(CENT):
-            raise ValidationError("Must have at most two decimal places.")
-        return amount.quantize(CENT)
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        return None if value is None else json_number(value)
-
-
-def price_properties(self, field, **kwargs) -> dict:
-    """OpenAPI for Price: a number of cents, 0 to MAX_PRICE (apispec attribute function)."""
-    if isinstance(field, Price):
-        return {"minimum": 0, "maximum": float(MAX_PRICE), "multipleOf": 0.01}
-    return {}
-
-
-class Count(fields.Integer):
-    """A whole number given as a JSON integer (not 5.0, not true)."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("validate", validate.Range(min=0, max=MAX_QUANTITY))
-        super().__init__(strict=True, **kwargs)
-
-    def _validated(self, value):
-        if isinstance(value, bool):
-            raise self.make_error("invalid")
-        return super()._validated(value)
-
-
-class Text(fields.String):
-    """A string with surrounding spaces removed."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(value, attr, data, **kwargs).strip()
-
-
-class LowerEmail(fields.Email):
-    """An email address, lowercased; at most 254 characters (RFC 5321, the column's size)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(validate=validate.Length(max=254), **kwargs)
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        return (
-            super()
-            ._deserialize(value.strip() if isinstance(value, str) else value, attr, data, **kwargs)
-            .lower()
-        )
-
-
-def text(max_length: int, **kwargs) -> Text:
-    return Text(validate=validate.Length(min=1, max=max_length), **kwargs)
 
 
 # ---------------------------------------------------------------- errors and auth
@@ -184,7 +95,7 @@ class ProductQuerySchema(Schema):
 
 # ---------------------------------------------------------------- users
 
-ROLES = validate.OneOf([Role.ADMIN.value, Role.ANONYMOUS.value], error="Must be 1 (admin) or 2.")
+ROLES = validate.OneOf([Role.ADMIN.value, Role.READER.value], error="Must be 1 (admin) or 2.")
 
 
 class UserSchema(Schema):
@@ -192,7 +103,9 @@ class UserSchema(Schema):
     fullname = fields.String(metadata={"example": "arnoldo"})
     username = fields.String(metadata={"example": "marado"})
     email = fields.String(metadata={"example": "josuecevedo@xd.com"})
-    rol = fields.Integer(metadata={"example": 2, "description": "1 = admin, 2 = read-only."})
+    role = fields.Integer(
+        data_key="rol", metadata={"example": 2, "description": "1 = admin, 2 = read-only."}
+    )
     created_at = fields.DateTime(format="iso")
     updated_at = fields.DateTime(format="iso")
 
@@ -200,7 +113,11 @@ class UserSchema(Schema):
 def password_field(**kwargs) -> fields.String:
     return fields.String(
         load_only=True,
-        validate=validate.Length(min=8, max=1024, error="Must be 8 to 1024 characters."),
+        validate=validate.Length(
+            min=MIN_PASSWORD_LENGTH,
+            max=MAX_PASSWORD_LENGTH,
+            error=f"Must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters.",
+        ),
         **kwargs,
     )
 
@@ -220,7 +137,9 @@ class UserCreateSchema(Schema):
     password = password_field(required=True, metadata={"example": "cheutere"})
     username = username_field(required=True, metadata={"example": "marado"})
     email = LowerEmail(required=True, metadata={"example": "josuecevedo@xd.com"})
-    rol = Count(load_default=Role.ANONYMOUS.value, validate=ROLES, metadata={"example": 2})
+    role = Count(
+        data_key="rol", load_default=Role.READER.value, validate=ROLES, metadata={"example": 2}
+    )
 
 
 class UserUpdateSchema(Schema):
@@ -228,7 +147,7 @@ class UserUpdateSchema(Schema):
     password = password_field()
     username = username_field()
     email = LowerEmail()
-    rol = Count(validate=ROLES, metadata={"example": 1})
+    role = Count(data_key="rol", validate=ROLES, metadata={"example": 1})
 
 
 # ---------------------------------------------------------------- notifications
@@ -296,8 +215,11 @@ class StatsQuerySchema(Schema):
 
 class TopQuerySchema(StatsQuerySchema):
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
-    viewer = fields.String(
-        load_default="all", validate=validate.OneOf(["all", "anonymous", "registered"])
+    # Whose views rank the products ("viewer" on the wire).
+    audience = fields.String(
+        data_key="viewer",
+        load_default="all",
+        validate=validate.OneOf(["all", "anonymous", "registered"]),
     )
 
 

@@ -43,7 +43,7 @@ def run(ctx) -> list[Result]:
             username="known",
             email="known@example.com",
             password="the-right-password",
-            rol=1,
+            role=1,
         )
         db.session.commit()
     client = app.test_client()

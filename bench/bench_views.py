@@ -317,10 +317,10 @@ def fill_views(database: str, rows: int, first_day: date) -> dict:
         cur.execute(BULK_SESSION)
         cur.execute(
             "INSERT INTO users (fullname, username, email, username_key, email_key,"
-            " password_hash, rol, active, token_version, created_at, updated_at)"
+            " password_hash, rol, token_version, created_at, updated_at)"
             " SELECT CONCAT('Reader ', seq), CONCAT('reader', seq),"
             " CONCAT('reader', seq, '@example.com'), CONCAT('reader', seq),"
-            " CONCAT('reader', seq, '@example.com'), '!', 2, 1, 1, NOW(6), NOW(6)"
+            " CONCAT('reader', seq, '@example.com'), '!', 2, 1, NOW(6), NOW(6)"
             f" FROM seq_1_to_{REGISTERED_USERS}"
         )
         cur.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM products")

@@ -13,6 +13,7 @@ import subprocess
 import time
 from datetime import timedelta
 from decimal import Decimal
+from unittest.mock import patch
 
 import pytest
 import redis
@@ -24,6 +25,7 @@ from app.auth import issue_token
 from app.config import TestConfig, database_url
 from app.extensions import db
 from app.models import Product, Role, User
+from app.services import accounts
 from app.services.passwords import hash_password
 
 PASSWORD = "correct-horse-42"
@@ -78,49 +80,47 @@ def runner(app):
     return app.test_cli_runner()
 
 
-@pytest.fixture(scope="session")
-def password_hash() -> str:
-    return hash_password(PASSWORD)
-
-
 class Factory:
-    """Makes rows directly (no HTTP) and tokens for them."""
+    """Makes users (through the accounts service) and products, and tokens for the users."""
 
     def __init__(self, app, password_hash: str):
         self.app = app
         self.password_hash = password_hash
         self.counter = 0
 
-    def user(self, rol: int = Role.ADMIN, email: str | None = None, **fields) -> dict:
+    def user(
+        self, role: int = Role.ADMIN, email: str | None = None, deleted: bool = False, **fields
+    ) -> dict:
         self.counter += 1
-        email = email or f"user{self.counter}@example.com"
-        username = fields.pop("username", f"user{self.counter}")
-        with self.app.app_context():
-            user = User(
+        # The service hashes every password (0.1 s of argon2 each): reuse one real hash of
+        # PASSWORD, so logins still verify it for real.
+        with (
+            self.app.app_context(),
+            patch.object(accounts, "hash_password", return_value=self.password_hash),
+        ):
+            user = accounts.create_user(
                 fullname=fields.pop("fullname", f"User {self.counter}"),
-                username=username,
-                username_key=username.lower(),
-                email=email.lower(),
-                email_key=email.lower(),
-                password_hash=self.password_hash,
-                rol=rol,
-                **fields,
+                username=fields.pop("username", f"user{self.counter}"),
+                email=email or f"user{self.counter}@example.com",
+                password=PASSWORD,
+                role=role,
             )
-            db.session.add(user)
+            if deleted:
+                user.soft_delete()
             db.session.commit()
             return {
                 "id": user.id,
                 "email": user.email,
-                "rol": user.rol,
+                "role": user.role,
                 "token": issue_token(user),
                 "headers": self.headers(user),
             }
 
     def admin(self, **kwargs) -> dict:
-        return self.user(rol=Role.ADMIN, **kwargs)
+        return self.user(role=Role.ADMIN, **kwargs)
 
     def reader(self, **kwargs) -> dict:
-        return self.user(rol=Role.ANONYMOUS, **kwargs)
+        return self.user(role=Role.READER, **kwargs)
 
     @staticmethod
     def headers(user: User) -> dict:
@@ -139,6 +139,7 @@ class Factory:
         return {"Authorization": f"Bearer {token}"}
 
     def product(self, sku: str | None = None, **fields) -> dict:
+        """A product already in the catalog: no change announced, so no admin is emailed."""
         self.counter += 1
         sku = sku or f"sku-{self.counter}"
         values = {
@@ -148,9 +149,14 @@ class Factory:
             "quantity": 1,
         } | fields
         with self.app.app_context():
-            db.session.add(Product(sku=sku, sku_key=sku.lower(), **values))
+            db.session.add(Product(sku=sku, **values))  # the model derives sku_key
             db.session.commit()
         return {"sku": sku, **values}
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    return hash_password(PASSWORD)
 
 
 @pytest.fixture

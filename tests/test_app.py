@@ -1,5 +1,6 @@
 """The application factory: configuration, errors and the published API description."""
 
+import ast
 import secrets
 from pathlib import Path
 
@@ -242,3 +243,54 @@ def test_openapi_describes_the_routes_and_bearer_auth(client):
     }
     assert spec["paths"]["/api/users"]["get"]["security"] == [{"bearerAuth": []}]
     assert spec["paths"]["/users/login"]["post"]["security"] == []
+
+
+def loaded_nodes(node: ast.AST):
+    """Every node run when the module loads or a function runs, except TYPE_CHECKING blocks."""
+    if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        return
+    yield node
+    for child in ast.iter_child_nodes(node):
+        yield from loaded_nodes(child)
+
+
+def app_imports() -> dict[str, set[str]]:
+    """Module -> the app modules it imports when loaded (imports for type checkers left out)."""
+    root = Path(settings.__file__).resolve().parent
+    modules = {
+        ".".join(("app", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        for path in root.rglob("*.py")
+    }
+    graph = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(("app", *path.relative_to(root).with_suffix("").parts))
+        found: set[str] = set()
+        for node in loaded_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                subs = {f"{node.module}.{alias.name}" for alias in node.names}
+                found |= (subs & modules) or {node.module}
+        graph[name.removesuffix(".__init__")] = (found & modules) - {name}
+    return graph
+
+
+def test_the_app_modules_import_one_another_without_a_cycle():
+    graph = app_imports()
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, "import cycle: " + " -> ".join((*path, module))
+        if module not in done:
+            for imported in graph[module]:
+                visit(imported, (*path, module))
+            done.add(module)
+
+    for module in graph:
+        visit(module, ())
+
+
+def test_errors_and_config_import_nothing_that_touches_the_database():
+    graph = app_imports()
+    assert graph["app.errors"] == set()
+    assert graph["app.config"] == set()

@@ -31,7 +31,7 @@ def test_create_admin_makes_an_admin_who_can_log_in(runner, client, rows):
     assert user.email == "ops@example.com"
     assert user.username == "ops"
     assert user.fullname == "Ops Team"
-    assert user.rol == Role.ADMIN
+    assert user.role == Role.ADMIN
     response = login(client, "ops@example.com", "ops-password-1")
     assert response.status_code == 200
     headers = {"Authorization": f"Bearer {response.get_json()['Token']}"}
@@ -62,7 +62,7 @@ def test_create_admin_promotes_an_existing_reader(runner, client, reader, rows):
     assert result.exit_code == 0, result.output
     [user] = rows(User)
     assert user.id == reader["id"]
-    assert user.rol == Role.ADMIN
+    assert user.role == Role.ADMIN
     assert login(client, "reader@example.com", "promoted-pass").status_code == 200
 
 
@@ -98,7 +98,7 @@ def test_ensure_admin_on_an_empty_database_prints_a_working_password(app, runner
     password = generated_password(result.output)
     assert result.output.count(password) == 1
     [user] = rows(User)
-    assert (user.email, user.rol) == ("admin@example.com", Role.ADMIN)
+    assert (user.email, user.role) == ("admin@example.com", Role.ADMIN)
     assert login(client, "admin@example.com", password).status_code == 200
 
 
@@ -136,7 +136,7 @@ def test_ensure_admin_uses_the_configured_email_and_password(app, runner, client
     assert "shown only once" not in result.output
     assert "owner-password-1" not in result.output
     [user] = rows(User)
-    assert (user.email, user.rol) == ("owner@shop.example", Role.ADMIN)
+    assert (user.email, user.role) == ("owner@shop.example", Role.ADMIN)
     assert login(client, "owner@shop.example", "owner-password-1").status_code == 200
 
 
@@ -150,5 +150,5 @@ def test_ensure_admin_promotes_a_reader_with_the_configured_email(
 
     assert result.exit_code == 0, result.output
     [user] = rows(User)
-    assert (user.id, user.rol) == (reader["id"], Role.ADMIN)
+    assert (user.id, user.role) == (reader["id"], Role.ADMIN)
     assert login(client, "reader@example.com", "now-an-admin-1").status_code == 200

@@ -110,7 +110,7 @@ def test_every_route_keeps_the_contract(app, api_schema, admin):
         # admin again and sign a fresh token, so no call is refused for a stale one.
         with app.app_context():
             user = db.session.get(User, admin["id"])
-            user.rol, user.active = Role.ADMIN, True
+            user.role, user.deleted_at = Role.ADMIN, None
             db.session.commit()
             return {"Authorization": f"Bearer {issue_token(user)}"}
 

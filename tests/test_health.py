@@ -38,7 +38,7 @@ def test_deploy_upgrade_migrates_and_creates_the_first_admin_once(app, runner, r
     second = runner.invoke(args=["deploy", "upgrade"])
     assert second.exit_code == 0, second.output
     assert "An admin account exists already." in second.output
-    assert [u.email for u in rows(User, User.rol == Role.ADMIN)] == ["ops@example.com"]
+    assert [u.email for u in rows(User, User.role == Role.ADMIN)] == ["ops@example.com"]
 
 
 def _kill_pooled_connection(app) -> None:

@@ -51,7 +51,7 @@ def ses(app, monkeypatch):
 def admins(make):
     """Three active admins, plus a deleted admin and a reader who must never be emailed."""
     people = [make.admin(email=f"admin{n}@example.com", fullname=f"Admin {n}") for n in (1, 2, 3)]
-    make.admin(email="gone@example.com", active=False)
+    make.admin(email="gone@example.com", deleted=True)
     make.reader(email="reader@example.com")
     return people
 

@@ -9,6 +9,7 @@ import jwt as pyjwt
 import pytest
 from limits import parse
 
+from app.models import User
 from tests.conftest import PASSWORD
 
 WRONG = {"email": "admin@example.com", "password": "not-the-password"}
@@ -119,7 +120,8 @@ def test_a_token_signed_with_another_key_is_refused(client, admin):
     assert response.status_code == 401
 
 
-def test_tokens_carry_no_password_material(client, admin, password_hash):
+def test_tokens_carry_no_password_material(client, admin, rows):
+    password_hash = rows(User, User.id == admin["id"])[0].password_hash
     claims = pyjwt.decode(admin["token"], options={"verify_signature": False})
     text = json.dumps(claims)
     assert PASSWORD not in text and password_hash not in text and "argon2" not in text

@@ -31,7 +31,7 @@ def login(client, email, password):
 
 
 def live_users(rows):
-    return rows(User, User.active.is_(True))
+    return rows(User, User.is_active)
 
 
 # ---------------------------------------------------------------- reading
@@ -194,7 +194,7 @@ def test_put_rol_1_promotes_a_reader_who_can_then_create_a_product(client, admin
 
     assert response.status_code == 200
     assert public(response.get_json())["rol"] == 1
-    assert rows(User, User.id == reader["id"])[0].rol == Role.ADMIN
+    assert rows(User, User.id == reader["id"])[0].role == Role.ADMIN
 
     token = login(client, "reader@example.com", "correct-horse-42").get_json()["Token"]
     product = {"sku": "zap-1", "name": "zapatos", "price": 300, "mark": "chabelo", "quantity": 5}
@@ -265,8 +265,8 @@ def test_the_last_admin_cannot_be_deleted(client, admin, reader, rows):
     assert response.status_code == 409
     assert "last active admin" in response.get_json()["message"]
     [stored] = rows(User, User.id == admin["id"])
-    assert stored.active
-    assert stored.rol == Role.ADMIN
+    assert stored.is_active
+    assert stored.role == Role.ADMIN
     assert client.get("/api/users", headers=admin["headers"]).status_code == 200
 
 
@@ -277,7 +277,7 @@ def test_the_last_admin_cannot_be_demoted(client, admin, reader, rows, method):
     response = send(f"/api/users/{admin['id']}", json={"rol": 2}, headers=admin["headers"])
 
     assert response.status_code == 409
-    assert rows(User, User.id == admin["id"])[0].rol == Role.ADMIN
+    assert rows(User, User.id == admin["id"])[0].role == Role.ADMIN
     assert client.get("/api/users", headers=admin["headers"]).status_code == 200
 
 
@@ -298,7 +298,7 @@ def test_with_two_admins_one_can_be_demoted(client, admin, make, rows):
     response = client.patch(f"/api/users/{other['id']}", json={"rol": 2}, headers=admin["headers"])
 
     assert response.status_code == 200
-    assert rows(User, User.id == other["id"])[0].rol == Role.ANONYMOUS
+    assert rows(User, User.id == other["id"])[0].role == Role.READER
 
 
 def test_a_deleted_user_cannot_be_changed_or_deleted_again(client, admin, reader):
@@ -336,11 +336,11 @@ def test_unknown_user_id_is_404(client, admin, method):
 def test_readers_and_anonymous_cannot_manage_users(client, admin, reader, rows, method, path):
     send = getattr(client, method)
     kwargs = {"json": SEED_USER} if method in ("post", "put") else {}
-    before = [(u.id, u.rol, u.active) for u in rows(User)]
+    before = [(u.id, u.role, u.is_active) for u in rows(User)]
 
     assert send(path, **kwargs).status_code == 401
     assert send(path, headers=reader["headers"], **kwargs).status_code == 403
-    assert [(u.id, u.rol, u.active) for u in rows(User)] == before
+    assert [(u.id, u.role, u.is_active) for u in rows(User)] == before
 
 
 def test_two_admins_demoting_each_other_at_once_leave_one_admin(app, make, rows):
@@ -360,7 +360,7 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(app, make, rows)
             user = db.session.get(User, target_id)
             start.wait()
             try:
-                accounts.update_user(user, {"rol": Role.ANONYMOUS})
+                accounts.update_user(user, {"role": Role.READER})
                 db.session.commit()
                 outcomes.append("demoted")
             except RuleError:
@@ -373,4 +373,4 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(app, make, rows)
     for thread in threads:
         thread.join(60)
     assert sorted(outcomes) == ["demoted", "refused"]
-    assert len(rows(User, User.rol == Role.ADMIN, User.active.is_(True))) == 1
+    assert len(rows(User, User.role == Role.ADMIN, User.is_active)) == 1

@@ -7,7 +7,7 @@ from flask_smorest import abort
 from app.auth import issue_token
 from app.errors import ErrorSchema
 from app.extensions import db
-from app.rest import Blueprint
+from app.openapi import Blueprint
 from app.schemas import LoginSchema, TokenSchema
 from app.services.accounts import authenticate
 

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.extensions import db
-from app.rest import Blueprint
+from app.openapi import Blueprint
 
 log = logging.getLogger(__name__)
 

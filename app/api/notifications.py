@@ -5,8 +5,8 @@ from sqlalchemy import select
 
 from app.auth import BEARER, admin_required
 from app.models import Notification
+from app.openapi import Blueprint
 from app.pagination import page_of
-from app.rest import Blueprint
 from app.schemas import NotificationQuerySchema, NotificationSchema
 
 blp = Blueprint(

@@ -6,9 +6,9 @@ from flask_jwt_extended import current_user
 from flask_smorest import abort
 
 from app import conditional
-from app.auth import BEARER, PUBLIC, admin_required, token_optional, viewer
+from app.auth import BEARER, PUBLIC, admin_required, optional_user, token_optional
 from app.errors import ErrorSchema
-from app.rest import Blueprint
+from app.openapi import Blueprint
 from app.schemas import (
     ProductCreateSchema,
     ProductQuerySchema,
@@ -119,7 +119,7 @@ class ProductsBySku(MethodView):
         """Read one product (each read, 200 or 304, is counted in its statistics)."""
         product = get_or_404(sku)
         if request.method == "GET":  # HEAD is not a consultation
-            reader = viewer()
+            reader = optional_user()
             tracking.record_view(product.id, reader.id if reader else None)
         if conditional.not_modified(product):
             return Response(status=304, headers=conditional.headers(product))

@@ -11,7 +11,7 @@ from flask_smorest import abort
 
 from app.auth import BEARER, admin_required
 from app.errors import ErrorSchema
-from app.rest import Blueprint
+from app.openapi import Blueprint
 from app.schemas import (
     ProductStatsSchema,
     StatsQuerySchema,
@@ -95,7 +95,7 @@ class TopProducts(MethodView):
     @blp.response(200, TopProductSchema(many=True))
     def get(self, query):
         """The most viewed products in a range, most viewed first (admin)."""
-        top = tracking.top_products(query["start"], query["end"], query["limit"], query["viewer"])
+        top = tracking.top_products(query["start"], query["end"], query["limit"], query["audience"])
         if not wants_csv(query):
             return top
         fields = ["sku", "name", "views", "anonymous_views", "registered_views"]

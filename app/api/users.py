@@ -8,8 +8,8 @@ from sqlalchemy import select
 from app.auth import BEARER, admin_required
 from app.errors import ErrorSchema
 from app.models import User
+from app.openapi import Blueprint
 from app.pagination import page_of
-from app.rest import Blueprint
 from app.schemas import UserCreateSchema, UserSchema, UserUpdateSchema
 from app.services import accounts
 from app.writes import writes
@@ -69,7 +69,7 @@ class Users(MethodView):
     @blp.paginate()
     def get(self, pagination_parameters):
         """List active users (admin)."""
-        live = select(User).where(User.active.is_(True)).order_by(User.id)
+        live = select(User).where(User.is_active).order_by(User.id)
         return page_of(live, pagination_parameters)
 
     @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 
 from app.extensions import db
-from app.models import Role, User, utcnow
+from app.models import Role, User
 from app.services import RuleError
 from app.services.passwords import hash_password, verify_password
 
 
 def find_user(user_id: int) -> User | None:
     user = db.session.get(User, user_id)
-    return user if user is not None and user.active else None
+    return user if user is not None and user.is_active else None
 
 
 def lock_user(user_id: int) -> User | None:
@@ -36,7 +36,7 @@ def lock_user(user_id: int) -> User | None:
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    return user if user is not None and user.active else None
+    return user if user is not None and user.is_active else None
 
 
 def find_by_email(email: str) -> User | None:
@@ -56,17 +56,15 @@ def _ensure_free(email: str | None, username: str | None, exclude: User | None =
 
 
 def create_user(
-    *, fullname: str, username: str, email: str, password: str, rol: int = Role.ANONYMOUS
+    *, fullname: str, username: str, email: str, password: str, role: int = Role.READER
 ) -> User:
     _ensure_free(email, username)
     user = User(
         fullname=fullname,
         username=username,
-        username_key=username.lower(),
-        email=email.lower(),
-        email_key=email.lower(),
+        email=email,
         password_hash=hash_password(password),
-        rol=int(rol),
+        role=int(role),
     )
     db.session.add(user)
     db.session.flush()
@@ -75,7 +73,7 @@ def create_user(
 
 def _active_admin_ids_locked() -> list[int]:
     """Active admins, locked so two concurrent demotions or deletions cannot both pass."""
-    admins = (User.rol == Role.ADMIN, User.active.is_(True))
+    admins = (User.role == Role.ADMIN, User.is_active)
     if db.engine.dialect.name == "sqlite":
         # SQLite has no row locks and pysqlite begins a transaction at the first write:
         # a write that changes nothing takes the database's write lock first, so the
@@ -90,7 +88,7 @@ def _active_admin_ids_locked() -> list[int]:
 
 
 def _guard_last_admin(user: User, action: str) -> None:
-    if user.rol != Role.ADMIN or not user.active:
+    if user.role != Role.ADMIN or not user.is_active:
         return
     if _active_admin_ids_locked() == [user.id]:
         raise RuleError(409, f"The last active admin cannot be {action}.")
@@ -98,21 +96,16 @@ def _guard_last_admin(user: User, action: str) -> None:
 
 def update_user(user: User, changes: dict) -> User:
     _ensure_free(changes.get("email"), changes.get("username"), exclude=user)
-    if "rol" in changes and changes["rol"] != user.rol:
-        if changes["rol"] != Role.ADMIN:
+    if "role" in changes and changes["role"] != user.role:
+        if changes["role"] != Role.ADMIN:
             _guard_last_admin(user, "demoted")
         user.token_version += 1
     if "password" in changes:
         user.password_hash = hash_password(changes["password"])
         user.token_version += 1
-    for field in ("fullname", "rol"):
+    for field in ("fullname", "role", "username", "email"):
         if field in changes:
             setattr(user, field, changes[field])
-    if "username" in changes:
-        user.username = changes["username"]
-        user.username_key = changes["username"].lower()
-    if "email" in changes:
-        user.email = user.email_key = changes["email"].lower()
     db.session.flush()  # the answer is built from the flushed row (updated_at)
     return user
 
@@ -120,18 +113,14 @@ def update_user(user: User, changes: dict) -> User:
 def delete_user(user: User) -> None:
     """Soft delete: the row stays for history, its email and username become free again."""
     _guard_last_admin(user, "deleted")
-    user.active = False
-    user.deleted_at = utcnow()
-    user.email_key = None
-    user.username_key = None
-    user.token_version += 1
+    user.soft_delete()
 
 
 def authenticate(email: str, password: str) -> User | None:
     """The active user with these credentials, or None (same cost either way)."""
     user = find_by_email(email)
     ok, new_hash = verify_password(password, user.password_hash if user else None)
-    if not ok or user is None or not user.active:
+    if not ok or user is None or not user.is_active:
         return None
     if new_hash:
         user.password_hash = new_hash
@@ -155,26 +144,30 @@ def username_from_email(email: str) -> str:
 
 def admin_count() -> int:
     return db.session.scalar(
-        select(func.count()).select_from(User).where(User.rol == Role.ADMIN, User.active.is_(True))
+        select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.is_active)
+    )
+
+
+def make_admin(
+    email: str, password: str, *, fullname: str = "Administrator", username: str | None = None
+) -> User:
+    """Promote the account with this email and set its password, or create a new admin."""
+    existing = find_by_email(email)
+    if existing is not None:
+        return update_user(existing, {"role": Role.ADMIN, "password": password})
+    return create_user(
+        fullname=fullname,
+        username=username or username_from_email(email),
+        email=email,
+        password=password,
+        role=Role.ADMIN,
     )
 
 
 def ensure_first_admin(email: str | None, password: str | None) -> FirstAdmin | None:
-    """Create an admin when none exists; a generated password is returned to be shown once."""
+    """Make an admin when none exists; a generated password is returned to be shown once."""
     if admin_count():
         return None
     email = (email or "admin@example.com").strip().lower()
     generated = None if password else secrets.token_urlsafe(12)
-    existing = find_by_email(email)
-    if existing is not None:
-        # A registered account with that email exists: promote it rather than collide.
-        update_user(existing, {"rol": Role.ADMIN, "password": password or generated})
-        return FirstAdmin(existing, generated)
-    user = create_user(
-        fullname="Administrator",
-        username=username_from_email(email),
-        email=email,
-        password=password or generated,
-        rol=Role.ADMIN,
-    )
-    return FirstAdmin(user, generated)
+    return FirstAdmin(make_admin(email, password or generated), generated)

@@ -7,8 +7,8 @@ from decimal import Decimal
 from sqlalchemy import func, select, update
 
 from app.extensions import db
-from app.models import Product, User, utcnow
-from app.schemas import json_number
+from app.fields import json_number
+from app.models import Product, User
 from app.services import RuleError, notifications
 from app.services.notifications import Change
 
@@ -64,13 +64,11 @@ def find_product_with_history(sku: str) -> Product | None:
 def create_product(data: dict, actor: User | None) -> Change:
     if find_product(data["sku"]) is not None:
         raise RuleError(409, f"A product with sku {data['sku']!r} already exists.", "sku")
-    product = Product(
-        sku=data["sku"], sku_key=data["sku"].lower(), **{field: data[field] for field in EDITABLE}
-    )
+    product = Product(sku=data["sku"], **{field: data[field] for field in EDITABLE})
     db.session.add(product)
     db.session.flush()
     snapshot = {field: [None, _plain(getattr(product, field))] for field in EDITABLE}
-    return _record(Change(product, "created", actor, snapshot))
+    return _notify_admins(Change(product, "created", actor, snapshot))
 
 
 def update_product(product: Product, data: dict, actor: User | None) -> Change | None:
@@ -87,20 +85,19 @@ def update_product(product: Product, data: dict, actor: User | None) -> Change |
         return None
     product.version += 1
     db.session.flush()
-    return _record(Change(product, "updated", actor, diff))
+    return _notify_admins(Change(product, "updated", actor, diff))
 
 
 def delete_product(product: Product, actor: User | None) -> Change:
     """Soft delete: the row keeps its history; the sku can be used again."""
     snapshot = {field: [_plain(getattr(product, field)), None] for field in EDITABLE}
-    product.deleted_at = utcnow()
-    product.sku_key = None
+    product.soft_delete()
     product.version += 1
     db.session.flush()
-    return _record(Change(product, "deleted", actor, snapshot))
+    return _notify_admins(Change(product, "deleted", actor, snapshot))
 
 
-def _record(change: Change) -> Change:
+def _notify_admins(change: Change) -> Change:
     """Every committed change emails the admins: the rows join the change's transaction."""
     notifications.notify(change)
     return change

@@ -34,7 +34,7 @@ class Change:
 
 
 def recipients(actor: User | None) -> list[User]:
-    query = select(User).where(User.rol == Role.ADMIN, User.active.is_(True)).order_by(User.id)
+    query = select(User).where(User.role == Role.ADMIN, User.is_active).order_by(User.id)
     admins = list(db.session.scalars(query))
     if actor is not None and not current_app.config["NOTIFY_ACTOR"]:
         admins = [admin for admin in admins if admin.id != actor.id]

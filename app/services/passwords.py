@@ -2,6 +2,9 @@
 
 from passlib.context import CryptContext
 
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+
 # argon2's parameters are the library's current defaults; hashes made with older
 # parameters are upgraded on the next successful login.
 _context = CryptContext(schemes=["argon2"], deprecated="auto")

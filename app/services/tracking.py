@@ -235,11 +235,11 @@ def product_stats(product: Product, start: date, end: date) -> dict:
     }
 
 
-def top_products(start: date, end: date, limit: int, viewer: str) -> list[dict]:
+def top_products(start: date, end: date, limit: int, audience: str) -> list[dict]:
     """The most viewed skus in the range (a deleted and re-created sku counts once)."""
     anon = func.sum(DailyProductViews.anonymous_views)
     reg = func.sum(DailyProductViews.registered_views)
-    rank = {"all": anon + reg, "anonymous": anon, "registered": reg}[viewer]
+    rank = {"all": anon + reg, "anonymous": anon, "registered": reg}[audience]
     sku = func.min(Product.sku)  # one spelling per group; the group is case-insensitive
     query = (
         select(sku.label("sku"), anon.label("anon"), reg.label("reg"))

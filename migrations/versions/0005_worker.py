@@ -1,7 +1,7 @@
 """worker: views stream ids, email outcomes, versions, idempotency
 
 Revision ID: 0005_worker
-Revises: 0003_views
+Revises: 0004_users_deleted_at
 Create Date: 2026-12-02 02:56:55.969471
 
 """
@@ -14,7 +14,7 @@ UTC_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mysql', 'maria
 
 # revision identifiers, used by Alembic.
 revision = '0005_worker'
-down_revision = '0003_views'
+down_revision = '0004_users_deleted_at'
 branch_labels = None
 depends_on = None
 

@@ -14,10 +14,11 @@ from urllib.parse import urlencode
 
 import flask_smorest
 from flask import request
-from webargs import core
+from marshmallow import missing
 from webargs.flaskparser import FlaskParser, abort
 
 from app.errors import ErrorSchema, error_payload
+from app.fields import Price, price_properties
 
 MAX_JSON_DEPTH = 32
 
@@ -59,19 +60,18 @@ def load_json_body(raw: bytes):
 
 
 class Parser(FlaskParser):
-    def _raw_load_json(self, req):
+    """webargs' parser with the service's JSON decoding, through its public ``load_json``."""
+
+    def load_json(self, req, schema):
         raw = req.get_data(cache=True)
         if not raw:
-            return core.missing
+            return missing
         if not req.is_json:
             abort(415, message="Send the body as JSON with 'Content-Type: application/json'.")
         try:
             return load_json_body(raw)
         except ValueError as exc:
             abort(400, message=str(exc), messages={"json": [str(exc)]})
-
-    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
-        abort(400, message="The body is not valid JSON.", messages={"json": ["Invalid JSON body."]})
 
 
 class Blueprint(flask_smorest.Blueprint):
@@ -118,6 +118,14 @@ class Blueprint(flask_smorest.Blueprint):
 
 class Api(flask_smorest.Api):
     ERROR_SCHEMA = ErrorSchema
+
+    def init_app(self, app, *args, **kwargs):
+        super().init_app(app, *args, **kwargs)
+        self.register_field(Price, "number", None)
+        self.ma_plugin.converter.add_attribute_function(price_properties)
+        self.spec.components.security_scheme(
+            "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        )
 
     def handle_http_exception(self, error):
         payload, headers = error_payload(error)

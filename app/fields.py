@@ -1,0 +1,98 @@
+"""Field types of the API: exact money, strict counts, trimmed text, lowercased emails."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from marshmallow import ValidationError, fields, validate
+
+MAX_PRICE = Decimal("9999999999.99")
+MAX_QUANTITY = 2_147_483_647
+CENT = Decimal("0.01")
+
+
+def json_number(value: Decimal) -> int | float:
+    """A money amount as JSON shows it: 300, 19.99 (never "300.00")."""
+    value = Decimal(value)
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+class Price(fields.Field):
+    """Exact money: a JSON number with at most two decimal places, returned as a number.
+
+    In a query string (``from_text=True``) the number arrives as text.
+    """
+
+    def __init__(self, *, from_text: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.from_text = from_text
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if self.from_text and isinstance(value, str):
+            try:
+                value = Decimal(value.strip())
+            except InvalidOperation as exc:
+                raise ValidationError("Must be a number, for example 300 or 19.99.") from exc
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+            raise ValidationError("Must be a number, for example 300 or 19.99.")
+        try:
+            amount = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+        except InvalidOperation as exc:
+            raise ValidationError("Must be a number, for example 300 or 19.99.") from exc
+        if not amount.is_finite():
+            raise ValidationError("Must be a finite number.")
+        if amount < 0:
+            raise ValidationError("Must be 0 or more.")
+        if amount > MAX_PRICE:
+            raise ValidationError(f"Must be at most {MAX_PRICE}.")
+        if amount != amount.quantize(CENT):
+            raise ValidationError("Must have at most two decimal places.")
+        return amount.quantize(CENT)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else json_number(value)
+
+
+def price_properties(self, field, **kwargs) -> dict:
+    """OpenAPI for Price: a number of cents, 0 to MAX_PRICE (apispec attribute function)."""
+    if isinstance(field, Price):
+        return {"minimum": 0, "maximum": float(MAX_PRICE), "multipleOf": 0.01}
+    return {}
+
+
+class Count(fields.Integer):
+    """A whole number given as a JSON integer (not 5.0, not true)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("validate", validate.Range(min=0, max=MAX_QUANTITY))
+        super().__init__(strict=True, **kwargs)
+
+    def _validated(self, value):
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class Text(fields.String):
+    """A string with surrounding spaces removed."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs).strip()
+
+
+class LowerEmail(fields.Email):
+    """An email address, lowercased; at most 254 characters (RFC 5321, the column's size)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(validate=validate.Length(max=254), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return (
+            super()
+            ._deserialize(value.strip() if isinstance(value, str) else value, attr, data, **kwargs)
+            .lower()
+        )
+
+
+def text(max_length: int, **kwargs) -> Text:
+    return Text(validate=validate.Length(min=1, max=max_length), **kwargs)
