@@ -6,9 +6,10 @@ import logging
 
 from flask import Flask
 
-from app import auth, cli, database, errors, extensions, security, streams
+from app import auth, cli, database, errors, extensions, metrics, security, streams
 from app.api import auth as login
 from app.api import docs, health, notifications, products, stats, users
+from app.api import metrics as metrics_api
 from app.config import INSTANCE_DIR, Config, config_for_environment
 from app.services import notifications as notification_rows
 
@@ -39,6 +40,7 @@ def register_extensions(app: Flask) -> None:
     auth.init_app(app)
     extensions.openapi.init_app(app)
     security.init_app(app)
+    metrics.init_app(app)
     streams.init_app(app)
     notification_rows.init_app(app)
 
@@ -47,6 +49,7 @@ def register_blueprints(app: Flask) -> None:
     for module in (login, products, users, notifications, stats, health):
         extensions.openapi.register_blueprint(module.blp)
     app.register_blueprint(docs.blp)
+    app.register_blueprint(metrics_api.blp)
 
 
 def register_errorhandlers(app: Flask) -> None:

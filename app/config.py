@@ -172,6 +172,8 @@ class Config:
             env_str("LOGIN_ACCOUNT_FAILURES_LIMIT") or "50 per minute"
         )
         self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI") or "memory://"
+        # GET /metrics answers loopback and private addresses, or this bearer token.
+        self.METRICS_TOKEN = env_str("METRICS_TOKEN")
         self.CORS_ORIGINS = [
             origin.strip()
             for origin in (env_str("CORS_ORIGINS") or "").split(",")

@@ -14,6 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from app import metrics
 from app.commits import CommitUnconfirmed
 from app.errors import error_response
 from app.extensions import db, migrate
@@ -59,6 +60,7 @@ def database_unavailable(error: OperationalError):
         db.session.rollback()
     except OperationalError:
         db.session.close()
+    metrics.DATABASE_ERRORS.inc()
     log.error("database unavailable: %s", error.orig)
     response = error_response(503, "The database is unavailable; try again shortly.")
     response.headers["Retry-After"] = "5"
@@ -66,6 +68,7 @@ def database_unavailable(error: OperationalError):
 
 
 def commit_unconfirmed(error: CommitUnconfirmed):
+    metrics.DATABASE_ERRORS.inc()
     db.session.close()
     response = error_response(
         503,

@@ -1,14 +1,48 @@
-"""Counters of what the service did, in the Prometheus data model (prometheus_client).
+"""What the service did and how it stands, in the Prometheus format (prometheus_client).
 
-Under uWSGI every process counts for itself; with ``PROMETHEUS_MULTIPROC_DIR`` set
-(the Docker image sets it) prometheus_client keeps the counts in files there, so one
-scrape adds every worker's up.
+Counters and histograms are kept by each process. Under uWSGI, with
+``PROMETHEUS_MULTIPROC_DIR`` set (the image's entrypoint sets it and empties it at each
+start), prometheus_client keeps them in files there, so one scrape adds every web
+worker's and the worker process's counts up. The state of the outbox and of the views
+stream is read when scraped (``StateCollector``), once per scrape.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import os
+import time
 
+from flask import Flask, g, request
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+REQUESTS = Counter(
+    "marketplace_http_requests_total",
+    "HTTP requests answered, by route template, method and status.",
+    ["route", "method", "status"],
+)
+LATENCY = Histogram(
+    "marketplace_http_request_duration_seconds",
+    "Time to answer, by route template and method.",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LOGIN_FAILURES = Counter(
+    "marketplace_login_failures_total", "Logins refused for a wrong email or password."
+)
+LOGIN_LIMITED = Counter(
+    "marketplace_login_limited_total", "Logins refused with 429 (too many failures)."
+)
+DATABASE_ERRORS = Counter(
+    "marketplace_database_errors_total",
+    "Requests answered 503 because the database failed (unreachable, timed out, locked).",
+)
 VIEWS_RECORDED = Counter(
     "marketplace_views_recorded_total",
     "Product views recorded, by path: stream (Redis) or direct (database).",
@@ -32,3 +66,75 @@ COMMITS_UNCONFIRMED = Counter(
     "Writes whose commit the database did not confirm, by what the check then found.",
     ["found"],
 )
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_start_timer)
+    app.after_request(_count)
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _count(response):
+    started = g.pop("metrics_started", None)
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    if started is not None:
+        LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+class StateCollector:
+    """Gauges read when scraped: the outbox by status, its oldest pending email, the
+    views stream's length and what its consumers have not acknowledged yet."""
+
+    def __init__(self, read_state):
+        self.read_state = read_state
+
+    def collect(self):
+        state = self.read_state()
+        statuses = GaugeMetricFamily(
+            "marketplace_notifications", "Emails in the outbox, by status.", labels=["status"]
+        )
+        for status, count in state["notifications"].items():
+            statuses.add_metric([status], count)
+        yield statuses
+        yield GaugeMetricFamily(
+            "marketplace_notifications_oldest_pending_seconds",
+            "Age of the oldest email still pending (0 when none).",
+            value=state["oldest_pending_seconds"],
+        )
+        if state.get("stream") is not None:
+            stream = state["stream"]
+            yield GaugeMetricFamily(
+                "marketplace_views_stream_length", "Entries in the views stream.", stream["length"]
+            )
+            yield GaugeMetricFamily(
+                "marketplace_views_stream_lag",
+                "Views in the stream the worker has not read yet (consumer lag).",
+                stream["lag"],
+            )
+            yield GaugeMetricFamily(
+                "marketplace_views_stream_pending",
+                "Views read by a worker but not yet written and acknowledged.",
+                stream["pending"],
+            )
+
+
+def exposition(read_state) -> bytes:
+    """The text a scrape gets: every process's counts, and the state now."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    state = StateCollector(read_state)
+    registry.register(state)
+    try:
+        return generate_latest(registry)
+    finally:
+        registry.unregister(state)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from app.extensions import db
@@ -241,3 +241,17 @@ def requeue(
             claimed_until=None,
         )
     )
+
+
+def state() -> dict:
+    """Rows by status and the age of the oldest pending one (for the metrics)."""
+    counts = dict.fromkeys((s.value for s in Status), 0)
+    for status, count in db.session.execute(
+        select(Notification.status, func.count()).group_by(Notification.status)
+    ):
+        counts[status] = count
+    oldest = db.session.scalar(
+        select(func.min(Notification.created_at)).where(Notification.status == Status.PENDING)
+    )
+    age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+    return {"notifications": counts, "oldest_pending_seconds": max(age, 0.0)}

@@ -75,3 +75,21 @@ def wake_worker() -> None:
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not wake the worker (it will poll): %s", exc)
+
+
+def stream_state() -> dict | None:
+    """The views stream's length, consumer lag and pending entries; None without Redis."""
+    conn = client()
+    if conn is None:
+        return None
+    length = conn.xlen(VIEWS_STREAM)
+    groups = {g["name"]: g for g in conn.xinfo_groups(VIEWS_STREAM)} if length else {}
+    group = groups.get(VIEWS_GROUP)
+    if group is None:
+        return {"length": length, "lag": length, "pending": 0}
+    lag = group.get("lag")
+    return {
+        "length": length,
+        "lag": lag if lag is not None else length,
+        "pending": group["pending"],
+    }

@@ -18,7 +18,8 @@
 # Environment (besides the app's own, see app/config.py, and app.ini's):
 #   APP_DIR /app, APP_VENV /opt/venv, APP_USER app (when root), WEB_INI $APP_DIR/app.ini,
 #   NGINX_CONF /etc/nginx/nginx.conf, WEB_SOCKET and WEB_FIFO as in app.ini,
-#   START_TIMEOUT 120 (seconds uWSGI may take to open its socket).
+#   START_TIMEOUT 120 (seconds uWSGI may take to open its socket),
+#   PROMETHEUS_MULTIPROC_DIR (next to the socket: every process's metrics, emptied here).
 set -Eeuo pipefail
 
 log() { printf '%s entrypoint: %s\n' "$(date -u +'%Y-%m-%dT%H:%M:%SZ')" "$*" >&2; }
@@ -64,7 +65,10 @@ reap() {
     while alive "$1"; do wait "$1" 2>/dev/null && status=0 || status=$?; done
 }
 
-for dir in "$(dirname "$WEB_SOCKET")" "$(dirname "$WEB_FIFO")"; do
+# Every process's metrics (app/metrics.py), started afresh with each start.
+export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$(dirname "$WEB_SOCKET")/metrics}
+rm -rf "$PROMETHEUS_MULTIPROC_DIR"
+for dir in "$(dirname "$WEB_SOCKET")" "$(dirname "$WEB_FIFO")" "$PROMETHEUS_MULTIPROC_DIR"; do
     if [[ $(id -u) == 0 ]]; then
         install -d -m 0750 -o "$APP_USER" -g www-data "$dir"
     else

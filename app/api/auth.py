@@ -4,6 +4,7 @@ from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import abort
 
+from app import metrics
 from app.auth import issue_token
 from app.errors import ErrorSchema
 from app.extensions import db
@@ -28,6 +29,7 @@ class Login(MethodView):
         limits = current_app.extensions["login_limits"]
         address, email = request.remote_addr, credentials["email"]
         if wait := limits.retry_after(address, email):
+            metrics.LOGIN_LIMITED.inc()
             abort(
                 429,
                 message=f"Too many failed logins; try again in {wait} s.",
@@ -36,6 +38,7 @@ class Login(MethodView):
         user = authenticate(email, credentials["password"])
         if user is None:
             limits.failed(address, email)
+            metrics.LOGIN_FAILURES.inc()
             abort(401, message="Wrong email or password.")
         db.session.commit()  # keeps a rehashed password, if argon2's parameters moved on
         token = issue_token(user)

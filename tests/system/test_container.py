@@ -145,6 +145,21 @@ def test_a_price_change_is_emailed_once_to_each_admin_saying_what_changed(instan
         assert "300 -> 500" in update.body or "300 \u2192 500" in update.body
 
 
+def test_metrics_add_up_every_process_and_are_kept_from_the_public(instance):
+    """uWSGI's 4 workers and the worker daemon count into one scrape (multiprocess)."""
+    http = instance.stack.http
+    scrape = http.get("/metrics")
+    assert scrape.status == 200
+    text = scrape.body.decode()
+    recorded = re.search(r'^marketplace_views_recorded_total\{path="stream"\} (\S+)$', text, re.M)
+    assert recorded and float(recorded.group(1)) == instance.reads, text[:2000]
+    sent = re.search(r'^marketplace_emails_total\{outcome="sent"\} (\S+)$', text, re.M)
+    assert sent and float(sent.group(1)) == 4  # counted by the worker daemon
+    assert re.search(r'^marketplace_notifications\{status="sent"\} 4\.0$', text, re.M)
+    public = http.get("/metrics", headers={"X-Forwarded-For": REAL_CLIENT})
+    assert public.status == 200, "an untrusted proxy's header changes nothing"
+
+
 def test_x_forwarded_for_is_ignored_from_an_untrusted_address(instance):
     lines = [
         line
