@@ -2,8 +2,9 @@
 
 1. ``GET /api/products/<sku>`` throughput with the views going through the Redis stream
    (``REDIS_URL`` to a private redis-server, `flask worker` beside uWSGI writing them to
-   MariaDB) divided by the same with ``VIEW_RECORDING=off`` (target >= 0.9); direct writes
-   (no Redis: the view written by the read itself) are measured beside them, for reference.
+   MariaDB) divided by the same with ``VIEW_RECORDING=off`` (target >= 0.9); for reference,
+   the same server with its worker paused during the rounds (what the web side alone pays),
+   and direct writes (no Redis: the view written by the read itself).
 2. Exactness: reads of another product on the stream server by a load generator that
    counts its 200 answers; once the worker has drained the stream (and again after its
    graceful stop), ``product_views`` must hold exactly that many rows for it.
@@ -15,6 +16,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -135,59 +138,90 @@ def reads(ctx: Context) -> list[Result]:
     return results
 
 
+class PausedWorker:
+    """The stream server again, its worker stopped (SIGSTOP) during each round and let go
+    after it: what the web side alone pays for the stream (information)."""
+
+    def __init__(self, server: UwsgiServer) -> None:
+        self.server, self.name, self.log_path = server, f"{server.name}-paused", server.log_path
+
+    def url(self, path: str) -> str:
+        return self.server.url(path)
+
+
 def read_throughput(
     ctx: Context, servers: dict[str, UwsgiServer], path: str, stream: Stream
 ) -> list[Result]:
-    stream_server = servers["stream"]
-    catch_up: list[float] = []
-    cpu_before = stream_server.worker_cpu_seconds()
+    live = servers["stream"]
+    paused = PausedWorker(live)
+    sides = [servers["off"], live, paused, servers["direct"]]
+    catch_up: dict[str, list[float]] = {live.name: [], paused.name: []}
+    cpu = {live.name: 0.0, paused.name: 0.0}
+    began_cpu = {}
 
-    def after_round(server: UwsgiServer) -> None:
+    def before_round(server) -> None:
+        if server in (live, paused):
+            began_cpu[server.name] = live.worker_cpu_seconds()
+        if server is paused:
+            os.kill(live.worker.pid, signal.SIGSTOP)
+
+    def after_round(server) -> None:
         # The worker's writes belong to the stream side's rounds: the next round (another
         # side's) starts only once it has caught up, so it does not carry them.
-        if server is stream_server:
-            catch_up.append(round(stream.drain("after a stream round"), 2))
+        if server is paused:
+            os.kill(live.worker.pid, signal.SIGCONT)
+        if server in (live, paused):
+            catch_up[server.name].append(round(stream.drain(f"after {server.name}"), 2))
+            cpu[server.name] += live.worker_cpu_seconds() - began_cpu[server.name]
 
     # Twice the rounds, half as long: the same time per server, but other work on the
     # machine (it comes in bursts) is less likely to land on one side only.
     seconds = max(1.0, ctx.seconds / 2)
     measured = throughput(
         ctx,
-        list(servers.values()),
+        sides,
         path,
         rounds=ctx.rounds * 2,
         seconds=seconds,
+        before_round=before_round,
         after_round=after_round,
         tolerate_errors=(servers["direct"],),
     )
-    worker_cpu = stream_server.worker_cpu_seconds() - cpu_before
-    streamed = measured[stream_server.name].total.requests
-    say(
-        f"worker: caught up {', '.join(f'{s:.2f}' for s in catch_up)} s after each stream "
-        f"round; {worker_cpu:.1f} s CPU for about {streamed:,} views "
-        f"({worker_cpu / max(streamed, 1) * 1e6:.0f} us a view)"
-    )
+    worker = {}
+    for side in (live, paused):
+        views = measured[side.name].total.requests
+        worker[side.name] = {
+            "catch_up_seconds": catch_up[side.name][1:],  # the warm-up's left out
+            "cpu_seconds": round(cpu[side.name], 2),
+            "cpu_us_per_view": round(cpu[side.name] / max(views, 1) * 1e6),
+        }
+        say(
+            f"{side.name}: the worker caught up in "
+            f"{', '.join(f'{s:.2f}' for s in catch_up[side.name][1:])} s after each round; "
+            f"{cpu[side.name]:.1f} s of its CPU for about {views:,} views "
+            f"({worker[side.name]['cpu_us_per_view']} us a view, the warm-up included)"
+        )
     off = measured[servers["off"].name]
     results = []
     for side, name in (
-        ("stream", "GET /api/products/<sku>: views via Redis stream / off throughput"),
-        ("direct", "GET /api/products/<sku>: views direct (no Redis) / off (reference)"),
+        (live, "GET /api/products/<sku>: views via Redis stream / off throughput"),
+        (paused, "... the same, worker paused in the rounds (web side only, info)"),
+        (servers["direct"], "GET /api/products/<sku>: views direct (no Redis) / off (info)"),
     ):
-        got = measured[servers[side].name]
+        got = measured[side.name]
         per_round = got.ratios(off)
-        say(f"{side} / off per round: {', '.join(f'{r:.3f}' for r in per_round)}")
+        say(f"{side.name} / off per round: {', '.join(f'{r:.3f}' for r in per_round)}")
         details = {
-            f"{side}_rps": round(got.rps, 1),
+            "rps": round(got.rps, 1),
             "off_rps": round(off.rps, 1),
-            "rounds_rps": {side: got.rounds_rps, "off": off.rounds_rps},
+            "rounds_rps": {side.name: got.rounds_rps, "off": off.rounds_rps},
             "rounds_ratio": per_round,
-            "requests": {side: got.total.requests, "off": off.total.requests},
-            "errors": {side: got.total.errors, "off": off.total.errors},
+            "requests": {side.name: got.total.requests, "off": off.total.requests},
+            "errors": {side.name: got.total.errors, "off": off.total.errors},
             "seconds_per_round": seconds,
             "catalog_products": READ_PRODUCTS,
+            **({"worker": worker[side.name]} if side.name in worker else {}),
         }
-        if side == "stream":
-            details |= {"worker_catch_up_seconds": catch_up, "worker_cpu_seconds": worker_cpu}
         results.append(
             Result(name, f"{got.rps:,.0f} / {off.rps:,.0f} req/s", got.rps / off.rps,
                    THROUGHPUT_TARGET, details)

@@ -680,18 +680,26 @@ def throughput(
     rounds: int,
     seconds: float,
     warmup: float = 2.0,
+    before_round=None,
     after_round=None,
     tolerate_errors: tuple[UwsgiServer, ...] = (),
 ) -> dict[str, Throughput]:
-    """Warm each server up, then alternating load rounds of ``path``; ``after_round(server)``
-    runs after each of a server's rounds (outside the timed part)."""
-    for server in servers:
-        ctx.load.run(server.url(path), warmup)
+    """Warm each server up, then alternating load rounds of ``path``; ``before_round(server)``
+    and ``after_round(server)`` run around each round (outside the timed part)."""
+
+    def one_round(server: UwsgiServer, seconds: float) -> Load:
+        if before_round:
+            before_round(server)
+        load = ctx.load.run(server.url(path), seconds)
         if after_round:
             after_round(server)
+        return load
+
+    for server in servers:
+        one_round(server, warmup)
     measured = {server.name: Throughput() for server in servers}
     for _n, server in alternate(rounds, servers):
-        load = ctx.load.run(server.url(path), seconds)
+        load = one_round(server, seconds)
         if load.requests == 0:
             raise BenchError(f"{server.name}: the load generator completed no request.")
         if load.errors > load.requests * MAX_ERROR_SHARE:
@@ -707,6 +715,4 @@ def throughput(
         )
         got.rounds_rps.append(round(load.rps, 1))
         say(f"{server.name}: {load.rps:,.0f} req/s ({load.requests:,} in {load.seconds:.1f}s)")
-        if after_round:
-            after_round(server)
     return measured
