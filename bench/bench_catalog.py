@@ -87,12 +87,14 @@ def product_throughput(ctx: Context, app: UwsgiServer, bare: UwsgiServer, sku: s
     say(f"service / bare per round: {', '.join(f'{r:.3f}' for r in per_round)}")
     return Result(
         name="GET /api/products/<sku>: service / bare Flask throughput",
-        measured=f"{got.rps:,.0f} / {ceiling.rps:,.0f} req/s",
+        measured=f"{got.rps:,.0f} / {ceiling.rps:,.0f} req/s "
+        f"({got.cpu_ms:.2f} / {ceiling.cpu_ms:.2f} ms CPU)",
         ratio=got.rps / ceiling.rps,
         target=THROUGHPUT_TARGET,
         details={
             "service_rps": round(got.rps, 1),
             "bare_rps": round(ceiling.rps, 1),
+            "cpu_ms_per_request": {name: round(m.cpu_ms, 3) for name, m in measured.items()},
             "rounds_rps": {name: m.rounds_rps for name, m in measured.items()},
             "rounds_ratio": per_round,
             "requests": {name: m.total.requests for name, m in measured.items()},

@@ -9,13 +9,11 @@ listens on 127.0.0.1 only; every loop is bounded by a count and a deadline.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import operator
 import os
 import random
 import re
 import secrets
-import select
 import shutil
 import signal
 import statistics
@@ -306,6 +304,16 @@ def build_catalog(
 # ---------------------------------------------------------------- uWSGI and the worker
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def uwsgi_command(wsgi_file: str, port: int, processes: int = UWSGI_PROCESSES) -> list[str]:
     """The one uWSGI command line every benchmarked server is started with."""
     return [
@@ -395,12 +403,18 @@ class UwsgiServer:
         return code
 
     def worker_cpu_seconds(self) -> float:
-        """User + system CPU the worker process has used so far."""
-        if self.worker is None:
+        return cpu_seconds(self.worker.pid) if self.worker is not None else 0.0
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the server's own processes: uWSGI's master and workers, the
+        worker beside it, and the run's redis-server if the server uses it (MariaDB is
+        shared with everything else on the machine: not counted)."""
+        if self.proc is None:
             return 0.0
-        stat = Path(f"/proc/{self.worker.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pids = [self.proc.pid, *reaper().descendants(self.proc.pid)]
+        if "redis" in _parts and self.env.get("REDIS_URL"):
+            pids.append(_parts["redis"].process.pid)
+        return sum(map(cpu_seconds, pids)) + self.worker_cpu_seconds()
 
     def stop(self) -> None:
         self.stop_worker()
@@ -431,35 +445,6 @@ class UwsgiServer:
 
 
 # ---------------------------------------------------------------- latency
-
-
-def fetch(
-    conn: http.client.HTTPConnection, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, bytes]:
-    """GET ``path`` on a kept-alive connection, reconnecting when the server has closed it.
-
-    uWSGI's http-socket closes the connection after each answer without saying so
-    (no ``Connection: close``), so a reused connection is first checked for that close.
-    A request that still fails on a reused connection is retried once on a new one.
-    """
-    reused = conn.sock is not None
-    if reused and select.select([conn.sock], [], [], 0)[0]:
-        conn.close()  # readable while idle: the server has closed its end
-        reused = False
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        body = resp.read()
-    except (OSError, http.client.HTTPException):
-        conn.close()
-        if not reused:
-            raise
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        body = resp.read()
-    if resp.will_close:
-        conn.close()
-    return resp.status, body
 
 
 @dataclass
@@ -494,24 +479,20 @@ def sequential_latencies(
     budget_seconds: float = 60.0,
     headers: dict[str, str] | None = None,
 ) -> Latencies:
-    """Request each path once, one after the other on one client; time each round trip.
-
-    The connection is reopened whenever the server closes it, and that cost is counted.
-    """
-    conn = http.client.HTTPConnection(HOST, server.port, timeout=HTTP_TIMEOUT_SECONDS)
+    """Request each path once, one after the other on one client; time each round trip
+    (a new connection each: uWSGI's http-socket closes it after every answer anyway)."""
     result = Latencies()
     deadline = time.monotonic() + budget_seconds
-    try:
-        for path in paths:
-            if time.monotonic() > deadline:
-                raise BenchError(f"{server.name}: latency run passed {budget_seconds:.0f}s")
-            began = time.perf_counter()
-            status, body = fetch(conn, path, headers)
-            result.samples.append(time.perf_counter() - began)
-            if status != 200:
-                raise BenchError(f"GET {path} on {server.name}: HTTP {status}: {body[:300]!r}")
-    finally:
-        conn.close()
+    for path in paths:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{server.name}: latency run passed {budget_seconds:.0f}s")
+        began = time.perf_counter()
+        answer = server.http.get(path, headers=headers)
+        result.samples.append(time.perf_counter() - began)
+        if answer.status != 200:
+            raise BenchError(
+                f"GET {path} on {server.name}: HTTP {answer.status}: {answer.body[:300]!r}"
+            )
     return result
 
 
@@ -594,7 +575,7 @@ def parse_wrk(output: str) -> Load:
 
 
 class ThreadedClient(LoadGenerator):
-    """Keep-alive http.client connections, one per thread: weaker than wrk, same for both sides."""
+    """Python threads, one request at a time each: weaker than wrk, same for both sides."""
 
     def __init__(self, connections: int = 4, max_requests: int = 1_000_000) -> None:
         self.connections = connections
@@ -610,22 +591,13 @@ class ThreadedClient(LoadGenerator):
         deadline = time.monotonic() + seconds
 
         def worker() -> None:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-            done = errors = 0
-            try:
-                while done < per_thread and time.monotonic() < deadline:
-                    try:
-                        status, _body = fetch(conn, path)
-                    except (OSError, http.client.HTTPException):
-                        status = 0
-                        conn.close()
-                    errors += status != 200
-                    done += 1
-            finally:
-                conn.close()
-                with lock:
-                    totals["requests"] += done
-                    totals["errors"] += errors
+            client, done, errors = h.Http(parts.port, parts.hostname, timeout=5), 0, 0
+            while done < per_thread and time.monotonic() < deadline:
+                errors += client.status(path, timeout=5) != 200
+                done += 1
+            with lock:
+                totals["requests"] += done
+                totals["errors"] += errors
 
         began = time.monotonic()
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(self.connections)]
@@ -661,10 +633,16 @@ class Throughput:
 
     total: Load = field(default_factory=lambda: Load(0, 0.0, 0))
     rounds_rps: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # the server's own processes' (UwsgiServer.cpu_seconds)
 
     @property
     def rps(self) -> float:
         return self.total.rps
+
+    @property
+    def cpu_ms(self) -> float:
+        """CPU milliseconds per request: much less disturbed by other work than req/s."""
+        return self.cpu_seconds / max(self.total.requests, 1) * 1000
 
     def ratios(self, other: Throughput) -> list[float]:
         return [
@@ -687,19 +665,20 @@ def throughput(
     """Warm each server up, then alternating load rounds of ``path``; ``before_round(server)``
     and ``after_round(server)`` run around each round (outside the timed part)."""
 
-    def one_round(server: UwsgiServer, seconds: float) -> Load:
+    def one_round(server: UwsgiServer, seconds: float) -> tuple[Load, float]:
+        cpu = server.cpu_seconds()
         if before_round:
             before_round(server)
         load = ctx.load.run(server.url(path), seconds)
         if after_round:
             after_round(server)
-        return load
+        return load, server.cpu_seconds() - cpu
 
     for server in servers:
         one_round(server, warmup)
     measured = {server.name: Throughput() for server in servers}
     for _n, server in alternate(rounds, servers):
-        load = one_round(server, seconds)
+        load, cpu = one_round(server, seconds)
         if load.requests == 0:
             raise BenchError(f"{server.name}: the load generator completed no request.")
         if load.errors > load.requests * MAX_ERROR_SHARE:
@@ -714,5 +693,9 @@ def throughput(
             got.total.errors + load.errors,
         )
         got.rounds_rps.append(round(load.rps, 1))
-        say(f"{server.name}: {load.rps:,.0f} req/s ({load.requests:,} in {load.seconds:.1f}s)")
+        got.cpu_seconds += cpu
+        say(
+            f"{server.name}: {load.rps:,.0f} req/s ({load.requests:,} in {load.seconds:.1f}s),"
+            f" {cpu / max(load.requests, 1) * 1000:.2f} ms CPU a request"
+        )
     return measured
