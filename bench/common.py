@@ -641,7 +641,7 @@ class Throughput:
 
     @property
     def cpu_ms(self) -> float:
-        """CPU milliseconds per request: much less disturbed by other work than req/s."""
+        """CPU milliseconds per request (it too grows when other work shares the cores)."""
         return self.cpu_seconds / max(self.total.requests, 1) * 1000
 
     def ratios(self, other: Throughput) -> list[float]:
