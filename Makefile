@@ -37,9 +37,10 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## make bench: throughput and latency ratios under uWSGI on MariaDB (see bench/README)
+## make bench: throughput and latency ratios under uWSGI on MariaDB, with a private Redis,
+## moto as SES and `flask worker` beside the servers (see bench/README); BENCH_ARGS="--only views"
 bench: $(VENV)/.installed
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## make smoke: the fast system tests (tests/system): the deployment's own files with Debian's
 ## nginx and uWSGI, a private MariaDB and Redis, moto as SES (root; see the README's prerequisites)
