@@ -157,6 +157,7 @@ class Config:
         self.VIEW_RECORDING = (env_str("VIEW_RECORDING") or "auto").lower()
         self.VIEWS_BATCH = env_int("VIEWS_BATCH", 500)
         self.VIEWS_RECLAIM_SECONDS = env_float("VIEWS_RECLAIM_SECONDS", 30.0)
+        self.VIEWS_LINGER_SECONDS = env_float("VIEWS_LINGER_SECONDS", 0.5)
         stats_url = env_str("STATS_DATABASE_URL")
         self.SQLALCHEMY_BINDS = (
             {"stats": {"url": database_url(stats_url), **engine_options(database_url(stats_url))}}
