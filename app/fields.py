@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 
 from marshmallow import ValidationError, fields, validate
@@ -73,11 +74,20 @@ class Count(fields.Integer):
         return super()._validated(value)
 
 
+# C0 controls (CR, LF, ESC, NUL...), DEL and C1 controls, the Unicode line and paragraph
+# separators, and the bidirectional embeddings, overrides and isolates: none belongs in a
+# one-line value, and each can forge a log line, an email header or what a reader sees.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 class Text(fields.String):
-    """A string with surrounding spaces removed."""
+    """One line of text, surrounding spaces removed; control characters are refused."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(value, attr, data, **kwargs).strip()
+        value = super()._deserialize(value, attr, data, **kwargs).strip()
+        if CONTROL_CHARACTERS.search(value):
+            raise ValidationError("Must be one line without control characters.")
+        return value
 
 
 class LowerEmail(fields.Email):

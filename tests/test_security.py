@@ -238,3 +238,123 @@ def test_dates_at_the_ends_of_the_calendar_are_422(client, make, admin, query):
     for path in ("/api/stats/products", "/api/products/abc/stats"):
         response = client.get(f"{path}?{query}", headers=admin["headers"])
         assert response.status_code == 422, (path, query)
+
+
+# ---------------------------------------------------------------- text that is not text
+
+LONE_SURROGATE = "\ud800"  # JSON's "\ud800": valid JSON, not encodable as UTF-8
+
+
+def test_a_lone_surrogate_in_the_login_is_422_naming_the_field(client, admin):
+    for field in ("password", "email"):
+        body = {"email": "admin@example.com", "password": PASSWORD, field: LONE_SURROGATE}
+        response = login(client, body)
+        assert response.status_code == 422, field
+        assert list(response.json["errors"]["json"]) == [field]
+    assert login(client, {"email": "admin@example.com", "password": PASSWORD}).status_code == 200
+
+
+@pytest.mark.parametrize("field", ["name", "mark", "sku"])
+def test_a_lone_surrogate_in_a_product_write_is_422_naming_the_field(client, admin, make, field):
+    make.product("abc")
+    body = {"sku": "new-1", "name": "n", "price": 1, "mark": "m", field: f"x{LONE_SURROGATE}"}
+    created = client.post("/api/products", json=body, headers=admin["headers"])
+    assert created.status_code == 422
+    assert list(created.json["errors"]["json"]) == [field]
+    changed = client.put(
+        "/api/products/abc", json={field: LONE_SURROGATE}, headers=admin["headers"]
+    )
+    assert changed.status_code == 422
+    assert list(changed.json["errors"]["json"]) == [field]
+
+
+@pytest.mark.parametrize("field", ["fullname", "password", "username", "email"])
+def test_a_lone_surrogate_in_a_user_write_is_422_naming_the_field(client, admin, field):
+    body = {
+        "fullname": "New",
+        "password": "long-enough-1",
+        "username": "new.user",
+        "email": "new@example.com",
+        field: f"ok{LONE_SURROGATE}ok",
+    }
+    created = client.post("/api/users", json=body, headers=admin["headers"])
+    assert created.status_code == 422
+    assert list(created.json["errors"]["json"]) == [field]
+    changed = client.patch(
+        f"/api/users/{admin['id']}", json={field: [LONE_SURROGATE]}, headers=admin["headers"]
+    )
+    assert changed.status_code == 422
+    assert list(changed.json["errors"]["json"]) == [field]
+
+
+def test_a_lone_surrogate_in_a_field_name_is_400(client, admin):
+    response = client.post("/api/products", json={LONE_SURROGATE: "x"}, headers=admin["headers"])
+    assert response.status_code == 400
+    assert response.json["code"] == 400
+    assert "surrogate" in response.json["message"]
+
+
+# ---------------------------------------------------------------- control characters
+
+CONTROLS = [
+    "line\nbreak",
+    "carriage\r\nBcc: victim@evil.example",
+    "esc\x1b[31m",
+    "nul\x00",
+    "c1\x85c1",
+]
+
+
+@pytest.mark.parametrize("text", CONTROLS)
+def test_control_characters_in_product_text_are_422_naming_the_field(client, admin, make, text):
+    before = make.product("abc")
+    for field in ("name", "mark"):
+        body = {"sku": "new-1", "name": "n", "price": 1, "mark": "m", field: text}
+        created = client.post("/api/products", json=body, headers=admin["headers"])
+        assert created.status_code == 422, field
+        assert list(created.json["errors"]["json"]) == [field]
+        changed = client.put("/api/products/abc", json={field: text}, headers=admin["headers"])
+        assert changed.status_code == 422, field
+        assert list(changed.json["errors"]["json"]) == [field]
+    assert client.get("/api/products/abc").json["name"] == before["name"]
+
+
+@pytest.mark.parametrize("text", CONTROLS)
+def test_control_characters_in_a_fullname_are_422(client, admin, text):
+    body = {
+        "fullname": text,
+        "password": "long-enough-1",
+        "username": "new.user",
+        "email": "new@example.com",
+    }
+    created = client.post("/api/users", json=body, headers=admin["headers"])
+    assert created.status_code == 422
+    assert list(created.json["errors"]["json"]) == ["fullname"]
+    changed = client.patch(
+        f"/api/users/{admin['id']}", json={"fullname": text}, headers=admin["headers"]
+    )
+    assert changed.status_code == 422
+
+
+def test_a_stored_name_with_a_line_break_cannot_forge_an_email_header(app, make):
+    """A row written before the API refused control characters: the email stays one
+    header per line, one body line per value."""
+    from app.mail import mime_message
+    from app.models import Notification, utcnow
+    from app.services.notifications import render
+
+    now = utcnow()
+    row = Notification(
+        id=7,
+        recipient="admin@example.com",
+        sku="abc",
+        product_name="shoes\r\nBcc: victim@evil.example",
+        event="created",
+        changes={"name": {"old": None, "new": "shoes\r\nBcc: victim@evil.example"}},
+        occurred_at=now,
+    )
+    email = render(row)
+    raw = mime_message(email, "shop@example.com").decode()
+    headers = raw.split("\r\n\r\n", 1)[0]
+    assert "\r\nBcc:" not in headers
+    assert not any(line.startswith("Bcc:") for line in email.text.splitlines())
