@@ -198,6 +198,10 @@ class StatsQuerySchema(Schema):
         validate=validate.OneOf(["json", "csv"]),
         metadata={"description": "csv for a spreadsheet (or send 'Accept: text/csv')."},
     )
+    bom = fields.Boolean(
+        load_default=False,
+        metadata={"description": "CSV only: start with a UTF-8 byte order mark (Excel)."},
+    )
 
     @post_load
     def default_range(self, data, **kwargs):

