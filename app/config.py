@@ -120,6 +120,7 @@ class Config:
     """Development defaults: embedded SQLite, console mailer, a generated secret."""
 
     DEFAULT_MAIL_BACKEND = "console"
+    APP_ENV = "development"
 
     def __init__(self) -> None:
         self.SQLALCHEMY_DATABASE_URI = database_url(env_str("DATABASE_URL"))
@@ -207,6 +208,7 @@ class ProductionConfig(Config):
     """Production: secrets must come from the environment."""
 
     DEFAULT_MAIL_BACKEND = "ses"
+    APP_ENV = "production"
 
     def secret_key(self) -> str:
         return env_str("SECRET_KEY") or ""
