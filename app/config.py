@@ -173,6 +173,8 @@ class Config:
             env_str("LOGIN_ACCOUNT_FAILURES_LIMIT") or "50 per minute"
         )
         self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI") or "memory://"
+        # Strict-Transport-Security on answers to HTTPS requests (0: not sent).
+        self.HSTS_MAX_AGE = env_int("HSTS_MAX_AGE", 365 * 24 * 3600)
         # GET /metrics answers loopback and private addresses, or this bearer token.
         self.METRICS_TOKEN = env_str("METRICS_TOKEN")
         self.CORS_ORIGINS = [

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_cors import CORS
 from limits import parse
 from limits.storage import storage_from_string
@@ -45,6 +45,11 @@ def _security_headers(response):
     headers.setdefault("Referrer-Policy", "no-referrer")
     docs = request.path.startswith("/api/docs")
     headers.setdefault("Content-Security-Policy", DOCS_POLICY if docs else API_POLICY)
+    max_age = current_app.config["HSTS_MAX_AGE"]
+    if request.is_secure and max_age:
+        # Only over HTTPS (browsers ignore it over HTTP): behind the load balancer, nginx
+        # passes its X-Forwarded-Proto on as the request's scheme.
+        headers.setdefault("Strict-Transport-Security", f"max-age={max_age}")
     if request.authorization is not None or request.path.startswith("/users/login"):
         # Answers to authenticated requests and tokens are never cached by a proxy.
         headers.setdefault("Cache-Control", "no-store")

@@ -80,6 +80,20 @@ def test_responses_carry_security_headers(client, make):
     assert token.headers["Cache-Control"] == "no-store"
 
 
+def test_https_answers_carry_strict_transport_security(app, client, make):
+    make.product("abc")
+    secure = client.get("/api/products/abc", base_url="https://shop.example")
+    assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"
+    # what uWSGI makes of nginx's "HTTPS on" (the load balancer's X-Forwarded-Proto)
+    forwarded = client.get("/api/products", environ_overrides={"wsgi.url_scheme": "https"})
+    assert forwarded.headers["Strict-Transport-Security"] == "max-age=31536000"
+    # over plain HTTP the header means nothing to a browser, and is not sent
+    assert "Strict-Transport-Security" not in client.get("/api/products/abc").headers
+    app.config["HSTS_MAX_AGE"] = 0
+    off = client.get("/api/products/abc", base_url="https://shop.example")
+    assert "Strict-Transport-Security" not in off.headers
+
+
 def test_cors_is_same_origin_by_default(client):
     response = client.get("/api/products", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in response.headers
