@@ -35,13 +35,75 @@ def test_ten_failed_logins_a_minute_then_429_with_retry_after(client, admin):
 
 def test_failures_are_limited_per_account_across_addresses(app, client, admin):
     # 50 a minute by default; 12 here to keep the test short
-    app.extensions["login_limits"].limits["account"] = parse("12 per minute")
+    app.extensions["login_limits"].account = parse("12 per minute")
     for n in range(12):
         assert login(client, WRONG, address=f"10.0.0.{n + 1}").status_code == 401
     assert login(client, WRONG, address="10.0.0.99").status_code == 429
     # another account from a fresh address is not affected
     other = {"email": "someone@example.com", "password": "whatever-1"}
     assert login(client, other, address="10.0.0.100").status_code == 401
+    # and the right password still opens the account
+    right = {"email": "admin@example.com", "password": PASSWORD}
+    assert login(client, right, address="10.0.0.101").status_code == 200
+
+
+def test_nobody_can_lock_an_admin_out(client, admin, caplog):
+    """6 addresses x 9 wrong guesses a minute, each under its own limit of 10: past the
+    account's 50, the guessers are slowed down, the admin still logs in."""
+    answers = [
+        login(client, WRONG, address=f"10.6.0.{n}").status_code for n in range(6) for _ in range(9)
+    ]
+    assert answers.count(401) == 50 and answers.count(429) == 4
+    right = {"email": "admin@example.com", "password": PASSWORD}
+    assert login(client, right, address="10.6.1.1").status_code == 200
+    # while the account is over its limit, another wrong password answers 429...
+    assert login(client, WRONG, address="10.6.0.0").status_code == 429
+    # ...and the address that sent it waits for the window, as the last guesser does
+    assert login(client, right, address="10.6.0.0").status_code == 429
+    assert login(client, right, address="10.6.0.5").status_code == 429
+    [warning] = [r for r in caplog.records if "reached its limit" in r.getMessage()]
+    assert "'admin@example.com'" in warning.getMessage()
+
+
+def test_concurrent_failures_are_counted_atomically(app, admin):
+    """Attempts that arrive together cannot all slip under the limit (each takes its slot
+    before its password is verified)."""
+    import threading
+
+    from app.security import VerificationSlots
+
+    app.extensions["login_limits"].client = parse("4 per minute")
+    app.extensions["password_slots"] = VerificationSlots(32)
+    app.config["ARGON2_MEMORY_KIB"] = 8 * 1024  # the unknown email's dummy hash: 10 ms
+    start = threading.Barrier(20)
+    answers = []
+
+    def attempt(n):
+        client = app.test_client()
+        start.wait()
+        body = {"email": f"guess{n}@example.com", "password": "wrong-password"}
+        answers.append(login(client, body, address="10.20.0.1").status_code)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(answers) == [401] * 4 + [429] * 16
+
+
+def test_a_process_busy_verifying_answers_503_at_once(app, client, admin):
+    slots = app.extensions["password_slots"]
+    with slots.take() as held:  # another request is verifying a password
+        assert held
+        busy = login(client, WRONG)
+        assert busy.status_code == 503
+        assert busy.json["code"] == 503
+        assert busy.headers["Retry-After"] == "1"
+    # the refused attempt was not counted: the address still has its 10 failures
+    for _ in range(10):
+        assert login(client, WRONG).status_code == 401
+    assert login(client, WRONG).status_code == 429
 
 
 def test_an_unreachable_limit_store_does_not_stop_logins(database, admin, monkeypatch):
@@ -205,13 +267,13 @@ def test_swagger_ui_is_served_without_a_cdn(client):
         assert script.status_code == 200 and len(script.data) > 100_000
 
 
-def test_with_redis_storage_every_process_shares_the_limit(database, admin, monkeypatch):
+def test_with_redis_storage_every_process_shares_the_limit(database, admin, monkeypatch, redis_url):
     """Two app instances (two uWSGI processes, say) count failures in one Redis."""
     import uuid
 
     from app import config, create_app
 
-    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/15")
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", redis_url)
     monkeypatch.setenv("LOGIN_FAILURES_LIMIT", "4 per minute")
     first = create_app(config.TestConfig(database)).test_client()
     second = create_app(config.TestConfig(database)).test_client()
