@@ -202,6 +202,9 @@ class Config:
         # Product views and their statistics: auto = the stream when REDIS_URL is set,
         # else written directly; direct = always written by the read; off.
         self.VIEW_RECORDING = (env_str("VIEW_RECORDING") or "auto").lower()
+        # Count the same client (user, or address when anonymous) and product once per
+        # this many seconds (0: every read counts).
+        self.VIEW_DEDUP_SECONDS = env_int("VIEW_DEDUP_SECONDS", 0)
         self.VIEWS_BATCH = env_int("VIEWS_BATCH", 500)
         self.VIEWS_RECLAIM_SECONDS = env_float("VIEWS_RECLAIM_SECONDS", 30.0)
         stats_url = env_str("STATS_DATABASE_URL")
@@ -255,6 +258,8 @@ class Config:
             raise ConfigError(
                 f"VIEW_RECORDING must be auto, direct or off, got {self.VIEW_RECORDING!r}."
             )
+        if self.VIEW_DEDUP_SECONDS < 0:
+            raise ConfigError("VIEW_DEDUP_SECONDS must be 0 (off) or more.")
         if self.MAIL_BACKEND not in {"console", "ses"}:
             raise ConfigError(
                 f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."

@@ -52,6 +52,10 @@ VIEWS_RECORDED = Counter(
     "Product views recorded, by path: stream (Redis) or direct (database).",
     ["path"],
 )
+VIEWS_REPEATED = Counter(
+    "marketplace_views_repeated_total",
+    "Product reads not counted as views: the same client and product within VIEW_DEDUP_SECONDS.",
+)
 VIEWS_LOST = Counter(
     "marketplace_views_lost_total",
     "Product views that could be written neither to the stream nor to the database.",

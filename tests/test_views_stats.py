@@ -71,6 +71,53 @@ def test_without_redis_each_view_is_written_within_the_read(app, client, make, r
     assert len(rows(ProductView)) == 1  # no worker needed
 
 
+def read_from(client, sku, address, headers=None):
+    response = client.get(
+        f"/api/products/{sku}", headers=headers or {}, environ_base={"REMOTE_ADDR": address}
+    )
+    assert response.status_code == 200
+
+
+def dedup_scenario(app, client, make, reader) -> None:
+    """Reads that a 60 s window counts as 4 views: 10.0.0.1 reads abc 5 times, 10.0.0.2
+    once, the reader 3 times from two addresses, and 10.0.0.1 reads xyz once."""
+    app.config["VIEW_DEDUP_SECONDS"] = 60
+    make.product("abc")
+    make.product("xyz")
+    for _ in range(5):
+        read_from(client, "abc", "10.0.0.1")
+    read_from(client, "abc", "10.0.0.2")
+    for address in ("10.0.0.1", "10.0.0.3", "10.0.0.3"):
+        read_from(client, "abc", address, reader["headers"])
+    read_from(client, "xyz", "10.0.0.1")
+    flush(app)
+
+
+@pytest.mark.parametrize("store", ["process", "redis"])
+def test_view_dedup_counts_a_client_once_per_product_and_window(
+    app, client, make, reader, admin, rows, request, store
+):
+    if store == "redis":
+        conn = request.getfixturevalue("streamed")
+    dedup_scenario(app, client, make, reader)
+
+    stats = client.get("/api/products/abc/stats", headers=admin["headers"]).json
+    assert (stats["anonymous_views"], stats["registered_views"]) == (2, 1)
+    assert len(views_of(rows, app, "xyz")) == 1
+    if store == "redis":
+        keys = conn.keys(f"{streams.VIEWED_PREFIX}*")
+        assert len(keys) == 4
+        assert all(0 < conn.ttl(key) <= 60 for key in keys)
+
+
+def test_view_dedup_is_off_by_default(app, client, make, rows):
+    assert app.config["VIEW_DEDUP_SECONDS"] == 0
+    make.product("abc")
+    for _ in range(3):
+        read_from(client, "abc", "10.0.0.1")
+    assert len(views_of(rows, app, "abc")) == 3
+
+
 def test_with_redis_a_read_appends_to_the_stream_and_the_worker_writes_it(
     app, client, make, reader, rows, streamed
 ):
