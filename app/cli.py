@@ -60,8 +60,12 @@ def ensure_admin() -> None:
             "No admin exists yet: set ADMIN_PASSWORD (and ADMIN_EMAIL) to create the first "
             "admin; in production no password is generated or printed."
         )
-    first = accounts.ensure_first_admin(config.get("ADMIN_EMAIL"), password)
-    db.session.commit()
+    try:
+        first = accounts.ensure_first_admin(config.get("ADMIN_EMAIL"), password)
+        db.session.commit()
+    except RuleError as exc:
+        db.session.rollback()
+        raise click.ClickException(f"ADMIN_EMAIL {exc.message}") from exc
     if first is None:
         click.echo("An admin account exists already.")
         return

@@ -7,6 +7,8 @@ from decimal import Decimal, InvalidOperation
 
 from marshmallow import ValidationError, fields, validate
 
+from app.emails import BadEmail, canonical_email, lookup_email
+
 MAX_PRICE = Decimal("9999999999.99")
 MAX_QUANTITY = 2_147_483_647
 CENT = Decimal("0.01")
@@ -91,17 +93,22 @@ class Text(fields.String):
 
 
 class LowerEmail(fields.Email):
-    """An email address, lowercased; at most 254 characters (RFC 5321, the column's size)."""
+    """An email address in its canonical form (app/emails.py); at most 254 characters
+    (RFC 5321, the column's size). ``lookup=True`` (the login) only normalises: an address
+    no account can have is simply not found."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, lookup: bool = False, **kwargs):
         super().__init__(validate=validate.Length(max=254), **kwargs)
+        self.lookup = lookup
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return (
-            super()
-            ._deserialize(value.strip() if isinstance(value, str) else value, attr, data, **kwargs)
-            .lower()
-        )
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if self.lookup:
+            return lookup_email(value)
+        try:
+            return canonical_email(value)
+        except BadEmail as exc:
+            raise ValidationError(str(exc)) from exc
 
 
 def text(max_length: int, **kwargs) -> Text:

@@ -186,9 +186,7 @@ def first_view_in_window(product_id: int, user_id: int | None, client: str | Non
             return bool(conn.set(f"{streams.VIEWED_PREFIX}{key}", 1, nx=True, ex=seconds))
         except redis.RedisError as exc:
             log.warning("views de-duplication falls back to this process: %s", exc)
-    return current_app.extensions.setdefault("recent_viewers", RecentViewers()).first(
-        key, seconds
-    )
+    return current_app.extensions.setdefault("recent_viewers", RecentViewers()).first(key, seconds)
 
 
 def record_view(product_id: int, user_id: int | None, client: str | None = None) -> str:
