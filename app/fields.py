@@ -79,7 +79,8 @@ class Count(fields.Integer):
 # C0 controls (CR, LF, ESC, NUL...), DEL and C1 controls, the Unicode line and paragraph
 # separators, and the bidirectional embeddings, overrides and isolates: none belongs in a
 # one-line value, and each can forge a log line, an email header or what a reader sees.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+CONTROL_RANGES = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+CONTROL_CHARACTERS = re.compile(f"[{CONTROL_RANGES}]")
 
 
 class Text(fields.String):
@@ -109,6 +110,16 @@ class LowerEmail(fields.Email):
             return canonical_email(value)
         except BadEmail as exc:
             raise ValidationError(str(exc)) from exc
+
+
+def text_properties(self, field, **kwargs) -> dict:
+    """OpenAPI for Text: one line without control characters (unless a stricter pattern,
+    a Regexp validator, already says what is allowed)."""
+    if isinstance(field, Text) and not any(
+        isinstance(v, validate.Regexp) for v in field.validators
+    ):
+        return {"pattern": "^[^" + CONTROL_RANGES + "]*$"}
+    return {}
 
 
 def text(max_length: int, **kwargs) -> Text:

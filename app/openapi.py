@@ -18,7 +18,7 @@ from marshmallow import missing
 from webargs.flaskparser import FlaskParser, abort
 
 from app.errors import ErrorSchema, error_payload
-from app.fields import Price, price_properties
+from app.fields import Price, price_properties, text_properties
 
 MAX_JSON_DEPTH = 32
 
@@ -168,6 +168,7 @@ class Api(flask_smorest.Api):
         super().init_app(app, *args, **kwargs)
         self.register_field(Price, "number", None)
         self.ma_plugin.converter.add_attribute_function(price_properties)
+        self.ma_plugin.converter.add_attribute_function(text_properties)
         self.spec.components.security_scheme(
             "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
         )
