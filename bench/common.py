@@ -187,6 +187,9 @@ def app_environment(database: str, extra: dict[str, str] | None = None) -> dict[
     if len(env.get("SECRET_KEY", "").encode()) < 32:
         env["SECRET_KEY"] = secrets.token_urlsafe(48)
     env.update(extra or {})
+    if not env.get("RATELIMIT_STORAGE_URI") and not env.get("REDIS_URL"):
+        # One server on one machine: login limits per process are what is measured here.
+        env.update(RATELIMIT_STORAGE_URI="memory://", LOGIN_LIMITS_PER_PROCESS="true")
     return env
 
 
