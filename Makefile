@@ -24,9 +24,9 @@ run: $(VENV)/.installed
 	$(FLASK) worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 		$(FLASK) run --host $(HOST) --port $(PORT)
 
-## make test: the whole suite (SQLite; MariaDB too when TEST_DATABASE_URL is set)
+## make test: the suite but the system tests (SQLite; MariaDB too when TEST_DATABASE_URL is set)
 test: $(VENV)/.installed
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not system" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -40,18 +40,19 @@ format: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
 
-## make smoke: the Docker deployment's files without Docker: Debian's nginx + uWSGI on MariaDB (root)
+## make smoke: the fast system tests (tests/system): the deployment's own files with Debian's
+## nginx and uWSGI, a private MariaDB and Redis, moto as SES (root; see the README's prerequisites)
 smoke: $(VENV)/.installed
-	$(BIN)/python deploy/smoke.py
+	$(BIN)/pytest tests/system -m "system and not reliability and not browser" $(PYTEST_ARGS)
 
-## make reliability: load, MariaDB stopped 10 s, SES failing 60 s on nginx + uWSGI (root;
-## stops this machine's MariaDB and starts it again: not run by CI)
+## make reliability: every system test, with the long load and fault runs (MariaDB down, SES
+## down; a private mariadbd, never the machine's); figures in bench/results/reliability-results.json
 reliability: $(VENV)/.installed
-	$(BIN)/python deploy/reliability.py
+	$(BIN)/pytest tests/system -m system $(PYTEST_ARGS)
 
-## make docs-check: open /api/docs in headless Chromium and check every route is drawn
+## make docs-check: /api/docs in headless Chromium (every route drawn), the Postman collection with newman
 docs-check: $(VENV)/.installed
-	$(BIN)/python deploy/docs_in_browser.py
+	$(BIN)/pytest tests/system -m browser $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -28,8 +28,6 @@ from urllib.parse import parse_qs, quote
 
 from common import (
     HOST,
-    VENV_BIN,
-    Background,
     BenchError,
     Context,
     Latencies,
@@ -42,12 +40,13 @@ from common import (
     connect,
     create_admin,
     drop_database,
-    free_port,
     http_get,
     http_request,
     login,
+    reaper,
     say,
     scalar,
+    start_moto,
 )
 
 DATABASE = "bench_outbox"
@@ -81,15 +80,8 @@ def run(ctx: Context) -> list[Result]:
 
 def measure(ctx: Context) -> list[Result]:
     with contextlib.ExitStack() as stack:
-        moto_port = free_port()
-        moto = stack.enter_context(
-            Background(
-                "moto-ses",
-                [str(VENV_BIN / "moto_server"), "-H", HOST, "-p", str(moto_port)],
-                moto_port,
-                "/moto-api/data.json",
-            )
-        )
+        moto = start_moto()
+        stack.callback(reaper().stop, moto.process)
         proxy = stack.enter_context(DelayProxy(moto.port, SES_DELAY_SECONDS))
         ses_api = ses_client(moto.port)
         ses_api.verify_email_identity(EmailAddress=SENDER)

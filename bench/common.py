@@ -15,9 +15,9 @@ import secrets
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -29,10 +29,13 @@ from urllib.parse import urlsplit
 import pymysql
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+# The system tests' harness: the same process reaper, ports, HTTP client and moto server.
+from tests.system.harness import HOST, Http, Moto, Reaper, free_port  # noqa: E402
+
 BENCH_DIR = REPO_ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
-HOST = "127.0.0.1"
 
 # The MariaDB server the catalogs are created on (root with an empty password by default).
 MARIADB_HOST = os.environ.get("BENCH_MARIADB_HOST", "127.0.0.1")
@@ -54,6 +57,25 @@ class BenchError(RuntimeError):
 
 def say(message: str) -> None:
     print(f"  {message}", flush=True)
+
+
+_reaper: Reaper | None = None
+
+
+def reaper() -> Reaper:
+    """The one Reaper of a benchmark run: every server is started, and ended, through it."""
+    global _reaper
+    if _reaper is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        _reaper = Reaper(RESULTS_DIR)
+    return _reaper
+
+
+def start_moto() -> Moto:
+    """moto's server (SES) on a free loopback port, through the run's reaper."""
+    moto = Moto(reaper(), str(VENV_BIN / "moto_server"))
+    say(f"moto-ses: pid {moto.process.pid} on {HOST}:{moto.port}")
+    return moto
 
 
 # ---------------------------------------------------------------- results
@@ -287,12 +309,6 @@ def build_catalog(
 # ---------------------------------------------------------------- uWSGI
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def uwsgi_command(wsgi_file: str, port: int, processes: int = UWSGI_PROCESSES) -> list[str]:
     """The one uWSGI command line every benchmarked server is started with."""
     return [
@@ -359,16 +375,8 @@ class UwsgiServer:
         if self.fifo_path is not None:
             self.fifo_path.unlink(missing_ok=True)
             command += ["--master-fifo", str(self.fifo_path)]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so the workers go with it
-            )
+        self.log_path.unlink(missing_ok=True)
+        self.proc = reaper().start(command, self.log_path.name, self.env, cwd=REPO_ROOT)
         try:
             self.wait_ready()
         except BaseException:
@@ -403,17 +411,9 @@ class UwsgiServer:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(SERVER_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(SERVER_STOP_SECONDS)
-        # Workers outliving their master would keep the port: end what is left of the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        reaper().stop(proc, signal.SIGTERM, SERVER_STOP_SECONDS)
+        # Workers outliving their master would keep the port: end what is left of it.
+        reaper().kill_tree(proc.pid)
         if self.fifo_path is not None:
             self.fifo_path.unlink(missing_ok=True)
 
@@ -454,13 +454,7 @@ class UwsgiServer:
 def http_get(
     host: str, port: int, path: str, timeout: float = HTTP_TIMEOUT_SECONDS
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
+    return http_request(host, port, "GET", path, timeout=timeout)
 
 
 def fetch(
@@ -728,13 +722,8 @@ def http_request(
     timeout: float = HTTP_TIMEOUT_SECONDS,
 ) -> tuple[int, dict[str, str], bytes]:
     """One request on a new connection (uWSGI's http-socket closes it after each answer)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
+    answer = Http(port, host, timeout).request(method, path, body=body, headers=headers)
+    return answer.status, answer.headers, answer.body
 
 
 def json_request(
@@ -808,65 +797,3 @@ def scalar(database: str, sql: str, args: tuple | dict | None = None):
         cur.execute(sql, args)
         row = cur.fetchone()
         return row[0] if row else None
-
-
-# ---------------------------------------------------------------- helper processes
-
-
-class Background:
-    """A helper server (moto, ...) in its own process group, on loopback; stopped on exit."""
-
-    def __init__(self, name: str, command: list[str], port: int, ready_path: str) -> None:
-        self.name = name
-        self.command = command
-        self.port = port
-        self.ready_path = ready_path
-        self.proc: subprocess.Popen | None = None
-        self.log_path = RESULTS_DIR / f"{name}.log"
-
-    def __enter__(self) -> Background:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            deadline = time.monotonic() + SERVER_START_SECONDS
-            while True:
-                if self.proc.poll() is not None:
-                    raise BenchError(
-                        f"{self.name} exited with {self.proc.returncode}:\n"
-                        f"{log_tail(self.log_path)}"
-                    )
-                try:
-                    status, _h, _b = http_get(HOST, self.port, self.ready_path, timeout=2)
-                    if status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{self.name} not ready after {SERVER_START_SECONDS}s")
-                time.sleep(0.2)
-        except BaseException:
-            self.__exit__()
-            raise
-        say(f"{self.name}: pid {self.proc.pid} on {HOST}:{self.port}")
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(SERVER_STOP_SECONDS)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(SERVER_STOP_SECONDS)

@@ -19,7 +19,7 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import RESULTS_DIR, Context, Result, choose_load_generator
+from common import RESULTS_DIR, Context, Result, choose_load_generator, reaper
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -112,6 +112,20 @@ def stop_on_sigterm(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
 
+def run_all(names: list[str], ctx: Context, results: list[Result], failed: list[str]) -> None:
+    for name in names:
+        print(f"\n== {name}", flush=True)
+        module_started = time.monotonic()
+        try:
+            results.extend(importlib.import_module(name).run(ctx))
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        print(f"  ({time.monotonic() - module_started:.0f}s)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, stop_on_sigterm)
@@ -132,18 +146,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[Result] = []
     failed: list[str] = []
-    for name in names:
-        print(f"\n== {name}", flush=True)
-        module_started = time.monotonic()
-        try:
-            results.extend(importlib.import_module(name).run(ctx))
-        except KeyboardInterrupt:
-            print("\nInterrupted.", file=sys.stderr)
-            return 130
-        except Exception:
-            traceback.print_exc()
-            failed.append(name)
-        print(f"  ({time.monotonic() - module_started:.0f}s)", flush=True)
+    try:
+        run_all(names, ctx, results, failed)
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return 130
+    finally:
+        if left := reaper().kill_all():
+            print(f"ended what was left running: {left}", flush=True)
 
     elapsed = time.monotonic() - started
     print()
