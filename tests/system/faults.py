@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -185,6 +186,56 @@ class Load:
 
 def mixed(clients: int, put: float = 0.05) -> list[Role]:
     return [Role(put=put, list=0.15)] * clients
+
+
+# ---------------------------------------------------------------- lost COMMIT answers
+
+
+class CommitAckProxy(h.FaultProxy):
+    """The fault proxy with one mode more, ``drop_commit_acks``: MariaDB's answers to a
+    COMMIT (a COM_QUERY packet) are thrown away, everything else passes. The commit
+    happens; the client cannot know."""
+
+    COMMIT = re.compile(rb"\s*COMMIT\b", re.IGNORECASE)
+
+    def __init__(self, target_port: int) -> None:
+        self.committing: dict[object, bool] = {}  # client socket -> its last query: COMMIT
+        self.dropped = self.commits = 0
+        super().__init__(target_port)
+
+    def _pump(self, src, dst, way: str) -> None:
+        client = src if way == "up" else dst
+        try:
+            while chunk := src.recv(65536):
+                with self.changed:
+                    self.changed.wait_for(lambda: self.mode != "freeze")
+                    mode, delay = self.mode, self.delay
+                if delay:
+                    time.sleep(delay)
+                if way == "up":
+                    # packet: 3 bytes length, 1 byte sequence, 0x03 (COM_QUERY), the SQL
+                    self.committing[client] = chunk[4:5] == b"\x03" and bool(
+                        self.COMMIT.match(chunk, 5)
+                    )
+                    drop = mode == "drop_up"
+                    self.commits += self.committing[client]
+                else:
+                    acks = mode == "drop_commit_acks" and self.committing.get(client, False)
+                    drop = mode == "drop_down" or acks
+                    if acks:
+                        with self.changed:
+                            self.dropped += 1
+                if not drop:
+                    dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            self.committing.pop(client, None)
+            for sock in (src, dst):
+                self.connections.discard(sock)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
 
 # ---------------------------------------------------------------- watching the emails

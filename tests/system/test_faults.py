@@ -38,6 +38,19 @@ STALL_LIMIT = 5.0
 FROZEN_READ_LIMIT = 12.0
 FROZEN_WRITE_LIMIT = 30.0
 
+# What the app logs when a fault touched it (counted in each entry).
+LOG_LINES = (
+    "lease lost before sending",
+    "outcome unknown",
+    "stopped during the send",
+    "reclaimed",
+    "but the write committed",
+    "and the write did not commit",
+    "no way to check",
+    "views lost",
+    "DAMN ! worker",
+)
+
 FAST = {
     "clients": 8,
     "web_kills": 4,
@@ -99,7 +112,7 @@ def serve(reaper, mariadb, ses, app_env, stacks, create_admins):
         run = SimpleNamespace(db=db, database=database, moto=ses, sampler=None)
         runs.append(run)
         run.redis = h.Redis(reaper, workdir)
-        run.db_proxy = h.FaultProxy(db.port) if db_proxy else None
+        run.db_proxy = f.CommitAckProxy(db.port) if db_proxy else None
         run.ses_proxy = h.FaultProxy(ses.port) if ses_proxy else None
         url = h.MariaDB(run.db_proxy.port).url(database) if db_proxy else db.url(database)
         ses_url = f"http://{h.HOST}:{run.ses_proxy.port}" if ses_proxy else ses.url
@@ -153,6 +166,7 @@ def finish(run, scenario: str, requests, results, wait_sending=True, timeout=150
     entry["stopped"] = run.stopped
     run.uwsgi_log = run.stack.uwsgi_log().read_text(errors="replace")
     entry["harakiri_lines"] = len(f.HARAKIRI.findall(run.uwsgi_log))
+    entry["log_lines"] = {k: run.uwsgi_log.count(k) for k in LOG_LINES if k in run.uwsgi_log}
     results.append(entry)
     return entry
 
@@ -286,14 +300,24 @@ def test_commit_acknowledgements_dropped(serve, mode, fault_results):
     run = serve("commit_drop", db_proxy=True)
     load = f.Load(run.stack.port, run.skus, run.tokens).start(f.mixed(mode.clients, put=0.1))
     try:
-        for _ in range(mode.commit_windows):
-            time.sleep(4)
-            with run.sampler.fault(), run.db_proxy.fault("drop_down"):
+        time.sleep(3)
+        for n in range(mode.commit_windows):
+            # only the answers to COMMIT lost, or every answer from MariaDB
+            drop = "drop_commit_acks" if n % 2 == 0 else "drop_down"
+            with run.sampler.fault(), run.db_proxy.fault(drop):
                 time.sleep(2)
-        time.sleep(12)  # the requests caught in a window answer (timeouts, commit checks)
+            # what a window caught answers (timeouts of 8 s, commit checks) before the next
+            time.sleep(10)
     finally:
         load.stop()
     entry = finish(run, "commit_acks_dropped", load.requests, fault_results)
+    entry["commit_answers_dropped"] = run.db_proxy.dropped
+    entry["commits_through_proxy"] = run.db_proxy.commits
+    entry["commits_checked"] = {
+        outcome: run.uwsgi_log.count(f"the answer was lost {line}")
+        for outcome, line in (("committed", "but the write committed"), ("not", "and the write"))
+    }
+    entry["slow_requests"] = sum(r.latency > 2 for r in load.requests)
     f.check(entry)
     stopped_cleanly(run)
     assert entry["status_counts"].get("503", 0) > 0  # the windows did hit requests
