@@ -376,6 +376,7 @@ def tally(run, scenario: str, requests: list[Req], counted_sending_as_unknown: b
     puts = [r for r in requests if r.kind == PUT]
     confirmed = {(r.sku, r.price) for r in puts if r.status == 200}
     app_5xx = [r for r in puts if r.from_app and r.status >= 500]
+    unconfirmed = [r for r in app_5xx if "may or may not" in json.dumps(r.body)]
     unanswered = [r for r in puts if not r.from_app]
     refused = [r for r in puts if r.from_app and 400 <= r.status < 500]
     committed = confirmed | row_changes
@@ -405,6 +406,11 @@ def tally(run, scenario: str, requests: list[Req], counted_sending_as_unknown: b
         "emails_in_flight": len(in_flight),
         "writes_5xx_committed": sum((r.sku, r.price) in row_changes for r in app_5xx),
         "writes_5xx": len(app_5xx),
+        # 503s that say the outcome is unknown (the commit could not be checked)
+        "writes_5xx_unconfirmed": len(unconfirmed),
+        "writes_5xx_unconfirmed_committed": sum(
+            (r.sku, r.price) in row_changes for r in unconfirmed
+        ),
         "writes_unanswered": len(unanswered),
         "writes_unanswered_committed": sum((r.sku, r.price) in row_changes for r in unanswered),
         "writes_refused_committed": sum((r.sku, r.price) in row_changes for r in refused),
