@@ -10,7 +10,9 @@ The count, after the load has stopped and the worker has drained:
   ``reads_unanswered``, the only allowance (``view_rows - reads_200`` at most that).
 - Every PUT carries a price of its own, so the notification rows (written in the change's
   transaction) tell which PUTs committed. ``writes_5xx_committed``: PUTs the app answered
-  5xx that committed. PUTs that got no answer from the app at all (nginx's 502 for a
+  5xx (saying nothing was committed) that committed. A 503 that says the outcome is
+  unknown (the database could not be asked) is ``writes_5xx_unconfirmed``, and whether it
+  committed after all is ``writes_5xx_unconfirmed_committed``. PUTs that got no answer from the app at all (nginx's 502 for a
   killed worker, a client timeout) are ``writes_unanswered``; those that committed are
   changes like any other.
 - emails_expected: committed changes x active admins; emails_sent: rows ``sent``
@@ -404,7 +406,10 @@ def tally(run, scenario: str, requests: list[Req], counted_sending_as_unknown: b
         "emails_duplicated": sum(c - 1 for c in at_ses.values() if c > 1),
         "emails_unknown": len(unknown_ids),
         "emails_in_flight": len(in_flight),
-        "writes_5xx_committed": sum((r.sku, r.price) in row_changes for r in app_5xx),
+        # 5xx answers that said "not committed" (all but the unconfirmed ones) yet had
+        "writes_5xx_committed": sum(
+            (r.sku, r.price) in row_changes for r in app_5xx if r not in unconfirmed
+        ),
         "writes_5xx": len(app_5xx),
         # 503s that say the outcome is unknown (the commit could not be checked)
         "writes_5xx_unconfirmed": len(unconfirmed),
