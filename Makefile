@@ -48,7 +48,7 @@ smoke: $(VENV)/.installed
 	$(BIN)/pytest tests/system -m "system and not reliability and not browser" $(PYTEST_ARGS)
 
 ## make reliability: every system test, with the long load and fault runs (MariaDB down, SES
-## down; a private mariadbd, never the machine's); figures in bench/results/reliability-results.json
+## down; a private mariadbd, never the machine's); figures in reliability-results.json
 reliability: $(VENV)/.installed
 	$(BIN)/pytest tests/system -m system $(PYTEST_ARGS)
 

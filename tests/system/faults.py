@@ -12,9 +12,9 @@ The count, after the load has stopped and the worker has drained:
   transaction) tell which PUTs committed. ``writes_5xx_committed``: PUTs the app answered
   5xx (saying nothing was committed) that committed. A 503 that says the outcome is
   unknown (the database could not be asked) is ``writes_5xx_unconfirmed``, and whether it
-  committed after all is ``writes_5xx_unconfirmed_committed``. PUTs that got no answer from the app at all (nginx's 502 for a
-  killed worker, a client timeout) are ``writes_unanswered``; those that committed are
-  changes like any other.
+  committed after all is ``writes_5xx_unconfirmed_committed``. PUTs that got no answer
+  from the app at all (nginx's 502 for a killed worker, a client timeout) are
+  ``writes_unanswered``; those that committed are changes like any other.
 - emails_expected: committed changes x active admins; emails_sent: rows ``sent``
   (cross-checked with the notification ids SES recorded); emails_unknown: rows
   ``unknown`` (plus, where a scenario does not wait for the send lease, rows still

@@ -18,7 +18,6 @@ import random
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pymysql
@@ -30,7 +29,6 @@ from tests.system.conftest import ADMINS
 
 PRODUCTS = 20
 START_PRICE = 100
-RESULTS = h.ROOT / "reliability-results.json"
 # A graceful reload must not hold any request longer than this.
 STALL_LIMIT = 5.0
 # With MariaDB frozen every request answers within the database timeouts (a read 8 s, a
@@ -77,17 +75,14 @@ FULL = {
 }
 
 
-@pytest.fixture(scope="module")
-def fault_results(request):
-    entries: list[dict] = []
-    yield entries
-    if entries:
-        report = {
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "set": f.fault_set(request.config),
-            "scenarios": entries,
-        }
-        RESULTS.write_text(json.dumps(report, indent=2, default=str) + "\n")
+@pytest.fixture
+def fault_results(results, request):
+    """The run's reliability-results.json (conftest): each entry says its fault set."""
+    set_name = f.fault_set(request.config)
+    start = len(results)
+    yield results
+    for entry in results[start:]:
+        entry.setdefault("set", set_name)
 
 
 @pytest.fixture
