@@ -362,7 +362,7 @@ def tally(run, scenario: str, requests: list[Req], counted_sending_as_unknown: b
     admins = [
         a
         for (a,) in db.query(
-            database, "SELECT email FROM users WHERE rol = 1 AND active ORDER BY id"
+            database, "SELECT email FROM users WHERE rol = 1 AND deleted_at IS NULL ORDER BY id"
         )
     ]
     got: Counter = Counter()
