@@ -110,10 +110,10 @@ def engine_options(url: str) -> dict:
         # limits (set on each connection, see app/extensions.py) come first.
         "connect_args": {
             "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3),
-            "read_timeout": env_int("DB_READ_TIMEOUT", 8),
-            "write_timeout": env_int("DB_WRITE_TIMEOUT", 8),
+            "read_timeout": env_int("DB_READ_TIMEOUT", 5),
+            "write_timeout": env_int("DB_WRITE_TIMEOUT", 5),
             "init_command": session_limits(
-                env_int("DB_LOCK_WAIT_SECONDS", 5), env_float("DB_STATEMENT_SECONDS", 6.0)
+                env_int("DB_LOCK_WAIT_SECONDS", 3), env_float("DB_STATEMENT_SECONDS", 4.0)
             ),
         },
         # Every session ends with a rollback or commit already, so the pool's own reset

@@ -31,8 +31,8 @@ PRODUCTS = 20
 START_PRICE = 100
 # A graceful reload must not hold any request longer than this.
 STALL_LIMIT = 5.0
-# With MariaDB frozen every request answers within the database timeouts (a read 8 s, a
-# commit 8 s more and its check 8 s), well under uWSGI's harakiri (50 s).
+# With MariaDB frozen every request answers within the database timeouts (a read 5 s, a
+# commit 5 s more and its check 8 s), well under uWSGI's harakiri (50 s).
 FROZEN_READ_LIMIT = 12.0
 FROZEN_WRITE_LIMIT = 30.0
 

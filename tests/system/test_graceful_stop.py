@@ -36,7 +36,9 @@ def test_sigterm_under_load_finishes_every_request_and_loses_no_view(
     mariadb, new_database, app_env, stacks
 ):
     # Two request threads per worker: a shutdown waits for every thread's request.
-    database, stack = serve_one_product(mariadb, new_database, app_env, stacks, "stop", 2)
+    database, stack = serve_one_product(
+        mariadb, new_database, app_env, stacks, "sigterm-under-load", 2
+    )
     stop, statuses = threading.Event(), []
     readers = [threading.Thread(target=read_until, args=(stack, stop, statuses)) for _ in range(4)]
     for reader in readers:
@@ -54,7 +56,9 @@ def test_sigterm_under_load_finishes_every_request_and_loses_no_view(
 
 def test_a_graceful_reload_under_load_loses_no_view(mariadb, new_database, app_env, stacks):
     # One thread per worker (app.ini's default: see there why reloads need it).
-    database, stack = serve_one_product(mariadb, new_database, app_env, stacks, "reload", 1)
+    database, stack = serve_one_product(
+        mariadb, new_database, app_env, stacks, "reload-under-load", 1
+    )
     stop, statuses = threading.Event(), []
     readers = [threading.Thread(target=read_until, args=(stack, stop, statuses)) for _ in range(4)]
     for reader in readers:
