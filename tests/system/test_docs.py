@@ -50,7 +50,7 @@ def served(tmp_path_factory):
                 username="docs-admin",
                 email="admin@example.com",
                 password=ADMIN_PASSWORD,
-                rol=1,
+                role=1,
             )
             db.session.commit()
     server = make_server(h.HOST, h.free_port(), app, threaded=True)
@@ -58,8 +58,6 @@ def served(tmp_path_factory):
     thread.start()
     yield app, f"http://{h.HOST}:{server.server_port}", workdir
     server.shutdown()
-    app.extensions["outbox"].stop()
-    app.extensions["views"].stop()
     with app.app_context():
         db.engine.dispose()
 
