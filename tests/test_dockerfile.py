@@ -7,6 +7,7 @@ reading of app.ini when Debian's uWSGI is there. deploy/smoke.py (`make smoke`) 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from app.errors import payload_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -356,6 +359,23 @@ def test_nginx_trusts_x_forwarded_for_from_private_ranges_only():
     for cidr in trusted:
         assert cidr.startswith(("10.", "172.", "192.168.")), f"untrusted range {cidr}"
         assert not cidr.endswith("/0")
+
+
+def test_nginx_answers_its_own_errors_in_the_json_error_shape():
+    text = NGINX_CONF.read_text()
+    directives = nginx_directives(text)
+    pages = [args for name, args in directives if name == "error_page"]
+    caught = {int(code) for args in pages for code in args[:-1] if code.isdigit()}
+    assert {400, 413, 414, 429, 502, 504} <= caught
+    assert {args[-1] for args in pages} == {"/.error"}
+    bodies = dict(re.findall(r"^\s*(\d{3}) '(\{.*\})';$", text, re.M))
+    default = re.search(r"^\s*default '(\{.*\})';$", text, re.M)
+    assert default and json.loads(default.group(1))["code"] == 500
+    for code in caught - {494}:  # 494 (a header too large) is answered 400
+        body = json.loads(bodies[str(code)])
+        expected = payload_for(code)
+        assert list(body) == ["code", "status", "message"], body
+        assert body["code"] == code and body["status"] == expected["status"], body
 
 
 # ---------------------------------------------------------------- the entrypoint
