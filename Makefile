@@ -37,9 +37,10 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## make bench: throughput and latency ratios under uWSGI on MariaDB (see bench/README)
+## make bench: throughput and latency ratios under uWSGI on MariaDB, with a private Redis,
+## moto as SES and `flask worker` beside the servers (see bench/README); BENCH_ARGS="--only views"
 bench: $(VENV)/.installed
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## make smoke: the fast system tests (tests/system): the deployment's own files with Debian's
 ## nginx and uWSGI, a private MariaDB and Redis, moto as SES (root; see the README's prerequisites)
@@ -47,7 +48,7 @@ smoke: $(VENV)/.installed
 	$(BIN)/pytest tests/system -m "system and not reliability and not browser" $(PYTEST_ARGS)
 
 ## make reliability: every system test, with the long load and fault runs (MariaDB down, SES
-## down; a private mariadbd, never the machine's); figures in bench/results/reliability-results.json
+## down; a private mariadbd, never the machine's); figures in reliability-results.json
 reliability: $(VENV)/.installed
 	$(BIN)/pytest tests/system -m system $(PYTEST_ARGS)
 

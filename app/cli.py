@@ -46,11 +46,26 @@ def create_admin(email: str, password: str, fullname: str, username: str | None)
 
 @users.command("ensure-admin")
 def ensure_admin() -> None:
-    """Create the first admin when none exists (ADMIN_EMAIL / ADMIN_PASSWORD, or generated)."""
-    first = accounts.ensure_first_admin(
-        current_app.config.get("ADMIN_EMAIL"), current_app.config.get("ADMIN_PASSWORD")
-    )
-    db.session.commit()
+    """Create the first admin when none exists (ADMIN_EMAIL / ADMIN_PASSWORD, or generated
+    outside production)."""
+    config = current_app.config
+    password = config.get("ADMIN_PASSWORD")
+    if password and len(password) < MIN_PASSWORD_LENGTH:
+        raise click.ClickException(
+            f"ADMIN_PASSWORD must be at least {MIN_PASSWORD_LENGTH} characters."
+        )
+    if not password and config["APP_ENV"] == "production" and not accounts.admin_count():
+        # A generated password printed here would live on in the logs (CloudWatch...).
+        raise click.ClickException(
+            "No admin exists yet: set ADMIN_PASSWORD (and ADMIN_EMAIL) to create the first "
+            "admin; in production no password is generated or printed."
+        )
+    try:
+        first = accounts.ensure_first_admin(config.get("ADMIN_EMAIL"), password)
+        db.session.commit()
+    except RuleError as exc:
+        db.session.rollback()
+        raise click.ClickException(f"ADMIN_EMAIL {exc.message}") from exc
     if first is None:
         click.echo("An admin account exists already.")
         return

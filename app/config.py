@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
 
 INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
 MIN_SECRET_BYTES = 32
+MIN_SECRET_DISTINCT = 10
+# Words people put in a key "for now"; a key that is mostly these is no key.
+PLACEHOLDER_WORDS = (
+    "changeme",
+    "change",
+    "secret",
+    "password",
+    "passw0rd",
+    "default",
+    "example",
+    "placeholder",
+    "replace",
+    "insecure",
+    "dummy",
+    "token",
+    "test",
+    "key",
+    "me",
+    "your",
+    "xxx",
+)
+# OWASP Password Storage Cheat Sheet: argon2id, m = 19 MiB, t = 2, p = 1.
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+MAKE_A_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
 
 
 class ConfigError(RuntimeError):
@@ -116,10 +143,30 @@ def development_secret() -> str:
     return key
 
 
+def weak_secret(key: str) -> str | None:
+    """Why ``key`` cannot sign tokens in production, or None when it can."""
+    if len(key.encode()) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    if any(char.isspace() for char in key):
+        return "contains whitespace"
+    if len(set(key)) < MIN_SECRET_DISTINCT:
+        return f"uses only {len(set(key))} different characters"
+    for period in range(1, len(key) // 2 + 1):
+        if key == (key[:period] * (len(key) // period + 1))[: len(key)]:
+            return "repeats a short pattern"
+    rest = re.sub(r"[^a-z0-9]", "", key.lower())
+    for word in PLACEHOLDER_WORDS:
+        rest = rest.replace(word, "")
+    if len(rest) < MIN_SECRET_BYTES // 2:
+        return "is made of placeholder words"
+    return None
+
+
 class Config:
     """Development defaults: embedded SQLite, console mailer, a generated secret."""
 
     DEFAULT_MAIL_BACKEND = "console"
+    APP_ENV = "development"
 
     def __init__(self) -> None:
         self.SQLALCHEMY_DATABASE_URI = database_url(env_str("DATABASE_URL"))
@@ -155,8 +202,12 @@ class Config:
         # Product views and their statistics: auto = the stream when REDIS_URL is set,
         # else written directly; direct = always written by the read; off.
         self.VIEW_RECORDING = (env_str("VIEW_RECORDING") or "auto").lower()
+        # Count the same client (user, or address when anonymous) and product once per
+        # this many seconds (0: every read counts).
+        self.VIEW_DEDUP_SECONDS = env_int("VIEW_DEDUP_SECONDS", 0)
         self.VIEWS_BATCH = env_int("VIEWS_BATCH", 500)
         self.VIEWS_RECLAIM_SECONDS = env_float("VIEWS_RECLAIM_SECONDS", 30.0)
+        self.VIEWS_LINGER_SECONDS = env_float("VIEWS_LINGER_SECONDS", 0.5)
         stats_url = env_str("STATS_DATABASE_URL")
         self.SQLALCHEMY_BINDS = (
             {"stats": {"url": database_url(stats_url), **engine_options(database_url(stats_url))}}
@@ -164,14 +215,25 @@ class Config:
             else {}
         )
 
-        # Failed logins per client address, and per account from any address (higher, so
-        # one client cannot lock an account out); memory:// is per process,
-        # production points RATELIMIT_STORAGE_URI at Redis (redis://host:6379/0).
+        # Failed logins per client address, and per account from any address; memory://
+        # counts per process, so production requires Redis (the views stream's by default)
+        # unless LOGIN_LIMITS_PER_PROCESS says a per-process count is meant.
         self.LOGIN_FAILURES_LIMIT = env_str("LOGIN_FAILURES_LIMIT") or "10 per minute"
         self.LOGIN_ACCOUNT_FAILURES_LIMIT = (
             env_str("LOGIN_ACCOUNT_FAILURES_LIMIT") or "50 per minute"
         )
-        self.RATELIMIT_STORAGE_URI = env_str("RATELIMIT_STORAGE_URI") or "memory://"
+        # Password hashing (argon2id) and how many logins one process verifies at once:
+        # past that a login is answered 503 at once instead of queueing CPU-bound work.
+        self.ARGON2_MEMORY_KIB = env_int("ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB)
+        self.ARGON2_TIME_COST = env_int("ARGON2_TIME_COST", ARGON2_TIME_COST)
+        self.ARGON2_PARALLELISM = env_int("ARGON2_PARALLELISM", ARGON2_PARALLELISM)
+        self.LOGIN_CONCURRENCY = env_int("LOGIN_CONCURRENCY", 1)
+        self.LOGIN_LIMITS_PER_PROCESS = env_bool("LOGIN_LIMITS_PER_PROCESS", False)
+        self.RATELIMIT_STORAGE_URI = (
+            env_str("RATELIMIT_STORAGE_URI") or self.REDIS_URL or "memory://"
+        )
+        # Strict-Transport-Security on answers to HTTPS requests (0: not sent).
+        self.HSTS_MAX_AGE = env_int("HSTS_MAX_AGE", 365 * 24 * 3600)
         # GET /metrics answers loopback and private addresses, or this bearer token.
         self.METRICS_TOKEN = env_str("METRICS_TOKEN")
         self.CORS_ORIGINS = [
@@ -197,6 +259,8 @@ class Config:
             raise ConfigError(
                 f"VIEW_RECORDING must be auto, direct or off, got {self.VIEW_RECORDING!r}."
             )
+        if self.VIEW_DEDUP_SECONDS < 0:
+            raise ConfigError("VIEW_DEDUP_SECONDS must be 0 (off) or more.")
         if self.MAIL_BACKEND not in {"console", "ses"}:
             raise ConfigError(
                 f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."
@@ -207,18 +271,31 @@ class ProductionConfig(Config):
     """Production: secrets must come from the environment."""
 
     DEFAULT_MAIL_BACKEND = "ses"
+    APP_ENV = "production"
 
     def secret_key(self) -> str:
         return env_str("SECRET_KEY") or ""
 
     def validate(self) -> None:
-        if len(self.SECRET_KEY.encode()) < MIN_SECRET_BYTES:
+        if not self.SECRET_KEY:
             raise ConfigError(
                 "SECRET_KEY must be set to a random string of at least "
-                f"{MIN_SECRET_BYTES} bytes in production "
-                '(for example: python -c "import secrets; print(secrets.token_urlsafe(48))").'
+                f"{MIN_SECRET_BYTES} bytes in production (for example: {MAKE_A_KEY})."
+            )
+        if reason := weak_secret(self.SECRET_KEY):
+            raise ConfigError(
+                f"SECRET_KEY {reason}: set it to a random string of at least "
+                f"{MIN_SECRET_BYTES} bytes (for example: {MAKE_A_KEY})."
             )
         super().validate()
+        shared = self.RATELIMIT_STORAGE_URI.split("://", 1)[0].startswith("redis")
+        if not shared and not self.LOGIN_LIMITS_PER_PROCESS:
+            raise ConfigError(
+                "RATELIMIT_STORAGE_URI must point at Redis in production so every process "
+                "shares the login limits (set it, or REDIS_URL, to redis://host:6379/0); "
+                "to count per process on purpose, set RATELIMIT_STORAGE_URI=memory:// and "
+                "LOGIN_LIMITS_PER_PROCESS=true."
+            )
         if self.MAIL_BACKEND == "ses" and not self.EMAIL_SOURCE:
             raise ConfigError(
                 "EMAIL_SOURCE must be set to the SES-verified sender address when "
@@ -243,7 +320,14 @@ class TestConfig(Config):
 
 
 def config_for_environment() -> Config:
-    name = (env_str("APP_ENV") or "development").lower()
+    raw = os.environ.get("APP_ENV")
+    if raw is not None and not raw.strip():
+        # `docker run -e APP_ENV= ...`: an image built for production must not fall back
+        # to development's generated key and console mailer.
+        raise ConfigError(
+            "APP_ENV is set but empty: set APP_ENV=production (or development), or unset it."
+        )
+    name = (raw or "development").strip().lower()
     if name == "production":
         return ProductionConfig()
     if name in {"development", "dev"}:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 
 from marshmallow import ValidationError, fields, validate
+
+from app.emails import BadEmail, canonical_email, lookup_email
 
 MAX_PRICE = Decimal("9999999999.99")
 MAX_QUANTITY = 2_147_483_647
@@ -73,25 +76,50 @@ class Count(fields.Integer):
         return super()._validated(value)
 
 
+# C0 controls (CR, LF, ESC, NUL...), DEL and C1 controls, the Unicode line and paragraph
+# separators, and the bidirectional embeddings, overrides and isolates: none belongs in a
+# one-line value, and each can forge a log line, an email header or what a reader sees.
+CONTROL_RANGES = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+CONTROL_CHARACTERS = re.compile(f"[{CONTROL_RANGES}]")
+
+
 class Text(fields.String):
-    """A string with surrounding spaces removed."""
+    """One line of text, surrounding spaces removed; control characters are refused."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(value, attr, data, **kwargs).strip()
+        value = super()._deserialize(value, attr, data, **kwargs).strip()
+        if CONTROL_CHARACTERS.search(value):
+            raise ValidationError("Must be one line without control characters.")
+        return value
 
 
 class LowerEmail(fields.Email):
-    """An email address, lowercased; at most 254 characters (RFC 5321, the column's size)."""
+    """An email address in its canonical form (app/emails.py); at most 254 characters
+    (RFC 5321, the column's size). ``lookup=True`` (the login) only normalises: an address
+    no account can have is simply not found."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, lookup: bool = False, **kwargs):
         super().__init__(validate=validate.Length(max=254), **kwargs)
+        self.lookup = lookup
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return (
-            super()
-            ._deserialize(value.strip() if isinstance(value, str) else value, attr, data, **kwargs)
-            .lower()
-        )
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if self.lookup:
+            return lookup_email(value)
+        try:
+            return canonical_email(value)
+        except BadEmail as exc:
+            raise ValidationError(str(exc)) from exc
+
+
+def text_properties(self, field, **kwargs) -> dict:
+    """OpenAPI for Text: one line without control characters (unless a stricter pattern,
+    a Regexp validator, already says what is allowed)."""
+    if isinstance(field, Text) and not any(
+        isinstance(v, validate.Regexp) for v in field.validators
+    ):
+        return {"pattern": "^[^" + CONTROL_RANGES + "]*$"}
+    return {}
 
 
 def text(max_length: int, **kwargs) -> Text:

@@ -64,7 +64,7 @@ def header_safe(value: str) -> str:
 def mime_message(email: Email, source: str) -> bytes:
     message = EmailMessage(policy=SMTP)
     message["From"] = source
-    message["To"] = email.to
+    message["To"] = header_safe(email.to)
     message["Subject"] = header_safe(email.subject)
     if email.notification_id is not None:
         message[NOTIFICATION_HEADER] = str(email.notification_id)

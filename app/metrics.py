@@ -39,6 +39,10 @@ LOGIN_FAILURES = Counter(
 LOGIN_LIMITED = Counter(
     "marketplace_login_limited_total", "Logins refused with 429 (too many failures)."
 )
+LOGIN_BUSY = Counter(
+    "marketplace_login_busy_total",
+    "Logins refused with 503: the process was verifying as many passwords as it may.",
+)
 DATABASE_ERRORS = Counter(
     "marketplace_database_errors_total",
     "Requests answered 503 because the database failed (unreachable, timed out, locked).",
@@ -47,6 +51,10 @@ VIEWS_RECORDED = Counter(
     "marketplace_views_recorded_total",
     "Product views recorded, by path: stream (Redis) or direct (database).",
     ["path"],
+)
+VIEWS_REPEATED = Counter(
+    "marketplace_views_repeated_total",
+    "Product reads not counted as views: the same client and product within VIEW_DEDUP_SECONDS.",
 )
 VIEWS_LOST = Counter(
     "marketplace_views_lost_total",

@@ -18,7 +18,7 @@ from marshmallow import missing
 from webargs.flaskparser import FlaskParser, abort
 
 from app.errors import ErrorSchema, error_payload
-from app.fields import Price, price_properties
+from app.fields import Price, price_properties, text_properties
 
 MAX_JSON_DEPTH = 32
 
@@ -56,7 +56,48 @@ def load_json_body(raw: bytes):
         raise ValueError(f"The body is not valid JSON: {str(exc).rstrip('.')}.") from exc
     if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise ValueError("The JSON body is nested too deeply.")
+    _reject_unencodable(data)
     return data
+
+
+class NotUnicode(ValueError):
+    """A string in the body is not Unicode text (a lone UTF-16 surrogate, ``\\ud800``)."""
+
+    message = "Must be text that UTF-8 can encode (no lone UTF-16 surrogates)."
+
+    def __init__(self, field: str | None):
+        super().__init__(self.message if field is None else f"Invalid value for: {field}.")
+        self.field = field
+
+
+def _encodable(value) -> bool:
+    """Whether every string in ``value`` (keys included) can be encoded as UTF-8."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def _reject_unencodable(data) -> None:
+    """JSON's ``\\ud800`` escapes decode to strings no database, log or email can take:
+    refuse them here, naming the top-level field when there is one."""
+    if _encodable(data):
+        return
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if _encodable(key) and not _encodable(value):
+                raise NotUnicode(key)
+    raise NotUnicode(None)
 
 
 class Parser(FlaskParser):
@@ -70,6 +111,10 @@ class Parser(FlaskParser):
             abort(415, message="Send the body as JSON with 'Content-Type: application/json'.")
         try:
             return load_json_body(raw)
+        except NotUnicode as exc:
+            if exc.field is None:
+                abort(400, message=NotUnicode.message, messages={"json": [NotUnicode.message]})
+            abort(422, messages={"json": {exc.field: [NotUnicode.message]}})
         except ValueError as exc:
             abort(400, message=str(exc), messages={"json": [str(exc)]})
 
@@ -123,6 +168,7 @@ class Api(flask_smorest.Api):
         super().init_app(app, *args, **kwargs)
         self.register_field(Price, "number", None)
         self.ma_plugin.converter.add_attribute_function(price_properties)
+        self.ma_plugin.converter.add_attribute_function(text_properties)
         self.spec.components.security_scheme(
             "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
         )

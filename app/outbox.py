@@ -134,7 +134,25 @@ def start(row: Claimed) -> bool:
             claimed_until=utcnow() + SEND_LEASE,
         )
     )
-    return _until_the_database_answers(lambda: _execute(statement), row.id, "starting") == 1
+    if _until_the_database_answers(lambda: _execute(statement), row.id, "starting") == 1:
+        return True
+    # A retry after a lost answer to the COMMIT finds the mark already made: then it is
+    # this sender's own (no other sender has its claim token), and the row is still its.
+    return _until_the_database_answers(lambda: _marked_by(row), row.id, "checking") == 1
+
+
+def _marked_by(row: Claimed) -> int:
+    marked = db.session.scalar(
+        select(func.count())
+        .select_from(Notification)
+        .where(
+            Notification.id == row.id,
+            Notification.claim_token == row.token,
+            Notification.status == Status.SENDING,
+        )
+    )
+    db.session.commit()
+    return marked
 
 
 def _finish(row: Claimed, **values) -> None:

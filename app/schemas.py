@@ -18,7 +18,7 @@ USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$"
 
 
 class LoginSchema(Schema):
-    email = LowerEmail(required=True, metadata={"example": "admin@example.com"})
+    email = LowerEmail(lookup=True, required=True, metadata={"example": "admin@example.com"})
     password = fields.String(
         required=True, load_only=True, validate=validate.Length(min=1, max=1024)
     )
@@ -197,6 +197,10 @@ class StatsQuerySchema(Schema):
     format = fields.String(
         validate=validate.OneOf(["json", "csv"]),
         metadata={"description": "csv for a spreadsheet (or send 'Accept: text/csv')."},
+    )
+    bom = fields.Boolean(
+        load_default=False,
+        metadata={"description": "CSV only: start with a UTF-8 byte order mark (Excel)."},
     )
 
     @post_load

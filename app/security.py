@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from contextlib import contextmanager
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_cors import CORS
 from limits import parse
 from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def init_app(app: Flask) -> None:
         app.config["LOGIN_ACCOUNT_FAILURES_LIMIT"],
         app.config["RATELIMIT_STORAGE_URI"],
     )
+    app.extensions["password_slots"] = VerificationSlots(app.config["LOGIN_CONCURRENCY"])
     origins = app.config["CORS_ORIGINS"]
     if origins:
         CORS(
@@ -45,6 +47,11 @@ def _security_headers(response):
     headers.setdefault("Referrer-Policy", "no-referrer")
     docs = request.path.startswith("/api/docs")
     headers.setdefault("Content-Security-Policy", DOCS_POLICY if docs else API_POLICY)
+    max_age = current_app.config["HSTS_MAX_AGE"]
+    if request.is_secure and max_age:
+        # Only over HTTPS (browsers ignore it over HTTP): behind the load balancer, nginx
+        # passes its X-Forwarded-Proto on as the request's scheme.
+        headers.setdefault("Strict-Transport-Security", f"max-age={max_age}")
     if request.authorization is not None or request.path.startswith("/users/login"):
         # Answers to authenticated requests and tokens are never cached by a proxy.
         headers.setdefault("Cache-Control", "no-store")
@@ -54,38 +61,94 @@ def _security_headers(response):
 class LoginLimits:
     """Failed logins per client address and per account.
 
-    The ``limits`` library (Flask-Limiter's engine) used from the login view alone:
-    Flask-Limiter's own hook runs on every request (0.6 ms of each product read). The
-    account limit is higher than the address limit, so one client cannot lock an admin
-    out; several addresses guessing one account are still slowed down. If the storage
-    (Redis) is unreachable, logins go on unlimited and the error is logged.
+    Counted with the ``limits`` library's storage (Flask-Limiter's engine; in Redis in
+    production, so every process and instance shares one count), from the login view
+    alone: Flask-Limiter's own hook runs on every request (0.6 ms of each product read).
+
+    - **Per address** (``LOGIN_FAILURES_LIMIT``): each attempt takes a slot *before* its
+      password is verified (one atomic increment: concurrent attempts cannot all slip
+      under the limit), and a successful login gives it back, so only failures count.
+      Past the limit the address waits, whatever it sends.
+    - **Per account** (``LOGIN_ACCOUNT_FAILURES_LIMIT``): never refuses a correct
+      password, so nobody can lock an admin out. Past it, each further wrong password for
+      that account answers 429 and uses up the address's whole allowance: guesses spread
+      over many addresses slow down to one per address and window. The first time in a
+      window the account limit is reached is logged.
+
+    Windows are fixed and start at the first failure. If the storage is unreachable,
+    logins go on unlimited and the error is logged.
     """
 
     def __init__(self, per_client: str, per_account: str, storage_uri: str):
-        self.limits = {"client": parse(per_client), "account": parse(per_account)}
-        self.window = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self.client = parse(per_client)
+        self.account = parse(per_account)
+        self.storage = storage_from_string(storage_uri)
 
-    @staticmethod
-    def _keys(address: str | None, email: str) -> dict[str, str]:
-        return {"client": address or "-", "account": email.strip().lower()}
+    def _add(self, limit, key: str, amount: int = 1) -> int:
+        """Add to the count of ``key`` in its window (atomically); the new count."""
+        return self.storage.incr(limit.key_for("login", key), limit.get_expiry(), amount=amount)
 
-    def retry_after(self, address: str | None, email: str) -> int:
-        """Seconds until another attempt is allowed; 0 when it is allowed now."""
-        wait = 0.0
+    def _wait(self, limit, key: str) -> int:
+        reset = self.storage.get_expiry(limit.key_for("login", key))
+        return max(1, math.ceil(reset - time.time()))
+
+    def reserve(self, address: str | None) -> int:
+        """Take a slot for one attempt from ``address``: 0 when it may go on, else the
+        seconds to wait."""
+        key = f"client:{address or '-'}"
         try:
-            for kind, key in self._keys(address, email).items():
-                limit = self.limits[kind]
-                if not self.window.test(limit, "login", kind, key):
-                    reset = self.window.get_window_stats(limit, "login", kind, key).reset_time
-                    wait = max(wait, reset - time.time())
+            if self._add(self.client, key) <= self.client.amount:
+                return 0
+            return self._wait(self.client, key)
         except Exception:
             log.exception("login limits unavailable; this attempt is not limited")
             return 0
-        return max(1, math.ceil(wait)) if wait else 0
 
-    def failed(self, address: str | None, email: str) -> None:
+    def succeeded(self, address: str | None) -> None:
+        """Give the attempt's slot back: successful logins never count."""
         try:
-            for kind, key in self._keys(address, email).items():
-                self.window.hit(self.limits[kind], "login", kind, key)
+            self._add(self.client, f"client:{address or '-'}", -1)
+        except Exception:
+            log.exception("login limits unavailable; this success is not refunded")
+
+    def failed(self, address: str | None, email: str) -> int:
+        """Count a failure against the account (the address's slot stays taken); 0, or
+        the seconds the address must now wait when the account is over its limit."""
+        account = f"account:{email.strip().lower()}"
+        try:
+            count = self._add(self.account, account)
+            if count <= self.account.amount:
+                return 0
+            if count == self.account.amount + 1:
+                log.warning(
+                    "login: account %r reached its limit of %s failed logins; further wrong "
+                    "passwords for it are refused with 429 (last from %r)",
+                    email,
+                    self.account,
+                    address,
+                )
+            client = f"client:{address or '-'}"
+            self._add(self.client, client, self.client.amount)
+            return max(self._wait(self.account, account), self._wait(self.client, client))
         except Exception:
             log.exception("login limits unavailable; this failure is not counted")
+            return 0
+
+
+class VerificationSlots:
+    """At most ``size`` password verifications at once in this process; past that a
+    login is refused at once (argon2 is CPU-bound: queued logins would hold every worker
+    and starve the product reads)."""
+
+    def __init__(self, size: int):
+        self.slots = threading.BoundedSemaphore(max(1, size))
+
+    @contextmanager
+    def take(self):
+        """Yield True with a slot held, or False at once when none is free."""
+        got = self.slots.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                self.slots.release()

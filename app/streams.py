@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 VIEWS_STREAM = "marketplace:views"
 VIEWS_GROUP = "view-writers"
 WAKE_LIST = "marketplace:outbox:wake"
+# VIEW_DEDUP_SECONDS: one key per (product, client) seen in the window (SET NX EX).
+VIEWED_PREFIX = "marketplace:viewed:"
 # The wake-up list never holds more than this: one entry is enough to wake the worker.
 WAKE_KEEP = 16
 

@@ -160,6 +160,7 @@ class Worker:
         self.poll = config["WORKER_POLL_SECONDS"]
         self.name = config["WORKER_NAME"] or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = threading.Event()
+        self.linger = config["VIEWS_LINGER_SECONDS"]
         url = config["REDIS_URL"]
         # Blocking reads: the socket waits longer than any block.
         self.redis = streams.connect(url, timeout=self.poll + 10) if url else None
@@ -226,7 +227,12 @@ class Worker:
         with self.app.app_context():
             self._guarded("creating the views group", self.consumer.ensure_group)
             while not self.stopping.is_set():
-                self._guarded("writing views", self.consumer.step)
+                read = self._guarded("writing views", self.consumer.step)
+                if read is not None and read < self.consumer.batch:
+                    # A part batch: let the stream fill a little. One transaction per
+                    # few hundred views, not per view, keeps the database's and the
+                    # worker's cost per view small (a view waits this long at most).
+                    self.stopping.wait(self.linger)
                 if time.monotonic() - last_upkeep > HOUSEKEEPING_SECONDS:
                     self._guarded("reclaiming views", self.consumer.reclaim)
                     self._guarded("trimming the views stream", self.consumer.trim)

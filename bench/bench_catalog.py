@@ -1,7 +1,8 @@
-"""Catalog reads under uWSGI on MariaDB.
+"""Catalog reads under uWSGI on MariaDB, the service as deployed: ``REDIS_URL`` set (a
+database of the run's private Redis) and `flask worker` beside uWSGI, writing the views.
 
-1. ``GET /api/products/<sku>`` throughput, divided by a bare Flask route that returns the
-   same JSON from memory under the same uWSGI options (target >= 0.5).
+1. ``GET /api/products/<sku>`` throughput (its view recorded), divided by a bare Flask route
+   that returns the same JSON from memory under the same uWSGI options (target >= 0.5).
 2. ``GET /api/products?mark=<m>&sort=price&page=2`` median latency with 100,000 products,
    divided by the same with 1,000 products (target <= 1.5).
 """
@@ -18,17 +19,17 @@ from common import (
     Catalog,
     Context,
     Latencies,
-    Load,
     Result,
     Target,
     UwsgiServer,
     alternate,
     app_environment,
     build_catalog,
-    drop_database,
-    get_json,
+    drop_databases,
+    redis,
     say,
     sequential_latencies,
+    throughput,
 )
 
 SMALL = ("bench_catalog_1k", 1_000)
@@ -38,9 +39,7 @@ LARGE = ("bench_catalog_100k", 100_000)
 MARKS = 20
 PAGE_SIZE = 20
 LIST_PATH = "/api/products?mark={mark}&sort=price&page=2"
-WARMUP_SECONDS = 2.0
 LATENCY_ROUNDS = 6
-MAX_ERROR_SHARE = 0.01
 
 THROUGHPUT_TARGET = Target(">=", 0.5)
 LATENCY_TARGET = Target("<=", 1.5)
@@ -64,80 +63,51 @@ def run(ctx: Context) -> list[Result]:
             ]
     finally:
         if not ctx.keep_databases:
-            for database, _size in (SMALL, LARGE):
-                try:
-                    drop_database(database)
-                except Exception as exc:  # keep the benchmark's own error, if any
-                    say(f"could not drop {database}: {exc}")
+            drop_databases(SMALL[0], LARGE[0])
 
 
 def serve_app(name: str, catalog: Catalog, ctx: Context) -> UwsgiServer:
-    env = app_environment(catalog.database, ctx.app_env)
-    return UwsgiServer(name, "wsgi.py", env, ready_path=f"/api/products/{catalog.sample_skus[0]}")
+    env = app_environment(catalog.database, {"REDIS_URL": redis().new_database(), **ctx.app_env})
+    # The readiness check is the list, which records no view.
+    return UwsgiServer(name, "wsgi.py", env, "/api/products", worker=True)
 
 
 def serve_bare(app: UwsgiServer, sku: str) -> UwsgiServer:
     """The bare route, loaded with exactly the product JSON the service returns for ``sku``."""
-    _headers, product, _body = get_json(app, f"/api/products/{sku}")
+    product = app.get(f"/api/products/{sku}").json
     env = {**os.environ, "BENCH_BARE_PRODUCTS": json.dumps({sku: product})}
     return UwsgiServer("bare", "bench/bare_app.py", env, ready_path=f"/api/products/{sku}")
 
 
 def product_throughput(ctx: Context, app: UwsgiServer, bare: UwsgiServer, sku: str) -> Result:
     path = f"/api/products/{quote(sku)}"
-    _h, app_json, app_body = get_json(app, path)
-    _h, bare_json, bare_body = get_json(bare, path)
-    if app_json != bare_json:
+    app_body, bare_body = app.get(path).body, bare.get(path).body
+    if json.loads(app_body) != json.loads(bare_body):
         raise BenchError(f"The bare route answers differently:\n{app_body!r}\n{bare_body!r}")
-
-    servers = [app, bare]
-    for server in servers:
-        ctx.load.run(server.url(path), WARMUP_SECONDS)
-    totals = {server.name: Load(0, 0.0, 0) for server in servers}
-    rounds: dict[str, list[float]] = {server.name: [] for server in servers}
-    for _n, server in alternate(ctx.rounds, servers):
-        load = ctx.load.run(server.url(path), ctx.seconds)
-        check_errors(server, load)
-        total = totals[server.name]
-        totals[server.name] = Load(
-            total.requests + load.requests, total.seconds + load.seconds, total.errors + load.errors
-        )
-        rounds[server.name].append(round(load.rps, 1))
-        say(f"{server.name}: {load.rps:,.0f} req/s ({load.requests:,} in {load.seconds:.1f}s)")
-
-    app_rps, bare_rps = totals[app.name].rps, totals[bare.name].rps
-    per_round = [
-        round(a / b, 3) for a, b in zip(rounds[app.name], rounds[bare.name], strict=True) if b
-    ]
+    measured = throughput(ctx, [app, bare], path, rounds=ctx.rounds, seconds=ctx.seconds)
+    got, ceiling = measured[app.name], measured[bare.name]
+    per_round = got.ratios(ceiling)
     say(f"service / bare per round: {', '.join(f'{r:.3f}' for r in per_round)}")
     return Result(
         name="GET /api/products/<sku>: service / bare Flask throughput",
-        measured=f"{app_rps:,.0f} / {bare_rps:,.0f} req/s",
-        ratio=app_rps / bare_rps,
+        measured=f"{got.rps:,.0f} / {ceiling.rps:,.0f} req/s "
+        f"({got.cpu_ms:.2f} / {ceiling.cpu_ms:.2f} ms CPU)",
+        ratio=got.rps / ceiling.rps,
         target=THROUGHPUT_TARGET,
         details={
-            "service_rps": round(app_rps, 1),
-            "bare_rps": round(bare_rps, 1),
-            "rounds_rps": rounds,
+            "service_rps": round(got.rps, 1),
+            "bare_rps": round(ceiling.rps, 1),
+            "cpu_ms_per_request": {name: round(m.cpu_ms, 3) for name, m in measured.items()},
+            "rounds_rps": {name: m.rounds_rps for name, m in measured.items()},
             "rounds_ratio": per_round,
-            "requests": {name: load.requests for name, load in totals.items()},
-            "errors": {name: load.errors for name, load in totals.items()},
+            "requests": {name: m.total.requests for name, m in measured.items()},
+            "errors": {name: m.total.errors for name, m in measured.items()},
             "seconds_per_round": ctx.seconds,
             "body_bytes": {"service": len(app_body), "bare": len(bare_body)},
             "same_bytes": app_body == bare_body,
             "catalog_products": LARGE[1],
         },
     )
-
-
-def check_errors(server: UwsgiServer, load: Load) -> None:
-    if load.requests == 0:
-        raise BenchError(f"{server.name}: the load generator completed no request.")
-    if load.errors > load.requests * MAX_ERROR_SHARE:
-        raise BenchError(
-            f"{server.name}: {load.errors} errors in {load.requests} requests "
-            f"(see {server.log_path})."
-        )
 
 
 def listing_latency(
@@ -165,14 +135,10 @@ def listing_latency(
     say(f"listing median: {large_ms:.2f} ms (100k) / {small_ms:.2f} ms (1k)")
 
     def summary(name: str, catalog: Catalog) -> dict:
-        lat = measured[name]
         return {
             "products": catalog.size,
             "products_per_mark": round(catalog.size / len(catalog.marks)),
-            "requests": len(lat.samples),
-            "median_ms": round(lat.median_ms, 3),
-            "p90_ms": round(lat.percentile_ms(90), 3),
-            "p99_ms": round(lat.percentile_ms(99), 3),
+            **measured[name].summary(),
         }
 
     return Result(
@@ -192,8 +158,8 @@ def listing_latency(
 def check_listing(server: UwsgiServer, catalog: Catalog) -> None:
     """Every mark's page 2 is full and its total matches what was inserted."""
     for mark in catalog.marks:
-        headers, items, _body = get_json(server, LIST_PATH.format(mark=mark))
-        pagination = json.loads(headers.get("X-Pagination") or "{}")
+        answer = server.get(LIST_PATH.format(mark=mark))
+        items, pagination = answer.json, json.loads(answer.headers.get("X-Pagination") or "{}")
         expected = catalog.live_per_mark[mark]
         if pagination.get("total") != expected or len(items) != min(
             PAGE_SIZE, max(0, expected - PAGE_SIZE)

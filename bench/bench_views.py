@@ -1,11 +1,13 @@
 """Product views under uWSGI on MariaDB: what counting them costs, and what reading them costs.
 
-1. ``GET /api/products/<sku>`` throughput with ``VIEW_RECORDING=buffered`` (the default)
-   divided by the same with ``VIEW_RECORDING=off`` (target >= 0.8); ``direct`` (a write in
-   every read, the rejected alternative) is measured beside them, for information.
-2. Exactness: reads of another product on the buffered server by a load generator that
-   counts its 200 answers; after a graceful uWSGI stop (``q`` on the master FIFO, so every
-   worker flushes its buffer) ``product_views`` must hold exactly that many rows for it.
+1. ``GET /api/products/<sku>`` throughput with the views going through the Redis stream
+   (``REDIS_URL`` to a private redis-server, `flask worker` beside uWSGI writing them to
+   MariaDB) divided by the same with ``VIEW_RECORDING=off`` (target >= 0.9); for reference,
+   the same server with its worker paused during the rounds (what the web side alone pays),
+   and direct writes (no Redis: the view written by the read itself).
+2. Exactness: reads of another product on the stream server by a load generator that
+   counts its 200 answers; once the worker has drained the stream (and again after its
+   graceful stop), ``product_views`` must hold exactly that many rows for it.
 3. ``GET /api/products/<sku>/stats`` (30 days, admin) median latency with 5,000,000 raw view
    rows divided by the same with 50,000 (target <= 2): the statistics read the daily
    roll-ups, so their cost should not grow with the raw rows.
@@ -14,16 +16,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote
 
+import redis as redis_py
 from common import (
     BenchError,
     Context,
     Latencies,
-    Load,
     Result,
     Target,
     ThreadedClient,
@@ -33,20 +37,19 @@ from common import (
     build_catalog,
     connect,
     create_admin,
-    drop_database,
-    get_json,
-    json_request,
-    login,
+    drop_databases,
+    redis,
     say,
     scalar,
     sequential_latencies,
+    throughput,
 )
 
 READS_DB = "bench_views_reads"
 READ_PRODUCTS = 1_000
-MODES = ("off", "buffered", "direct")
-WARMUP_SECONDS = 2.0
-MAX_ERROR_SHARE = 0.01
+STREAM = "marketplace:views"  # app/streams.py
+GROUP = "view-writers"
+DRAIN_SECONDS = 120
 
 SMALL = ("bench_views_50k", 50_000)
 LARGE = ("bench_views_5m", 5_000_000)
@@ -59,7 +62,7 @@ RANGE_ENDS_DAYS_AGO = 15
 LATENCY_ROUNDS = 6
 ADMIN = ("stats-admin@example.com", "stats-admin-password")
 
-THROUGHPUT_TARGET = Target(">=", 0.8)
+THROUGHPUT_TARGET = Target(">=", 0.9)
 EXACT_TARGET = Target("==", 1)
 STATS_TARGET = Target("<=", 2)
 
@@ -71,14 +74,36 @@ def run(ctx: Context) -> list[Result]:
         return results
     finally:
         if not ctx.keep_databases:
-            for database in (READS_DB, SMALL[0], LARGE[0]):
-                try:
-                    drop_database(database)
-                except Exception as exc:  # keep the benchmark's own error, if any
-                    say(f"could not drop {database}: {exc}")
+            drop_databases(READS_DB, SMALL[0], LARGE[0])
 
 
 # ---------------------------------------------------------------- recording views
+
+
+class Stream:
+    """The stream server's views stream, seen from outside: is the worker done with it?"""
+
+    def __init__(self, url: str) -> None:
+        self.conn = redis_py.Redis.from_url(url, decode_responses=True, socket_timeout=10)
+
+    def backlog(self) -> int:
+        """Entries not yet written and acknowledged by the worker (undelivered + pending)."""
+        if not self.conn.exists(STREAM):
+            return 0
+        groups = {g["name"]: g for g in self.conn.xinfo_groups(STREAM)}
+        if GROUP not in groups:
+            return self.conn.xlen(STREAM)
+        group = groups[GROUP]
+        return int(group.get("lag") or 0) + int(group["pending"])
+
+    def drain(self, what: str) -> float:
+        """Wait until the worker has written everything in the stream; the seconds it took."""
+        began = time.monotonic()
+        while (left := self.backlog()) > 0:
+            if time.monotonic() - began > DRAIN_SECONDS:
+                raise BenchError(f"{what}: {left} views still in the stream after {DRAIN_SECONDS}s")
+            time.sleep(0.05)
+        return time.monotonic() - began
 
 
 def reads(ctx: Context) -> list[Result]:
@@ -87,89 +112,130 @@ def reads(ctx: Context) -> list[Result]:
     middle = len(catalog.sample_skus) // 2
     sku, exact_sku = catalog.sample_skus[middle], catalog.sample_skus[middle + 1]
     path = f"/api/products/{quote(sku)}"
+    stream_url = redis().new_database()
+    # What each side adds to the same environment (which has no REDIS_URL: without it, a
+    # read writes its view directly).
+    sides = {"off": {"VIEW_RECORDING": "off"}, "stream": {"REDIS_URL": stream_url}, "direct": {}}
     with contextlib.ExitStack() as stack:
         servers = {
-            mode: stack.enter_context(
+            side: stack.enter_context(
                 UwsgiServer(
-                    f"views-{mode}",
+                    f"views-{side}",
                     "wsgi.py",
-                    {**env, "VIEW_RECORDING": mode},
+                    {**env, **extra},
                     ready_path="/api/products",  # the list records no view
-                    master_fifo=mode == "buffered",
+                    worker=side == "stream",
                 )
             )
-            for mode in MODES
+            for side, extra in sides.items()
         }
-        answers = {mode: get_json(server, path)[1] for mode, server in servers.items()}
+        answers = {side: server.get(path).json for side, server in servers.items()}
         if any(answer != answers["off"] for answer in answers.values()):
-            raise BenchError(f"The three modes answer differently: {answers}")
-        results = throughput(ctx, servers, path)
-        results.append(exact_views(ctx, servers["buffered"], exact_sku))
+            raise BenchError(f"The three sides answer differently: {answers}")
+        stream = Stream(stream_url)
+        results = read_throughput(ctx, servers, path, stream)
+        results.append(exact_views(ctx, servers["stream"], exact_sku, stream))
     return results
 
 
-def throughput(ctx: Context, servers: dict[str, UwsgiServer], path: str) -> list[Result]:
-    order = [servers[mode] for mode in MODES]
-    for server in order:
-        ctx.load.run(server.url(path), WARMUP_SECONDS)
-    totals = {server.name: Load(0, 0.0, 0) for server in order}
-    rounds: dict[str, list[float]] = {server.name: [] for server in order}
+class PausedWorker:
+    """The stream server again, its worker stopped (SIGSTOP) during each round and let go
+    after it: what the web side alone pays for the stream (information)."""
+
+    def __init__(self, server: UwsgiServer) -> None:
+        self.server, self.name, self.log_path = server, f"{server.name}-paused", server.log_path
+
+    def url(self, path: str) -> str:
+        return self.server.url(path)
+
+    def cpu_seconds(self) -> float:
+        return self.server.cpu_seconds()
+
+
+def read_throughput(
+    ctx: Context, servers: dict[str, UwsgiServer], path: str, stream: Stream
+) -> list[Result]:
+    live = servers["stream"]
+    paused = PausedWorker(live)
+    sides = [servers["off"], live, paused, servers["direct"]]
+    catch_up: dict[str, list[float]] = {live.name: [], paused.name: []}
+    cpu = {live.name: 0.0, paused.name: 0.0}
+    began_cpu = {}
+
+    def before_round(server) -> None:
+        if server in (live, paused):
+            began_cpu[server.name] = live.worker_cpu_seconds()
+        if server is paused:
+            os.kill(live.worker.pid, signal.SIGSTOP)
+
+    def after_round(server) -> None:
+        # The worker's writes belong to the stream side's rounds: the next round (another
+        # side's) starts only once it has caught up, so it does not carry them.
+        if server is paused:
+            os.kill(live.worker.pid, signal.SIGCONT)
+        if server in (live, paused):
+            catch_up[server.name].append(round(stream.drain(f"after {server.name}"), 2))
+            cpu[server.name] += live.worker_cpu_seconds() - began_cpu[server.name]
+
     # Twice the rounds, half as long: the same time per server, but other work on the
     # machine (it comes in bursts) is less likely to land on one side only.
     seconds = max(1.0, ctx.seconds / 2)
-    for _n, server in alternate(ctx.rounds * 2, order):
-        load = ctx.load.run(server.url(path), seconds)
-        if load.requests == 0:
-            raise BenchError(f"{server.name}: the load generator completed no request.")
-        if load.errors > load.requests * MAX_ERROR_SHARE:
-            message = f"{server.name}: {load.errors} errors in {load.requests} requests"
-            if server is not servers["direct"]:
-                raise BenchError(f"{message} (see {server.log_path}).")
-            say(f"{message} (direct writes; see {server.log_path})")
-        total = totals[server.name]
-        totals[server.name] = Load(
-            total.requests + load.requests, total.seconds + load.seconds, total.errors + load.errors
+    measured = throughput(
+        ctx,
+        sides,
+        path,
+        rounds=ctx.rounds * 2,
+        seconds=seconds,
+        before_round=before_round,
+        after_round=after_round,
+        tolerate_errors=(servers["direct"],),
+    )
+    worker = {}
+    for side in (live, paused):
+        views = measured[side.name].total.requests
+        worker[side.name] = {
+            "catch_up_seconds": catch_up[side.name][1:],  # the warm-up's left out
+            "cpu_seconds": round(cpu[side.name], 2),
+            "cpu_us_per_view": round(cpu[side.name] / max(views, 1) * 1e6),
+        }
+        say(
+            f"{side.name}: the worker caught up in "
+            f"{', '.join(f'{s:.2f}' for s in catch_up[side.name][1:])} s after each round; "
+            f"{cpu[side.name]:.1f} s of its CPU for about {views:,} views "
+            f"({worker[side.name]['cpu_us_per_view']} us a view, the warm-up included)"
         )
-        rounds[server.name].append(round(load.rps, 1))
-        say(f"{server.name}: {load.rps:,.0f} req/s ({load.requests:,} in {load.seconds:.1f}s)")
-
-    off = servers["off"]
-    off_rps = totals[off.name].rps
+    off = measured[servers["off"].name]
     results = []
-    for mode, name, target in (
-        ("buffered", "GET /api/products/<sku>: views buffered / off throughput", THROUGHPUT_TARGET),
-        ("direct", "GET /api/products/<sku>: views direct / off (info)", THROUGHPUT_TARGET),
+    for side, name in (
+        (live, "GET /api/products/<sku>: views via Redis stream / off throughput"),
+        (paused, "... the same, worker paused in the rounds (web side only, info)"),
+        (servers["direct"], "GET /api/products/<sku>: views direct (no Redis) / off (info)"),
     ):
-        server = servers[mode]
-        rps = totals[server.name].rps
-        per_round = [
-            round(a / b, 3) for a, b in zip(rounds[server.name], rounds[off.name], strict=True) if b
-        ]
-        say(f"{mode} / off per round: {', '.join(f'{r:.3f}' for r in per_round)}")
-        results.append(
-            Result(
-                name=name,
-                measured=f"{rps:,.0f} / {off_rps:,.0f} req/s",
-                ratio=rps / off_rps,
-                target=target,
-                details={
-                    f"{mode}_rps": round(rps, 1),
-                    "off_rps": round(off_rps, 1),
-                    "rounds_rps": {n: rounds[n] for n in (server.name, off.name)},
-                    "rounds_ratio": per_round,
-                    "requests": {n: totals[n].requests for n in (server.name, off.name)},
-                    "errors": {n: totals[n].errors for n in (server.name, off.name)},
-                    "seconds_per_round": seconds,
-                    "catalog_products": READ_PRODUCTS,
-                },
-            )
+        got = measured[side.name]
+        per_round = got.ratios(off)
+        say(f"{side.name} / off per round: {', '.join(f'{r:.3f}' for r in per_round)}")
+        details = {
+            "rps": round(got.rps, 1),
+            "off_rps": round(off.rps, 1),
+            "rounds_rps": {side.name: got.rounds_rps, "off": off.rounds_rps},
+            "rounds_ratio": per_round,
+            "requests": {side.name: got.total.requests, "off": off.total.requests},
+            "errors": {side.name: got.total.errors, "off": off.total.errors},
+            "seconds_per_round": seconds,
+            "catalog_products": READ_PRODUCTS,
+            **({"worker": worker[side.name]} if side.name in worker else {}),
+        }
+        details |= {"cpu_ms_per_request": round(got.cpu_ms, 3), "off_cpu_ms": round(off.cpu_ms, 3)}
+        measured_text = (
+            f"{got.rps:,.0f} / {off.rps:,.0f} req/s ({got.cpu_ms:.2f} / {off.cpu_ms:.2f} ms CPU)"
         )
+        results.append(Result(name, measured_text, got.rps / off.rps, THROUGHPUT_TARGET, details))
     return results
 
 
-def exact_views(ctx: Context, server: UwsgiServer, sku: str) -> Result:
-    """Reads counted by the client against the rows written, after a graceful stop."""
-    product_id = scalar(READS_DB, "SELECT id FROM products WHERE sku_key = %s", (sku.lower(),))
+def exact_views(ctx: Context, server: UwsgiServer, sku: str, stream: Stream) -> Result:
+    """Reads counted by the client against the rows the worker wrote."""
+    product_id = scalar(READS_DB, "SELECT id FROM products WHERE sku_key = %s", sku.lower())
     before = count_views(product_id)
     if before != (0, 0):
         raise BenchError(f"{sku} has views before its reads: {before}")
@@ -179,29 +245,33 @@ def exact_views(ctx: Context, server: UwsgiServer, sku: str) -> Result:
     load = client.run(server.url(f"/api/products/{quote(sku)}"), ctx.seconds)
     answered = load.requests - load.errors
     say(f"{server.name}: {answered:,} reads answered 200 ({load.errors} others), {client.name}")
-    buffered = count_views(product_id)
-    server.stop_gracefully()
+    drained = stream.drain("after the counted reads")
     recorded, rolled_up = count_views(product_id)
+    server.stop_worker()  # a graceful stop writes nothing twice
+    after_stop = count_views(product_id)
     raw_total = scalar(READS_DB, "SELECT COUNT(*) FROM product_views")
     rollup_total = scalar(
         READS_DB, "SELECT SUM(anonymous_views + registered_views) FROM daily_product_views"
     )
     say(
-        f"views of {sku}: {recorded:,} recorded / {answered:,} answered "
-        f"(roll-ups {rolled_up:,}; {buffered[0]:,} were in the table before the stop); "
-        f"whole table {raw_total:,} raw / {int(rollup_total or 0):,} in roll-ups"
+        f"views of {sku}: {recorded:,} recorded / {answered:,} answered (roll-ups "
+        f"{rolled_up:,}; stream drained {drained:.2f}s after the last read; {after_stop[0]:,} "
+        f"after the worker's stop); whole table {raw_total:,} raw / "
+        f"{int(rollup_total or 0):,} in roll-ups"
     )
+    exact = recorded == rolled_up == after_stop[0] == after_stop[1]
     return Result(
-        name="Buffered views recorded / 200 responses, after a graceful stop",
+        name="Views recorded via the stream / 200 responses, after the worker's drain",
         measured=f"{recorded:,} / {answered:,}",
-        ratio=recorded / answered if answered else 0.0,
+        ratio=recorded / answered if answered and exact else 0.0,
         target=EXACT_TARGET,
         details={
             "answered_200": answered,
             "other_answers": load.errors,
             "recorded": recorded,
             "rolled_up": rolled_up,
-            "in_table_before_stop": buffered[0],
+            "after_worker_stop": list(after_stop),
+            "drain_seconds_after_last_read": round(drained, 2),
             "table_raw_rows": raw_total,
             "table_rolled_up": int(rollup_total or 0),
             "load_generator": client.name,
@@ -212,14 +282,12 @@ def exact_views(ctx: Context, server: UwsgiServer, sku: str) -> Result:
 
 def count_views(product_id: int) -> tuple[int, int]:
     """Raw rows, and the same counted by the daily roll-ups, for one product."""
-    raw = scalar(
-        READS_DB, "SELECT COUNT(*) FROM product_views WHERE product_id = %s", (product_id,)
-    )
+    raw = scalar(READS_DB, "SELECT COUNT(*) FROM product_views WHERE product_id = %s", product_id)
     rolled = scalar(
         READS_DB,
         "SELECT COALESCE(SUM(anonymous_views + registered_views), 0) FROM daily_product_views"
         " WHERE product_id = %s",
-        (product_id,),
+        product_id,
     )
     return int(raw), int(rolled)
 
@@ -257,9 +325,9 @@ def statistics_latency(ctx: Context) -> Result:
         headers = {}
         checked = {}
         for server, (database, _rows) in zip(servers, (SMALL, LARGE), strict=True):
-            token = login(server, *ADMIN)
+            token = server.http.login(*ADMIN)
             headers[server.name] = {"Authorization": f"Bearer {token}"}
-            answer = json_request(server, "GET", path, token=token)
+            answer = server.json("GET", path, token=token)
             checked[server.name] = check_stats(database, sku, start, end, answer)
 
         per_round = max(1, ctx.latency_requests // LATENCY_ROUNDS)

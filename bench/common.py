@@ -1,18 +1,19 @@
-"""Shared pieces of the benchmarks: MariaDB catalogs, uWSGI servers, load and latency.
+"""Shared pieces of the benchmarks: MariaDB catalogs, uWSGI servers and the worker beside
+them, load and latency.
 
-Every server listens on 127.0.0.1 only; every loop is bounded by a count and a deadline.
+Processes, ports, HTTP, MariaDB, Redis and moto come from the system tests' harness
+(tests/system/harness.py); what is here is what only the benchmarks need. Every server
+listens on 127.0.0.1 only; every loop is bounded by a count and a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
+import operator
 import os
 import random
 import re
 import secrets
-import select
 import shutil
 import signal
 import statistics
@@ -26,28 +27,26 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pymysql
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-# The system tests' harness: the same process reaper, ports, HTTP client and moto server.
-from tests.system.harness import HOST, Http, Moto, Reaper, free_port, tail  # noqa: E402
+from tests.system import harness as h  # noqa: E402
 
+HOST = h.HOST
 BENCH_DIR = REPO_ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 
-# The MariaDB server the catalogs are created on (root with an empty password by default).
-MARIADB_HOST = os.environ.get("BENCH_MARIADB_HOST", "127.0.0.1")
-MARIADB_PORT = int(os.environ.get("BENCH_MARIADB_PORT", "3306"))
-MARIADB_USER = os.environ.get("BENCH_MARIADB_USER", "root")
-MARIADB_PASSWORD = os.environ.get("BENCH_MARIADB_PASSWORD", "")
+# The machine's MariaDB (never stopped or reconfigured): the bench_* databases live there.
+MARIADB = h.MariaDB(
+    int(os.environ.get("BENCH_MARIADB_PORT", "3306")),
+    os.environ.get("BENCH_MARIADB_USER", "root"),
+    os.environ.get("BENCH_MARIADB_PASSWORD", ""),
+)
 
 # Identical for every server a benchmark compares, so only the application differs.
 UWSGI_PROCESSES = 2
 SERVER_START_SECONDS = 60
 SERVER_STOP_SECONDS = 15
-GRACEFUL_STOP_SECONDS = 60
 HTTP_TIMEOUT_SECONDS = 10
 
 
@@ -59,21 +58,29 @@ def say(message: str) -> None:
     print(f"  {message}", flush=True)
 
 
-_reaper: Reaper | None = None
+_parts: dict[str, object] = {}
 
 
-def reaper() -> Reaper:
-    """The one Reaper of a benchmark run: every server is started, and ended, through it."""
-    global _reaper
-    if _reaper is None:
+def reaper() -> h.Reaper:
+    """The one Reaper of a benchmark run: every process is started, and ended, through it."""
+    if "reaper" not in _parts:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        _reaper = Reaper(RESULTS_DIR)
-    return _reaper
+        _parts["reaper"] = h.Reaper(RESULTS_DIR)
+    return _parts["reaper"]
 
 
-def start_moto() -> Moto:
-    """moto's server (SES) on a free loopback port, through the run's reaper."""
-    moto = Moto(reaper(), str(VENV_BIN / "moto_server"))
+def redis() -> h.Redis:
+    """The run's private redis-server (started once; each server gets a database of its
+    own with ``new_database()``)."""
+    if "redis" not in _parts:
+        _parts["redis"] = server = h.Redis(reaper(), RESULTS_DIR)
+        say(f"redis-server: pid {server.process.pid} on {HOST}:{server.port}")
+    return _parts["redis"]
+
+
+def start_moto() -> h.Moto:
+    """moto's server (SES) on a free loopback port, the sender verified."""
+    moto = h.Moto(reaper(), str(VENV_BIN / "moto_server"))
     say(f"moto-ses: pid {moto.process.pid} on {HOST}:{moto.port}")
     return moto
 
@@ -81,17 +88,19 @@ def start_moto() -> Moto:
 # ---------------------------------------------------------------- results
 
 
+OPERATORS = {"==": operator.eq, ">=": operator.ge, "<=": operator.le, "<": operator.lt}
+
+
 @dataclass(frozen=True)
 class Target:
-    """A bound on a ratio: ``>= 0.5`` or ``<= 1.5``; ``== 1`` for an exact count."""
+    """A bound on a ratio (``>= 0.5``, ``<= 1.5``) or a figure (``< 1`` second); ``== 1``
+    for an exact count."""
 
     op: str
     bound: float
 
     def met(self, ratio: float) -> bool:
-        if self.op == "==":
-            return ratio == self.bound
-        return ratio >= self.bound if self.op == ">=" else ratio <= self.bound
+        return OPERATORS[self.op](ratio, self.bound)
 
     def __str__(self) -> str:
         return f"{self.op} {self.bound:g}"
@@ -137,25 +146,6 @@ class Context:
 # ---------------------------------------------------------------- MariaDB catalogs
 
 
-def database_url(name: str) -> str:
-    """The URL form the service reads from DATABASE_URL (it picks the pymysql driver)."""
-    auth = MARIADB_USER + (f":{MARIADB_PASSWORD}" if MARIADB_PASSWORD else "")
-    return f"mysql://{auth}@{MARIADB_HOST}:{MARIADB_PORT}/{name}"
-
-
-def connect(database: str | None = None) -> pymysql.Connection:
-    return pymysql.connect(
-        host=MARIADB_HOST,
-        port=MARIADB_PORT,
-        user=MARIADB_USER,
-        password=MARIADB_PASSWORD,
-        database=database,
-        charset="utf8mb4",
-        connect_timeout=10,
-        autocommit=False,
-    )
-
-
 def check_database_name(name: str) -> str:
     if not re.fullmatch(r"bench_[a-z0-9_]{1,56}", name):
         raise BenchError(f"Refusing to touch database {name!r}: benchmark names start with bench_.")
@@ -164,25 +154,32 @@ def check_database_name(name: str) -> str:
 
 def recreate_database(name: str) -> None:
     """Drop and create an empty database with the service's charset and collation."""
-    check_database_name(name)
-    with contextlib.closing(connect()) as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    MARIADB.create_database(check_database_name(name))
 
 
-def drop_database(name: str) -> None:
-    check_database_name(name)
-    with contextlib.closing(connect()) as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+def drop_databases(*names: str) -> None:
+    for name in names:
+        MARIADB.drop_database(check_database_name(name))
+
+
+def connect(database: str):
+    return MARIADB.connect(check_database_name(database))
+
+
+def scalar(database: str, sql: str, *params):
+    """The first column of the first row of a query on ``database`` (a fresh connection)."""
+    rows = MARIADB.query(check_database_name(database), sql, *params)
+    return rows[0][0] if rows else None
 
 
 def app_environment(database: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment the service runs with in production, pointed at ``database``."""
-    env = dict(os.environ)
+    """The environment the service runs with in production, pointed at ``database``;
+    without Redis unless ``extra`` names one (REDIS_URL)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "REDIS_"))}
     env.update(
         {
             "APP_ENV": "production",
-            "DATABASE_URL": database_url(database),
+            "DATABASE_URL": MARIADB.url(database),
             "FLASK_APP": "wsgi.py",
             "MAIL_BACKEND": "console",  # notifications are logged, never sent
         }
@@ -190,25 +187,27 @@ def app_environment(database: str, extra: dict[str, str] | None = None) -> dict[
     if len(env.get("SECRET_KEY", "").encode()) < 32:
         env["SECRET_KEY"] = secrets.token_urlsafe(48)
     env.update(extra or {})
+    if not env.get("RATELIMIT_STORAGE_URI") and not env.get("REDIS_URL"):
+        # One server on one machine: login limits per process are what is measured here.
+        env.update(RATELIMIT_STORAGE_URI="memory://", LOGIN_LIMITS_PER_PROCESS="true")
     return env
 
 
-def migrate(database: str, env: dict[str, str]) -> None:
-    """Build the schema with the service's own migrations (``flask db upgrade``)."""
-    done = subprocess.run(
-        [str(VENV_BIN / "flask"), "db", "upgrade"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def flask_command(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    """Run ``.venv/bin/flask <args>`` (an operator command) and return its output."""
+    done = h.run([VENV_BIN / "flask", *args], timeout, cwd=REPO_ROOT, env=env)
     if done.returncode != 0:
         raise BenchError(
-            f"flask db upgrade failed on {database} (exit {done.returncode}):\n"
-            f"{done.stdout[-2000:]}{done.stderr[-4000:]}"
+            f"flask {' '.join(args[:2])} failed (exit {done.returncode}):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-3000:]}"
         )
+    return done.stdout
+
+
+def create_admin(env: dict[str, str], email: str, password: str, fullname: str) -> None:
+    """An admin account made the operator's way: ``flask users create-admin``."""
+    args = ["--email", email, "--password", password, "--fullname", fullname]
+    flask_command(["users", "create-admin", *args], env)
 
 
 ADJECTIVES = ("red", "blue", "light", "classic", "urban", "sport", "leather", "linen", "suede")
@@ -284,7 +283,7 @@ def build_catalog(
     """Recreate ``database``, migrate it and fill it with ``size`` live products."""
     started = time.monotonic()
     recreate_database(database)
-    migrate(database, env)
+    flask_command(["db", "upgrade"], env)  # the schema by the service's migrations
     mark_names = [f"brand{n:02d}" for n in range(marks)]
     rng = random.Random(seed)
     live_per_mark = dict.fromkeys(mark_names, 0)
@@ -298,7 +297,6 @@ def build_catalog(
                     live_per_mark[row[4]] += 1
                     if len(sample_skus) < 1000 and rng.random() < 0.05:
                         sample_skus.append(row[0])
-        conn.commit()
         cur.execute("ANALYZE TABLE products")
         cur.fetchall()
     elapsed = time.monotonic() - started
@@ -306,7 +304,17 @@ def build_catalog(
     return Catalog(database, size, mark_names, live_per_mark, sample_skus, elapsed)
 
 
-# ---------------------------------------------------------------- uWSGI
+# ---------------------------------------------------------------- uWSGI and the worker
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def uwsgi_command(wsgi_file: str, port: int, processes: int = UWSGI_PROCESSES) -> list[str]:
@@ -329,7 +337,9 @@ def uwsgi_command(wsgi_file: str, port: int, processes: int = UWSGI_PROCESSES) -
 
 
 class UwsgiServer:
-    """A uWSGI server for one WSGI file, on a free loopback port, stopped on exit."""
+    """A uWSGI server for one WSGI file on a free loopback port, stopped on exit; with
+    ``worker=True``, `flask worker` (views stream, emails) runs beside it, with the same
+    environment, as uWSGI's attached daemon does in production."""
 
     def __init__(
         self,
@@ -338,18 +348,15 @@ class UwsgiServer:
         env: dict[str, str],
         ready_path: str = "/",
         *,
-        master_fifo: bool = False,
+        worker: bool = False,
     ) -> None:
-        self.name = name
-        self.wsgi_file = wsgi_file
-        self.env = env
-        self.ready_path = ready_path
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
+        self.name, self.wsgi_file, self.env, self.ready_path = name, wsgi_file, env, ready_path
+        self.port = h.free_port()
+        self.http = h.Http(self.port, timeout=HTTP_TIMEOUT_SECONDS)
         self.log_path = RESULTS_DIR / f"uwsgi-{name}.log"
-        # With a master FIFO, stop_gracefully() can ask for uWSGI's graceful shutdown ("q"),
-        # in which the workers run their exit hooks (SIGTERM with die-on-term does not).
-        self.fifo_path = RESULTS_DIR / f"uwsgi-{name}.fifo" if master_fifo else None
+        self.proc: subprocess.Popen | None = None
+        self.with_worker = worker
+        self.worker: subprocess.Popen | None = None
 
     def __enter__(self) -> UwsgiServer:
         self.start()
@@ -362,127 +369,85 @@ class UwsgiServer:
         return f"http://{HOST}:{self.port}{path}"
 
     def start(self) -> None:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        command = uwsgi_command(self.wsgi_file, self.port)
-        if self.fifo_path is not None:
-            self.fifo_path.unlink(missing_ok=True)
-            command += ["--master-fifo", str(self.fifo_path)]
         self.log_path.unlink(missing_ok=True)
+        command = uwsgi_command(self.wsgi_file, self.port)
         self.proc = reaper().start(command, self.log_path.name, self.env, cwd=REPO_ROOT)
         try:
-            self.wait_ready()
+            h.wait_until(f"uWSGI for {self.name}", self._ready, SERVER_START_SECONDS)
+            if self.with_worker:
+                self.start_worker()
         except BaseException:
             self.stop()
             raise
         say(f"{self.name}: uWSGI pid {self.proc.pid} on {HOST}:{self.port}")
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(
-                    f"uWSGI for {self.name} exited with {self.proc.returncode}:\n"
-                    f"{tail(self.log_path)}"
-                )
-            try:
-                status, _headers, _body = http_get(HOST, self.port, self.ready_path, timeout=2)
-            except OSError as exc:
-                last = str(exc)
-            else:
-                if status == 200:
-                    return
-                last = f"HTTP {status}"
-            time.sleep(0.2)
-        raise BenchError(
-            f"uWSGI for {self.name} not ready after {SERVER_START_SECONDS}s ({last}):\n"
-            f"{tail(self.log_path)}"
-        )
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"uWSGI for {self.name} exited with {self.proc.returncode}:\n"
+                f"{h.tail(self.log_path)}"
+            )
+        return self.http.status(self.ready_path) == 200
+
+    def start_worker(self) -> None:
+        log = RESULTS_DIR / f"worker-{self.name}.log"
+        log.unlink(missing_ok=True)
+        command = [VENV_BIN / "flask", "worker"]
+        self.worker = reaper().start(command, log.name, self.env, cwd=REPO_ROOT)
+        say(f"{self.name}: flask worker pid {self.worker.pid} (log {log.name})")
+
+    def stop_worker(self) -> int | None:
+        """SIGTERM, the worker's graceful stop (it writes what the stream still holds)."""
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return None
+        code = reaper().stop(worker, signal.SIGTERM, SERVER_STOP_SECONDS)
+        say(f"{self.name}: worker stopped (exit {code})")
+        return code
+
+    def worker_cpu_seconds(self) -> float:
+        return cpu_seconds(self.worker.pid) if self.worker is not None else 0.0
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the server's own processes: uWSGI's master and workers, the
+        worker beside it, and the run's redis-server if the server uses it (MariaDB is
+        shared with everything else on the machine: not counted)."""
+        if self.proc is None:
+            return 0.0
+        pids = [self.proc.pid, *reaper().descendants(self.proc.pid)]
+        if "redis" in _parts and self.env.get("REDIS_URL"):
+            pids.append(_parts["redis"].process.pid)
+        return sum(map(cpu_seconds, pids)) + self.worker_cpu_seconds()
 
     def stop(self) -> None:
+        self.stop_worker()
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        reaper().stop(proc, signal.SIGTERM, SERVER_STOP_SECONDS)
-        # Workers outliving their master would keep the port: end what is left of it.
-        reaper().kill_tree(proc.pid)
-        if self.fifo_path is not None:
-            self.fifo_path.unlink(missing_ok=True)
+        if proc is not None:
+            reaper().stop(proc, signal.SIGTERM, SERVER_STOP_SECONDS)
+            # Workers outliving their master would keep the port: end what is left of it.
+            reaper().kill_tree(proc.pid)
 
-    def stop_gracefully(self, timeout: float = GRACEFUL_STOP_SECONDS) -> None:
-        """uWSGI's graceful shutdown ("q" on the master FIFO): workers finish their requests
-        and run their exit hooks (the app's buffers are flushed) before the master exits.
+    # ---- requests
 
-        Raises BenchError when the server has no FIFO, was already gone, or did not stop
-        within ``timeout`` (it is then killed); the server is stopped either way.
-        """
-        proc = self.proc
-        try:
-            if self.fifo_path is None:
-                raise BenchError(f"{self.name}: started without a master FIFO.")
-            if proc is None or proc.poll() is not None:
-                raise BenchError(f"{self.name}: uWSGI was not running at the graceful stop.")
-            # Non-blocking: opening a FIFO nobody reads fails at once instead of hanging.
-            fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
-            try:
-                os.write(fd, b"q")
-            finally:
-                os.close(fd)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                raise BenchError(
-                    f"{self.name}: no graceful stop within {timeout:.0f}s:\n{tail(self.log_path)}"
-                ) from None
-            say(f"{self.name}: stopped gracefully (exit {proc.returncode})")
-        finally:
-            self.stop()
+    def json(self, method: str, path: str, payload: object = None, *, token=None, expect=200):
+        """Send JSON (if any) with an optional bearer token; the decoded answer."""
+        answer = self.http.request(method, path, payload, token=token)
+        if answer.status != expect:
+            raise BenchError(
+                f"{method} {path} on {self.name}: HTTP {answer.status}: {answer.body[:300]!r}"
+            )
+        return answer.json
+
+    def get(self, path: str) -> h.Response:
+        answer = self.http.get(path)
+        if answer.status != 200:
+            raise BenchError(
+                f"GET {path} on {self.name}: HTTP {answer.status}: {answer.body[:300]!r}"
+            )
+        return answer
 
 
-# ---------------------------------------------------------------- HTTP
-
-
-def http_get(
-    host: str, port: int, path: str, timeout: float = HTTP_TIMEOUT_SECONDS
-) -> tuple[int, dict[str, str], bytes]:
-    return http_request(host, port, "GET", path, timeout=timeout)
-
-
-def fetch(
-    conn: http.client.HTTPConnection, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, bytes]:
-    """GET ``path`` on a kept-alive connection, reconnecting when the server has closed it.
-
-    uWSGI's http-socket closes the connection after each answer without saying so
-    (no ``Connection: close``), so a reused connection is first checked for that close.
-    A request that still fails on a reused connection is retried once on a new one.
-    """
-    reused = conn.sock is not None
-    if reused and select.select([conn.sock], [], [], 0)[0]:
-        conn.close()  # readable while idle: the server has closed its end
-        reused = False
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        body = resp.read()
-    except (OSError, http.client.HTTPException):
-        conn.close()
-        if not reused:
-            raise
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        body = resp.read()
-    if resp.will_close:
-        conn.close()
-    return resp.status, body
-
-
-def get_json(server: UwsgiServer, path: str) -> tuple[dict[str, str], object, bytes]:
-    status, headers, body = http_get(HOST, server.port, path)
-    if status != 200:
-        raise BenchError(f"GET {path} on {server.name}: HTTP {status}: {body[:300]!r}")
-    return headers, json.loads(body), body
+# ---------------------------------------------------------------- latency
 
 
 @dataclass
@@ -500,6 +465,15 @@ class Latencies:
             return self.median_ms
         return statistics.quantiles(self.samples, n=100, method="inclusive")[pct - 1] * 1000
 
+    def summary(self) -> dict:
+        return {
+            "requests": len(self.samples),
+            "median_ms": round(self.median_ms, 3),
+            "p90_ms": round(self.percentile_ms(90), 3),
+            "p99_ms": round(self.percentile_ms(99), 3),
+            "max_ms": round(max(self.samples) * 1000, 3),
+        }
+
 
 def sequential_latencies(
     server: UwsgiServer,
@@ -508,28 +482,26 @@ def sequential_latencies(
     budget_seconds: float = 60.0,
     headers: dict[str, str] | None = None,
 ) -> Latencies:
-    """Request each path once, one after the other on one client; time each round trip.
-
-    The connection is reopened whenever the server closes it, and that cost is counted.
-    """
-    conn = http.client.HTTPConnection(HOST, server.port, timeout=HTTP_TIMEOUT_SECONDS)
+    """Request each path once, one after the other on one client; time each round trip
+    (a new connection each: uWSGI's http-socket closes it after every answer anyway)."""
     result = Latencies()
     deadline = time.monotonic() + budget_seconds
-    try:
-        for path in paths:
-            if time.monotonic() > deadline:
-                raise BenchError(f"{server.name}: latency run passed {budget_seconds:.0f}s")
-            began = time.perf_counter()
-            status, body = fetch(conn, path, headers)
-            result.samples.append(time.perf_counter() - began)
-            if status != 200:
-                raise BenchError(f"GET {path} on {server.name}: HTTP {status}: {body[:300]!r}")
-    finally:
-        conn.close()
+    for path in paths:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{server.name}: latency run passed {budget_seconds:.0f}s")
+        began = time.perf_counter()
+        answer = server.http.get(path, headers=headers)
+        result.samples.append(time.perf_counter() - began)
+        if answer.status != 200:
+            raise BenchError(
+                f"GET {path} on {server.name}: HTTP {answer.status}: {answer.body[:300]!r}"
+            )
     return result
 
 
 # ---------------------------------------------------------------- load generators
+
+MAX_ERROR_SHARE = 0.01
 
 
 @dataclass
@@ -606,7 +578,7 @@ def parse_wrk(output: str) -> Load:
 
 
 class ThreadedClient(LoadGenerator):
-    """Keep-alive http.client connections, one per thread: weaker than wrk, same for both sides."""
+    """Python threads, one request at a time each: weaker than wrk, same for both sides."""
 
     def __init__(self, connections: int = 4, max_requests: int = 1_000_000) -> None:
         self.connections = connections
@@ -622,22 +594,13 @@ class ThreadedClient(LoadGenerator):
         deadline = time.monotonic() + seconds
 
         def worker() -> None:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-            done = errors = 0
-            try:
-                while done < per_thread and time.monotonic() < deadline:
-                    try:
-                        status, _body = fetch(conn, path)
-                    except (OSError, http.client.HTTPException):
-                        status = 0
-                        conn.close()
-                    errors += status != 200
-                    done += 1
-            finally:
-                conn.close()
-                with lock:
-                    totals["requests"] += done
-                    totals["errors"] += errors
+            client, done, errors = h.Http(parts.port, parts.hostname, timeout=5), 0, 0
+            while done < per_thread and time.monotonic() < deadline:
+                errors += client.status(path, timeout=5) != 200
+                done += 1
+            with lock:
+                totals["requests"] += done
+                totals["errors"] += errors
 
         began = time.monotonic()
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(self.connections)]
@@ -667,92 +630,75 @@ def alternate(rounds: int, sides: list) -> Iterator[tuple[int, object]]:
             yield n, side
 
 
-# ---------------------------------------------------------------- admins, tokens, JSON calls
+@dataclass
+class Throughput:
+    """One server's load rounds: their sum and each round's requests per second."""
+
+    total: Load = field(default_factory=lambda: Load(0, 0.0, 0))
+    rounds_rps: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # the server's own processes' (UwsgiServer.cpu_seconds)
+
+    @property
+    def rps(self) -> float:
+        return self.total.rps
+
+    @property
+    def cpu_ms(self) -> float:
+        """CPU milliseconds per request (it too grows when other work shares the cores)."""
+        return self.cpu_seconds / max(self.total.requests, 1) * 1000
+
+    def ratios(self, other: Throughput) -> list[float]:
+        return [
+            round(a / b, 3) for a, b in zip(self.rounds_rps, other.rounds_rps, strict=True) if b
+        ]
 
 
-def http_request(
-    host: str,
-    port: int,
-    method: str,
+def throughput(
+    ctx: Context,
+    servers: list[UwsgiServer],
     path: str,
     *,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = HTTP_TIMEOUT_SECONDS,
-) -> tuple[int, dict[str, str], bytes]:
-    """One request on a new connection (uWSGI's http-socket closes it after each answer)."""
-    answer = Http(port, host, timeout).request(method, path, body=body, headers=headers)
-    return answer.status, answer.headers, answer.body
+    rounds: int,
+    seconds: float,
+    warmup: float = 2.0,
+    before_round=None,
+    after_round=None,
+    tolerate_errors: tuple[UwsgiServer, ...] = (),
+) -> dict[str, Throughput]:
+    """Warm each server up, then alternating load rounds of ``path``; ``before_round(server)``
+    and ``after_round(server)`` run around each round (outside the timed part)."""
 
+    def one_round(server: UwsgiServer, seconds: float) -> tuple[Load, float]:
+        cpu = server.cpu_seconds()
+        if before_round:
+            before_round(server)
+        load = ctx.load.run(server.url(path), seconds)
+        if after_round:
+            after_round(server)
+        return load, server.cpu_seconds() - cpu
 
-def json_request(
-    server: UwsgiServer,
-    method: str,
-    path: str,
-    payload: object = None,
-    *,
-    token: str | None = None,
-    expect: int = 200,
-) -> object:
-    """Send JSON (if any) with an optional bearer token; return the decoded answer."""
-    headers = {"Accept": "application/json"}
-    body = None
-    if payload is not None:
-        body = json.dumps(payload).encode()
-        headers["Content-Type"] = "application/json"
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    status, _headers, answer = http_request(
-        HOST, server.port, method, path, body=body, headers=headers
-    )
-    if status != expect:
-        raise BenchError(f"{method} {path} on {server.name}: HTTP {status}: {answer[:300]!r}")
-    return json.loads(answer) if answer else None
-
-
-def flask_command(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
-    """Run ``.venv/bin/flask <args>`` (an operator command) and return its output."""
-    done = subprocess.run(
-        [str(VENV_BIN / "flask"), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchError(
-            f"flask {' '.join(args[:2])} failed (exit {done.returncode}):\n"
-            f"{done.stdout[-2000:]}{done.stderr[-3000:]}"
+    for server in servers:
+        one_round(server, warmup)
+    measured = {server.name: Throughput() for server in servers}
+    for _n, server in alternate(rounds, servers):
+        load, cpu = one_round(server, seconds)
+        if load.requests == 0:
+            raise BenchError(f"{server.name}: the load generator completed no request.")
+        if load.errors > load.requests * MAX_ERROR_SHARE:
+            message = f"{server.name}: {load.errors} errors in {load.requests} requests"
+            if server not in tolerate_errors:
+                raise BenchError(f"{message} (see {server.log_path}).")
+            say(f"{message} (see {server.log_path})")
+        got = measured[server.name]
+        got.total = Load(
+            got.total.requests + load.requests,
+            got.total.seconds + load.seconds,
+            got.total.errors + load.errors,
         )
-    return done.stdout
-
-
-def create_admin(env: dict[str, str], email: str, password: str, fullname: str) -> None:
-    """An admin account made the operator's way: ``flask users create-admin``."""
-    flask_command(
-        [
-            "users", "create-admin",
-            "--email", email, "--password", password, "--fullname", fullname,
-        ],
-        env,
-    )  # fmt: skip
-
-
-def login(server: UwsgiServer, email: str, password: str) -> str:
-    """POST /users/login; the bearer token."""
-    answer = json_request(server, "POST", "/users/login", {"email": email, "password": password})
-    token = answer.get("access_token") if isinstance(answer, dict) else None
-    if not token:
-        raise BenchError(f"{server.name}: login of {email} returned no access_token: {answer!r}")
-    return token
-
-
-def scalar(database: str, sql: str, args: tuple | dict | None = None):
-    """The first column of the first row of a query on ``database`` (a fresh connection)."""
-    check_database_name(database)
-    with contextlib.closing(connect(database)) as conn, conn.cursor() as cur:
-        cur.execute(sql, args)
-        row = cur.fetchone()
-        return row[0] if row else None
+        got.rounds_rps.append(round(load.rps, 1))
+        got.cpu_seconds += cpu
+        say(
+            f"{server.name}: {load.rps:,.0f} req/s ({load.requests:,} in {load.seconds:.1f}s),"
+            f" {cpu / max(load.requests, 1) * 1000:.2f} ms CPU a request"
+        )
+    return measured

@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--load-generator",
         choices=("auto", "wrk", "python"),
         default="auto",
-        help="auto: wrk, installed with apt-get if missing, else Python threads",
+        help="auto: wrk (a prerequisite) if installed, else Python threads",
     )
     parser.add_argument(
         "--connections",
@@ -114,7 +114,7 @@ def stop_on_sigterm(_signum, _frame) -> None:
 
 def run_all(names: list[str], ctx: Context, results: list[Result], failed: list[str]) -> None:
     for name in names:
-        print(f"\n== {name}", flush=True)
+        print(f"\n== {name} ({machine_load()})", flush=True)
         module_started = time.monotonic()
         try:
             results.extend(importlib.import_module(name).run(ctx))

@@ -22,7 +22,16 @@ def clean_env(monkeypatch, tmp_path):
 
     Emails go to the console so that only the setting under test can stop the app.
     """
-    for name in ("APP_ENV", "SECRET_KEY", "TOKEN_TTL_SECONDS", "ADMIN_EMAIL", "ADMIN_PASSWORD"):
+    for name in (
+        "APP_ENV",
+        "SECRET_KEY",
+        "TOKEN_TTL_SECONDS",
+        "ADMIN_EMAIL",
+        "ADMIN_PASSWORD",
+        "REDIS_URL",
+        "RATELIMIT_STORAGE_URI",
+        "LOGIN_LIMITS_PER_PROCESS",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'app.db'}")
     monkeypatch.setenv("MAIL_BACKEND", "console")
@@ -54,6 +63,7 @@ def test_production_starts_with_a_strong_secret_key(clean_env):
     key = secrets.token_urlsafe(48)
     clean_env.setenv("APP_ENV", "production")
     clean_env.setenv("SECRET_KEY", key)
+    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # not connected at start-up
 
     app = create_app()
 
@@ -62,6 +72,101 @@ def test_production_starts_with_a_strong_secret_key(clean_env):
     assert app.test_client().get("/api/openapi.json").status_code == 200
     # Production never invents a key of its own on disk.
     assert not (settings.INSTANCE_DIR / "secret_key").exists()
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "a" * 48,
+        " " * 32,
+        "changeme-changeme-changeme-changeme",
+        "secretsecretsecretsecretsecretsecret",
+        "password-password-password-password!",
+        "0123456789012345678901234567890123456789",
+        "my secret key that is long enough for hs256",
+        "CHANGE-ME-replace-this-secret-key-placeholder",
+    ],
+)
+def test_production_refuses_a_low_entropy_secret_key(clean_env, secret):
+    clean_env.setenv("SECRET_KEY", secret)
+    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+
+    with pytest.raises(ConfigError, match=r"SECRET_KEY .*: set it to a random string"):
+        create_app(ProductionConfig())
+
+
+@pytest.mark.parametrize(
+    "make_key", [lambda: secrets.token_urlsafe(48), lambda: secrets.token_hex(32)]
+)
+def test_production_takes_random_secret_keys(clean_env, make_key):
+    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    for _ in range(20):
+        key = make_key()
+        clean_env.setenv("SECRET_KEY", key)
+        assert create_app(ProductionConfig()).config["SECRET_KEY"] == key
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_app_env_set_but_empty_is_refused(clean_env, value):
+    clean_env.setenv("APP_ENV", value)
+    clean_env.setenv("SECRET_KEY", secrets.token_urlsafe(48))
+
+    with pytest.raises(ConfigError, match="APP_ENV is set but empty"):
+        create_app()
+
+
+def test_a_configuration_error_is_one_line_without_a_traceback(clean_env):
+    """What an operator sees from `flask` (and uWSGI) when the environment is wrong."""
+    import os
+    import subprocess
+    import sys
+
+    clean_env.setenv("APP_ENV", "")
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "users", "ensure-admin"],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "configuration error: APP_ENV is set but empty: set APP_ENV=production "
+        "(or development), or unset it."
+    ]
+
+
+# ---------------------------------------------------------------- production login limits
+
+
+def production(clean_env):
+    clean_env.setenv("APP_ENV", "production")
+    clean_env.setenv("SECRET_KEY", secrets.token_urlsafe(48))
+
+
+def test_production_refuses_per_process_login_limits(clean_env):
+    production(clean_env)
+    with pytest.raises(ConfigError, match="RATELIMIT_STORAGE_URI must point at Redis"):
+        create_app()
+    clean_env.setenv("RATELIMIT_STORAGE_URI", "memory://")
+    with pytest.raises(ConfigError, match="LOGIN_LIMITS_PER_PROCESS=true"):
+        create_app()
+
+
+def test_production_counts_login_failures_in_the_views_redis_by_default(clean_env):
+    production(clean_env)
+    clean_env.setenv("REDIS_URL", "rediss://cache.example:6379/0")
+
+    assert create_app().config["RATELIMIT_STORAGE_URI"] == "rediss://cache.example:6379/0"
+
+
+def test_production_per_process_login_limits_are_an_explicit_choice(clean_env):
+    production(clean_env)
+    clean_env.setenv("RATELIMIT_STORAGE_URI", "memory://")
+    clean_env.setenv("LOGIN_LIMITS_PER_PROCESS", "true")
+
+    assert create_app().config["RATELIMIT_STORAGE_URI"] == "memory://"
 
 
 def test_an_unknown_app_env_is_refused(clean_env):

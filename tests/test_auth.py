@@ -182,3 +182,58 @@ def test_no_token_on_an_admin_route_is_401(client, admin):
 
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+# ---------------------------------------------------------------- password hashing
+
+
+def stored_hash(rows, user_id):
+    from app.models import User
+
+    return rows(User, User.id == user_id)[0].password_hash
+
+
+def test_new_passwords_are_hashed_at_owasp_argon2id_parameters(client, admin, rows):
+    body = {
+        "fullname": "New",
+        "password": "long-enough-1",
+        "username": "new.user",
+        "email": "new@example.com",
+    }
+    created = client.post("/api/users", json=body, headers=admin["headers"])
+    assert created.status_code == 201
+    assert stored_hash(rows, created.json["id"]).startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+
+
+def test_an_older_hash_is_replaced_at_the_next_successful_login(app, client, admin, rows):
+    from passlib.context import CryptContext
+
+    from app.extensions import db
+    from app.models import User
+
+    old = CryptContext(
+        schemes=["argon2"], argon2__memory_cost=65536, argon2__rounds=3, argon2__parallelism=4
+    ).hash(PASSWORD)
+    with app.app_context():
+        db.session.get(User, admin["id"]).password_hash = old
+        db.session.commit()
+
+    assert login(client, "admin@example.com", "not-the-password").status_code == 401
+    assert stored_hash(rows, admin["id"]) == old  # a failure changes nothing
+    assert login(client, "admin@example.com").status_code == 200
+    new = stored_hash(rows, admin["id"])
+    assert new.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert login(client, "admin@example.com").status_code == 200
+    assert stored_hash(rows, admin["id"]) == new  # rehashed once, not at every login
+
+
+def test_argon2_parameters_are_configurable(database, monkeypatch):
+    from app import create_app
+    from app.config import TestConfig
+    from app.services.passwords import hash_password
+
+    monkeypatch.setenv("ARGON2_MEMORY_KIB", "32768")
+    monkeypatch.setenv("ARGON2_TIME_COST", "3")
+    monkeypatch.setenv("ARGON2_PARALLELISM", "2")
+    with create_app(TestConfig(database)).app_context():
+        assert hash_password("x" * 12).startswith("$argon2id$v=19$m=32768,t=3,p=2$")

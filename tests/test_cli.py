@@ -3,6 +3,8 @@
 import re
 import shlex
 
+import pytest
+
 from app.models import Role, User
 
 
@@ -152,3 +154,69 @@ def test_ensure_admin_promotes_a_reader_with_the_configured_email(
     [user] = rows(User)
     assert (user.id, user.role) == (reader["id"], Role.ADMIN)
     assert login(client, "reader@example.com", "now-an-admin-1").status_code == 200
+
+
+# ---------------------------------------------------------------- production
+
+
+@pytest.fixture
+def production_runner(database, monkeypatch):
+    """`flask ...` as the image runs it (APP_ENV=production) on the test database."""
+    import secrets
+
+    from app import create_app
+    from app.config import ProductionConfig
+
+    for name, value in {
+        "DATABASE_URL": database,
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "MAIL_BACKEND": "console",
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "LOGIN_LIMITS_PER_PROCESS": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("ADMIN_EMAIL", "ADMIN_PASSWORD", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return create_app(ProductionConfig()).test_cli_runner()
+
+
+@pytest.mark.parametrize("command", ["users ensure-admin", "deploy upgrade"])
+def test_production_never_prints_a_generated_password(app, production_runner, rows, command):
+    result = production_runner.invoke(args=shlex.split(command))
+
+    assert result.exit_code == 1
+    assert "set ADMIN_PASSWORD" in result.output
+    assert "Traceback" not in result.output
+    assert "password (shown only once)" not in result.output
+    assert rows(User) == []
+
+
+def test_production_creates_the_first_admin_from_admin_password(
+    app, production_runner, monkeypatch, client, rows
+):
+    production_runner.app.config["ADMIN_PASSWORD"] = "from-the-secret-store-1"
+
+    result = production_runner.invoke(args=["users", "ensure-admin"])
+
+    assert result.exit_code == 0, result.output
+    assert "from-the-secret-store-1" not in result.output
+    [user] = rows(User)
+    assert user.role == Role.ADMIN
+    assert login(client, "admin@example.com", "from-the-secret-store-1").status_code == 200
+
+
+def test_production_with_an_admin_needs_no_admin_password(production_runner, admin):
+    result = production_runner.invoke(args=["users", "ensure-admin"])
+
+    assert result.exit_code == 0
+    assert "An admin account exists already." in result.output
+
+
+def test_a_short_admin_password_is_refused(app, runner, rows):
+    app.config["ADMIN_PASSWORD"] = "short"
+
+    result = flask_users(runner, "ensure-admin")
+
+    assert result.exit_code == 1
+    assert "at least 8 characters" in result.output
+    assert rows(User) == []

@@ -292,7 +292,7 @@ def test_app_ini_has_the_essentials():
 
 def test_app_ini_defaults_and_environment():
     defaults = ini_settings({})
-    assert defaults["processes"] == ["4"] and defaults["threads"] == ["2"]
+    assert defaults["processes"] == ["4"] and defaults["threads"] == ["1"]
     assert defaults["virtualenv"] == ["/opt/venv"] and defaults["chdir"] == ["/app"]
     custom = ini_settings(
         {

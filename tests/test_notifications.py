@@ -468,6 +468,37 @@ def test_a_send_recorded_late_because_the_database_was_away_is_not_sent_again(
     assert len(ses.sent_messages) == 3
 
 
+def test_a_lost_answer_to_the_sending_mark_still_sends_the_email_once(
+    app, make, admins, ses, rows, monkeypatch
+):
+    """The 'sending' mark committed but its answer was lost: the retry finds the mark
+    its own and sends, instead of leaving the row to become unknown unsent."""
+    from sqlalchemy.exc import OperationalError
+
+    with app.app_context():
+        catalog.create_product(SEED, actor=None)
+        db.session.commit()
+    monkeypatch.setattr(outbox.time, "sleep", lambda _seconds: None)
+    real_commit = db.session.commit
+    calls = {"n": 0}
+
+    def commit_answer_lost():
+        calls["n"] += 1
+        real_commit()
+        if calls["n"] == 1:  # the first row's 'sending' mark
+            raise OperationalError("COMMIT", {}, Exception("Lost connection during query"))
+
+    with app.app_context():
+        claimed = outbox.claim(10)
+        monkeypatch.setattr(db.session, "commit", commit_answer_lost)
+        outcomes = [outbox.deliver(row, build_mailer(app.config)) for row in claimed]
+    monkeypatch.setattr(db.session, "commit", real_commit)
+
+    assert outcomes == ["sent"] * 3
+    assert len(ses.sent_messages) == 3
+    assert {(row.status, row.attempts) for row in rows(Notification)} == {("sent", 1)}
+
+
 # ---------------------------------------------------------------- outcomes that are unknown
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from app.models import Role, User
+from tests.conftest import PASSWORD
 
 SEED_USER = {
     "fullname": "arnoldo",
@@ -374,3 +375,73 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(app, make, rows)
         thread.join(60)
     assert sorted(outcomes) == ["demoted", "refused"]
     assert len(rows(User, User.role == Role.ADMIN, User.is_active)) == 1
+
+
+# ---------------------------------------------------------------- lookalike emails
+
+FULLWIDTH_ADMIN = "\uff41\uff44\uff4d\uff49\uff4e@example.com"  # "admin" in fullwidth letters
+CYRILLIC_A_DOMAIN = "admin@ex\u0430mple.com"  # a Cyrillic a
+LOOKALIKES = [
+    FULLWIDTH_ADMIN,
+    CYRILLIC_A_DOMAIN,
+    "admin@[127.0.0.1]",
+    "admin@127.0.0.1",
+    "\u0430dmin@example.com",  # a Cyrillic a before @
+    '"admin"@example.com',
+    "ADMIN@EXAMPLE.COM",
+]
+
+
+def new_user(client, admin, email):
+    body = {"fullname": "Twin", "password": "long-enough-1", "username": "twin", "email": email}
+    return client.post("/api/users", json=body, headers=admin["headers"])
+
+
+@pytest.mark.parametrize("email", LOOKALIKES)
+def test_no_account_can_differ_from_another_only_by_lookalike_characters(
+    client, admin, rows, email
+):
+    response = new_user(client, admin, email)
+
+    assert response.status_code in (409, 422)
+    if response.status_code == 422:
+        assert list(response.json["errors"]["json"]) == ["email"]
+    assert [user.email for user in rows(User)] == ["admin@example.com"]
+
+
+def test_emails_are_stored_in_one_canonical_form(client, admin):
+    wide = new_user(client, admin, "\uff2a\uff4f@B\u00fccher.Example")  # "Jo" in fullwidth
+    assert wide.status_code == 201
+    assert wide.json["email"] == "jo@xn--bcher-kva.example"
+    again = client.post(
+        "/api/users",
+        json={
+            "fullname": "Jo",
+            "password": "long-enough-1",
+            "username": "jo2",
+            "email": "jo@xn--bcher-kva.example",
+        },
+        headers=admin["headers"],
+    )
+    assert again.status_code == 409
+    login = client.post(
+        "/users/login", json={"email": "JO@bücher.example", "password": "long-enough-1"}
+    )
+    assert login.status_code == 200
+
+
+def test_a_lookalike_email_at_login_is_just_a_wrong_email(client, admin):
+    for email in (CYRILLIC_A_DOMAIN, "admin@[127.0.0.1]"):
+        response = client.post("/users/login", json={"email": email, "password": PASSWORD})
+        assert response.status_code == 401
+    fullwidth = client.post("/users/login", json={"email": FULLWIDTH_ADMIN, "password": PASSWORD})
+    assert fullwidth.status_code == 200  # the same account, written in fullwidth letters
+
+
+def test_create_admin_refuses_a_lookalike_email(runner, rows):
+    result = runner.invoke(
+        args=["users", "create-admin", "--email", CYRILLIC_A_DOMAIN, "--password", "long-enough-1"]
+    )
+    assert result.exit_code == 1
+    assert "mixes alphabets" in result.output
+    assert rows(User) == []

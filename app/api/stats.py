@@ -49,16 +49,33 @@ def wants_csv(query: dict) -> bool:
     return best == "text/csv"
 
 
-def csv_response(header: list[str], rows: list[list], filename: str) -> Response:
+# A cell a spreadsheet would read as a formula (OWASP's CSV injection rule).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """The value, with a ' before text a spreadsheet would run as a formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_response(header: list[str], rows: list[list], filename: str, bom: bool) -> Response:
     out = io.StringIO()
+    if bom:  # spreadsheets then read the file as UTF-8 (accents come out right)
+        out.write("\ufeff")
     writer = csv.writer(out)
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([csv_cell(value) for value in row] for row in rows)
     return Response(
         out.getvalue(),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+def date_range(query: dict) -> str:
+    return f"{query['start'].isoformat()}-to-{query['end'].isoformat()}"
 
 
 @blp.route("/products/<string:sku>/stats")
@@ -83,7 +100,8 @@ class ProductStats(MethodView):
         return csv_response(
             ["date", "views", "anonymous_views", "registered_views"],
             rows,
-            f"{product.sku}-views.csv",
+            f"{product.sku}-views-{date_range(query)}.csv",
+            query["bom"],
         )
 
 
@@ -99,4 +117,9 @@ class TopProducts(MethodView):
         if not wants_csv(query):
             return top
         fields = ["sku", "name", "views", "anonymous_views", "registered_views"]
-        return csv_response(fields, [[item[f] for f in fields] for item in top], "top-products.csv")
+        return csv_response(
+            fields,
+            [[item[f] for f in fields] for item in top],
+            f"top-products-{date_range(query)}.csv",
+            query["bom"],
+        )

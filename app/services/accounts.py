@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 
+from app.emails import BadEmail, canonical_email
 from app.extensions import db
 from app.models import Role, User
 from app.services import RuleError
@@ -152,6 +153,10 @@ def make_admin(
     email: str, password: str, *, fullname: str = "Administrator", username: str | None = None
 ) -> User:
     """Promote the account with this email and set its password, or create a new admin."""
+    try:
+        email = canonical_email(email)
+    except BadEmail as exc:
+        raise RuleError(422, f"{email!r}: {exc}", "email") from exc
     existing = find_by_email(email)
     if existing is not None:
         return update_user(existing, {"role": Role.ADMIN, "password": password})
@@ -168,6 +173,6 @@ def ensure_first_admin(email: str | None, password: str | None) -> FirstAdmin | 
     """Make an admin when none exists; a generated password is returned to be shown once."""
     if admin_count():
         return None
-    email = (email or "admin@example.com").strip().lower()
+    email = email or "admin@example.com"
     generated = None if password else secrets.token_urlsafe(12)
     return FirstAdmin(make_admin(email, password or generated), generated)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app import streams
 from app.extensions import db
+from app.fields import CONTROL_CHARACTERS
 from app.mail import Email
 from app.models import Notification, Product, Role, User, utcnow
 
@@ -89,10 +90,16 @@ HEADINGS = {"created": "Values", "updated": "Changes", "deleted": "Last values"}
 MAX_SUBJECT = 200
 
 
+def one_line(value) -> str:
+    """A stored value as one line of the email (rows written before control characters
+    were refused at the API could hold some)."""
+    return CONTROL_CHARACTERS.sub(" ", str(value))
+
+
 def _lines(row: Notification, arrow: str) -> list[str]:
     lines = []
     for field, change in row.changes.items():
-        old, new = change["old"], change["new"]
+        old, new = one_line(change["old"]), one_line(change["new"])
         if row.event == "created":
             lines.append(f"{field}: {new}")
         elif row.event == "deleted":
@@ -105,19 +112,22 @@ def _lines(row: Notification, arrow: str) -> list[str]:
 def render(row: Notification) -> Email:
     """Plain text and HTML bodies from the row's snapshot of the change."""
     actor = (
-        f"{row.actor_name} <{row.actor_email}>" if row.actor_email else "an operator (command line)"
+        one_line(f"{row.actor_name} <{row.actor_email}>")
+        if row.actor_email
+        else "an operator (command line)"
     )
+    sku, name = one_line(row.sku), one_line(row.product_name)
     when = row.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     lines = _lines(row, "->")
-    detail = "; ".join(lines) if row.event == "updated" else row.product_name
-    subject = f"[Marketplace] Product {row.sku} {row.event}: {detail}"
+    detail = "; ".join(lines) if row.event == "updated" else name
+    subject = f"[Marketplace] Product {sku} {row.event}: {detail}"
     if len(subject) > MAX_SUBJECT:
         subject = subject[: MAX_SUBJECT - 3] + "..."
     heading = HEADINGS[row.event]
     text = (
         "\n".join(
             [
-                f"Product {row.sku} ({row.product_name}) was {row.event}.",
+                f"Product {sku} ({name}) was {row.event}.",
                 "",
                 f"By:   {actor}",
                 f"When: {when}",
@@ -132,7 +142,7 @@ def render(row: Notification) -> Email:
     )
     items = "".join(f"<li>{html.escape(line)}</li>" for line in _lines(row, "\u2192"))
     body = (
-        f"<p>Product <b>{html.escape(row.sku)}</b> ({html.escape(row.product_name)}) "
+        f"<p>Product <b>{html.escape(sku)}</b> ({html.escape(name)}) "
         f"was {html.escape(row.event)}.</p>"
         f"<p>By: {html.escape(actor)}<br>When: {when}</p>"
         f"<p>{heading}:</p><ul>{items}</ul>"

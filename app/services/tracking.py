@@ -15,7 +15,9 @@ again after a lost acknowledgement adds nothing.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import threading
+import time
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from typing import NamedTuple
@@ -148,12 +150,54 @@ def write_views(views: list[View]) -> int:
     return 0
 
 
-def record_view(product_id: int, user_id: int | None) -> str:
+class RecentViewers:
+    """The (client, product) pairs seen in the last ``seconds``, in this process only:
+    without Redis, each web process de-duplicates on its own (so with N processes a
+    client can count up to N times per window). At most ``size`` pairs are kept."""
+
+    def __init__(self, size: int = 100_000):
+        self.size = size
+        self.seen: OrderedDict[str, float] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def first(self, key: str, seconds: float) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            while self.seen and next(iter(self.seen.values())) <= now:
+                self.seen.popitem(last=False)  # the oldest expires first
+            if key in self.seen:
+                return False
+            self.seen[key] = now + seconds
+            if len(self.seen) > self.size:
+                self.seen.popitem(last=False)
+            return True
+
+
+def first_view_in_window(product_id: int, user_id: int | None, client: str | None) -> bool:
+    """Whether this view counts under ``VIEW_DEDUP_SECONDS``: the first from this user
+    (or, anonymous, this address) for this product in the window."""
+    seconds = current_app.config["VIEW_DEDUP_SECONDS"]
+    if not seconds:
+        return True
+    who = f"u{user_id}" if user_id is not None else f"a{client or '-'}"
+    key = f"{product_id}:{who}"
+    if (conn := streams.client()) is not None:
+        try:
+            return bool(conn.set(f"{streams.VIEWED_PREFIX}{key}", 1, nx=True, ex=seconds))
+        except redis.RedisError as exc:
+            log.warning("views de-duplication falls back to this process: %s", exc)
+    return current_app.extensions.setdefault("recent_viewers", RecentViewers()).first(key, seconds)
+
+
+def record_view(product_id: int, user_id: int | None, client: str | None = None) -> str:
     """Record one consultation before the read answers; return how ("stream", "direct",
-    "off" or "lost")."""
+    "off", "repeat" (inside VIEW_DEDUP_SECONDS) or "lost")."""
     mode = current_app.config["VIEW_RECORDING"]
     if mode == "off":
         return "off"
+    if not first_view_in_window(product_id, user_id, client):
+        metrics.VIEWS_REPEATED.inc()
+        return "repeat"
     now = utcnow()
     if mode == "auto" and streams.client() is not None:
         try:

@@ -28,7 +28,7 @@ ADMINS = [
     ("second.admin@marketplace.test", "second-admin-password"),
     ("third.admin@marketplace.test", "third-admin-password"),
 ]
-RESULTS = h.ROOT / "bench" / "results" / "reliability-results.json"
+RESULTS = h.ROOT / "reliability-results.json"
 
 
 def pytest_addoption(parser) -> None:
@@ -195,7 +195,7 @@ def stacks(deployment):
 
 @pytest.fixture(scope="session")
 def results():
-    """Scenario figures, written to bench/results/reliability-results.json at the end."""
+    """Scenario figures, written to reliability-results.json (the repo root) at the end."""
     entries: list[dict] = []
     yield entries
     if entries:

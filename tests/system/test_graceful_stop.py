@@ -8,12 +8,10 @@ import threading
 
 from tests.system import harness as h
 
-SERVING = {"WEB_PROCESSES": 2, "WEB_THREADS": 2}
 
-
-def serve_one_product(mariadb, new_database, app_env, stacks, name):
+def serve_one_product(mariadb, new_database, app_env, stacks, name, threads: int):
     database, url = new_database()
-    stack = stacks(name, app_env(url, **SERVING))
+    stack = stacks(name, app_env(url, WEB_PROCESSES=2, WEB_THREADS=threads))
     stack.migrate()
     stack.start()
     token = stack.http.login("admin@marketplace.test", "first-admin-password")
@@ -37,7 +35,8 @@ def read_until(stack: h.Stack, stop: threading.Event, statuses: list) -> None:
 def test_sigterm_under_load_finishes_every_request_and_loses_no_view(
     mariadb, new_database, app_env, stacks
 ):
-    database, stack = serve_one_product(mariadb, new_database, app_env, stacks, "stop")
+    # Two request threads per worker: a shutdown waits for every thread's request.
+    database, stack = serve_one_product(mariadb, new_database, app_env, stacks, "stop", 2)
     stop, statuses = threading.Event(), []
     readers = [threading.Thread(target=read_until, args=(stack, stop, statuses)) for _ in range(4)]
     for reader in readers:
@@ -54,7 +53,8 @@ def test_sigterm_under_load_finishes_every_request_and_loses_no_view(
 
 
 def test_a_graceful_reload_under_load_loses_no_view(mariadb, new_database, app_env, stacks):
-    database, stack = serve_one_product(mariadb, new_database, app_env, stacks, "reload")
+    # One thread per worker (app.ini's default: see there why reloads need it).
+    database, stack = serve_one_product(mariadb, new_database, app_env, stacks, "reload", 1)
     stop, statuses = threading.Event(), []
     readers = [threading.Thread(target=read_until, args=(stack, stop, statuses)) for _ in range(4)]
     for reader in readers:

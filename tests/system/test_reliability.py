@@ -5,7 +5,7 @@ by row after a graceful stop (`make reliability`; --load-seconds, --clients,
 1. Load: clients for a while over 50 products: 80% product reads, 15% list pages, 5% price
    changes by 3 admins. 2. A private MariaDB shut down and started again under the same
    load. 3. SES rejecting every send for a minute while the admins edit.
-Each scenario's figures go to bench/results/reliability-results.json.
+Each scenario's figures go to reliability-results.json.
 """
 
 from __future__ import annotations
