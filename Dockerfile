@@ -3,10 +3,15 @@
 #
 #   docker build -t marketplace .
 #   docker run -it --rm -p 80:80 --stop-timeout 30 \
+#       --read-only --tmpfs /run --tmpfs /tmp \
 #       -e DATABASE_URL=mysql://user:password@dbhost:3306/db -e SECRET_KEY=... \
-#       -e EMAIL_SOURCE=... -e REGION_NAME=us-east-1 \
+#       -e EMAIL_SOURCE=... -e REGION_NAME=us-east-1 -e TRUSTED_PROXIES=10.0.1.0/24 \
 #       -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... marketplace
 #
+# It runs as the unprivileged user app (uid 10001), nginx included: nginx binds port 80
+# because Docker >= 20.10 sets net.ipv4.ip_unprivileged_port_start=0 in every container
+# (elsewhere: `--sysctl net.ipv4.ip_unprivileged_port_start=0`, or the pod's sysctls).
+# --read-only is optional: everything it writes is in /run/marketplace and /tmp.
 # The migrations run at start (safe with several containers at once). Give the container
 # time for its graceful stop (requests in flight finish, the worker its current email):
 # 30 s with --stop-timeout, or the ECS task's stopTimeout; Docker's default is 10 s.
@@ -38,29 +43,27 @@ RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
 # ---------------------------------------------------------------- runtime
 FROM debian:bookworm-20260824-slim
 
-# The app user owns nothing but /run/marketplace (uWSGI's socket and master FIFO); the
-# code and the virtualenv belong to root and are read-only to it.
+# The app user owns nothing but /run/marketplace (uWSGI's socket and master FIFO, nginx's
+# rendered configuration and pid file, the metrics); the code and the virtualenv belong
+# to root and are read-only to it. A fixed uid: Kubernetes' runAsNonRoot can only verify
+# a numeric USER.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         ca-certificates python3 nginx uwsgi-core uwsgi-plugin-python3 tini \
     && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \
-    && groupadd --system app \
-    && useradd --system --gid app --home-dir /app --no-create-home \
+    && groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin app \
-    && install -d -m 0750 -o app -g www-data /run/marketplace
+    && install -d -m 0750 -o app -g app /run/marketplace
 
-# Who runs what. The container starts as root, and only for what needs it: the
-# entrypoint makes /run/marketplace, runs the migration as `app` (setpriv), and starts
-# nginx, whose master binds port 80 as root and whose workers (all the traffic) run as
-# www-data. uWSGI's master, its workers and the notification worker drop to `app`
-# (APP_USER, app.ini's uid/gid) before loading any application code. Hence no USER
-# line: USER app would leave nginx unable to bind port 80 without file capabilities
-# (setcap) and the entrypoint unable to set up the socket directory.
+# Who runs what: everything (the entrypoint, the migration, uWSGI and the notification
+# worker, nginx's master and workers) runs as app. No process needs root: nginx binds
+# port 80 unprivileged (see the top) and reaches the socket as its owner. With a tmpfs
+# on /run (--read-only), the entrypoint makes /run/marketplace itself.
 ENV APP_ENV=production \
     APP_DIR=/app \
     APP_VENV=/opt/venv \
-    APP_USER=app \
     FLASK_APP=wsgi \
     PATH=/opt/venv/bin:$PATH \
     LANG=C.UTF-8 \
@@ -77,6 +80,8 @@ COPY migrations ./migrations
 COPY app ./app
 # Byte-code now: the app user cannot write __pycache__ next to the code.
 RUN python3 -m compileall -q /app
+
+USER 10001:10001
 
 EXPOSE 80
 STOPSIGNAL SIGTERM

@@ -7,6 +7,7 @@ reading of app.ini when Debian's uWSGI is there. deploy/smoke.py (`make smoke`) 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from app.errors import payload_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -168,22 +171,21 @@ def test_base_images_are_pinned_to_a_dated_or_versioned_tag(dockerfile):
         assert "slim" in tag, f"line {instruction.line}: {image} is not a slim image"
 
 
-def test_the_final_stage_runs_no_server_as_root(dockerfile):
+def test_the_image_runs_as_an_unprivileged_numeric_user(dockerfile):
+    """USER app by number: Kubernetes' runAsNonRoot cannot verify a user name."""
     final = dockerfile[-1].stage
-    users = [i.args.split(":")[0] for i in named(dockerfile, "USER") if i.stage == final]
-    if users:
-        assert users[-1] not in ("root", "0"), "the last USER is root"
-        return
-    # No USER: the entrypoint starts as root and uWSGI drops to APP_USER (app.ini uid/gid).
-    env = env_pairs([i for i in dockerfile if i.stage == final])
-    user = env.get("APP_USER")
-    assert user and user not in ("root", "0"), "APP_USER must name the app's user"
+    users = [i for i in named(dockerfile, "USER") if i.stage == final]
+    assert users, "no USER: the container would start as root"
+    uid, _, gid = users[-1].args.partition(":")
+    assert uid.isdigit() and int(uid) > 0 and gid.isdigit() and int(gid) > 0, users[-1]
     run = " ".join(i.args for i in named(dockerfile, "RUN") if i.stage == final)
-    assert re.search(rf"useradd\b[^&]*\b{user}\b", run), f"the image must create user {user}"
-    settings = ini_settings({"APP_USER": user})
-    assert settings.get("uid") == [user] and settings.get("gid") == [user]
-    nginx = dict(nginx_directives(NGINX_CONF.read_text()))
-    assert nginx["user"] == ["www-data"], "nginx's workers must not run as root"
+    assert re.search(rf"groupadd\b[^&]*--gid {gid} app\b", run)
+    assert re.search(rf"useradd\b[^&]*--uid {uid} --gid app\b[^&]* app\b", run)
+    assert re.search(r"install -d -m 0750 -o app -g app /run/marketplace\b", run)
+    # Nothing to drop privileges to: no APP_USER, hence no uid/gid in app.ini.
+    env = env_pairs([i for i in dockerfile if i.stage == final])
+    assert "APP_USER" not in env
+    assert "uid" not in ini_settings({k: v for k, v in env.items() if k.startswith("WEB_")})
 
 
 def test_a_healthcheck_probes_healthz(dockerfile):
@@ -283,6 +285,7 @@ def test_app_ini_has_the_essentials():
     assert single["socket"] == DEFAULT_SOCKET
     assert single["master-fifo"].startswith("/run/marketplace/")
     assert single["chmod-socket"] == "660"
+    assert single["listen"] == "1024", "a burst waits in the queue rather than 502s"
     assert int(single["worker-reload-mercy"]) <= 25  # inside a 30 s stop timeout
     assert "uid" not in settings, "no privilege drop unless APP_USER is set"
 
@@ -341,21 +344,74 @@ def test_nginx_conf_has_the_essentials():
     assert logs[0] == "/dev/stdout" and set(logs) <= {"/dev/stdout", "off"}
     assert single["error_log"][0] in ("stderr", "/dev/stderr")
     assert single["real_ip_header"] == ["X-Forwarded-For"]
-    assert single["user"] == ["www-data"]
+    assert single["user"] == ["www-data"]  # only when started as root
     assert single["pid"][0].startswith("/run/")
+    # The root filesystem may be read-only: nginx's temporary files go to the tmpfs /tmp.
+    temp_paths = ("client_body", "uwsgi", "proxy", "fastcgi", "scgi")
+    for kind in temp_paths:
+        assert single[f"{kind}_temp_path"][0].startswith("/tmp/"), kind
     for timeout in ("uwsgi_read_timeout", "client_body_timeout", "keepalive_timeout"):
         assert timeout in single
     # `daemon off;` comes from the entrypoint (-g): twice would be an error.
     assert "daemon" not in single
 
 
-def test_nginx_trusts_x_forwarded_for_from_private_ranges_only():
-    directives = nginx_directives(NGINX_CONF.read_text())
-    trusted = [args[0] for name, args in directives if name == "set_real_ip_from"]
-    assert trusted
-    for cidr in trusted:
-        assert cidr.startswith(("10.", "172.", "192.168.")), f"untrusted range {cidr}"
-        assert not cidr.endswith("/0")
+def test_nginx_trusts_no_proxy_but_those_the_entrypoint_writes_in():
+    text = NGINX_CONF.read_text()
+    directives = nginx_directives(text)
+    assert "set_real_ip_from" not in dict(directives), "TRUSTED_PROXIES alone says whom"
+    single = dict(directives)
+    assert single["real_ip_header"] == ["X-Forwarded-For"]
+    assert single["real_ip_recursive"] == ["on"]
+    [marker] = re.findall(r'^TRUSTED_MARKER="(.+)"$', ENTRYPOINT.read_text(), re.M)
+    assert [line.strip() for line in text.splitlines()].count(marker) == 1
+
+
+@pytest.mark.parametrize(
+    "proxies",
+    ["10.0.0.0/8; include /etc/passwd", "0.0.0.0/0", "::/0", "256.1.1.1", "alb.internal",
+     "10.0.1.0/33", "10.0.1.0/24,,10.0.2.0/"],
+)  # fmt: skip
+def test_the_entrypoint_refuses_trusted_proxies_that_are_not_addresses(proxies, tmp_path):
+    env = {"PATH": os.environ["PATH"], "TRUSTED_PROXIES": proxies, "APP_DIR": str(tmp_path)}
+    done = subprocess.run(
+        ["bash", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "TRUSTED_PROXIES:" in done.stderr and "not an IP address" in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_nginx_limits_logins_per_client_and_per_instance():
+    text = NGINX_CONF.read_text()
+    block = re.search(r"location = /users/login \{(.*?)\}", text, re.S)
+    assert block, "a location of its own for POST /users/login"
+    inside = nginx_directives(block.group(1))
+    assert ("limit_req", ["zone=login_rate", "burst=10", "nodelay"]) in inside
+    assert ("limit_conn", ["login_client", "2"]) in inside
+    assert ("limit_conn", ["login_instance", "4"]) in inside
+    assert ("uwsgi_pass", ["marketplace"]) in inside
+    single = dict(nginx_directives(text))
+    assert single["limit_req_status"] == single["limit_conn_status"] == ["429"]
+    zones = [args for name, args in nginx_directives(text) if name == "limit_req_zone"]
+    assert zones == [["$login_client", "zone=login_rate:10m", "rate=30r/m"]]
+
+
+def test_nginx_answers_its_own_errors_in_the_json_error_shape():
+    text = NGINX_CONF.read_text()
+    directives = nginx_directives(text)
+    pages = [args for name, args in directives if name == "error_page"]
+    caught = {int(code) for args in pages for code in args[:-1] if code.isdigit()}
+    assert {400, 413, 414, 429, 502, 504} <= caught
+    assert {args[-1] for args in pages} == {"/.error"}
+    bodies = dict(re.findall(r"^\s*(\d{3}) '(\{.*\})';$", text, re.M))
+    default = re.search(r"^\s*default '(\{.*\})';$", text, re.M)
+    assert default and json.loads(default.group(1))["code"] == 500
+    for code in caught - {494}:  # 494 (a header too large) is answered 400
+        body = json.loads(bodies[str(code)])
+        expected = payload_for(code)
+        assert set(body) == {"code", "status", "message"}, body
+        assert body["code"] == code and body["status"] == expected["status"], body
 
 
 # ---------------------------------------------------------------- the entrypoint
@@ -371,6 +427,10 @@ def test_entrypoint_migrates_then_serves_and_stops_gracefully():
     # nginx stops taking requests first, then uWSGI (SIGTERM: graceful, see app.ini).
     assert text.index('kill -QUIT "$nginx_pid"') < text.index('kill -TERM "$uwsgi_pid"\n')
     assert "daemon off;" in text
+    # nginx runs the configuration rendered into the runtime directory, errors to stderr
+    # from the start (not /var/log/nginx, read-only).
+    assert 'nginx -c "$nginx_conf" -e stderr' in text
+    assert "nginx_conf=$RUN_DIR/nginx.conf" in text
 
 
 def test_entrypoint_passes_shellcheck():

@@ -1,5 +1,6 @@
-"""One instance as the container runs it: docker/entrypoint.sh (migration, uWSGI with
-app.ini, nginx with nginx.conf), real HTTP through nginx, stopped with SIGTERM.
+"""One instance as the container runs it: docker/entrypoint.sh started as the app user
+(the image's USER; migration, uWSGI with app.ini, nginx with nginx.conf), real HTTP through
+nginx, stopped with SIGTERM.
 
 The tests of this module share one running instance, in file order; the last ones look
 at what its graceful stop left.
@@ -17,6 +18,7 @@ import pytest
 
 from tests.system import harness as h
 from tests.system.conftest import ADMINS
+from tests.system.test_edge import start_unprivileged
 
 REAL_CLIENT = "203.0.113.7"  # TEST-NET-3: only ever a header value
 ADMIN_ADDRESSES = [a for a, _ in ADMINS[:2]]
@@ -69,13 +71,13 @@ def test_sigterm_while_the_migration_waits_for_the_lock_stops_at_once(instance, 
 
 
 def test_the_entrypoint_migrates_and_serves_health_and_readiness(instance):
-    instance.stack.start()
+    start_unprivileged(instance.stack)
     http = instance.stack.http
     assert (http.get("/healthz").status, http.get("/healthz").json) == (200, {"status": "ok"})
     assert (http.get("/readyz").status, http.get("/readyz").json) == (200, {"status": "ready"})
 
 
-def test_every_process_runs_as_the_app_user_and_nginx_workers_as_www_data(instance):
+def test_every_process_runs_as_the_app_user_nginx_included(instance):
     stack, app_uid = instance.stack, pwd.getpwnam(h.APP_USER).pw_uid
     procs = {p: h.cmdline(p) for p in stack.processes()}
     uwsgi = [p for p, c in procs.items() if "uWSGI" in c]
@@ -83,8 +85,16 @@ def test_every_process_runs_as_the_app_user_and_nginx_workers_as_www_data(instan
     assert [h.uid_of(p) for p in stack.daemons()] == [app_uid]
     masters = [p for p, c in procs.items() if c.startswith("nginx: master")]
     workers = [p for p, c in procs.items() if c.startswith("nginx: worker")]
-    assert [h.uid_of(p) for p in masters] == [0]
-    assert workers and {h.uid_of(p) for p in workers} == {pwd.getpwnam("www-data").pw_uid}
+    assert len(masters) == 1 and workers
+    assert {h.uid_of(p) for p in procs} == {app_uid}, {p: h.describe(p) for p in procs}
+
+
+def test_uwsgi_queues_up_to_1024_connections_on_its_socket(instance):
+    """app.ini's listen: a burst waits for a worker instead of nginx answering 502."""
+    socket_path = str(instance.stack.runs[0] / "uwsgi.sock")
+    done = h.run(["ss", "-xlnH", "src", socket_path])
+    [line] = [x for x in done.stdout.splitlines() if socket_path in x]
+    assert line.split()[:4] == ["u_str", "LISTEN", "0", "1024"], line
 
 
 def test_admins_log_in_create_and_read_a_product(instance, create_admins):

@@ -1,0 +1,328 @@
+"""The edge, through the shipped nginx.conf and docker/entrypoint.sh: nginx's own error
+answers in the service's JSON error shape (a dead or silent uWSGI too), the login limits,
+the proxies whose X-Forwarded-For is believed (TRUSTED_PROXIES), and the image's layout as
+its unprivileged user: a read-only root with a tmpfs on /run and /tmp, port 80.
+
+The entrypoint runs as the app user (setpriv, as the image's USER does), from 127.0.0.1;
+other loopback addresses (127.0.0.2, 127.0.0.3) stand for a proxy and for a stranger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.errors import payload_for
+from tests.system import harness as h
+from tests.system.conftest import ADMINS
+
+PROXY = "127.0.0.2"  # in TRUSTED_PROXIES below
+STRANGER = "127.0.0.3"  # not
+TRUSTED = f"192.0.2.0/24, {PROXY}"
+CLIENT = "93.184.216.34"  # a global address (the app tells), only ever a header value
+
+
+def start_unprivileged(stack: h.Stack, timeout: float = 120) -> h.Stack:
+    """``Stack.start()`` with ``entrypoint=True``, but the entrypoint started as the app
+    user, as the image's USER starts it."""
+    env = {
+        **stack.instance_env(0),
+        "WEB_INI": str(stack.d.source / "app.ini"),
+        "NGINX_CONF": str(stack.conf),
+    }
+    # nginx opens /dev/stdout (its access log) again: the app user must be able to.
+    stack.log.touch()
+    shutil.chown(stack.log, h.APP_USER, h.APP_USER)
+    as_app_user = ["setpriv", f"--reuid={h.APP_USER}", f"--regid={h.APP_USER}", "--init-groups"]
+    stack.main = stack.d.reaper.start(
+        [*as_app_user, stack.d.source / "docker" / "entrypoint.sh"], stack.log.name, env
+    )
+    h.wait_until(f"{stack.name}: /healthz through nginx", stack._healthy, timeout)
+    return stack
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+def raw(port: int, data: bytes, source: str = h.HOST, timeout: float = 30) -> Answer:
+    """Send ``data`` as it is (malformed or not) from ``source`` and read the answer to the
+    connection's end."""
+    with socket.create_connection((h.HOST, port), timeout, source_address=(source, 0)) as conn:
+        conn.sendall(data)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Answer(int(lines[0].split()[1]), headers, body)
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: object = None,
+    source: str = h.HOST,
+    headers: dict | None = None,
+) -> Answer:
+    data = b"" if body is None else json.dumps(body).encode()
+    fields = {"Host": "edge", "Connection": "close", **(headers or {})}
+    if body is not None:
+        fields |= {"Content-Type": "application/json", "Content-Length": str(len(data))}
+    head = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+    return raw(port, f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode() + data, source)
+
+
+def get(port: int, path: str, source: str = h.HOST, **headers: str) -> Answer:
+    named = {name.replace("_", "-"): value for name, value in headers.items()}
+    return request(port, "GET", path, source=source, headers=named)
+
+
+def assert_json_error(answer: Answer, code: int) -> dict:
+    """The app's error shape: {"code", "status", "message"}, the status as the app words it."""
+    assert answer.status == code, answer
+    assert answer.headers.get("content-type") == "application/json", answer.headers
+    body = json.loads(answer.body)
+    assert set(body) == {"code", "status", "message"}, body
+    assert body["code"] == code and body["status"] == payload_for(code)["status"], body
+    assert body["message"], body
+    return body
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection((h.HOST, port), 1).close()
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class BareNginx:
+    port: int
+    upstream: socket.socket
+    socket_path: Path
+
+
+@pytest.fixture
+def bare_nginx(deployment, reaper):
+    """nginx.conf (the harness's copy) alone, in front of a socket that accepts connections
+    and never answers: no uWSGI behind it."""
+    run = deployment.runtime_dir(f"run-edge-bare-{os.urandom(3).hex()}")
+    path = run / "uwsgi.sock"
+    upstream = socket.socket(socket.AF_UNIX)
+    upstream.bind(str(path))
+    path.chmod(0o666)  # nginx's workers (www-data) connect to it
+    upstream.listen(64)
+    port = h.free_port()
+    conf = deployment.nginx_conf(f"nginx-{run.name}", port, [path])
+    nginx = reaper.start(
+        [h.NGINX, "-c", conf, "-e", "stderr", "-g", "daemon off;"],
+        f"{run.name}.log",
+        {"PATH": h.SYSTEM_PATH},
+    )
+    try:
+        h.wait_until("nginx", lambda: nginx.poll() is not None or listening(port), 30)
+        assert nginx.poll() is None, h.tail(reaper.workdir / f"{run.name}.log")
+        yield BareNginx(port, upstream, path)
+    finally:
+        reaper.stop(nginx, signal.SIGQUIT)
+        upstream.close()
+
+
+# ---------------------------------------------------------------- nginx's own errors
+
+
+def test_nginx_answers_malformed_and_oversized_requests_in_the_json_error_shape(bare_nginx):
+    port = bare_nginx.port
+    close = b"Connection: close\r\n"
+    cases = {
+        "no Host header": (b"GET / HTTP/1.1\r\n" + close + b"\r\n", 400),
+        "a malformed request line": (b"GARBAGE\r\n\r\n", 400),
+        "a header too large": (
+            b"GET / HTTP/1.1\r\nHost: edge\r\n" + close + b"Cookie: " + b"c" * 9000 + b"\r\n\r\n",
+            400,
+        ),
+        "a URI too long": (b"GET /" + b"u" * 10_000 + b" HTTP/1.1\r\nHost: edge\r\n\r\n", 414),
+        "a body over 1 MiB": (
+            b"POST /api/products HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+            + close
+            + b"Content-Length: 2097152\r\n\r\n",
+            413,
+        ),
+        "an unknown transfer coding": (
+            b"POST /api/products HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: gzip\r\n"
+            + close
+            + b"\r\n",
+            501,
+        ),
+        "HTTP/2 in plain text": (b"GET / HTTP/2.0\r\nHost: edge\r\n\r\n", 505),
+        "the error page itself": (b"GET /.error HTTP/1.1\r\nHost: edge\r\n" + close + b"\r\n", 404),
+    }
+    for what, (data, code) in cases.items():
+        answer = raw(port, data)
+        assert answer.status == code, (what, answer)
+        assert_json_error(answer, code)
+
+
+def test_a_silent_upstream_gives_a_json_504_and_a_dead_one_a_json_502(bare_nginx):
+    port = bare_nginx.port
+    # /healthz gives uWSGI 10 s (uwsgi_read_timeout); the socket accepts and never answers.
+    assert_json_error(get(port, "/healthz"), 504)
+    bare_nginx.upstream.close()
+    bare_nginx.socket_path.unlink()  # uWSGI gone: connect() fails
+    dead = get(port, "/api/products")
+    assert_json_error(dead, 502)
+    assert dead.headers.get("retry-after") == "5"
+
+
+# ---------------------------------------------------------------- behind a trusted proxy
+
+
+@pytest.fixture(scope="module")
+def edge(deployment, mariadb, moto, reaper):
+    """One instance through the entrypoint, as the app user, with TRUSTED_PROXIES."""
+    name = "marketplace_edge"
+    url = mariadb.create_database(name)
+    email, password = ADMINS[0]
+    env = deployment.env(
+        url,
+        moto.url,
+        ADMIN_EMAIL=email,
+        ADMIN_PASSWORD=password,
+        TRUSTED_PROXIES=TRUSTED,
+        LOGIN_LIMITS_PER_PROCESS="true",  # nginx's limits are the subject here
+    )
+    stack = h.Stack(deployment, "edge", env, entrypoint=True)
+    try:
+        start_unprivileged(stack)
+        token = stack.http.login(email, password)
+        product = {"sku": "edge-1", "name": "edge", "price": 1, "mark": "m", "quantity": 1}
+        assert stack.http.request("POST", "/api/products", product, token=token).status == 201
+        yield stack
+    finally:
+        if stack.main is not None and stack.main.poll() is None:
+            assert stack.stop(timeout=60) == {"entrypoint": 0}, h.tail(stack.log)
+        mariadb.drop_database(name)
+
+
+def log_lines(stack: h.Stack, marker: str) -> list[str]:
+    time.sleep(0.3)  # the access log line follows the answer
+    return [line for line in stack.log.read_text(errors="replace").splitlines() if marker in line]
+
+
+def test_the_entrypoint_writes_trusted_proxies_into_nginx_conf(edge):
+    rendered = (edge.runs[0] / "nginx.conf").read_text()
+    trusted = re.findall(r"^\s*set_real_ip_from (\S+);$", rendered, re.M)
+    assert trusted == ["192.0.2.0/24", PROXY]
+    assert "believed from: 192.0.2.0/24 127.0.0.2" in edge.log.read_text()
+
+
+def test_x_forwarded_for_is_believed_from_trusted_proxies_only(edge):
+    """/metrics answers loopback and private addresses only: it shows whom the app sees."""
+    port = edge.port
+    cases = [
+        # (connection from, X-Forwarded-For, the client nginx and the app see)
+        (PROXY, CLIENT, CLIENT),
+        (PROXY, f"{CLIENT}, 192.0.2.10", CLIENT),  # through two trusted proxies
+        (PROXY, f"{CLIENT}, {STRANGER}", STRANGER),  # a stranger's forged left part
+        (STRANGER, CLIENT, STRANGER),
+        (h.HOST, CLIENT, h.HOST),
+    ]
+    for n, (source, forwarded, seen) in enumerate(cases):
+        answer = get(port, f"/metrics?case={n}", source, X_Forwarded_For=forwarded)
+        if seen == CLIENT:
+            assert answer.status == 404, (n, answer)
+            assert_json_error(answer, 404)
+        else:
+            assert answer.status == 200, (n, answer)
+        [line] = log_lines(edge, f"/metrics?case={n} ")
+        assert line.startswith(f"{seen} "), (n, line)
+
+
+def concurrently(calls: list) -> list:
+    """Run the calls at the same moment, one thread each; their results in order."""
+    results: list = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(n: int) -> None:
+        barrier.wait()
+        results[n] = calls[n]()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def login_from(port: int, client: str):
+    email, password = ADMINS[0]
+    body = {"email": email, "password": password}
+    headers = {"X-Forwarded-For": client}
+    return lambda: request(port, "POST", "/users/login", body, PROXY, headers)
+
+
+def assert_nginx_429(answer: Answer) -> None:
+    assert_json_error(answer, 429)
+    assert answer.headers.get("retry-after") == "2"
+
+
+def test_a_burst_of_logins_from_one_client_gets_json_429s_while_reads_answer(edge):
+    port, client = edge.port, "198.51.100.20"
+    reads: list[int] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            reads.append(get(port, "/api/products/edge-1").status)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        logins = concurrently([login_from(port, client)] * 30)
+    finally:
+        stop.set()
+        reader.join(60)
+    statuses = Counter(a.status for a in logins)
+    assert set(statuses) == {200, 429}, statuses
+    # 1 + a burst of 10 at most, whatever the timing: the rest are refused.
+    assert statuses[429] >= 30 - 11, statuses
+    for answer in logins:
+        if answer.status == 429:
+            assert_nginx_429(answer)
+    assert reads and set(reads) == {200}, Counter(reads)
+    refused = [line for line in log_lines(edge, f'xff="{client}"') if '" 429 ' in line]
+    assert len(refused) == statuses[429]
+    assert all("upstream=- " in line for line in refused), "nginx answered them itself"
+    # Another client behind the same proxy is not held back.
+    assert login_from(port, "198.51.100.21")().status == 200
+
+
+def test_logins_from_many_clients_at_once_are_capped_per_instance(edge):
+    answers = concurrently([login_from(edge.port, f"198.51.100.{100 + n}") for n in range(16)])
+    statuses = Counter(a.status for a in answers)
+    assert set(statuses) == {200, 429} and statuses[200] >= 4, statuses
+    for answer in answers:
+        if answer.status == 429:
+            assert_nginx_429(answer)
