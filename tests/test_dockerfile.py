@@ -389,7 +389,7 @@ def test_nginx_limits_logins_per_client_and_per_instance():
     inside = nginx_directives(block.group(1))
     assert ("limit_req", ["zone=login_rate", "burst=10", "nodelay"]) in inside
     assert ("limit_conn", ["login_client", "2"]) in inside
-    assert ("limit_conn", ["login_instance", "4"]) in inside
+    assert ("limit_conn", ["login_instance", "2"]) in inside
     assert ("uwsgi_pass", ["marketplace"]) in inside
     single = dict(nginx_directives(text))
     assert single["limit_req_status"] == single["limit_conn_status"] == ["429"]
