@@ -77,7 +77,13 @@ def commit() -> None:
         session.commit()
         return
     except OperationalError as exc:
+        if not exc.connection_invalidated:
+            raise  # the server answered with an error: nothing was committed
         failure = exc
+    if thread_id is None:
+        # No way to end the connection that sent COMMIT: it may still commit later.
+        metrics.COMMITS_UNCONFIRMED.labels("unknown").inc()
+        raise CommitUnconfirmed(token) from failure
     try:
         session.rollback()
     except SQLAlchemyError:

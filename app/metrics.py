@@ -133,16 +133,11 @@ class StateCollector:
 
 def exposition(read_state) -> bytes:
     """The text a scrape gets: every process's counts, and the state now."""
-    registry = CollectorRegistry()
+    counts = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(counts)
     else:
-        from prometheus_client import REGISTRY
-
-        registry = REGISTRY
-    state = StateCollector(read_state)
-    registry.register(state)
-    try:
-        return generate_latest(registry)
-    finally:
-        registry.unregister(state)
+        from prometheus_client import REGISTRY as counts
+    state = CollectorRegistry(auto_describe=False)
+    state.register(StateCollector(read_state))
+    return generate_latest(counts) + generate_latest(state)

@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 Status = NotificationStatus
 # A claimed row not yet started is another sender's after this long.
 CLAIM_LEASE = timedelta(seconds=60)
-# A row being sent: longer than the longest SES call, so a live sender is never overtaken.
-SEND_LEASE = timedelta(seconds=CONNECT_TIMEOUT + READ_TIMEOUT + 30)
 # How long a sender keeps trying to record a result while the database is away.
-RECORD_RETRY_SECONDS = 60
+RECORD_RETRY_SECONDS = 20
+# A row being sent: longer than the longest SES call plus the time to record its start
+# and its result (each retried while the database is away), so a live sender is never
+# taken for a dead one.
+SEND_LEASE = timedelta(seconds=CONNECT_TIMEOUT + READ_TIMEOUT + 2 * RECORD_RETRY_SECONDS + 10)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@ that wakes the worker after a commit that added emails.
 
 Web processes only append (XADD, LPUSH); the worker (app/worker.py) reads the stream in
 a consumer group and writes the views to the database. Short socket timeouts on the web
-side: a Redis that does not answer costs a read at most ``REDIS_TIMEOUT`` before the view
-is written to the database directly.
+side (``REDIS_TIMEOUT`` to connect and again to answer): a Redis that cannot be reached
+costs a read about that before the view is written to the database directly.
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ def view_fields(product_id: int, user_id: int | None, at: datetime) -> dict:
 def parse_view(fields: dict) -> tuple[int, int | None, datetime]:
     """(product id, user id or None, when) from a stream entry; ValueError if malformed."""
     user = fields.get("u", "")
-    return (
-        int(fields["p"]),
-        int(user) if user != "" else None,
-        datetime.fromtimestamp(float(fields["t"]), UTC),
-    )
+    product_id, user_id = int(fields["p"]), int(user) if user != "" else None
+    if not 0 < product_id < 2**31 or (user_id is not None and not 0 < user_id < 2**31):
+        raise ValueError("an id out of range")
+    return product_id, user_id, datetime.fromtimestamp(float(fields["t"]), UTC)
 
 
 def append_view(product_id: int, user_id: int | None, at: datetime) -> str:

@@ -70,6 +70,18 @@ class ViewsConsumer:
 
     def _read(self, block: bool) -> list[tuple[str, dict | None]]:
         start = "0" if self.backlog else ">"
+        try:
+            return self._read_from(start, block)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the group (a restart without persistence, a flush): make it
+            # again and go on; the web processes' XADDs recreate the stream meanwhile.
+            log.warning("views stream: the consumer group was gone; created again")
+            self.ensure_group()
+            return self._read_from(start, block)
+
+    def _read_from(self, start: str, block: bool) -> list[tuple[str, dict | None]]:
         answer = self.conn.xreadgroup(
             streams.VIEWS_GROUP,
             self.name,
@@ -80,7 +92,7 @@ class ViewsConsumer:
         entries = answer[0][1] if answer else []
         if self.backlog and not entries:
             self.backlog = False  # nothing left of our own: on to new entries
-            return self._read(block)
+            return self._read_from(">", block)
         return entries
 
     def apply(self, entries: list[tuple[str, dict | None]]) -> int:
@@ -93,7 +105,7 @@ class ViewsConsumer:
                 continue  # trimmed before it was read: nothing left to write
             try:
                 views.append(tracking.View(*streams.parse_view(fields), stream_id=entry_id))
-            except (KeyError, ValueError):
+            except (KeyError, ValueError, TypeError, OverflowError):
                 metrics.VIEWS_LOST.inc()
                 log.error("views stream entry %s is malformed, skipped: %r", entry_id, fields)
         try:
@@ -134,9 +146,11 @@ class ViewsConsumer:
 
     def trim(self) -> None:
         """Drop what every consumer has acknowledged; forget long-gone empty consumers."""
-        pending = self.conn.xpending(streams.VIEWS_STREAM, streams.VIEWS_GROUP)
+        # The last delivered id first, then what is pending: an entry delivered between
+        # the two reads is then pending, never trimmed.
         groups = {g["name"]: g for g in self.conn.xinfo_groups(streams.VIEWS_STREAM)}
         delivered = groups[streams.VIEWS_GROUP]["last-delivered-id"]
+        pending = self.conn.xpending(streams.VIEWS_STREAM, streams.VIEWS_GROUP)
         oldest_needed = pending["min"] if pending["pending"] else delivered
         if oldest_needed and oldest_needed != "0-0":
             self.conn.xtrim(streams.VIEWS_STREAM, minid=oldest_needed, approximate=False)

@@ -44,7 +44,8 @@ class Login(MethodView):
                 too_many(wait)
             abort(401, message="Wrong email or password.")
         limits.succeeded(address)
-        db.session.commit()  # keeps a rehashed password, if argon2's parameters moved on
+        if db.session.dirty:
+            db.session.commit()  # keeps a rehashed password, if argon2's parameters moved on
         token = issue_token(user)
         lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
         return {

@@ -56,7 +56,8 @@ IDEMPOTENCY_KEY = [
         "name": "Idempotency-Key",
         "schema": {"type": "string", "maxLength": 255},
         "description": "Retry safely: the same key and body within 24 h answer the first "
-        "answer again; a different body gets 422, a request still running 409.",
+        "successful answer again; a different body gets 422, a request still running "
+        "409.",
     }
 ]
 

@@ -134,19 +134,24 @@ def write_views(views: list[View]) -> int:
     if not views:
         return 0
     for attempt in (1, 2):
-        try:
-            with Session(db.engine) as session, session.begin():
-                return _write(session, views)
-        except IntegrityError:
-            # Another writer applied some of these entries at the same moment (a
-            # reclaimed batch): read what it applied and write the rest.
-            if attempt == 2:
-                raise
-        except DBAPIError as exc:
-            # A pooled connection the server had dropped (a restart): nothing was
-            # written, and the pool now holds fresh ones.
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
+        with Session(db.engine) as session:
+            try:
+                written = _write(session, views)
+            except IntegrityError:
+                # Another writer applied some of these entries at the same moment (a
+                # reclaimed batch): read what it applied and write the rest.
+                if attempt == 2:
+                    raise
+                continue
+            except DBAPIError as exc:
+                # A pooled connection the server had dropped (a restart), before the
+                # COMMIT: nothing was written, and the pool now holds fresh ones.
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+                continue
+            # Never again after this: a COMMIT whose answer was lost may have happened.
+            session.commit()
+            return written
     return 0
 
 
@@ -204,6 +209,14 @@ def record_view(product_id: int, user_id: int | None, client: str | None = None)
             streams.append_view(product_id, user_id, now)
             metrics.VIEWS_RECORDED.labels("stream").inc()
             return "stream"
+        except redis.TimeoutError as exc:
+            if "connecting" not in str(exc):
+                # The XADD went out and no answer came: it may be in the stream, so a
+                # direct write could count the read twice. Marked, not guessed.
+                metrics.VIEWS_RECORDED.labels("stream-unconfirmed").inc()
+                log.warning("view of product %s: the stream did not confirm it", product_id)
+                return "unconfirmed"
+            log.warning("views stream unavailable, writing the view directly: %s", exc)
         except redis.RedisError as exc:
             log.warning("views stream unavailable, writing the view directly: %s", exc)
     try:
