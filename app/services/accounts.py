@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 
+from app.database import locked
 from app.emails import BadEmail, canonical_email
 from app.extensions import db
 from app.models import Role, User
@@ -21,22 +22,9 @@ def find_user(user_id: int) -> User | None:
 
 
 def lock_user(user_id: int) -> User | None:
-    """The active user, read as committed now and locked until the transaction ends
-    (two deletions of one user: the second finds nobody)."""
-    if db.engine.dialect.name == "sqlite":
-        # No row locks: take the database's write lock first (see catalog.take_write_lock).
-        db.session.execute(
-            update(User)
-            .where(User.id == -1)
-            .values(token_version=User.token_version)
-            .execution_options(synchronize_session=False)
-        )
-    user = db.session.scalar(
-        select(User)
-        .where(User.id == user_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    """The active user, locked for a change (database.locked): of two deletions of one
+    user, the second finds nobody."""
+    user = locked(select(User).where(User.id == user_id))
     return user if user is not None and user.is_active else None
 
 

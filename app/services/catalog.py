@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
+from app.database import locked
 from app.extensions import db
 from app.fields import json_number
 from app.models import Product, User
@@ -25,30 +26,10 @@ def find_product(sku: str) -> Product | None:
     return db.session.scalar(select(Product).where(Product.sku_key == sku.lower()))
 
 
-def take_write_lock() -> None:
-    """SQLite has no row locks: take the database's write lock before reading what a
-    change is computed from (pysqlite begins the transaction at the first write, and
-    this write changes nothing). MySQL/MariaDB lock the row itself (FOR UPDATE)."""
-    if db.engine.dialect.name == "sqlite":
-        db.session.execute(
-            update(Product)
-            .where(Product.id == -1)
-            .values(version=Product.version)
-            .execution_options(synchronize_session=False)
-        )
-
-
 def lock_product(sku: str) -> Product | None:
-    """The live product with this sku, read as committed now and locked until the
-    transaction ends: concurrent changes of one product take turns, each computed from
-    the one before."""
-    take_write_lock()
-    return db.session.scalar(
-        select(Product)
-        .where(Product.sku_key == sku.lower())
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    """The live product with this sku, locked for a change (database.locked):
+    concurrent changes of one product take turns, each computed from the one before."""
+    return locked(select(Product).where(Product.sku_key == sku.lower()))
 
 
 def find_product_with_history(sku: str) -> Product | None:
