@@ -158,7 +158,8 @@ class Load:
                     elif "json" in (answer.getheader("Content-Type") or ""):
                         with contextlib.suppress(ValueError):
                             parsed = json.loads(raw)
-                            from_app = True
+                            # nginx's own 502/504 (no answer from uWSGI) are JSON too
+                            from_app = status not in (502, 504)
                     if kind == GET and status == 200 and answer.getheader("ETag"):
                         etags[sku] = answer.getheader("ETag")
                     if answer.will_close:
