@@ -82,15 +82,9 @@ class Req:
         return self.end - self.start
 
 
-@dataclass
-class Role:
-    """One client: shares of PUTs and list pages (the rest: product reads, a fifth of them
-    conditional), the pause after each request, and which admin's token it uses."""
-
-    put: float = 0.05
-    list: float = 0.15
-    think: float = 0.0
-    admin: int | None = None
+# One client's mix of requests: the harness's (a fifth of its product reads here are
+# conditional, If-None-Match with the ETag it last saw).
+Role = h.Role
 
 
 class Load:
