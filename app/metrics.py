@@ -64,6 +64,15 @@ VIEWS_APPLIED = Counter(
     "marketplace_views_applied_total",
     "Views the worker wrote from the stream to the database (replays not counted).",
 )
+PRODUCT_CACHE = Counter(
+    "marketplace_product_cache_total",
+    "Product reads answered from the Redis cache (hit) or the database (miss), and writes "
+    "whose cache invalidation failed (uninvalidated: answered after the entries' lifetime).",
+    ["outcome"],
+)
+PRODUCT_CACHE_HITS = PRODUCT_CACHE.labels("hit")
+PRODUCT_CACHE_MISSES = PRODUCT_CACHE.labels("miss")
+PRODUCT_CACHE_UNINVALIDATED = PRODUCT_CACHE.labels("uninvalidated")
 EMAILS = Counter(
     "marketplace_emails_total",
     "Send attempts by the worker, by outcome: sent, pending (retry), failed, unknown.",

@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 
 from flask import Flask, current_app, request
+from flask.sessions import SessionInterface
 from flask_cors import CORS
 from limits import parse
 from limits.storage import storage_from_string
@@ -23,7 +24,19 @@ DOCS_POLICY = (
 )
 
 
+class NoCookieSessions(SessionInterface):
+    """The API authenticates with tokens and keeps no cookie session: none is read,
+    signed or saved (Flask's default opens one on every request)."""
+
+    def open_session(self, app, request):
+        return None  # Flask then uses its null session, which nothing here touches
+
+    def save_session(self, app, session, response) -> None:
+        return None
+
+
 def init_app(app: Flask) -> None:
+    app.session_interface = NoCookieSessions()
     app.extensions["login_limits"] = LoginLimits(
         app.config["LOGIN_FAILURES_LIMIT"],
         app.config["LOGIN_ACCOUNT_FAILURES_LIMIT"],
