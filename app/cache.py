@@ -26,7 +26,10 @@ Without ``REDIS_URL`` (or with ``PRODUCT_CACHE_SECONDS=0``) nothing is cached.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -124,7 +127,6 @@ class Miss(NamedTuple):
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["product_cache_scripts"] = None
     # Every session of the app (Flask-SQLAlchemy's class) notes the products it changes.
     session_class = db.session.session_factory.class_
     if not event.contains(session_class, "before_flush", _note_changes):
@@ -149,17 +151,39 @@ def seconds() -> float:
     return current_app.config["PRODUCT_CACHE_SECONDS"]
 
 
-def _scripts(conn: redis.Redis) -> dict:
-    scripts = current_app.extensions.get("product_cache_scripts")
-    if scripts is None or scripts["conn"] is not conn:
-        scripts = {
-            "conn": conn,
-            "read": conn.register_script(READ),
-            "fill": conn.register_script(FILL),
-            "invalidate": conn.register_script(INVALIDATE),
-        }
-        current_app.extensions["product_cache_scripts"] = scripts
-    return scripts
+class Script:
+    """A Lua script run on a connection of this thread's own (EVALSHA, EVAL if Redis does
+    not have it yet): redis-py's connection and parser, without its per-command client
+    machinery (pool, retry and observability wrappers), which cost a read more CPU than
+    the round trip itself. Errors are redis-py's; a failed connection is closed and the
+    next call opens a new one."""
+
+    local = threading.local()
+
+    def __init__(self, source: str):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    @classmethod
+    def connection(cls):
+        pool = streams.client().connection_pool
+        local = cls.local
+        if getattr(local, "pool", None) is not pool or local.pid != os.getpid():
+            local.connection, local.pool, local.pid = pool.make_connection(), pool, os.getpid()
+        return local.connection
+
+    def __call__(self, keys: list[str], args: list):
+        conn = self.connection()
+        conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            # Not run: Redis did not know the script (a restart). EVAL also loads it.
+            conn.send_command("EVAL", self.source, len(keys), *keys, *args)
+            return conn.read_response()
+
+
+SCRIPTS = {"read": Script(READ), "fill": Script(FILL), "invalidate": Script(INVALIDATE)}
 
 
 def _keys(sku_key: str) -> list[str]:
@@ -168,7 +192,7 @@ def _keys(sku_key: str) -> list[str]:
 
 def _read(keys: list[str], view: tuple[str, float] | None) -> str | Miss:
     args = ["1", *view] if view is not None else ["0", "", ""]
-    found = _scripts(streams.client())["read"](keys=keys, args=args)
+    found = SCRIPTS["read"](keys, args)
     if isinstance(found, str):
         return found
     generation, secs, micros = found
@@ -178,7 +202,7 @@ def _read(keys: list[str], view: tuple[str, float] | None) -> str | Miss:
 
 def _fill(keys: list[str], miss: Miss, entry: str, view: list | None) -> bool:
     args = [miss.generation, miss.deadline_ms, entry, *(view or ["0", "", "", ""])]
-    return bool(_scripts(streams.client())["fill"](keys=keys, args=args))
+    return bool(SCRIPTS["fill"](keys, args))
 
 
 def read(sku_key: str, view: tuple[str, float] | None) -> Answer | Miss:
@@ -235,7 +259,7 @@ def invalidate(sku_keys: Iterable[str]) -> None:
     args = [uuid.uuid4().hex, max(60, int(lifetime * 2) + 1)]
     while True:
         try:
-            _scripts(streams.client())["invalidate"](keys=keys, args=args)
+            SCRIPTS["invalidate"](keys, args)
             return
         except redis.RedisError as exc:
             left = deadline - time.monotonic()

@@ -227,7 +227,7 @@ def record_view(product_id: int, user_id: int | None, client: str | None = None)
 
 def streamed() -> str:
     """Count a view the stream took."""
-    metrics.VIEWS_RECORDED.labels("stream").inc()
+    metrics.VIEWS_STREAMED.inc()
     return "stream"
 
 
