@@ -4,8 +4,9 @@ round trip (one Lua script: GET the entry, XADD the view).
 
 An entry is ``"<id> <version> <JSON body>"`` under ``marketplace:product:v1:<sku key>``;
 the number of live products (the total of the unfiltered list, a full index scan in the
-database) is kept the same way under ``marketplace:product-count:v1``. No read may see a
-product (or a total) older than the last write that has answered:
+database) is kept the same way under ``marketplace:product-count:v1``, and each page of
+the list (``"<total> <JSON body>"``, by query string) under the pages' generation. No
+read may see a product (or a page, a total) older than the last write that has answered:
 
 - **Writes invalidate** after their commit and before their answer leaves
   (``app/writes.py``): one script deletes the entries of the products changed and the
@@ -50,6 +51,13 @@ log = logging.getLogger(__name__)
 ENTRY_PREFIX = "marketplace:product:v1:"
 GENERATION_PREFIX = "marketplace:product-gen:"
 COUNT_KEYS = ["marketplace:product-count:v1", "marketplace:product-count-gen"]
+# List pages live under the pages' generation (a random token), so a write drops them all
+# at once by replacing it; entries under an older one are never read again and expire.
+PAGE_PREFIX = "marketplace:products-page:v1:"
+PAGE_GENERATION = "marketplace:products-page-gen"
+PAGE_KEYS = [PAGE_PREFIX + "-", PAGE_GENERATION]  # as an (entry, generation) pair
+# Longer query strings are not cached (any key is a key; these are not worth one).
+PAGE_QUERY_MAX = 512
 # Products changed in a session's transaction, invalidated after its commit.
 CHANGED = "changed_skus"
 # How often a write whose invalidation failed tries again while it waits.
@@ -87,6 +95,29 @@ if ARGV[4] == '1' then
   redis.call('XADD', KEYS[3], '*', 'p', ARGV[5], 'u', ARGV[6], 't', ARGV[7])
 end
 return stored
+"""
+
+# KEYS: the pages' generation. ARGV: the entries' prefix, the query. A hit returns
+# "<total> <JSON body>"; a miss {generation or "", seconds, micros}.
+READ_PAGE = """
+local generation = redis.call('GET', KEYS[1]) or ''
+local entry = redis.call('GET', ARGV[1] .. generation .. ':' .. ARGV[2])
+if entry then
+  return entry
+end
+local now = redis.call('TIME')
+return {generation, now[1], now[2]}
+"""
+
+# ARGV: the entry's key (under the generation its miss saw), its deadline (ms), the entry.
+FILL_PAGE = """
+local now = redis.call('TIME')
+local ttl = tonumber(ARGV[2]) - (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+if ttl > 0 then
+  redis.call('SET', ARGV[1], ARGV[3], 'PX', ttl)
+  return 1
+end
+return 0
 """
 
 # KEYS: (entry, generation) pairs. ARGV: the new generation, its lifetime (s).
@@ -183,7 +214,13 @@ class Script:
             return conn.read_response()
 
 
-SCRIPTS = {"read": Script(READ), "fill": Script(FILL), "invalidate": Script(INVALIDATE)}
+SCRIPTS = {
+    "read": Script(READ),
+    "fill": Script(FILL),
+    "read_page": Script(READ_PAGE),
+    "fill_page": Script(FILL_PAGE),
+    "invalidate": Script(INVALIDATE),
+}
 
 
 def _keys(sku_key: str) -> list[str]:
@@ -224,6 +261,32 @@ def fill(sku_key: str, miss: Miss, answer: Answer, view: tuple[str, float] | Non
     return _fill(_keys(sku_key), miss, answer.entry(), fields)
 
 
+def page(query: str, answer: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+    """A page of the product list for this query string: ``(total, JSON body)``, cached,
+    else ``answer()`` (then cached). Redis failing, ``answer()`` answers."""
+    if not seconds() or len(query) > PAGE_QUERY_MAX:
+        return answer()
+    try:
+        found = SCRIPTS["read_page"]([PAGE_GENERATION], [PAGE_PREFIX, query])
+    except redis.RedisError as exc:
+        log.warning("product cache unavailable, listing from the database: %s", exc)
+        return answer()
+    if isinstance(found, str):
+        metrics.PRODUCT_CACHE_HITS.inc()
+        total, body = found.split(" ", 1)
+        return int(total), body
+    metrics.PRODUCT_CACHE_MISSES.inc()
+    generation, secs, micros = found
+    deadline_ms = int(secs) * 1000 + int(micros) // 1000 + int(seconds() * 1000)
+    total, body = answer()
+    key = f"{PAGE_PREFIX}{generation}:{query}"
+    try:
+        SCRIPTS["fill_page"]([], [key, deadline_ms, f"{total} {body}"])
+    except redis.RedisError as exc:
+        log.warning("product cache: the page was not stored: %s", exc)
+    return total, body
+
+
 def live_count(count: Callable[[], int]) -> int:
     """The number of live products: cached, else ``count()`` (then cached). Redis
     failing, ``count()`` answers."""
@@ -253,7 +316,8 @@ def invalidate(sku_keys: Iterable[str]) -> None:
     if not sku_keys or not (lifetime := seconds()):
         return
     deadline = time.monotonic() + lifetime + RETRY_SECONDS
-    keys = [key for sku_key in sku_keys for key in _keys(sku_key)[:2]] + COUNT_KEYS
+    keys = [key for sku_key in sku_keys for key in _keys(sku_key)[:2]]
+    keys += COUNT_KEYS + PAGE_KEYS
     # A generation outlives every entry filled before it: a fill that saw an older one
     # (or none) is refused, or past its own deadline, whatever expired meanwhile.
     args = [uuid.uuid4().hex, max(60, int(lifetime * 2) + 1)]

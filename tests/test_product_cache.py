@@ -104,6 +104,23 @@ def test_the_cached_list_total_follows_creates_and_deletes(client, admin, make, 
     assert total() == 3
 
 
+def test_cached_list_pages_follow_every_change(client, admin, make, streamed):
+    make.product("abc", price=Decimal("10.00"))
+    make.product("def", price=Decimal("20.00"))
+    path = "/api/products?sort=price&page_size=1&page=2"
+    first = client.get(path)
+    assert client.get(path).get_data() == first.get_data()  # a hit
+    assert first.json[0]["sku"] == "def"
+    assert streamed.keys(cache.PAGE_PREFIX + "*")
+    changed = client.put("/api/products/def", json={"price": 5}, headers=admin["headers"])
+    assert changed.status_code == 200
+    again = client.get(path)
+    assert again.json[0]["sku"] == "abc"
+    assert again.headers["X-Pagination"] == first.headers["X-Pagination"]
+    assert again.headers["Link"] == first.headers["Link"]
+    assert client.get("/api/products?page_size=0").status_code == 422  # still validated
+
+
 def test_every_change_is_read_at_once_from_the_cache(app, client, admin, make, streamed):
     make.product("abc", price=Decimal("10.00"))
     path, auth = "/api/products/abc", admin["headers"]

@@ -1,6 +1,6 @@
 """Products: anyone reads; admins create, change and delete."""
 
-from flask import Response, current_app, jsonify, request, url_for
+from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from flask_jwt_extended import current_user
 from flask_smorest import abort
@@ -79,13 +79,16 @@ class Products(MethodView):
     @blp.paginate()
     def get(self, pagination_parameters, **filters):
         """List products, filtered, sorted and paginated."""
-        items, total = catalog.list_products(
-            filters, pagination_parameters.page, pagination_parameters.page_size
+        total, body = catalog.list_page(
+            request.query_string.decode("latin-1"),
+            filters,
+            pagination_parameters.page,
+            pagination_parameters.page_size,
         )
         pagination_parameters.item_count = total
-        # Already as ProductSchema dumps them: answered as they are (the pagination
-        # headers are still added to this response).
-        return jsonify(items)
+        # Already the JSON ProductSchema(many=True) gives: answered as it is (flask-smorest
+        # still adds the pagination headers to this response).
+        return Response(body, mimetype=current_app.json.mimetype)
 
     @blp.doc(security=BEARER, parameters=CONDITIONAL["parameters"][1:])
     @admin_required

@@ -184,6 +184,17 @@ def product_filters(filters: dict) -> list:
     return clauses
 
 
+def list_page(query: str, filters: dict, page: int, page_size: int) -> tuple[int, str]:
+    """The total and the JSON of one page of the list, from the Redis cache (by query
+    string: the same query, the same page) or the database."""
+
+    def answer() -> tuple[int, str]:
+        items, total = list_products(filters, page, page_size)
+        return total, current_app.json.response(items).get_data(as_text=True)
+
+    return cache.page(query, answer)
+
+
 def list_products(filters: dict, page: int, page_size: int) -> tuple[list[dict], int]:
     """One page of the live products matching ``filters``, as the API shows them, and
     how many match in all."""
