@@ -40,9 +40,8 @@ def test_every_link_leads_to_a_file_and_heading_that_exist(page: Path):
             continue
         path, _, anchor = target.partition("#")
         linked = (page.parent / path).resolve() if path else page
-        if not linked.exists():
-            broken.append(target)
-        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+        missing_anchor = anchor and linked.suffix == ".md" and anchor not in anchors(linked)
+        if not linked.exists() or missing_anchor:
             broken.append(target)
     assert broken == []
 
