@@ -8,8 +8,7 @@ from alembic.migration import MigrationContext
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, inspect, make_url, text
 
-from app import create_app
-from app import config
+from app import config, create_app
 from app.extensions import db
 from tests.conftest import BACKENDS
 
@@ -55,12 +54,12 @@ def empty_database(request, tmp_path):
 def test_existing_emails_are_rewritten_in_the_canonical_form(empty_database, capsys):
     app = create_app(config.TestConfig(empty_database))
     accounts = {
-        1: ("ｊｏ@example.com", None),  # fullwidth: becomes jo@example.com
+        1: ("\uff4a\uff4f@example.com", None),  # fullwidth: becomes jo@example.com
         2: ("ana@bücher.example", None),  # stored before IDNA: the ASCII form
-        3: ("ＡＤＭＩＮ@example.com", None),  # admin@example.com is account 4's
+        3: ("\uff21\uff24\uff2d\uff29\uff2e@example.com", None),  # admin@example.com is account 4's
         4: ("admin@example.com", None),
         5: ("ops@[127.0.0.1]", None),  # no canonical form: kept
-        6: ("ｊｏ@example.com", "2026-01-01 00:00:00"),  # deleted: left alone
+        6: ("\uff4a\uff4f@example.com", "2026-01-01 00:00:00"),  # deleted: left alone
     }
     with app.app_context():
         upgrade(revision="0005_worker")
@@ -88,7 +87,7 @@ def test_existing_emails_are_rewritten_in_the_canonical_form(empty_database, cap
     assert stored == {
         1: "jo@example.com",
         2: "ana@xn--bcher-kva.example",
-        3: "ａｄｍｉｎ@example.com",
+        3: "\uff41\uff44\uff4d\uff49\uff4e@example.com",
         4: "admin@example.com",
         5: "ops@[127.0.0.1]",
         6: None,
