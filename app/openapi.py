@@ -321,8 +321,8 @@ class Api(flask_smorest.Api):
 
 
 def _without_body_headers(response):
-    """A 204 or 304 has no body, so no Content-Type or Content-Length (RFC 9110 8.3, 15.3.5):
-    flask-smorest and Flask would otherwise label the nothing as JSON or HTML."""
+    """A 204 or 304 has no body, so no Content-Type or Content-Length (RFC 9110 15.3.5,
+    15.4.5): flask-smorest and Flask would otherwise label the nothing as JSON or HTML."""
     if response.status_code in (204, 304):
         response.headers.pop("Content-Type", None)
         response.headers.pop("Content-Length", None)
