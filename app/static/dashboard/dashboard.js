@@ -105,12 +105,19 @@
   }
 
   function fillTable(id, rows, columns, data) {
-    const body = $(id).tBodies[0];
-    body.replaceChildren(
+    const table = $(id);
+    const labels = [...table.tHead.rows[0].cells].map((th) => th.textContent);
+    table.tBodies[0].replaceChildren(
       ...rows.map((row) => {
         const tr = document.createElement("tr");
         for (const [key, value] of Object.entries(data(row))) tr.dataset[key] = value;
-        tr.append(...columns.map((column) => cell(row[column])));
+        tr.append(
+          ...columns.map((column, n) => {
+            const td = cell(row[column]);
+            td.dataset.label = labels[n];
+            return td;
+          }),
+        );
         return tr;
       }),
     );
@@ -231,7 +238,7 @@
     $("sku").value = sku;
     const { body } = await api(`/api/products/${encodeURIComponent(sku)}/stats?${range()}`);
     section.dataset.sku = body.sku;
-    $("product-name").textContent = `: ${body.sku} (${body.name})`;
+    $("product-name").textContent = `— ${body.sku} (${body.name})`;
     viewsPerDay(body, "product-chart", "product-table", "product-figures");
   }
 
@@ -277,7 +284,7 @@
     const label = $(`${status}-total`);
     label.dataset.total = total;
     label.textContent = total > body.length ? `(${total}, newest ${body.length})` : `(${total})`;
-    const rows = body.map((n) => ({ ...n, created_at: (n.created_at || "").slice(0, 16) }));
+    const rows = body.map((n) => ({ ...n, created_at: (n.created_at || "").slice(0, 16).replace("T", " ") }));
     fillTable(
       `${status}-table`,
       rows,
