@@ -231,13 +231,14 @@ class Blueprint(flask_smorest.Blueprint):
     @staticmethod
     def _prepare_access_doc(doc, doc_info, **kwargs):
         """``security`` and the 401/403 answers, from the guard's mark (``requires``), and
-        the 422 every operation may answer (an unknown query parameter)."""
+        the 422 every operation may answer (an unknown query parameter). A route's own
+        ``alt_response`` for one of these codes is kept."""
         level = doc_info.get("access", NO_TOKEN)
         doc["security"] = SECURITY[level]
         responses = doc.setdefault("responses", {})
-        responses.update(REFUSALS[level])
-        if 422 not in responses and "422" not in responses:
-            responses["422"] = "UNPROCESSABLE_ENTITY"
+        for code, response in {**REFUSALS[level], "422": "UNPROCESSABLE_ENTITY"}.items():
+            if code not in responses and int(code) not in responses:
+                responses[code] = response
         return doc
 
     def _set_pagination_metadata(self, page_params, result, headers):
