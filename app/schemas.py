@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from app.fields import Count, LowerEmail, Price, Text, text
 from app.models import NotificationStatus, Role
@@ -145,6 +145,10 @@ class RowErrorSchema(Schema):
 
 
 class RowErrorsSchema(Schema):
+    class Meta:
+        # A 422 from elsewhere (an Idempotency-Key reused) names its own location.
+        unknown = INCLUDE
+
     rows = fields.List(
         fields.Nested(RowErrorSchema), metadata={"description": "The first 1000 errors."}
     )
@@ -234,12 +238,19 @@ class UserUpdateSchema(Schema):
 class NotificationSchema(Schema):
     id = fields.Integer()
     recipient = fields.String(metadata={"example": "admin@example.com"})
-    sku = fields.String(metadata={"example": "d7iy6euiue"})
-    event = fields.String(metadata={"example": "updated"})
+    sku = fields.String(
+        allow_none=True,
+        metadata={"example": "d7iy6euiue", "description": "null for an import's summary."},
+    )
+    event = fields.String(
+        metadata={"example": "updated", "description": "created, updated, deleted or imported."}
+    )
     changes = fields.Dict(
         metadata={
             "example": {"price": {"old": 300, "new": 500}},
-            "description": "Each changed field as {old, new}.",
+            "description": "Each changed field as {old, new}; for an import's summary, the "
+            "counts (created, updated, unchanged) and the first products changed "
+            "(products: [{sku, event, changes}]).",
         }
     )
     status = fields.String(

@@ -21,7 +21,8 @@ SKU = sa.String(length=64).with_variant(sa.String(length=64, collation='NOCASE')
 def upgrade():
     with op.batch_alter_table('notifications', schema=None) as batch_op:
         batch_op.alter_column('product_id', existing_type=sa.Integer(), nullable=True)
-        batch_op.alter_column('sku', existing_type=SKU, nullable=True)
+        # type_ again: SQLite's copy of the table would otherwise lose the NOCASE collation.
+        batch_op.alter_column('sku', existing_type=SKU, type_=SKU, nullable=True)
         batch_op.alter_column('product_name', existing_type=sa.String(length=200), nullable=True)
 
 
@@ -30,5 +31,5 @@ def downgrade():
     op.execute("DELETE FROM notifications WHERE product_id IS NULL")
     with op.batch_alter_table('notifications', schema=None) as batch_op:
         batch_op.alter_column('product_name', existing_type=sa.String(length=200), nullable=False)
-        batch_op.alter_column('sku', existing_type=SKU, nullable=False)
+        batch_op.alter_column('sku', existing_type=SKU, type_=SKU, nullable=False)
         batch_op.alter_column('product_id', existing_type=sa.Integer(), nullable=False)
