@@ -348,6 +348,9 @@ def test_one_summary_email_per_admin_with_the_first_changes(app, client, make, s
     assert "the first 20 of 31" in message.text and "new-19 created" not in message.text
     assert "Admin 2 <admin2@example.com>" in message.text and " UTC" in message.text
     assert "price: 300 \u2192 500" in message.html
+    log = client.get("/api/notifications", headers=admins[0]["headers"]).json
+    assert [(n["event"], n["sku"], n["status"]) for n in log] == [("imported", None, "sent")] * 2
+    assert log[0]["changes"]["products"][0]["sku"] == "shoe"
 
 
 def test_an_import_that_changes_nothing_emails_nobody(app, client, make, admin):
@@ -408,6 +411,12 @@ def test_the_export_takes_the_lists_filters_and_order(app, client, make, admin, 
     assert skus("sort=price&min_price=1&max_price=4") == ["p1", "p4", "other"]
     assert skus("in_stock=false") == ["p0"]
     assert len(skus("")) == 8
+    # Imported rows share their creation time: the export's default order breaks ties by id.
+    make.product("p9", name="item 9")
+    body = [{"sku": f"n{n}", "name": "new", "price": 1, "mark": "new"} for n in range(7)]
+    assert client.post(IMPORT, json=body, headers=admin["headers"]).status_code == 200
+    assert skus("mark=new") == [f"n{n}" for n in range(7)]
+    assert skus("mark=new&sort=-created") == [f"n{n}" for n in reversed(range(7))]
     assert client.get(f"{EXPORT}?format=xml", headers=admin["headers"]).status_code == 422
 
 

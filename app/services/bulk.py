@@ -237,16 +237,19 @@ def _plain(value):
     return json_number(value) if isinstance(value, Decimal) else value
 
 
-def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+def _chunks(items: list, size: int | None = None) -> Iterator[list]:
+    size = size or CHUNK
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 def _current(keys: list[str], lock: bool) -> dict:
-    """The live products with these sku keys (locked unless a dry run), by key."""
+    """The live products with these sku keys (locked unless a dry run), by key. Locks are
+    taken in sku order, so that two imports of overlapping files wait for each other
+    rather than deadlock."""
     columns = (Product.id, Product.sku_key, Product.sku, *(getattr(Product, f) for f in EDITABLE))
     found = {}
-    for chunk in _chunks(keys):
+    for chunk in _chunks(sorted(keys)):
         query = select(*columns, Product.version).where(Product.sku_key.in_(chunk))
         for row in locked_rows(query) if lock else db.session.execute(query):
             found[row.sku_key] = row
@@ -350,8 +353,9 @@ def begin_snapshot() -> None:
         db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
-def exported(filters: dict, chunk: int = CHUNK) -> Iterator[list]:
+def exported(filters: dict) -> Iterator[list]:
     """Chunks of the live products matching the list's filters, in the list's order."""
+    chunk = CHUNK
     where = catalog.product_filters(filters)
     sort = filters.get("sort") or "created"
     column = catalog.SORT_COLUMNS[sort.lstrip("-")]
