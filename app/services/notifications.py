@@ -191,12 +191,13 @@ def render_import(row: Notification) -> Email:
     when = row.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     changed = created + updated
     listed = len(summary["products"])
+    noun = "product" if changed == 1 else "products"
     heading = f"Changes (the first {listed} of {changed}):" if listed < changed else "Changes:"
     lines = _import_lines(row, "->")
     text = (
         "\n".join(
             [
-                f"A catalog import changed {changed} products: {counts}.",
+                f"A catalog import changed {changed} {noun}: {counts}.",
                 "",
                 f"By:   {_actor(row)}",
                 f"When: {when}",
@@ -211,7 +212,7 @@ def render_import(row: Notification) -> Email:
     )
     items = "".join(f"<li>{html.escape(line)}</li>" for line in _import_lines(row, "\u2192"))
     body = (
-        f"<p>A catalog import changed {changed} products: {counts}.</p>"
+        f"<p>A catalog import changed {changed} {noun}: {counts}.</p>"
         f"<p>By: {html.escape(_actor(row))}<br>When: {when}</p>"
         f"<p>{heading}</p><ul>{items}</ul>"
     )
