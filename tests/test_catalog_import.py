@@ -462,3 +462,31 @@ def test_the_routes_are_in_the_openapi_document(client):
     assert {"401", "403"} <= set(get["responses"])
     names = {p["name"] for p in get["parameters"]}
     assert {"q", "mark", "min_price", "max_price", "in_stock", "sort", "format"} <= names
+
+
+def test_a_change_during_an_export_shows_in_the_next_one_on_mariadb(
+    app, client, make, admin, monkeypatch
+):
+    monkeypatch.setattr(bulk, "CHUNK", 2)
+    for n in range(6):
+        make.product(f"p{n}", price=Decimal(10 * (n + 1)))
+    response = client.get(
+        f"{EXPORT}?format=json&sort=price", headers=admin["headers"], buffered=False
+    )
+    body = iter(response.response)
+    start = next(body) + next(body)  # "[" and the first chunk
+    with app.app_context():  # another session commits while the download goes on
+        product = db.session.scalar(select(Product).where(Product.sku == "p5"))
+        product.price = Decimal(1)  # now first in price order, a place already sent
+        db.session.commit()
+        dialect = db.engine.dialect.name
+    rest = b"".join(chunk if isinstance(chunk, bytes) else chunk.encode() for chunk in body)
+    response.close()
+    start = start if isinstance(start, bytes) else start.encode()
+    exported = [(p["sku"], p["price"]) for p in json.loads(start + rest)]
+    if dialect == "sqlite":
+        # Each chunk sees the latest commit: the moved product went where it was read.
+        assert exported == [(f"p{n}", 10 * (n + 1)) for n in range(5)]
+    else:
+        # One snapshot: every product once, as it was when the download began.
+        assert exported == [(f"p{n}", 10 * (n + 1)) for n in range(6)]

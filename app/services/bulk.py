@@ -345,17 +345,21 @@ def _update(rows: list[dict]) -> None:
 # ---------------------------------------------------------------- export
 
 
-def begin_snapshot() -> None:
+def _begin_snapshot() -> None:
     """On MySQL/MariaDB, read the export's chunks from one snapshot (REPEATABLE READ), so
     that a product changed during the download is neither skipped nor listed twice."""
     if db.engine.dialect.name != "sqlite":
-        db.session.rollback()  # what the request read so far (the token's user)
+        db.session.rollback()  # end any transaction this session began
         db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 def exported(filters: dict) -> Iterator[list]:
-    """Chunks of the live products matching the list's filters, in the list's order."""
+    """Chunks of the live products matching the list's filters, in the list's order.
+
+    A generator for a streamed answer: it runs after the view has returned (and its
+    session ended), so the snapshot begins here, with the first chunk."""
     chunk = CHUNK
+    _begin_snapshot()
     where = catalog.product_filters(filters)
     sort = filters.get("sort") or "created"
     column = catalog.SORT_COLUMNS[sort.lstrip("-")]
