@@ -195,9 +195,11 @@ def test_the_header_must_name_the_columns(client, admin):
 
 
 def test_the_header_is_read_in_any_case_and_quantity_is_optional(app, client, admin):
-    response = post_csv(client, "\ufeffSKU, Name ,price,MARK\nshoe,zapatos,3,m\n", admin["headers"])
+    text = '\ufeffSKU, Name ,price,MARK\r\nshoe,"zapatos, rojos",3,m\r\n'  # Excel's CSV UTF-8
+    response = post_csv(client, text, admin["headers"])
     assert response.status_code == 200, response.json
     assert products(app)["shoe"]["quantity"] == 0
+    assert products(app)["shoe"]["name"] == "zapatos, rojos"
 
 
 @pytest.mark.parametrize(
