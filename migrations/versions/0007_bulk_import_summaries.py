@@ -1,7 +1,7 @@
 """bulk: a notification may summarise a catalog import (no single product)
 
-Revision ID: 0006_bulk_import_summaries
-Revises: 0005_worker
+Revision ID: 0007_bulk_import_summaries
+Revises: 0006_canonical_emails
 Create Date: 2026-12-02 06:30:00.000000
 
 """
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '0006_bulk_import_summaries'
-down_revision = '0005_worker'
+revision = '0007_bulk_import_summaries'
+down_revision = '0006_canonical_emails'
 branch_labels = None
 depends_on = None
 
