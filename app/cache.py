@@ -165,9 +165,20 @@ def init_app(app: Flask) -> None:
 
 
 def _note_changes(session, _flush_context, _instances) -> None:
-    for instance in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(instance, Product) and instance.sku:
-            session.info.setdefault(CHANGED, set()).add(instance.sku.lower())
+    note_changed(
+        session,
+        (
+            Product.key_of(instance.sku)
+            for instance in (*session.new, *session.dirty, *session.deleted)
+            if isinstance(instance, Product) and instance.sku
+        ),
+    )
+
+
+def note_changed(session, sku_keys: Iterable[str]) -> None:
+    """Products changed in ``session``'s transaction: invalidated after its commit. ORM
+    changes are noted by themselves; a bulk statement must say what it changes."""
+    session.info.setdefault(CHANGED, set()).update(sku_keys)
 
 
 def changed(session) -> set[str]:

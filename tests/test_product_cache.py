@@ -121,6 +121,26 @@ def test_cached_list_pages_follow_every_change(client, admin, make, streamed):
     assert client.get("/api/products?page_size=0").status_code == 422  # still validated
 
 
+def test_an_import_is_read_at_once_from_the_cache(client, admin, make, streamed):
+    make.product("shoe", price=Decimal("300.00"))
+    list_path = "/api/products?sort=price"
+    assert client.get("/api/products/shoe").json["price"] == 300  # cached from here on
+    assert client.get("/api/products/SOCK").status_code == 404
+    assert [p["sku"] for p in client.get(list_path).json] == ["shoe"]
+    csv = "sku,name,price,mark,quantity\nshoe,zapatos,500,chabelo,5\nsock,calcetin,2.5,acme,9\n"
+    imported = client.post(
+        "/api/catalog/import",
+        data=csv.encode(),
+        headers=admin["headers"],
+        content_type="text/csv",
+    )
+    assert imported.status_code == 200, imported.json
+    assert client.get("/api/products/shoe").json["price"] == 500
+    assert client.get("/api/products/sock").json["name"] == "calcetin"
+    assert [p["sku"] for p in client.get(list_path).json] == ["sock", "shoe"]
+    assert json.loads(client.get("/api/products").headers["X-Pagination"])["total"] == 2
+
+
 def test_every_change_is_read_at_once_from_the_cache(app, client, admin, make, streamed):
     make.product("abc", price=Decimal("10.00"))
     path, auth = "/api/products/abc", admin["headers"]
