@@ -11,7 +11,7 @@ from flask_smorest import abort
 from app.errors import error_response
 from app.extensions import jwt
 from app.models import Role, User
-from app.services.accounts import find_user
+from app.services.accounts import find_user, is_revoked
 
 BEARER = [{"bearerAuth": []}]
 PUBLIC = [{}, {"bearerAuth": []}]
@@ -27,6 +27,17 @@ def issue_token(user: User) -> str:
 def optional_user() -> User | None:
     """The user behind the request's token, or None when the request carries none."""
     return current_user if request.headers.get("Authorization") else None
+
+
+def login_required(fn):
+    """Refuse without a valid token (401); any role passes."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        verify_jwt_in_request()
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def admin_required(fn):
@@ -61,6 +72,7 @@ def init_app(app: Flask) -> None:
     jwt.unauthorized_loader(_missing_token)
     jwt.invalid_token_loader(_invalid_token)
     jwt.expired_token_loader(_expired_token)
+    jwt.token_in_blocklist_loader(_is_revoked)
     jwt.revoked_token_loader(_revoked_token)
     jwt.token_verification_failed_loader(_verification_failed)
 
@@ -79,6 +91,12 @@ def _load_user(_header: dict, payload: dict) -> User | None:
     if user is None or payload.get("ver") != user.token_version:
         return None
     return user
+
+
+def _is_revoked(_header: dict, payload: dict) -> bool:
+    """A token given up at log out (its own row); without a jti it cannot be revoked,
+    so it is not accepted."""
+    return is_revoked(payload.get("jti"))
 
 
 def _missing_token(reason: str):

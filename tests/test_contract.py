@@ -21,6 +21,9 @@ def test_the_spec_lists_every_route_with_bearer_security(client):
     }
     assert {
         ("POST", "/users/login"),
+        ("GET", "/users/me"),
+        ("PATCH", "/users/me"),
+        ("POST", "/users/logout"),
         ("GET", "/api/products"),
         ("POST", "/api/products"),
         ("GET", "/api/products/{sku}"),
