@@ -7,6 +7,7 @@ from flask_smorest import abort
 
 from app import metrics
 from app.api.auth import too_many
+from app.api.users import IDEMPOTENCY_KEY
 from app.auth import BEARER, login_required
 from app.errors import ErrorSchema
 from app.openapi import Blueprint
@@ -51,7 +52,7 @@ class Me(MethodView):
         """Read your own account."""
         return current_user
 
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
     @login_required
     @writes
     @blp.arguments(
