@@ -43,7 +43,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## make smoke: the fast system tests (tests/system): the deployment's own files with Debian's
-## nginx and uWSGI, a private MariaDB and Redis, moto as SES (root; see the README's prerequisites)
+## nginx and uWSGI, a private MariaDB and Redis, moto as SES (root; see docs/testing.md)
 smoke: $(VENV)/.installed
 	$(BIN)/pytest tests/system -m "system and not reliability and not browser" $(PYTEST_ARGS)
 

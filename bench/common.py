@@ -612,7 +612,7 @@ class ThreadedClient(LoadGenerator):
 
 
 def choose_load_generator(kind: str = "auto", connections: int = 4) -> LoadGenerator:
-    """``wrk`` (a prerequisite: README, .ci/run), else the threaded Python client."""
+    """``wrk`` (a prerequisite: docs/testing.md, .ci/run), else the threaded Python client."""
     if kind == "python":
         return ThreadedClient(connections)
     if path := shutil.which("wrk"):

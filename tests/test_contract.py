@@ -79,7 +79,7 @@ def test_the_postman_collection_covers_every_operation(app, runner):
     assert json.loads(login["body"]["raw"])["email"]
 
 
-# Checks that are wrong for this API, on purpose (the README's "Contract" section says why):
+# Checks that are wrong for this API, on purpose (docs/reference.md, "The OpenAPI contract"):
 # positive_data_acceptance expects every schema-valid request to succeed, but some rules
 # cannot be written in OpenAPI (min_price <= max_price, from <= to, a range of at most
 # 366 days, a text of spaces only counts as empty), and those requests get a 422.

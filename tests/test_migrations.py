@@ -1,10 +1,16 @@
 """The committed migrations build exactly the schema the models describe, on both databases."""
 
+import os
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, inspect, make_url, text
 
+from app import config, create_app
 from app.extensions import db
+from tests.conftest import BACKENDS
 
 
 def test_migrations_match_the_models(app):
@@ -25,3 +31,67 @@ def test_lookup_keys_are_unique_and_the_list_is_indexed(app):
         for sort in ("price", "name", "created_at"):
             assert ("deleted_at", sort) in indexed
             assert ("mark", "deleted_at", sort) in indexed
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database(request, tmp_path):
+    """A database of its own, empty, for a migration run step by step."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'upgrade.db'}"
+        return
+    server = make_url(config.database_url(os.environ["TEST_DATABASE_URL"]))
+    name = f"{server.database}_upgrade"
+    engine = create_engine(server.set(database=None))
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    engine.dispose()
+
+
+def test_existing_emails_are_rewritten_in_the_canonical_form(empty_database, capsys):
+    app = create_app(config.TestConfig(empty_database))
+    accounts = {
+        1: ("\uff4a\uff4f@example.com", None),  # fullwidth: becomes jo@example.com
+        2: ("ana@bücher.example", None),  # stored before IDNA: the ASCII form
+        3: ("\uff21\uff24\uff2d\uff29\uff2e@example.com", None),  # admin@example.com is account 4's
+        4: ("admin@example.com", None),
+        5: ("ops@[127.0.0.1]", None),  # no canonical form: kept
+        6: ("\uff4a\uff4f@example.com", "2026-01-01 00:00:00"),  # deleted: left alone
+    }
+    with app.app_context():
+        upgrade(revision="0005_worker")
+        with db.engine.begin() as conn:
+            for id_, (email, deleted_at) in accounts.items():
+                conn.execute(
+                    text(
+                        "INSERT INTO users (id, fullname, username, email, username_key,"
+                        " email_key, password_hash, rol, token_version, created_at,"
+                        " updated_at, deleted_at) VALUES (:id, 'Someone', :u, :e, :u,"
+                        " :k, 'x', 2, 1, '2026-01-01', '2026-01-01', :d)"
+                    ),
+                    {
+                        "id": id_,
+                        "u": f"user{id_}",
+                        "e": email,
+                        "k": None if deleted_at else email.lower(),
+                        "d": deleted_at,
+                    },
+                )
+        upgrade()
+        with db.engine.connect() as conn:
+            stored = dict(conn.execute(text("SELECT id, email_key FROM users")).all())
+        db.engine.dispose()
+    assert stored == {
+        1: "jo@example.com",
+        2: "ana@xn--bcher-kva.example",
+        3: "\uff41\uff44\uff4d\uff49\uff4e@example.com",
+        4: "admin@example.com",
+        5: "ops@[127.0.0.1]",
+        6: None,
+    }
+    said = capsys.readouterr().out
+    assert "account 3 keeps" in said and "account 4's" in said
+    assert "account 5 keeps 'ops@[127.0.0.1]'" in said

@@ -3,7 +3,7 @@ files), a private MariaDB, a private Redis, moto as SES, a fault proxy, one reap
 
 Every test here is marked ``system`` (``make smoke``, ``make reliability``; not ``make
 test``). They need root and Debian's nginx, uWSGI (python3 plugin), python3-venv,
-mariadb-server and redis-server (.ci/run installs them; see the README's prerequisites).
+mariadb-server and redis-server (.ci/run installs them; see docs/testing.md).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def reaper():
 
 def need(*binaries: str) -> None:
     if missing := h.missing_binaries(*binaries):
-        pytest.fail(f"missing {', '.join(missing)}: install the prerequisites (README, .ci/run)")
+        pytest.fail(f"missing {', '.join(missing)}: see docs/testing.md")
 
 
 @pytest.fixture(scope="session")

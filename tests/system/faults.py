@@ -25,10 +25,8 @@ The count, after the load has stopped and the worker has drained:
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
-import random
 import re
 import socket
 import threading
@@ -41,8 +39,7 @@ import redis
 
 from tests.system import harness as h
 
-GET, LIST, PUT = "get", "list", "put"
-NO_ANSWER = -1
+GET, LIST, PUT = h.GET, h.LIST, h.PUT
 VIEWS_STREAM, VIEWS_GROUP = "marketplace:views", "view-writers"
 PRICE_SUBJECT = re.compile(r"Product (\S+) updated: price: (\S+) -> (\S+)$")
 # What uWSGI logs when it kills a worker stuck past harakiri.
@@ -64,121 +61,12 @@ def number(value) -> int:
 
 # ---------------------------------------------------------------- load
 
-
-@dataclass
-class Req:
-    start: float
-    end: float
-    kind: str
-    status: int
-    sku: str
-    price: int = 0
-    admin: int | None = None
-    from_app: bool = False  # a JSON answer of the app (not nginx's page, not no answer)
-    body: object = None
-
-    @property
-    def latency(self) -> float:
-        return self.end - self.start
+# The harness's load; here a fifth of the product reads are conditional (If-None-Match).
+Req, Role, NO_ANSWER = h.Req, h.Role, h.NO_ANSWER
 
 
-# One client's mix of requests: the harness's (a fifth of its product reads here are
-# conditional, If-None-Match with the ETag it last saw).
-Role = h.Role
-
-
-class Load:
-    """Client threads on kept-alive connections through nginx; every answer recorded."""
-
-    def __init__(self, port: int, skus: list[str], tokens: list[str], timeout: float = 40):
-        self.port, self.skus, self.tokens, self.timeout = port, skus, tokens, timeout
-        self.requests: list[Req] = []
-        self.lock = threading.Lock()
-        self.halt = threading.Event()
-        self.prices = iter(range(1_000_000, 10**9))
-        self.threads: list[threading.Thread] = []
-        self.samples: dict[str, str] = {}
-
-    def start(self, roles: list[Role]) -> Load:
-        for n, role in enumerate(roles):
-            thread = threading.Thread(target=self._client, args=(n, role), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-        return self
-
-    def stop(self) -> Load:
-        self.halt.set()
-        for thread in self.threads:
-            thread.join(self.timeout + 30)
-        if any(t.is_alive() for t in self.threads):
-            raise h.HarnessError("a load thread did not finish")
-        self.requests.sort(key=lambda r: r.start)
-        return self
-
-    def next_price(self) -> int:
-        with self.lock:
-            return next(self.prices)
-
-    def _client(self, n: int, role: Role) -> None:
-        rng, conn, mine, etags = random.Random(n), None, [], {}
-        try:
-            while not self.halt.is_set():
-                sku, draw = rng.choice(self.skus), rng.random()
-                price, admin, body, headers = 0, None, None, {}
-                if draw < role.put:
-                    kind, method, path = PUT, "PUT", f"/api/products/{sku}"
-                    price = self.next_price()
-                    admin = rng.randrange(len(self.tokens)) if role.admin is None else role.admin
-                    body = json.dumps({"price": price})
-                    headers = {
-                        "Content-Type": "application/json",
-                        "Authorization": f"Bearer {self.tokens[admin]}",
-                    }
-                elif draw < role.put + role.list:
-                    kind, method = LIST, "GET"
-                    path = f"/api/products?page={rng.randint(1, 2)}&page_size=20"
-                else:
-                    kind, method, path = GET, "GET", f"/api/products/{sku}"
-                    if sku in etags and rng.random() < 0.2:
-                        headers = {"If-None-Match": etags[sku]}
-                conn = conn or http.client.HTTPConnection(h.HOST, self.port, timeout=self.timeout)
-                began, status, raw, from_app, parsed = time.monotonic(), NO_ANSWER, b"", False, None
-                try:
-                    conn.request(method, path, body=body, headers=headers)
-                    answer = conn.getresponse()
-                    raw, status = answer.read(), answer.status
-                    if status == 304:
-                        from_app = True
-                    elif "json" in (answer.getheader("Content-Type") or ""):
-                        with contextlib.suppress(ValueError):
-                            parsed = json.loads(raw)
-                            # nginx's own 502/504 (no answer from uWSGI) are JSON too
-                            from_app = status not in (502, 504)
-                    if kind == GET and status == 200 and answer.getheader("ETag"):
-                        etags[sku] = answer.getheader("ETag")
-                    if answer.will_close:
-                        conn.close()
-                        conn = None
-                except (OSError, http.client.HTTPException) as exc:
-                    raw = f"{type(exc).__name__}: {exc}".encode()
-                    conn.close()
-                    conn = None
-                req = Req(began, time.monotonic(), kind, status, sku, price, admin, from_app)
-                if kind == PUT:
-                    req.body = parsed
-                mine.append(req)
-                if status not in (200, 304):
-                    with self.lock:
-                        self.samples.setdefault(
-                            f"{method} {kind} -> {status}", raw[:300].decode(errors="replace")
-                        )
-                if role.think:
-                    time.sleep(role.think)
-        finally:
-            if conn is not None:
-                conn.close()
-            with self.lock:
-                self.requests.extend(mine)
+def load(stack, skus: list[str], tokens: list[str]) -> h.Load:
+    return h.Load(stack.port, skus, tokens, timeout=40, conditional=0.2)
 
 
 def mixed(clients: int, put: float = 0.05) -> list[Role]:

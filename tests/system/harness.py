@@ -901,16 +901,25 @@ TIMEOUT, NO_ANSWER = 0, -1  # statuses recorded when no HTTP answer came back
 @dataclass
 class Req:
     start: float
-    latency: float
+    end: float
     kind: str
     status: int
     sku: str
-    price: int
-    json_503: bool  # a 503 in the one error shape, with Retry-After
+    price: int = 0
+    admin: int | None = None
+    from_app: bool = False  # a JSON answer of the app (not nginx's own page, not no answer)
+    body: object = None  # the parsed JSON answer of a PUT or a 5xx
+    retry_after: bool = False
 
     @property
-    def end(self) -> float:
-        return self.start + self.latency
+    def latency(self) -> float:
+        return self.end - self.start
+
+    @property
+    def json_503(self) -> bool:
+        """A 503 in the one error shape, with Retry-After."""
+        body = self.body if isinstance(self.body, dict) else {}
+        return self.status == 503 and self.retry_after and body.get("code") == 503
 
 
 @dataclass
@@ -925,10 +934,20 @@ class Role:
 
 
 class Load:
-    """Client threads on kept-alive connections, each request timed and recorded."""
+    """Client threads on kept-alive connections, every answer timed and recorded. Each
+    PUT carries a price of its own; ``conditional`` is the share of product reads sent
+    with ``If-None-Match`` (the ETag the client last saw)."""
 
-    def __init__(self, port: int, skus: list[str], tokens: list[str], timeout: float = 10):
+    def __init__(
+        self,
+        port: int,
+        skus: list[str],
+        tokens: list[str],
+        timeout: float = 10,
+        conditional: float = 0.0,
+    ) -> None:
         self.port, self.skus, self.tokens, self.timeout = port, skus, tokens, timeout
+        self.conditional = conditional
         self.requests: list[Req] = []
         self.samples: dict[str, str] = {}
         self.lock = threading.Lock()
@@ -959,60 +978,68 @@ class Load:
         time.sleep(seconds)
         return self.stop()
 
+    def next_price(self) -> int:
+        with self.lock:
+            return next(self.prices)
+
     def _client(self, n: int, role: Role, deadline: float) -> None:
-        rng, conn, mine = random.Random(n), None, []
+        rng, conn, mine, etags = random.Random(n), None, [], {}
         try:
             while not self.halt.is_set() and time.monotonic() < deadline and len(mine) < 100_000:
-                conn = conn or http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
-                sku, draw, price, body, headers = rng.choice(self.skus), rng.random(), 0, None, {}
+                sku, draw = rng.choice(self.skus), rng.random()
+                price, admin, body, headers = 0, None, None, {}
                 if draw < role.put:
                     kind, method, path = PUT, "PUT", f"/api/products/{sku}"
-                    with self.lock:
-                        price = next(self.prices)
-                    token = self.tokens[
-                        rng.randrange(len(self.tokens)) if role.admin is None else role.admin
-                    ]
+                    price = self.next_price()
+                    admin = rng.randrange(len(self.tokens)) if role.admin is None else role.admin
                     body = json.dumps({"price": price})
                     headers = {
                         "Content-Type": "application/json",
-                        "Authorization": f"Bearer {token}",
+                        "Authorization": f"Bearer {self.tokens[admin]}",
                     }
                 elif draw < role.put + role.list:
-                    kind, method, path = (
-                        LIST,
-                        "GET",
-                        f"/api/products?page={rng.randint(1, 3)}&page_size=20",
-                    )
+                    kind, method = LIST, "GET"
+                    path = f"/api/products?page={rng.randint(1, 3)}&page_size=20"
                 else:
                     kind, method, path = GET, "GET", f"/api/products/{sku}"
-                began_at, began, good = time.monotonic(), time.perf_counter(), False
+                    if sku in etags and rng.random() < self.conditional:
+                        headers = {"If-None-Match": etags[sku]}
+                conn = conn or http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+                req = Req(time.monotonic(), 0.0, kind, NO_ANSWER, sku, price, admin)
+                raw = b""
                 try:
                     conn.request(method, path, body=body, headers=headers)
                     answer = conn.getresponse()
-                    raw, status = answer.read(), answer.status
+                    raw, req.status = answer.read(), answer.status
+                    req.retry_after = bool(answer.getheader("Retry-After"))
+                    if req.status == 304:
+                        req.from_app = True
+                    elif "json" in (answer.getheader("Content-Type") or ""):
+                        with contextlib.suppress(ValueError):
+                            parsed = json.loads(raw)
+                            # nginx's own 502/504 (no answer from uWSGI) are JSON too
+                            req.from_app = req.status not in (502, 504)
+                            if kind == PUT or req.status >= 500:
+                                req.body = parsed
+                    if kind == GET and req.status == 200 and answer.getheader("ETag"):
+                        etags[sku] = answer.getheader("ETag")
                     if answer.will_close:
                         conn.close()
                         conn = None
-                    if status == 503:
-                        with contextlib.suppress(ValueError, AttributeError):
-                            good = json.loads(raw).get("code") == 503 and bool(
-                                answer.getheader("Retry-After")
-                            )
                 except TimeoutError:
-                    status, raw = TIMEOUT, b""
+                    req.status = TIMEOUT
                     conn.close()
                     conn = None
                 except (OSError, http.client.HTTPException) as exc:
-                    status, raw = NO_ANSWER, f"{type(exc).__name__}: {exc}".encode()
+                    raw = f"{type(exc).__name__}: {exc}".encode()
                     conn.close()
                     conn = None
-                mine.append(
-                    Req(began_at, time.perf_counter() - began, kind, status, sku, price, good)
-                )
-                if status != 200 and not good:
+                req.end = time.monotonic()
+                mine.append(req)
+                if req.status not in (200, 304) and not req.json_503:
                     with self.lock:
                         self.samples.setdefault(
-                            f"{method} {kind} -> {status}", raw[:600].decode(errors="replace")
+                            f"{method} {kind} -> {req.status}", raw[:600].decode(errors="replace")
                         )
                 if role.think:
                     time.sleep(role.think)

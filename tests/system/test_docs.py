@@ -66,7 +66,7 @@ def test_swagger_ui_in_chromium_draws_every_operation(served):
     _app, base, workdir = served
     browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
     if browser is None:
-        pytest.fail("Chromium is not installed: install the prerequisites (README, .ci/run)")
+        pytest.fail("Chromium is not installed: see docs/testing.md")
     spec = h.Http(int(base.rsplit(":", 1)[1])).get("/api/openapi.json").json
     dom = subprocess.run(
         [
@@ -92,7 +92,7 @@ def test_swagger_ui_in_chromium_draws_every_operation(served):
 def test_newman_runs_the_postman_collection_every_request_2xx(served):
     app, base, workdir = served
     if not shutil.which("npx"):
-        pytest.fail("npx (Node.js) is not installed: install the prerequisites (README, .ci/run)")
+        pytest.fail("npx (Node.js) is not installed: see docs/testing.md")
     result = app.test_cli_runner().invoke(args=["openapi", "postman", "--base-url", base])
     collection = workdir / "marketplace.postman_collection.json"
     collection.write_text(result.output)

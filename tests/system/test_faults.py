@@ -227,7 +227,7 @@ def sending_now(run) -> set[int]:
 
 def test_sigkill_of_web_workers(serve, mode, fault_results):
     run = serve("kill_web")
-    load = f.Load(run.stack.port, run.skus, run.tokens).start(f.mixed(mode.clients))
+    load = f.load(run.stack, run.skus, run.tokens).start(f.mixed(mode.clients))
     killed = []
     try:
         for _ in range(mode.web_kills):
@@ -251,7 +251,7 @@ def test_sigkill_of_the_worker_daemon_while_sending(serve, mode, fault_results):
     run = serve("kill_daemon", ses_proxy=True, **extra)
     editor = [f.Role(put=1.0, list=0.0, think=1.0)]
     readers = [f.Role(put=0.0, list=0.15)] * (mode.clients // 2)
-    load = f.Load(run.stack.port, run.skus, run.tokens).start(editor + readers)
+    load = f.load(run.stack, run.skus, run.tokens).start(editor + readers)
     landed = []
     try:
         for _ in range(mode.daemon_kills):
@@ -293,7 +293,7 @@ def test_sigkill_of_the_worker_daemon_while_sending(serve, mode, fault_results):
 
 def test_commit_acknowledgements_dropped(serve, mode, fault_results):
     run = serve("commit_drop", db_proxy=True)
-    load = f.Load(run.stack.port, run.skus, run.tokens).start(f.mixed(mode.clients, put=0.1))
+    load = f.load(run.stack, run.skus, run.tokens).start(f.mixed(mode.clients, put=0.1))
     try:
         time.sleep(3)
         for n in range(mode.commit_windows):
@@ -321,7 +321,7 @@ def test_commit_acknowledgements_dropped(serve, mode, fault_results):
 def test_ses_answering_after_20s(serve, mode, fault_results):
     run = serve("ses_slow", ses_proxy=True, WORKER_SENDERS=6, WORKER_BATCH=1)
     readers = [f.Role(put=0.0, list=0.15, think=0.05)] * (mode.clients // 2)
-    load = f.Load(run.stack.port, run.skus, run.tokens).start(readers)
+    load = f.load(run.stack, run.skus, run.tokens).start(readers)
     puts = []
     try:
         with run.sampler.fault():
@@ -377,7 +377,7 @@ def test_graceful_reload_while_ses_takes_2s(serve, mode, fault_results):
     run.ses_proxy.set("pass", delay=1.0)  # ~2 s a send
     editor = [f.Role(put=1.0, list=0.0, think=2.5)]
     readers = [f.Role(put=0.0, list=0.15)] * mode.clients
-    load = f.Load(run.stack.port, run.skus, run.tokens).start(editor + readers)
+    load = f.load(run.stack, run.skus, run.tokens).start(editor + readers)
     try:
         for _ in range(mode.reloads):
             time.sleep(4)
@@ -402,7 +402,7 @@ def test_graceful_reload_while_ses_takes_2s(serve, mode, fault_results):
 def frozen(serve, private_mariadb, fault_results, clients: int, seconds: float) -> None:
     db = private_mariadb()
     run = serve(f"frozen_{int(seconds)}", db=db)
-    load = f.Load(run.stack.port, run.skus, run.tokens).start(f.mixed(clients))
+    load = f.load(run.stack, run.skus, run.tokens).start(f.mixed(clients))
     try:
         time.sleep(4)
         with run.sampler.fault():
@@ -528,7 +528,7 @@ def test_concurrent_deletes(serve, mode, fault_results):
 def test_max_connections_below_the_workers_need(serve, private_mariadb, mode, fault_results):
     db = private_mariadb()
     run = serve("max_conn", db=db)
-    load = f.Load(run.stack.port, run.skus, run.tokens).start(f.mixed(mode.clients, put=0.2))
+    load = f.load(run.stack, run.skus, run.tokens).start(f.mixed(mode.clients, put=0.2))
     try:
         time.sleep(2)
         with run.sampler.fault(), db.connect() as conn, conn.cursor() as cur:
