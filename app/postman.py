@@ -66,7 +66,7 @@ PREPARE = {
         "Math.random().toString(36).slice(2, 10));",
     ],
 }
-# After a 2xx: the variables a later request reads.
+# After a 2xx: the variables a later request reads (or, once deleted, must not read).
 SAVE = {
     LOGIN: ['pm.collectionVariables.set("token", pm.response.json()["Token"]);'],
     CREATE_PRODUCT: ['pm.collectionVariables.set("sku", pm.response.json()["sku"]);'],
@@ -74,6 +74,11 @@ SAVE = {
         'pm.collectionVariables.set("user_id", pm.response.json()["id"]);',
         'pm.collectionVariables.set("user_email", pm.collectionVariables.get("new_email"));',
         'pm.collectionVariables.set("user_password", pm.collectionVariables.get("new_password"));',
+    ],
+    ("delete", "/api/products/{sku}"): ['pm.collectionVariables.unset("sku");'],
+    ("delete", "/api/users/{user_id}"): [
+        f'pm.collectionVariables.unset("{name}");'
+        for name in ("user_id", "user_email", "user_password", "user_token")
     ],
 }
 

@@ -93,3 +93,12 @@ def test_deletions_come_last(collection):
     first_delete = methods.index("DELETE")
     assert set(methods[first_delete:]) == {"DELETE"}
     assert methods.count("DELETE") == 2
+
+
+def test_a_deletion_forgets_what_it_deleted(collection):
+    """Postman keeps collection variables between runs: a request sent by hand later
+    must not aim at a deleted row's sku or id."""
+    (product,) = named(collection, "DELETE", "/api/products/:sku")
+    assert 'pm.collectionVariables.unset("sku")' in script(product, "test")
+    (user,) = named(collection, "DELETE", "/api/users/:user_id")
+    assert 'pm.collectionVariables.unset("user_id")' in script(user, "test")
