@@ -37,8 +37,10 @@ def test_the_spec_lists_every_route_with_bearer_security(client):
         ("PATCH", "/api/users/{user_id}"),
         ("DELETE", "/api/users/{user_id}"),
         ("GET", "/api/notifications"),
+        ("GET", "/api/notifications/summary"),
         ("GET", "/api/products/{sku}/stats"),
         ("GET", "/api/stats/products"),
+        ("GET", "/api/stats/views"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
     } == operations

@@ -7,7 +7,13 @@ from app.auth import BEARER, admin_required
 from app.models import Notification
 from app.openapi import Blueprint
 from app.pagination import page_of
-from app.schemas import NotificationQuerySchema, NotificationSchema
+from app.schemas import (
+    NotificationQuerySchema,
+    NotificationSchema,
+    NotificationSummaryQuerySchema,
+    NotificationSummarySchema,
+)
+from app.services.notifications import delivery_summary
 
 blp = Blueprint(
     "notifications",
@@ -32,3 +38,14 @@ class Notifications(MethodView):
         if sku:
             query = query.where(Notification.sku == sku)
         return page_of(query.order_by(Notification.id.desc()), pagination_parameters)
+
+
+@blp.route("/summary")
+class NotificationSummary(MethodView):
+    @blp.doc(security=BEARER)
+    @admin_required
+    @blp.arguments(NotificationSummaryQuerySchema, location="query", as_kwargs=True)
+    @blp.response(200, NotificationSummarySchema)
+    def get(self, days):
+        """Count product-change emails by status per day of the last days (admin)."""
+        return delivery_summary(days)
