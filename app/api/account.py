@@ -8,7 +8,7 @@ from flask_smorest import abort
 from app import metrics
 from app.api.auth import too_many
 from app.api.users import IDEMPOTENCY_KEY
-from app.auth import BEARER, login_required
+from app.auth import login_required
 from app.errors import ErrorSchema
 from app.openapi import Blueprint
 from app.schemas import MeUpdateSchema, UserSchema
@@ -45,14 +45,13 @@ def check_current_password(password: str) -> None:
 
 @blp.route("/me")
 class Me(MethodView):
-    @blp.doc(security=BEARER)
     @login_required
     @blp.response(200, UserSchema)
     def get(self):
         """Read your own account."""
         return current_user
 
-    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
+    @blp.doc(parameters=IDEMPOTENCY_KEY)
     @login_required
     @writes
     @blp.arguments(
@@ -76,7 +75,6 @@ class Me(MethodView):
 
 @blp.route("/logout")
 class Logout(MethodView):
-    @blp.doc(security=BEARER)
     @login_required
     @writes
     @blp.response(204)

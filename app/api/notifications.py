@@ -3,7 +3,7 @@
 from flask.views import MethodView
 from sqlalchemy import select
 
-from app.auth import BEARER, admin_required
+from app.auth import admin_required
 from app.models import Notification
 from app.openapi import Blueprint
 from app.pagination import page_of
@@ -25,7 +25,6 @@ blp = Blueprint(
 
 @blp.route("")
 class Notifications(MethodView):
-    @blp.doc(security=BEARER)
     @admin_required
     @blp.arguments(NotificationQuerySchema, location="query", as_kwargs=True)
     @blp.response(200, NotificationSchema(many=True))
@@ -42,7 +41,6 @@ class Notifications(MethodView):
 
 @blp.route("/summary")
 class NotificationSummary(MethodView):
-    @blp.doc(security=BEARER)
     @admin_required
     @blp.arguments(NotificationSummaryQuerySchema, location="query", as_kwargs=True)
     @blp.response(200, NotificationSummarySchema)
