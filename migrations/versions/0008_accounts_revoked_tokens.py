@@ -1,7 +1,7 @@
 """accounts: revoked tokens (log out)
 
-Revision ID: 0007_accounts_revoked_tokens
-Revises: 0006_canonical_emails
+Revision ID: 0008_accounts_revoked_tokens
+Revises: 0007_bulk_import_summaries
 Create Date: 2026-12-02 06:30:00.000000
 
 """
@@ -16,8 +16,8 @@ KEY_36 = sa.String(length=36).with_variant(
 ).with_variant(mysql.VARCHAR(charset='utf8mb4', collation='utf8mb4_bin', length=36), 'mysql')
 
 # revision identifiers, used by Alembic.
-revision = '0007_accounts_revoked_tokens'
-down_revision = '0006_canonical_emails'
+revision = '0008_accounts_revoked_tokens'
+down_revision = '0007_bulk_import_summaries'
 branch_labels = None
 depends_on = None
 
