@@ -7,7 +7,8 @@ The collection is safe to run against any database, a production one included: i
 changes what it created itself. Each run creates a product and a user with random names
 (``postman-<random>``, set by the create requests' pre-request scripts), stores their sku
 and id from the answers, reads and changes them, logs in as the new user for the
-self-service requests, and deletes both in a last "clean up" folder. A request that
+self-service requests, and deletes both in a last "clean up" folder. Any other body that
+names a product (the bulk import's example row) names the run's own product. A request that
 needs something the run did not create (its create failed) is skipped
 (``pm.execution.skipRequest()``): no variable has a default that points at real data.
 """
@@ -33,6 +34,8 @@ BODY_VALUES = {
         "password": "{{new_password}}",
     },
 }
+# Any other body naming a product (a bulk import, ...) names the run's own product.
+OTHER_BODIES = {"sku": "{{sku}}"}
 # Path parameters filled from variables that only a successful create sets.
 PATH_VALUES = {"sku": "{{sku}}", "user_id": "{{user_id}}"}
 # The self-service routes run as the user the collection created, never as the admin
@@ -106,9 +109,20 @@ def _example(operation: dict):
     return content.get("example")
 
 
-def _needs(path: str, key: tuple[str, str]) -> list[str]:
-    """The variables a request cannot run without."""
-    needed = [name for name in PATH_VALUES if "{" + name + "}" in path]
+def _own_rows(body, key: tuple[str, str]):
+    """The example body with the run's own values instead of the examples' fixed ones."""
+    overrides = BODY_VALUES.get(key, OTHER_BODIES)
+    if isinstance(body, dict):
+        return body | {name: value for name, value in overrides.items() if name in body}
+    if isinstance(body, list):
+        return [_own_rows(row, key) for row in body]
+    return body
+
+
+def _needs(path: str, key: tuple[str, str], body) -> list[str]:
+    """The variables a request cannot run without (in its path or its body)."""
+    sent = path + json.dumps(body)
+    needed = [name for name in PATH_VALUES if "{" + name + "}" in sent]
     if key in SELF_SERVICE:
         needed.append("user_token")
     return needed
@@ -163,8 +177,7 @@ def _request(path: str, method: str, operation: dict, shared: list) -> dict:
         "description": operation.get("description", ""),
     }
     body = LOGIN_BODY if key == LOGIN else _example(operation)
-    if isinstance(body, dict) and key in BODY_VALUES:
-        body = body | BODY_VALUES[key]
+    body = _own_rows(body, key)
     if "requestBody" in operation:
         request["header"].append({"key": "Content-Type", "value": "application/json"})
         request["body"] = _json_body(body if body is not None else {})
@@ -173,7 +186,7 @@ def _request(path: str, method: str, operation: dict, shared: list) -> dict:
     elif key in SELF_SERVICE:
         request["auth"] = _bearer("{{user_token}}")
     name = operation.get("summary") or f"{method.upper()} {path}"
-    return _item(name, request, key, _needs(path, key))
+    return _item(name, request, key, _needs(path, key, body))
 
 
 def _json_body(body) -> dict:

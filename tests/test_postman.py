@@ -102,3 +102,12 @@ def test_a_deletion_forgets_what_it_deleted(collection):
     assert 'pm.collectionVariables.unset("sku")' in script(product, "test")
     (user,) = named(collection, "DELETE", "/api/users/:user_id")
     assert 'pm.collectionVariables.unset("user_id")' in script(user, "test")
+
+
+def test_other_bodies_name_the_runs_own_product(collection):
+    """The bulk import's example row carries the README's sku: the collection sends the
+    product it created instead, and skips the import without one."""
+    (imported,) = named(collection, "POST", "/api/catalog/import")
+    rows = json.loads(imported["request"]["body"]["raw"])
+    assert [row["sku"] for row in rows] == ["{{sku}}"]
+    assert '!pm.collectionVariables.get("sku")' in script(imported, "prerequest")

@@ -28,12 +28,14 @@ README_USER = {
     "email": "josuecevedo@xd.com",
     "role": 2,
 }
+# As the README's tour leaves it (created at 300 x 5, then changed): values that differ
+# from the OpenAPI examples, so a request sending an example to it would show.
 README_PRODUCT = {
     "sku": "d7iy6euiue",
     "name": "zapatos",
-    "price": Decimal("300"),
+    "price": Decimal("500"),
     "mark": "chabelo",
-    "quantity": 5,
+    "quantity": 7,
 }
 
 
