@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from app import auth, cli, database, errors, extensions, metrics, security, streams
+from app import auth, cache, cli, database, errors, extensions, metrics, security, streams
 from app.api import (
     account,
     catalog,
@@ -52,6 +52,7 @@ def register_extensions(app: Flask) -> None:
     security.init_app(app)
     metrics.init_app(app)
     streams.init_app(app)
+    cache.init_app(app)
     notification_rows.init_app(app)
 
 

@@ -196,6 +196,9 @@ class Config:
         # Redis: the views stream and the worker's wake-up (optional; see app/streams.py).
         self.REDIS_URL = env_str("REDIS_URL")
         self.REDIS_TIMEOUT = env_float("REDIS_TIMEOUT", 0.5)
+        # With Redis, product answers are cached this long at most (app/cache.py; 0: off).
+        # A write that cannot invalidate them (Redis unreachable) answers that much later.
+        self.PRODUCT_CACHE_SECONDS = env_float("PRODUCT_CACHE_SECONDS", 5.0)
 
         # The worker process (`flask worker`, app/worker.py).
         self.WORKER_NAME = env_str("WORKER_NAME")
@@ -265,6 +268,8 @@ class Config:
             )
         if self.VIEW_DEDUP_SECONDS < 0:
             raise ConfigError("VIEW_DEDUP_SECONDS must be 0 (off) or more.")
+        if not 0 <= self.PRODUCT_CACHE_SECONDS <= 3600:
+            raise ConfigError("PRODUCT_CACHE_SECONDS must be 0 (off) to 3600.")
         if self.MAIL_BACKEND not in {"console", "ses"}:
             raise ConfigError(
                 f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."

@@ -9,6 +9,7 @@ stream is read when scraped (``StateCollector``), once per scrape.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -64,6 +65,16 @@ VIEWS_APPLIED = Counter(
     "marketplace_views_applied_total",
     "Views the worker wrote from the stream to the database (replays not counted).",
 )
+VIEWS_STREAMED = VIEWS_RECORDED.labels("stream")
+PRODUCT_CACHE = Counter(
+    "marketplace_product_cache_total",
+    "Product reads answered from the Redis cache (hit) or the database (miss), and writes "
+    "whose cache invalidation failed (uninvalidated: answered after the entries' lifetime).",
+    ["outcome"],
+)
+PRODUCT_CACHE_HITS = PRODUCT_CACHE.labels("hit")
+PRODUCT_CACHE_MISSES = PRODUCT_CACHE.labels("miss")
+PRODUCT_CACHE_UNINVALIDATED = PRODUCT_CACHE.labels("uninvalidated")
 EMAILS = Counter(
     "marketplace_emails_total",
     "Send attempts by the worker, by outcome: sent, pending (retry), failed, unknown.",
@@ -88,10 +99,18 @@ def _start_timer() -> None:
 def _count(response):
     started = g.pop("metrics_started", None)
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    requests, latency = _children(route, request.method, response.status_code)
+    requests.inc()
     if started is not None:
-        LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+        latency.observe(time.perf_counter() - started)
     return response
+
+
+@functools.cache
+def _children(route: str, method: str, status: int):
+    """The request counter and latency histogram of one route, method and status (few:
+    the routes are the app's own, "unmatched" for the rest)."""
+    return REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, method)
 
 
 class StateCollector:

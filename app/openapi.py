@@ -241,6 +241,24 @@ class Blueprint(flask_smorest.Blueprint):
                 responses[code] = response
         return doc
 
+    @staticmethod
+    def _make_pagination_metadata(page, page_size, item_count):
+        """flask-smorest's metadata, built without a marshmallow schema per request: the
+        same keys, in the same order, all integers."""
+        meta = {"total": item_count}
+        if not item_count:
+            meta["total_pages"] = 0
+            return meta
+        last = (item_count - 1) // page_size + 1
+        meta.update(total_pages=last, first_page=1, last_page=last)
+        if page <= last:
+            meta["page"] = page
+            if page > 1:
+                meta["previous_page"] = page - 1
+            if page < last:
+                meta["next_page"] = page + 1
+        return meta
+
     def _set_pagination_metadata(self, page_params, result, headers):
         result, headers = super()._set_pagination_metadata(page_params, result, headers)
         meta = self._make_pagination_metadata(

@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 
 from flask import Flask, current_app, request
+from flask.sessions import SessionInterface
 from flask_cors import CORS
 from limits import parse
 from limits.storage import storage_from_string
@@ -23,7 +24,19 @@ DOCS_POLICY = (
 )
 
 
+class NoCookieSessions(SessionInterface):
+    """The API authenticates with tokens and keeps no cookie session: none is read,
+    signed or saved (Flask's default opens one on every request)."""
+
+    def open_session(self, app, request):
+        return None  # Flask then uses its null session, which nothing here touches
+
+    def save_session(self, app, session, response) -> None:
+        return None
+
+
 def init_app(app: Flask) -> None:
+    app.session_interface = NoCookieSessions()
     app.extensions["login_limits"] = LoginLimits(
         app.config["LOGIN_FAILURES_LIMIT"],
         app.config["LOGIN_ACCOUNT_FAILURES_LIMIT"],
@@ -40,21 +53,31 @@ def init_app(app: Flask) -> None:
     app.after_request(_security_headers)
 
 
+ALWAYS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
+
+
 def _security_headers(response):
-    headers = response.headers
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    docs = request.path.startswith("/api/docs")
-    headers.setdefault("Content-Security-Policy", DOCS_POLICY if docs else API_POLICY)
+    """Add each header the view did not set itself (one pass over the response's)."""
+    path = request.path
+    policy = DOCS_POLICY if path.startswith("/api/docs") else API_POLICY
+    wanted = [*ALWAYS, ("Content-Security-Policy", policy)]
     max_age = current_app.config["HSTS_MAX_AGE"]
-    if request.is_secure and max_age:
+    if max_age and request.is_secure:
         # Only over HTTPS (browsers ignore it over HTTP): behind the load balancer, nginx
         # passes its X-Forwarded-Proto on as the request's scheme.
-        headers.setdefault("Strict-Transport-Security", f"max-age={max_age}")
-    if request.authorization is not None or request.path.startswith("/users/login"):
+        wanted.append(("Strict-Transport-Security", f"max-age={max_age}"))
+    if request.authorization is not None or path.startswith("/users/login"):
         # Answers to authenticated requests and tokens are never cached by a proxy.
-        headers.setdefault("Cache-Control", "no-store")
+        wanted.append(("Cache-Control", "no-store"))
+    headers = response.headers
+    present = {name.lower() for name, _value in headers.items()}
+    for name, value in wanted:
+        if name.lower() not in present:
+            headers.add(name, value)
     return response
 
 

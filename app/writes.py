@@ -19,7 +19,7 @@ from flask_jwt_extended import current_user
 from flask_smorest import abort
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from app import commits
+from app import cache, commits
 from app.extensions import db
 from app.services import idempotency
 
@@ -88,12 +88,16 @@ def writes(view):
                 body = response.get_data(as_text=True)
                 idempotency.store(reservation, response.status_code, body, headers)
             commits.commit()
+            # Committed: before the answer leaves, no cached copy of what changed remains.
+            cache.invalidate(cache.changed(db.session))
         except _Refused as refused:
             _abandon(reservation)
             return refused.response
         except commits.CommitUnconfirmed:
-            # The key stays reserved until its lease ends: a retry then finds the stored
-            # answer if the write committed, or runs it if it did not.
+            # It may have committed: the client is told to read it, so drop the cached
+            # copies all the same. The key stays reserved until its lease ends: a retry
+            # then finds the stored answer if the write committed, or runs it if not.
+            cache.invalidate(cache.changed(db.session))
             raise
         except BaseException:
             _abandon(reservation)

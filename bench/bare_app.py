@@ -3,6 +3,8 @@
 It answers ``GET /api/products/<sku>`` with the same JSON the service returns, from a dict
 and nothing else (no database, schema, auth or extensions). BENCH_BARE_PRODUCTS holds the
 JSON object ``{sku: product}`` to serve; without it, one sample product is served.
+``GET /api/products`` answers BENCH_BARE_LIST (``{"items": [...], "headers": {...}}``:
+one page of the list and its pagination headers), whatever the query.
 
     .venv/bin/uwsgi --http-socket 127.0.0.1:8001 --wsgi-file bench/bare_app.py --callable app
 """
@@ -33,6 +35,8 @@ PRODUCTS = {
     ).items()
 }
 
+LIST = json.loads(os.environ.get("BENCH_BARE_LIST") or "null") or {"items": [], "headers": {}}
+
 app = Flask(__name__)
 
 
@@ -42,3 +46,8 @@ def product(sku: str):
     if found is None:
         abort(404)
     return jsonify(found)
+
+
+@app.get("/api/products")
+def products():
+    return jsonify(LIST["items"]), LIST["headers"]

@@ -3,7 +3,9 @@ database of the run's private Redis) and `flask worker` beside uWSGI, writing th
 
 1. ``GET /api/products/<sku>`` throughput (its view recorded), divided by a bare Flask route
    that returns the same JSON from memory under the same uWSGI options (target >= 0.5).
-2. ``GET /api/products?mark=<m>&sort=price&page=2`` median latency with 100,000 products,
+2. ``GET /api/products?page=2`` throughput (20 products, the default sort) on the same
+   catalog, divided by the bare route returning the same page and headers (target >= 0.15).
+3. ``GET /api/products?mark=<m>&sort=price&page=2`` median latency with 100,000 products,
    divided by the same with 1,000 products (target <= 1.5).
 """
 
@@ -39,9 +41,12 @@ LARGE = ("bench_catalog_100k", 100_000)
 MARKS = 20
 PAGE_SIZE = 20
 LIST_PATH = "/api/products?mark={mark}&sort=price&page=2"
+PAGE_PATH = "/api/products?page=2"
+PAGE_HEADERS = ("X-Pagination", "Link")
 LATENCY_ROUNDS = 6
 
 THROUGHPUT_TARGET = Target(">=", 0.5)
+PAGE_TARGET = Target(">=", 0.15)
 LATENCY_TARGET = Target("<=", 1.5)
 
 
@@ -59,6 +64,7 @@ def run(ctx: Context) -> list[Result]:
             bare = servers.enter_context(serve_bare(app_large, sku))
             return [
                 product_throughput(ctx, app_large, bare, sku),
+                page_throughput(ctx, app_large, bare),
                 listing_latency(ctx, app_small, app_large, small, large),
             ]
     finally:
@@ -73,9 +79,19 @@ def serve_app(name: str, catalog: Catalog, ctx: Context) -> UwsgiServer:
 
 
 def serve_bare(app: UwsgiServer, sku: str) -> UwsgiServer:
-    """The bare route, loaded with exactly the product JSON the service returns for ``sku``."""
+    """The bare routes, loaded with exactly the product JSON the service returns for
+    ``sku`` and the page (and its pagination headers) it returns for PAGE_PATH."""
     product = app.get(f"/api/products/{sku}").json
-    env = {**os.environ, "BENCH_BARE_PRODUCTS": json.dumps({sku: product})}
+    page = app.get(PAGE_PATH)
+    listed = {
+        "items": page.json,
+        "headers": {name: page.headers[name] for name in PAGE_HEADERS if name in page.headers},
+    }
+    env = {
+        **os.environ,
+        "BENCH_BARE_PRODUCTS": json.dumps({sku: product}),
+        "BENCH_BARE_LIST": json.dumps(listed),
+    }
     return UwsgiServer("bare", "bench/bare_app.py", env, ready_path=f"/api/products/{sku}")
 
 
@@ -105,6 +121,39 @@ def product_throughput(ctx: Context, app: UwsgiServer, bare: UwsgiServer, sku: s
             "seconds_per_round": ctx.seconds,
             "body_bytes": {"service": len(app_body), "bare": len(bare_body)},
             "same_bytes": app_body == bare_body,
+            "catalog_products": LARGE[1],
+        },
+    )
+
+
+def page_throughput(ctx: Context, app: UwsgiServer, bare: UwsgiServer) -> Result:
+    """One page of the whole catalog (the default sort), service / bare route."""
+    app_page, bare_page = app.get(PAGE_PATH), bare.get(PAGE_PATH)
+    if len(app_page.json) != PAGE_SIZE:
+        raise BenchError(f"{PAGE_PATH} lists {len(app_page.json)} products, not {PAGE_SIZE}.")
+    if app_page.json != bare_page.json or any(
+        app_page.headers.get(name) != bare_page.headers.get(name) for name in PAGE_HEADERS
+    ):
+        raise BenchError(f"The bare list answers differently:\n{app_page.body[:300]!r}")
+    measured = throughput(ctx, [app, bare], PAGE_PATH, rounds=ctx.rounds, seconds=ctx.seconds)
+    got, ceiling = measured[app.name], measured[bare.name]
+    per_round = got.ratios(ceiling)
+    say(f"list page service / bare per round: {', '.join(f'{r:.3f}' for r in per_round)}")
+    return Result(
+        name="GET /api/products?page=2: service / bare Flask throughput",
+        measured=f"{got.rps:,.0f} / {ceiling.rps:,.0f} req/s "
+        f"({got.cpu_ms:.2f} / {ceiling.cpu_ms:.2f} ms CPU)",
+        ratio=got.rps / ceiling.rps,
+        target=PAGE_TARGET,
+        details={
+            "path": PAGE_PATH,
+            "service_rps": round(got.rps, 1),
+            "bare_rps": round(ceiling.rps, 1),
+            "cpu_ms_per_request": {name: round(m.cpu_ms, 3) for name, m in measured.items()},
+            "rounds_rps": {name: m.rounds_rps for name, m in measured.items()},
+            "rounds_ratio": per_round,
+            "body_bytes": {"service": len(app_page.body), "bare": len(bare_page.body)},
+            "same_bytes": app_page.body == bare_page.body,
             "catalog_products": LARGE[1],
         },
     )

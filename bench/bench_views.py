@@ -115,7 +115,14 @@ def reads(ctx: Context) -> list[Result]:
     stream_url = redis().new_database()
     # What each side adds to the same environment (which has no REDIS_URL: without it, a
     # read writes its view directly).
-    sides = {"off": {"VIEW_RECORDING": "off"}, "stream": {"REDIS_URL": stream_url}, "direct": {}}
+    # "off-cached": recording off, but Redis there for the product cache as on the stream
+    # side, so the two differ by the views alone.
+    sides = {
+        "off": {"VIEW_RECORDING": "off"},
+        "stream": {"REDIS_URL": stream_url},
+        "direct": {},
+        "off-cached": {"VIEW_RECORDING": "off", "REDIS_URL": redis().new_database()},
+    }
     with contextlib.ExitStack() as stack:
         servers = {
             side: stack.enter_context(
@@ -157,7 +164,7 @@ def read_throughput(
 ) -> list[Result]:
     live = servers["stream"]
     paused = PausedWorker(live)
-    sides = [servers["off"], live, paused, servers["direct"]]
+    sides = [servers["off"], live, paused, servers["direct"], servers["off-cached"]]
     catch_up: dict[str, list[float]] = {live.name: [], paused.name: []}
     cpu = {live.name: 0.0, paused.name: 0.0}
     began_cpu = {}
@@ -204,23 +211,24 @@ def read_throughput(
             f"{cpu[side.name]:.1f} s of its CPU for about {views:,} views "
             f"({worker[side.name]['cpu_us_per_view']} us a view, the warm-up included)"
         )
-    off = measured[servers["off"].name]
     results = []
-    for side, name in (
-        (live, "GET /api/products/<sku>: views via Redis stream / off throughput"),
-        (paused, "... the same, worker paused in the rounds (web side only, info)"),
-        (servers["direct"], "GET /api/products/<sku>: views direct (no Redis) / off (info)"),
+    for side, baseline, name in (
+        (live, "off", "GET /api/products/<sku>: views via Redis stream / off throughput"),
+        (paused, "off", "... the same, worker paused in the rounds (web side only, info)"),
+        (servers["direct"], "off", "GET /api/products/<sku>: views direct (no Redis) / off (info)"),
+        (live, "off-cached", "... stream / off, both with the product cache (info)"),
     ):
-        got = measured[side.name]
+        got, off = measured[side.name], measured[servers[baseline].name]
         per_round = got.ratios(off)
-        say(f"{side.name} / off per round: {', '.join(f'{r:.3f}' for r in per_round)}")
+        say(f"{side.name} / {baseline} per round: {', '.join(f'{r:.3f}' for r in per_round)}")
         details = {
             "rps": round(got.rps, 1),
             "off_rps": round(off.rps, 1),
-            "rounds_rps": {side.name: got.rounds_rps, "off": off.rounds_rps},
+            "baseline": baseline,
+            "rounds_rps": {side.name: got.rounds_rps, baseline: off.rounds_rps},
             "rounds_ratio": per_round,
-            "requests": {side.name: got.total.requests, "off": off.total.requests},
-            "errors": {side.name: got.total.errors, "off": off.total.errors},
+            "requests": {side.name: got.total.requests, baseline: off.total.requests},
+            "errors": {side.name: got.total.errors, baseline: off.total.errors},
             "seconds_per_round": seconds,
             "catalog_products": READ_PRODUCTS,
             **({"worker": worker[side.name]} if side.name in worker else {}),

@@ -283,6 +283,8 @@ def test_app_ini_has_the_essentials():
         assert single.get(flag) == "true", f"{flag} = true"
     # SIGTERM (what orchestrators send) is a graceful shutdown, not uWSGI 2.0's brutal one.
     assert "unix_signal:15 gracefully_kill_them_all" in settings["hook-master-start"]
+    # ... and neither it nor a reload can hang a worker of several threads.
+    assert single["import"] == "app.uwsgi_graceful"
     assert single["socket"] == DEFAULT_SOCKET
     assert single["master-fifo"].startswith("/run/marketplace/")
     assert single["chmod-socket"] == "660"
@@ -293,12 +295,12 @@ def test_app_ini_has_the_essentials():
 
 def test_app_ini_defaults_and_environment():
     defaults = ini_settings({})
-    assert defaults["processes"] == ["4"] and defaults["threads"] == ["1"]
+    assert defaults["processes"] == ["4"] and defaults["threads"] == ["2"]
     assert defaults["virtualenv"] == ["/opt/venv"] and defaults["chdir"] == ["/app"]
     custom = ini_settings(
         {
             "WEB_PROCESSES": "7",
-            "WEB_THREADS": "2",
+            "WEB_THREADS": "3",
             "WEB_SOCKET": "/tmp/x.sock",
             "WEB_FIFO": "/tmp/x.fifo",
             "APP_VENV": "/v",
@@ -306,7 +308,7 @@ def test_app_ini_defaults_and_environment():
             "APP_USER": "app",
         }
     )
-    assert custom["processes"] == ["7"] and custom["threads"] == ["2"]
+    assert custom["processes"] == ["7"] and custom["threads"] == ["3"]
     assert custom["socket"] == ["/tmp/x.sock"] and custom["master-fifo"] == ["/tmp/x.fifo"]
     assert custom["virtualenv"] == ["/v"] and custom["chdir"] == ["/code"]
     assert custom["uid"] == ["app"] and custom["chown-socket"] == ["app:www-data"]

@@ -1,6 +1,6 @@
 """Products: anyone reads; admins create, change and delete."""
 
-from flask import Response, request, url_for
+from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from flask_jwt_extended import current_user
 from flask_smorest import abort
@@ -15,7 +15,7 @@ from app.schemas import (
     ProductSchema,
     ProductUpdateSchema,
 )
-from app.services import catalog, tracking
+from app.services import catalog
 from app.writes import writes
 
 blp = Blueprint(
@@ -32,13 +32,6 @@ SEED_PRODUCT = {
     "mark": "chabelo",
     "quantity": 5,
 }
-
-
-def get_or_404(sku: str):
-    product = catalog.find_product(sku)
-    if product is None:
-        abort(404, message=f"No product with sku {sku!r}.")
-    return product
 
 
 def lock_or_404(sku: str):
@@ -85,11 +78,16 @@ class Products(MethodView):
     @blp.paginate()
     def get(self, pagination_parameters, **filters):
         """List products, filtered, sorted and paginated."""
-        items, total = catalog.list_products(
-            filters, pagination_parameters.page, pagination_parameters.page_size
+        total, body = catalog.list_page(
+            request.query_string.decode("latin-1"),
+            filters,
+            pagination_parameters.page,
+            pagination_parameters.page_size,
         )
         pagination_parameters.item_count = total
-        return items
+        # Already the JSON ProductSchema(many=True) gives: answered as it is (flask-smorest
+        # still adds the pagination headers to this response).
+        return Response(body, mimetype=current_app.json.mimetype)
 
     @blp.doc(parameters=CONDITIONAL["parameters"][1:])
     @admin_required
@@ -116,15 +114,20 @@ class ProductsBySku(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such product.")
     def get(self, sku):
         """Read one product (each read, 200 or 304, is counted in its statistics)."""
-        product = get_or_404(sku)
-        if request.method == "GET":  # HEAD is not a consultation
-            reader = optional_user()
-            tracking.record_view(
-                product.id, reader.id if reader else None, client=request.remote_addr
-            )
-        if conditional.not_modified(product):
-            return Response(status=304, headers=conditional.headers(product))
-        return product, conditional.headers(product)
+        reader = optional_user()
+        answer = catalog.read_product(
+            sku,
+            reader.id if reader is not None else None,
+            request.remote_addr,
+            view=request.method == "GET",  # HEAD is not a consultation
+        )
+        if answer is None:
+            abort(404, message=f"No product with sku {sku!r}.")
+        headers = {"ETag": f'"{answer.etag}"'}
+        if request.if_none_match.contains_weak(answer.etag):
+            return Response(status=304, headers=headers)
+        # The JSON ProductSchema gives (app/schemas.py dump_product), cached or just read.
+        return Response(answer.body, mimetype=current_app.json.mimetype, headers=headers)
 
     @blp.doc(parameters=CONDITIONAL["parameters"])
     @admin_required

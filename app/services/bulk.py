@@ -24,6 +24,7 @@ from marshmallow import ValidationError
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.dialects import mysql
 
+from app import cache
 from app.database import locked_rows
 from app.extensions import db
 from app.fields import json_number
@@ -303,6 +304,7 @@ def import_products(valid: list[tuple[int, dict]], actor: User | None, dry_run: 
     if not dry_run and changes:
         _insert(inserts)
         _update(updates)
+        cache.note_changed(db.session, [row["sku_key"] for row in (*inserts, *updates)])
         notifications.notify_import(
             notifications.ImportSummary(actor, len(created), len(updated), len(unchanged), changes)
         )

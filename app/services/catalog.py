@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
-from sqlalchemy import func, select
+import redis
+from flask import current_app
+from sqlalchemy import bindparam, func, select
 
+from app import cache
+from app.cache import Answer
 from app.database import locked
 from app.extensions import db
 from app.fields import json_number
-from app.models import Product, User
-from app.services import RuleError, notifications
+from app.models import Product, User, utcnow
+from app.schemas import SKU_PATTERN, dump_product
+from app.services import RuleError, notifications, tracking
 from app.services.notifications import Change
 
 EDITABLE = ("name", "price", "mark", "quantity")
@@ -24,6 +30,76 @@ def _plain(value):
 def find_product(sku: str) -> Product | None:
     """The live product with this sku (any case), or None."""
     return db.session.scalar(select(Product).where(Product.sku_key == sku.lower()))
+
+
+PRODUCTS = Product.__table__
+# What a read shows, as plain rows (no ORM objects): its JSON, its ETag.
+SHOWN = (PRODUCTS.c.sku, PRODUCTS.c.name, PRODUCTS.c.price, PRODUCTS.c.mark)
+SHOWN += (PRODUCTS.c.quantity, PRODUCTS.c.created_at, PRODUCTS.c.updated_at)
+READ_ONE = select(PRODUCTS.c.id, PRODUCTS.c.version, *SHOWN).where(
+    PRODUCTS.c.sku_key == bindparam("sku_key")
+)
+# Only a sku one could create is looked up in the cache (any other is read, and not found).
+CACHEABLE_SKU = re.compile(SKU_PATTERN)
+
+
+def _answer(row) -> Answer:
+    body = current_app.json.response(dump_product(row)).get_data(as_text=True)
+    return Answer(row.id, row.version, body)
+
+
+def read_product(sku: str, reader_id: int | None, client: str | None, view: bool):
+    """The live product's answer (None if there is none), its view recorded when
+    ``view``: from the Redis cache when it has it (the view added in the same round
+    trip), else from the database (and then cached)."""
+    key = sku.lower()
+    if not cache.seconds() or not CACHEABLE_SKU.fullmatch(sku):
+        return _read_from_database(key, reader_id, client, view)
+    now = utcnow()
+    streamed = view and tracking.streams_each_view()
+    fields = ("" if reader_id is None else str(reader_id), now.timestamp()) if streamed else None
+    try:
+        found = cache.read(key, fields)
+    except redis.RedisError as exc:
+        row = db.session.execute(READ_ONE, {"sku_key": key}).first()
+        if row is not None and view:
+            if not streamed:
+                tracking.record_view(row.id, reader_id, client)
+            elif tracking.stream_failed(row.id, exc):
+                tracking.write_directly(row.id, reader_id, now)
+        return None if row is None else _answer(row)
+    if isinstance(found, Answer):
+        if streamed:
+            tracking.streamed()
+        elif view:
+            tracking.record_view(found.product_id, reader_id, client)
+        return found
+    row = db.session.execute(READ_ONE, {"sku_key": key}).first()
+    if row is None:
+        return None
+    answer = _answer(row)
+    try:
+        cache.fill(key, found, answer, fields)
+    except redis.RedisError as exc:
+        if streamed and tracking.stream_failed(row.id, exc):
+            tracking.write_directly(row.id, reader_id, now)
+        elif view and not streamed:
+            tracking.record_view(row.id, reader_id, client)
+        return answer
+    if streamed:
+        tracking.streamed()
+    elif view:
+        tracking.record_view(row.id, reader_id, client)
+    return answer
+
+
+def _read_from_database(key: str, reader_id: int | None, client: str | None, view: bool):
+    row = db.session.execute(READ_ONE, {"sku_key": key}).first()
+    if row is None:
+        return None
+    if view:
+        tracking.record_view(row.id, reader_id, client)
+    return _answer(row)
 
 
 def lock_product(sku: str) -> Product | None:
@@ -84,39 +160,61 @@ def _notify_admins(change: Change) -> Change:
     return change
 
 
-SORT_COLUMNS = {"name": Product.name, "price": Product.price, "created": Product.created_at}
+SORT_COLUMNS = {
+    "name": PRODUCTS.c.name,
+    "price": PRODUCTS.c.price,
+    "created": PRODUCTS.c.created_at,
+}
 
 
 def product_filters(filters: dict) -> list:
     """WHERE clauses of the product list (the live products matching the filters)."""
-    clauses = [Product.deleted_at.is_(None)]
+    clauses = [PRODUCTS.c.deleted_at.is_(None)]
     if q := filters.get("q"):
         # A substring search: no index can serve it, it scans the live products.
-        clauses.append(Product.name.contains(q, autoescape=True))
+        clauses.append(PRODUCTS.c.name.contains(q, autoescape=True))
     if mark := filters.get("mark"):
-        clauses.append(Product.mark == mark)
+        clauses.append(PRODUCTS.c.mark == mark)
     if (low := filters.get("min_price")) is not None:
-        clauses.append(Product.price >= low)
+        clauses.append(PRODUCTS.c.price >= low)
     if (high := filters.get("max_price")) is not None:
-        clauses.append(Product.price <= high)
+        clauses.append(PRODUCTS.c.price <= high)
     if (in_stock := filters.get("in_stock")) is not None:
-        clauses.append(Product.quantity > 0 if in_stock else Product.quantity == 0)
+        clauses.append(PRODUCTS.c.quantity > 0 if in_stock else PRODUCTS.c.quantity == 0)
     return clauses
 
 
-def list_products(filters: dict, page: int, page_size: int) -> tuple[list[Product], int]:
+def list_page(query: str, filters: dict, page: int, page_size: int) -> tuple[int, str]:
+    """The total and the JSON of one page of the list, from the Redis cache (by query
+    string: the same query, the same page) or the database."""
+
+    def answer() -> tuple[int, str]:
+        items, total = list_products(filters, page, page_size)
+        return total, current_app.json.response(items).get_data(as_text=True)
+
+    return cache.page(query, answer)
+
+
+def list_products(filters: dict, page: int, page_size: int) -> tuple[list[dict], int]:
+    """One page of the live products matching ``filters``, as the API shows them, and
+    how many match in all."""
     where = product_filters(filters)
-    total = db.session.scalar(select(func.count()).select_from(Product).where(*where))
+    total_query = select(func.count()).select_from(PRODUCTS).where(*where)
+    if len(where) == 1:
+        # All live products: the database would count the whole index each time.
+        total = cache.live_count(lambda: db.session.scalar(total_query))
+    else:
+        total = db.session.scalar(total_query)
     if (page - 1) * page_size >= total:
         return [], total  # past the last page
     sort = filters.get("sort") or "created"
-    column = SORT_COLUMNS[sort.lstrip("-")]
-    order = (column.desc(), Product.id.desc()) if sort.startswith("-") else (column, Product.id)
-    rows = db.session.scalars(
-        select(Product)
+    column, last = SORT_COLUMNS[sort.lstrip("-")], PRODUCTS.c.id
+    order = (column.desc(), last.desc()) if sort.startswith("-") else (column, last)
+    rows = db.session.execute(
+        select(*SHOWN)
         .where(*where)
         .order_by(*order)
         .limit(page_size)
         .offset((page - 1) * page_size)
     )
-    return list(rows), total
+    return [dump_product(row) for row in rows], total

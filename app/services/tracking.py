@@ -194,6 +194,17 @@ def first_view_in_window(product_id: int, user_id: int | None, client: str | Non
     return current_app.extensions.setdefault("recent_viewers", RecentViewers()).first(key, seconds)
 
 
+def streams_each_view() -> bool:
+    """Whether a read's view goes straight into the stream: ``auto`` with Redis and no
+    de-duplication window (the product cache then adds it in the read's own round trip)."""
+    config = current_app.config
+    return (
+        config["VIEW_RECORDING"] == "auto"
+        and not config["VIEW_DEDUP_SECONDS"]
+        and streams.client() is not None
+    )
+
+
 def record_view(product_id: int, user_id: int | None, client: str | None = None) -> str:
     """Record one consultation before the read answers; return how ("stream", "direct",
     "off", "repeat" (inside VIEW_DEDUP_SECONDS) or "lost")."""
@@ -207,20 +218,36 @@ def record_view(product_id: int, user_id: int | None, client: str | None = None)
     if mode == "auto" and streams.client() is not None:
         try:
             streams.append_view(product_id, user_id, now)
-            metrics.VIEWS_RECORDED.labels("stream").inc()
-            return "stream"
-        except redis.TimeoutError as exc:
-            if "connecting" not in str(exc):
-                # The XADD went out and no answer came: it may be in the stream, so a
-                # direct write could count the read twice. Marked, not guessed.
-                metrics.VIEWS_RECORDED.labels("stream-unconfirmed").inc()
-                log.warning("view of product %s: the stream did not confirm it", product_id)
-                return "unconfirmed"
-            log.warning("views stream unavailable, writing the view directly: %s", exc)
+            return streamed()
         except redis.RedisError as exc:
-            log.warning("views stream unavailable, writing the view directly: %s", exc)
+            if not stream_failed(product_id, exc):
+                return "unconfirmed"
+    return write_directly(product_id, user_id, now)
+
+
+def streamed() -> str:
+    """Count a view the stream took."""
+    metrics.VIEWS_STREAMED.inc()
+    return "stream"
+
+
+def stream_failed(product_id: int, exc: redis.RedisError) -> bool:
+    """After an XADD (or a script ending with one) raised: True when the view is not in
+    the stream and must be written directly; False when it may be there."""
+    if isinstance(exc, redis.TimeoutError) and "connecting" not in str(exc):
+        # The XADD went out and no answer came: it may be in the stream, so a direct
+        # write could count the read twice. Marked, not guessed.
+        metrics.VIEWS_RECORDED.labels("stream-unconfirmed").inc()
+        log.warning("view of product %s: the stream did not confirm it", product_id)
+        return False
+    log.warning("views stream unavailable, writing the view directly: %s", exc)
+    return True
+
+
+def write_directly(product_id: int, user_id: int | None, at: datetime) -> str:
+    """Write one view in a transaction of its own ("direct"), or count it lost."""
     try:
-        write_views([View(product_id, user_id, now)])
+        write_views([View(product_id, user_id, at)])
     except Exception:
         # The read itself succeeded: answer it, and say what was not recorded.
         metrics.VIEWS_LOST.inc()
