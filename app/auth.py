@@ -16,7 +16,7 @@ from app.errors import error_response
 from app.extensions import jwt
 from app.models import Role, User
 from app.openapi import ADMIN, SECURITY, TOKEN_OPTIONAL, TOKEN_REQUIRED, requires
-from app.services.accounts import find_user
+from app.services.accounts import find_user, is_revoked
 
 # What the guards document, for a route that must say it by hand (``@blp.doc``).
 BEARER = SECURITY[TOKEN_REQUIRED]
@@ -81,6 +81,7 @@ def init_app(app: Flask) -> None:
     jwt.unauthorized_loader(_missing_token)
     jwt.invalid_token_loader(_invalid_token)
     jwt.expired_token_loader(_expired_token)
+    jwt.token_in_blocklist_loader(_is_revoked)
     jwt.revoked_token_loader(_revoked_token)
     jwt.token_verification_failed_loader(_verification_failed)
 
@@ -99,6 +100,12 @@ def _load_user(_header: dict, payload: dict) -> User | None:
     if user is None or payload.get("ver") != user.token_version:
         return None
     return user
+
+
+def _is_revoked(_header: dict, payload: dict) -> bool:
+    """A token given up at log out (its own row); without a jti it cannot be revoked,
+    so it is not accepted."""
+    return is_revoked(payload.get("jti"))
 
 
 def _missing_token(reason: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -24,14 +25,54 @@ from app.worker import Worker
 users = AppGroup("users", help="Manage accounts.")
 
 
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _long_enough(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise click.BadParameter(f"must be at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def new_admin_password() -> str:
+    """The password for create-admin when --password is not given: ADMIN_PASSWORD (what
+    ensure-admin reads too) for scripts, else asked twice on the terminal, never echoed."""
+    password = current_app.config.get("ADMIN_PASSWORD")
+    if password:
+        click.echo("Using the password in ADMIN_PASSWORD.", err=True)
+        try:
+            return _long_enough(password)
+        except click.BadParameter as exc:
+            raise click.ClickException(f"ADMIN_PASSWORD {exc.message}.") from exc
+    if not stdin_is_terminal():
+        raise click.ClickException(
+            "No password given and no terminal to ask for one: set ADMIN_PASSWORD in the "
+            "environment of this command (or run it on a terminal to be asked)."
+        )
+    return click.prompt(
+        f"Password (at least {MIN_PASSWORD_LENGTH} characters)",
+        hide_input=True,
+        confirmation_prompt="Repeat the password",
+        value_proc=_long_enough,
+    )
+
+
 @users.command("create-admin")
 @click.option("--email", required=True)
-@click.option("--password", required=True, help=f"At least {MIN_PASSWORD_LENGTH} characters.")
+@click.option(
+    "--password",
+    default=None,
+    help="Discouraged: it stays in ps and the shell history. Without it the password "
+    "comes from ADMIN_PASSWORD, or is asked for (hidden, twice) on a terminal.",
+)
 @click.option("--fullname", default="Administrator", show_default=True)
 @click.option("--username", default=None, help="Defaults to the part of the email before @.")
-def create_admin(email: str, password: str, fullname: str, username: str | None) -> None:
+def create_admin(email: str, password: str | None, fullname: str, username: str | None) -> None:
     """Create an admin account (or promote and reset an existing one with this email)."""
-    if len(password) < MIN_PASSWORD_LENGTH:
+    if password is None:
+        password = new_admin_password()
+    elif len(password) < MIN_PASSWORD_LENGTH:
         raise click.BadParameter(
             f"must be at least {MIN_PASSWORD_LENGTH} characters", param_hint="--password"
         )

@@ -132,6 +132,19 @@ class User(db.Model):
         return f"<User {self.id} {self.email}>"
 
 
+class RevokedToken(db.Model):
+    """A token given up before it expires (log out): refused until it would have expired,
+    then pruned. Tokens of a whole account are revoked by ``User.token_version`` instead."""
+
+    __tablename__ = "revoked_tokens"
+    __table_args__ = (TABLE_ARGS,)
+
+    jti: Mapped[str] = mapped_column(key_string(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Product(db.Model):
     __tablename__ = "products"
     __table_args__ = (

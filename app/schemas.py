@@ -254,6 +254,24 @@ class UserUpdateSchema(Schema):
     role = Count(data_key="rol", validate=ROLES, metadata={"example": 1})
 
 
+class MeUpdateSchema(Schema):
+    """What users may change of their own account: the name, and the password once they
+    give the current one."""
+
+    fullname = text(120, metadata={"example": "Arnoldo M."})
+    password = password_field(metadata={"description": "The new password; needs current_password."})
+    current_password = fields.String(
+        load_only=True,
+        validate=validate.Length(min=1, max=MAX_PASSWORD_LENGTH),
+        metadata={"description": "The password in use now; required with password."},
+    )
+
+    @validates_schema
+    def _current_password_with_password(self, data, **_kwargs):
+        if "password" in data and "current_password" not in data:
+            raise ValidationError("Required to set a new password.", field_name="current_password")
+
+
 # ---------------------------------------------------------------- notifications
 
 

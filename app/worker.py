@@ -7,7 +7,7 @@
 - Emails: a few sender threads claim due rows (app/outbox.py) and send them; a commit
   that adds emails wakes one at once (a Redis list), and they poll the database besides.
 - Housekeeping: sends abandoned by a dead sender become ``unknown``; expired idempotency
-  keys and commit receipts are deleted.
+  keys, commit receipts and the revocations of expired tokens are deleted.
 
 SIGTERM or SIGINT is a graceful stop: each thread finishes what it is doing (one batch
 of views, one email), claimed emails not yet started are released, and the process exits.
@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from app import metrics, outbox, streams
 from app.extensions import db
 from app.mail import build_mailer
-from app.services import idempotency, tracking
+from app.services import accounts, idempotency, tracking
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,7 @@ class Worker:
                 self._guarded("expiring abandoned sends", outbox.expire_abandoned_sends)
                 if time.monotonic() - last_prune > PRUNE_SECONDS:
                     self._guarded("pruning idempotency keys", idempotency.prune)
+                    self._guarded("pruning revoked tokens", accounts.prune_revoked_tokens)
                     last_prune = time.monotonic()
                 _safe_remove()
 

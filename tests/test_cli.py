@@ -81,6 +81,138 @@ def test_create_admin_with_a_taken_username_fails_cleanly(runner, make, rows):
     assert [user.username for user in rows(User)] == ["ops"]
 
 
+@pytest.fixture
+def terminal(app, monkeypatch):
+    """create-admin as typed on a terminal, with no ADMIN_PASSWORD in the environment."""
+    app.config["ADMIN_PASSWORD"] = None
+    monkeypatch.setattr("app.cli.stdin_is_terminal", lambda: True)
+
+
+def test_create_admin_asks_twice_for_a_hidden_password(runner, client, rows, terminal):
+    result = runner.invoke(
+        args=["users", "create-admin", "--email", "ops@example.com"],
+        input="typed-password-1\ntyped-password-1\n",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "Password (at least 8 characters):" in result.output
+    assert "Repeat the password:" in result.output
+    assert "typed-password-1" not in result.output  # hidden: never echoed
+    [user] = rows(User)
+    assert (user.email, user.role) == ("ops@example.com", Role.ADMIN)
+    assert login(client, "ops@example.com", "typed-password-1").status_code == 200
+
+
+def test_create_admin_asks_again_after_a_mismatch_or_a_short_password(
+    runner, client, rows, terminal
+):
+    typed = ["short", "first-try-pass", "other-try-pass", "final-password", "final-password"]
+    result = runner.invoke(
+        args=["users", "create-admin", "--email", "ops@example.com"], input="\n".join(typed) + "\n"
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "must be at least 8 characters" in result.output
+    assert "do not match" in result.output
+    assert login(client, "ops@example.com", "final-password").status_code == 200
+    assert login(client, "ops@example.com", "first-try-pass").status_code == 401
+
+
+def test_create_admin_reads_admin_password_from_the_environment(app, runner, client, rows):
+    app.config["ADMIN_PASSWORD"] = "from-the-env-1"  # Config reads it from os.environ
+
+    result = flask_users(runner, "create-admin --email ops@example.com")
+
+    assert result.exit_code == 0, result.output
+    assert "ADMIN_PASSWORD" in result.output
+    assert "from-the-env-1" not in result.output
+    assert login(client, "ops@example.com", "from-the-env-1").status_code == 200
+
+
+def test_create_admin_refuses_a_short_admin_password(app, runner, rows):
+    app.config["ADMIN_PASSWORD"] = "short"
+
+    result = flask_users(runner, "create-admin --email ops@example.com")
+
+    assert result.exit_code == 1
+    assert "ADMIN_PASSWORD must be at least 8 characters" in result.output
+    assert rows(User) == []
+
+
+def test_create_admin_without_a_terminal_or_admin_password_fails_clearly(app, runner, rows):
+    app.config["ADMIN_PASSWORD"] = None
+
+    result = runner.invoke(
+        args=["users", "create-admin", "--email", "ops@example.com"], input="piped-password\n"
+    )
+
+    assert result.exit_code == 1
+    assert "no terminal to ask for one: set ADMIN_PASSWORD" in result.output
+    assert "Traceback" not in result.output
+    assert rows(User) == []
+
+
+def test_create_admin_password_option_still_wins(app, runner, client):
+    app.config["ADMIN_PASSWORD"] = "from-the-env-1"
+
+    result = flask_users(runner, "create-admin --email ops@example.com --password given-pass-1")
+
+    assert result.exit_code == 0, result.output
+    assert login(client, "ops@example.com", "given-pass-1").status_code == 200
+    assert login(client, "ops@example.com", "from-the-env-1").status_code == 401
+
+
+def test_create_admin_on_a_real_terminal_does_not_echo_the_password(app, database, client):
+    """`flask users create-admin` in a pseudo-terminal, as an operator types it."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    flask = Path(sys.executable).with_name("flask")
+    env = {k: v for k, v in os.environ.items() if k not in ("ADMIN_PASSWORD", "ADMIN_EMAIL")} | {
+        "DATABASE_URL": database,
+        "SECRET_KEY": "pty-test-secret-key-long-enough-0123456789",
+    }
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [flask, "users", "create-admin", "--email", "tty@example.com"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        close_fds=True,
+    )
+    os.close(follower)
+    screen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal screen
+        while text not in screen:
+            # A guard against a hang (a prompt that never comes), not a measure of speed.
+            assert select.select([leader], [], [], 60)[0], screen
+            chunk = os.read(leader, 1024)
+            assert chunk, screen
+            screen += chunk
+
+    try:
+        read_until(b"Password (at least 8 characters): ")
+        os.write(leader, b"terminal-pass-1\n")
+        read_until(b"Repeat the password: ")
+        os.write(leader, b"terminal-pass-1\n")
+        read_until(b"is ready.")
+    except OSError:  # the terminal closed: the process ended early
+        pass
+    finally:
+        assert process.wait(timeout=60) == 0, screen
+        os.close(leader)
+    assert b"terminal-pass-1" not in screen
+    assert login(client, "tty@example.com", "terminal-pass-1").status_code == 200
+
+
 # ---------------------------------------------------------------- ensure-admin
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import mysql, sqlite
 
 from app.database import locked
 from app.emails import BadEmail, canonical_email
 from app.extensions import db
-from app.models import Role, User
+from app.models import RevokedToken, Role, User, utcnow
 from app.services import RuleError
 from app.services.passwords import hash_password, verify_password
 
@@ -103,6 +105,55 @@ def delete_user(user: User) -> None:
     """Soft delete: the row stays for history, its email and username become free again."""
     _guard_last_admin(user, "deleted")
     user.soft_delete()
+
+
+class WrongPassword(RuleError):
+    def __init__(self):
+        super().__init__(422, "The current password is wrong.", "current_password")
+
+
+def check_password(user: User, password: str) -> bool:
+    """Whether this is the user's password (keeping a rehash, as a login does)."""
+    ok, new_hash = verify_password(password, user.password_hash)
+    if ok and new_hash:
+        user.password_hash = new_hash
+    return ok
+
+
+def change_own_account(user: User, changes: dict) -> User:
+    """The user's own changes: a name, or a new password once the current one was checked
+    (check_password). A new password revokes every token of the account."""
+    allowed = {key: changes[key] for key in ("fullname", "password") if key in changes}
+    return update_user(user, allowed)
+
+
+# ---------------------------------------------------------------- revoked tokens
+# A whole account's tokens die by User.token_version (deletion, demotion, new password);
+# one token dies by a row here (log out), kept until the token would have expired anyway.
+# Both live in the database, so every web worker and instance sees them at once.
+
+
+def is_revoked(jti: str | None) -> bool:
+    return jti is None or db.session.get(RevokedToken, jti) is not None
+
+
+def revoke_token(jti: str, user_id: int, expires: int | None) -> None:
+    """Refuse this token from now on; revoking it twice is one revocation."""
+    expires_at = datetime.fromtimestamp(expires, UTC) if expires else utcnow() + timedelta(days=366)
+    row = {"jti": jti, "user_id": user_id, "expires_at": expires_at, "created_at": utcnow()}
+    table = RevokedToken.__table__
+    if db.session.get_bind().dialect.name == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing()
+    else:
+        stmt = mysql.insert(table).prefix_with("IGNORE")
+    db.session.execute(stmt, [row])
+
+
+def prune_revoked_tokens() -> int:
+    """Forget revocations of tokens that have expired (the worker's housekeeping)."""
+    done = db.session.execute(delete(RevokedToken).where(RevokedToken.expires_at < utcnow()))
+    db.session.commit()
+    return done.rowcount
 
 
 def authenticate(email: str, password: str) -> User | None:
