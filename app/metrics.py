@@ -52,6 +52,11 @@ VIEWS_RECORDED = Counter(
     "Product views recorded, by path: stream (Redis) or direct (database).",
     ["path"],
 )
+VIEWS_FALLBACK = Counter(
+    "marketplace_views_fallback_total",
+    "Views written directly to the database because the views stream failed "
+    '(also counted in marketplace_views_recorded_total{path="direct"}).',
+)
 VIEWS_REPEATED = Counter(
     "marketplace_views_repeated_total",
     "Product reads not counted as views: the same client and product within VIEW_DEDUP_SECONDS.",
