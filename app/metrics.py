@@ -71,7 +71,8 @@ VIEWS_APPLIED = Counter(
 )
 EMAILS = Counter(
     "marketplace_emails_total",
-    "Send attempts by the worker, by outcome: sent, pending (retry), failed, unknown.",
+    "Send attempts by the worker, by outcome: sent, pending (retry), failed, unknown, lost "
+    "(another sender had taken the email over).",
     ["outcome"],
 )
 COMMITS_UNCONFIRMED = Counter(
@@ -79,6 +80,15 @@ COMMITS_UNCONFIRMED = Counter(
     "Writes whose commit the database did not confirm, by what the check then found.",
     ["found"],
 )
+
+# Every known label value from the start: a series at 0 rather than none, so that rate()
+# and the dashboard's panels show 0 before the first event instead of "no data".
+for _path in ("stream", "direct", "stream-unconfirmed"):
+    VIEWS_RECORDED.labels(_path)
+for _outcome in ("sent", "pending", "failed", "unknown", "lost"):
+    EMAILS.labels(_outcome)
+for _found in ("committed", "not committed", "unknown"):
+    COMMITS_UNCONFIRMED.labels(_found)
 
 
 def init_app(app: Flask) -> None:
