@@ -176,6 +176,7 @@ def progress(label: str, total: int, unit: str):
         file=sys.stderr,
         hidden=not sys.stderr.isatty(),
         show_pos=True,
+        show_percent=True,
     )
     with bar:
         advance = Progress(bar)
