@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from flask import Flask, g, has_request_context, request
+from flask import Flask, current_app, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
 HEADER = "X-Request-ID"
@@ -114,23 +114,24 @@ def _start() -> None:
 def _finish(response):
     response.headers[HEADER] = request_id()
     route = request.url_rule.rule if request.url_rule is not None else None
-    if route not in QUIET_ROUTES and _log_requests():
+    if route not in QUIET_ROUTES and current_app.config["LOG_REQUESTS"]:
         started = g.get("log_started")
         duration = round((time.perf_counter() - started) * 1000, 2) if started else None
         requests_log.info(
             "%s %s %s",
             request.method,
-            request.path,
+            printable(request.path),
             response.status_code,
             extra={"status": response.status_code, "duration_ms": duration},
         )
     return response
 
 
-def _log_requests() -> bool:
-    from flask import current_app
-
-    return current_app.config["LOG_REQUESTS"]
+def printable(text: str) -> str:
+    """Control characters escaped: a path cannot start a forged line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # ---------------------------------------------------------------- fields on every record

@@ -203,3 +203,11 @@ def test_nginx_passes_the_request_id_on_and_logs_it():
     )
     assert mapping and '"~^[A-Za-z0-9_-]{1,128}$" $http_x_request_id;' in mapping.group(1)
     assert "default $request_id;" in mapping.group(1)
+
+
+def test_a_path_cannot_forge_a_log_line(client, caplog):
+    caplog.set_level(logging.INFO)
+    client.get("/api/products/x%0A2026-01-01 INFO app.requests: GET / 200")
+    [record] = [r for r in caplog.records if r.name == "app.requests"]
+    line = logs.formatter("text").format(record)
+    assert "\n" not in line and "x\\n2026-01-01" in line
