@@ -35,10 +35,11 @@ RUN apt-get update \
 # Built with Debian's python3: the one uWSGI's python3 plugin embeds at run time.
 RUN python3 -m venv /opt/venv
 # The requirements alone first: this layer is rebuilt only when they change, not with
-# the code. Wheels only: no compiler in this image or the next.
+# the code. The locked tree only (every package pinned, each file checked against its
+# hash), and wheels only: no compiler in this image or the next.
 COPY requirements.txt /tmp/requirements.txt
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --only-binary=:all: -r /tmp/requirements.txt
+        --require-hashes --only-binary=:all: -r /tmp/requirements.txt
 
 # ---------------------------------------------------------------- runtime
 FROM debian:bookworm-20260824-slim

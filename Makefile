@@ -6,15 +6,33 @@ FLASK := $(BIN)/flask
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format bench smoke reliability docs-check clean
+.PHONY: run test lint format bench smoke reliability docs-check lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
+# The locked tree only (every package pinned and hashed, wheels only): what CI and the
+# image install is exactly what was reviewed.
 $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/activate
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --require-hashes --only-binary=:all: -r requirements-dev.txt
 	touch $@
+
+## make lock: resolve requirements.in and requirements-dev.in into requirements.txt and
+## requirements-dev.txt (every package, pinned, with hashes). Run it after changing a .in
+## file; versions already locked stay unless LOCK_ARGS=--upgrade (or --upgrade-package NAME).
+UV_VERSION := 0.13.8
+LOCK_VENV := .venv-lock
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
+	--generate-hashes --only-binary :all: --custom-compile-command "make lock" $(LOCK_ARGS)
+$(LOCK_VENV)/.uv-$(UV_VERSION):
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+	touch $@
+
+lock: $(LOCK_VENV)/.uv-$(UV_VERSION)
+	$(UV_COMPILE) requirements.in -o requirements.txt
+	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
 
 ## make run: install, migrate the SQLite database, ensure the first admin, then serve on
 ## :8000 with the worker beside it (it sends the emails: the console mailer prints them)
@@ -57,4 +75,4 @@ docs-check: $(VENV)/.installed
 	$(BIN)/pytest tests/system -m browser $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .ruff_cache

@@ -1,4 +1,8 @@
-"""Tokens: issuing them, turning them into the current user, and the role guards."""
+"""Tokens: issuing them, turning them into the current user, and the role guards.
+
+Each guard also marks its view (``app.openapi.requires``): the OpenAPI document takes the
+operation's ``security`` and its 401/403 answers from the guard, never from the route.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ from flask_smorest import abort
 from app.errors import error_response
 from app.extensions import jwt
 from app.models import Role, User
+from app.openapi import ADMIN, SECURITY, TOKEN_OPTIONAL, TOKEN_REQUIRED, requires
 from app.services.accounts import find_user
 
-BEARER = [{"bearerAuth": []}]
-PUBLIC = [{}, {"bearerAuth": []}]
+# What the guards document, for a route that must say it by hand (``@blp.doc``).
+BEARER = SECURITY[TOKEN_REQUIRED]
+PUBLIC = SECURITY[TOKEN_OPTIONAL]
 
 
 def issue_token(user: User) -> str:
@@ -32,6 +38,7 @@ def optional_user() -> User | None:
 def admin_required(fn):
     """Refuse without a valid token (401) or without the admin role (403)."""
 
+    @requires(ADMIN)
     @wraps(fn)
     def wrapper(*args, **kwargs):
         verify_jwt_in_request()
@@ -42,9 +49,22 @@ def admin_required(fn):
     return wrapper
 
 
+def login_required(fn):
+    """Any signed-in account, admin or read-only: refuse without a valid token (401)."""
+
+    @requires(TOKEN_REQUIRED)
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        verify_jwt_in_request()
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def token_optional(fn):
     """Public route: no header is anonymous, but a header that does not verify is 401."""
 
+    @requires(TOKEN_OPTIONAL)
     @wraps(fn)
     def wrapper(*args, **kwargs):
         if request.headers.get("Authorization"):

@@ -182,6 +182,40 @@ class NotificationQuerySchema(Schema):
     sku = Text(validate=validate.Length(min=1, max=64))
 
 
+MAX_SUMMARY_DAYS = 366
+
+
+class NotificationSummaryQuerySchema(Schema):
+    days = fields.Integer(
+        load_default=7,
+        validate=validate.Range(min=1, max=MAX_SUMMARY_DAYS),
+        metadata={"description": "How many UTC days, today included (7 by default)."},
+    )
+
+
+def status_count(description: str) -> fields.Integer:
+    return fields.Integer(metadata={"description": description})
+
+
+class DeliveryCountsSchema(Schema):
+    pending = status_count("Due, or waiting for a retry.")
+    sending = status_count("Handed to SES, its answer not yet recorded.")
+    sent = status_count("Accepted by SES.")
+    failed = status_count("Refused by SES every time.")
+    unknown = status_count("SES may or may not have taken it.")
+
+
+class DeliveryDaySchema(DeliveryCountsSchema):
+    date = fields.Date(metadata={"description": "The UTC day the emails were written."})
+
+
+class NotificationSummarySchema(DeliveryCountsSchema):
+    start = fields.Date(data_key="from")
+    end = fields.Date(data_key="to")
+    days = fields.Integer()
+    by_day = fields.List(fields.Nested(DeliveryDaySchema))
+
+
 # ---------------------------------------------------------------- statistics
 
 MAX_RANGE_DAYS = 366
@@ -232,6 +266,15 @@ class DayStatsSchema(Schema):
     views = fields.Integer()
     anonymous_views = fields.Integer()
     registered_views = fields.Integer()
+
+
+class CatalogStatsSchema(Schema):
+    start = fields.Date(data_key="from")
+    end = fields.Date(data_key="to")
+    views = fields.Integer()
+    anonymous_views = fields.Integer()
+    registered_views = fields.Integer()
+    by_day = fields.List(fields.Nested(DayStatsSchema))
 
 
 class ProductStatsSchema(Schema):

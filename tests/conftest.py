@@ -44,6 +44,16 @@ def drop_everything(url: str) -> None:
     engine.dispose()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_shared_redis():
+    """The suite never uses the Redis a shell may point at (REDIS_URL for `make run`): the
+    tests that need Redis take the ``redis_url`` fixture's own server."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("REDIS_URL", "RATELIMIT_STORAGE_URI"):
+            env.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def database(request, tmp_path_factory) -> str:
     if request.param == "sqlite":

@@ -34,8 +34,10 @@ def test_the_spec_lists_every_route_with_bearer_security(client):
         ("PATCH", "/api/users/{user_id}"),
         ("DELETE", "/api/users/{user_id}"),
         ("GET", "/api/notifications"),
+        ("GET", "/api/notifications/summary"),
         ("GET", "/api/products/{sku}/stats"),
         ("GET", "/api/stats/products"),
+        ("GET", "/api/stats/views"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
     } == operations
@@ -50,6 +52,131 @@ def test_the_spec_lists_every_route_with_bearer_security(client):
     assert {"X-Pagination", "Link"} <= set(listing)
     create = spec["paths"]["/api/products"]["post"]["requestBody"]["content"]
     assert create["application/json"]["example"]["sku"] == "d7iy6euiue"
+
+
+def operations(spec: dict):
+    for path, ops in spec["paths"].items():
+        for method, operation in ops.items():
+            if method != "parameters":
+                yield method, path, operation
+
+
+def concrete(path: str) -> str:
+    return path.replace("{sku}", "abc").replace("{user_id}", "1")
+
+
+def test_the_document_says_where_to_send_and_how_to_authorize(client):
+    spec = client.get("/api/openapi.json").json
+    assert spec["servers"] == [{"url": "/"}]
+    description = spec["info"]["description"]
+    assert "POST /users/login" in description
+    assert "Authorize" in description and "access_token" in description
+
+
+def test_the_padlocks_follow_the_guards(client):
+    spec = client.get("/api/openapi.json").json
+    security = {(m.upper(), p): op["security"] for m, p, op in operations(spec)}
+    bearer, optional = [{"bearerAuth": []}], [{}, {"bearerAuth": []}]
+    # Admin routes: a token only (Swagger UI's padlock, open until Authorize).
+    assert security.pop(("POST", "/api/products")) == bearer
+    assert security.pop(("DELETE", "/api/users/{user_id}")) == bearer
+    assert security.pop(("GET", "/api/stats/products")) == bearer
+    # Public reads: anonymous, or a token (then the reader is known).
+    assert security.pop(("GET", "/api/products")) == optional
+    assert security.pop(("GET", "/api/products/{sku}")) == optional
+    # No token at all: no padlock.
+    assert security.pop(("POST", "/users/login")) == []
+    assert security.pop(("GET", "/healthz")) == []
+    assert all(value in (bearer, optional, []) for value in security.values()), security
+
+
+def test_every_guarded_operation_documents_its_401_and_403(client):
+    spec = client.get("/api/openapi.json").json
+    refs = spec["components"]["responses"]
+    for code, name in (("401", "Unauthorized"), ("403", "Forbidden")):
+        schema = refs[name]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/Error"}, code
+    assert "WWW-Authenticate" in refs["Unauthorized"]["headers"]
+    for method, path, operation in operations(spec):
+        responses, label = operation["responses"], f"{method.upper()} {path}"
+        if operation["security"] == [{"bearerAuth": []}]:
+            assert responses["401"] == {"$ref": "#/components/responses/Unauthorized"}, label
+            assert responses["403"] == {"$ref": "#/components/responses/Forbidden"}, label
+        elif operation["security"]:
+            assert responses["401"] == {"$ref": "#/components/responses/Unauthorized"}, label
+            assert "403" not in responses, label
+        else:
+            assert "403" not in responses, label
+
+
+def test_the_document_tells_the_truth_about_tokens(client, make):
+    """What each operation's padlock promises is what a caller meets: without a token an
+    admin operation is 401, with a reader's token 403; a public one answers without it."""
+    spec = client.get("/api/openapi.json").json
+    make.product("abc")
+    reader = make.reader()
+    for method, path, operation in operations(spec):
+        label = f"{method.upper()} {path}"
+        call = getattr(client, method)
+        anonymous = call(concrete(path), json={})
+        if operation["security"] == [{"bearerAuth": []}]:
+            assert anonymous.status_code == 401, label
+            assert anonymous.headers["WWW-Authenticate"].startswith("Bearer"), label
+            as_reader = call(concrete(path), json={}, headers=reader["headers"]).status_code
+            if "403" in operation["responses"]:
+                assert as_reader == 403, label
+            else:
+                assert as_reader not in (401, 403), label
+        else:
+            assert anonymous.status_code not in (401, 403) or path == "/users/login", label
+        if operation["security"]:
+            forged = call(concrete(path), json={}, headers={"Authorization": "Bearer x.y.z"})
+            assert forged.status_code == 401, label
+
+
+def test_a_new_route_is_documented_by_its_guard(app):
+    """A view gets its security and refusals from the guard alone (no @blp.doc)."""
+    from flask.views import MethodView
+
+    from app.auth import admin_required, login_required, token_optional
+    from app.extensions import openapi
+    from app.openapi import Blueprint
+
+    blp = Blueprint("extra", __name__, url_prefix="/api/extra")
+
+    @blp.route("/mine")
+    class Mine(MethodView):
+        @login_required
+        @blp.response(200)
+        def get(self):
+            """Something of the signed-in account."""
+            return {}
+
+        @admin_required
+        @blp.response(204)
+        def delete(self):
+            """Something only an admin does."""
+
+    @blp.route("/open")
+    class Open(MethodView):
+        @token_optional
+        @blp.response(200)
+        def get(self):
+            """Anyone reads it."""
+            return {}
+
+    openapi.register_blueprint(blp)
+    spec = app.test_client().get("/api/openapi.json").json
+    mine, public = spec["paths"]["/api/extra/mine"], spec["paths"]["/api/extra/open"]
+    assert mine["get"]["security"] == [{"bearerAuth": []}]
+    assert {"401", "422"} <= set(mine["get"]["responses"]) and "403" not in mine["get"]["responses"]
+    assert mine["delete"]["security"] == [{"bearerAuth": []}]
+    assert {"401", "403"} <= set(mine["delete"]["responses"])
+    assert public["get"]["security"] == [{}, {"bearerAuth": []}]
+    client = app.test_client()
+    assert client.get("/api/extra/mine").status_code == 401
+    assert client.get("/api/extra/open").status_code == 200
+    assert client.get("/api/extra/open?x=1").json["errors"] == {"query": {"x": ["Unknown field."]}}
 
 
 def test_the_postman_collection_covers_every_operation(app, runner):

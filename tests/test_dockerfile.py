@@ -218,6 +218,7 @@ def test_requirements_are_installed_before_the_code_is_copied(dockerfile):
     assert code, "the code is copied"
     assert requirements.line < install.line < min(i.line for i in code)
     assert "--no-cache-dir" in install.args
+    assert "--require-hashes" in install.args  # the locked tree, each file checked
 
 
 def test_apt_installs_are_lean_and_clean_up(dockerfile):

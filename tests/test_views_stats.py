@@ -408,7 +408,7 @@ def test_csv_file_names_carry_the_range_and_bom_is_optional(app, client, make, a
 )
 def test_bad_ranges_are_422_naming_the_field(client, make, admin, query, field):
     make.product("abc")
-    for path in ("/api/products/abc/stats", "/api/stats/products"):
+    for path in ("/api/products/abc/stats", "/api/stats/products", "/api/stats/views"):
         response = client.get(f"{path}?{query}", headers=admin["headers"])
         assert response.status_code == 422, path
         assert field in response.json["errors"]["query"]
@@ -416,7 +416,7 @@ def test_bad_ranges_are_422_naming_the_field(client, make, admin, query, field):
 
 def test_statistics_are_for_admins_only(client, make, reader):
     make.product("abc")
-    for path in ("/api/products/abc/stats", "/api/stats/products"):
+    for path in ("/api/products/abc/stats", "/api/stats/products", "/api/stats/views"):
         assert client.get(path).status_code == 401
         assert client.get(path, headers=reader["headers"]).status_code == 403
 

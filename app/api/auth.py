@@ -17,7 +17,6 @@ blp = Blueprint("auth", __name__, url_prefix="/users", description="Log in for a
 
 @blp.route("/login")
 class Login(MethodView):
-    @blp.doc(security=[])
     @blp.arguments(LoginSchema, example={"email": "admin@example.com", "password": "rgu7ue56ie"})
     @blp.response(200, TokenSchema)
     @blp.alt_response(401, schema=ErrorSchema, description="Wrong email or password.")

@@ -22,7 +22,6 @@ class HealthSchema(Schema):
 
 @blp.route("/healthz")
 class Health(MethodView):
-    @blp.doc(security=[])
     @blp.response(200, HealthSchema)
     def get(self):
         """The process is alive (no dependency is checked)."""
@@ -31,7 +30,6 @@ class Health(MethodView):
 
 @blp.route("/readyz")
 class Ready(MethodView):
-    @blp.doc(security=[])
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, description="The database is unreachable.")
     def get(self):

@@ -3,11 +3,17 @@
 from flask.views import MethodView
 from sqlalchemy import select
 
-from app.auth import BEARER, admin_required
+from app.auth import admin_required
 from app.models import Notification
 from app.openapi import Blueprint
 from app.pagination import page_of
-from app.schemas import NotificationQuerySchema, NotificationSchema
+from app.schemas import (
+    NotificationQuerySchema,
+    NotificationSchema,
+    NotificationSummaryQuerySchema,
+    NotificationSummarySchema,
+)
+from app.services.notifications import delivery_summary
 
 blp = Blueprint(
     "notifications",
@@ -19,7 +25,6 @@ blp = Blueprint(
 
 @blp.route("")
 class Notifications(MethodView):
-    @blp.doc(security=BEARER)
     @admin_required
     @blp.arguments(NotificationQuerySchema, location="query", as_kwargs=True)
     @blp.response(200, NotificationSchema(many=True))
@@ -32,3 +37,13 @@ class Notifications(MethodView):
         if sku:
             query = query.where(Notification.sku == sku)
         return page_of(query.order_by(Notification.id.desc()), pagination_parameters)
+
+
+@blp.route("/summary")
+class NotificationSummary(MethodView):
+    @admin_required
+    @blp.arguments(NotificationSummaryQuerySchema, location="query", as_kwargs=True)
+    @blp.response(200, NotificationSummarySchema)
+    def get(self, days):
+        """Count product-change emails by status per day of the last days (admin)."""
+        return delivery_summary(days)

@@ -6,7 +6,7 @@ from flask_jwt_extended import current_user
 from flask_smorest import abort
 
 from app import conditional
-from app.auth import BEARER, PUBLIC, admin_required, optional_user, token_optional
+from app.auth import admin_required, optional_user, token_optional
 from app.errors import ErrorSchema
 from app.openapi import Blueprint
 from app.schemas import (
@@ -79,7 +79,6 @@ ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "The versio
 
 @blp.route("")
 class Products(MethodView):
-    @blp.doc(security=PUBLIC)
     @token_optional
     @blp.arguments(ProductQuerySchema, location="query", as_kwargs=True)
     @blp.response(200, ProductSchema(many=True))
@@ -92,7 +91,7 @@ class Products(MethodView):
         pagination_parameters.item_count = total
         return items
 
-    @blp.doc(security=BEARER, parameters=CONDITIONAL["parameters"][1:])
+    @blp.doc(parameters=CONDITIONAL["parameters"][1:])
     @admin_required
     @writes
     @blp.arguments(ProductCreateSchema, example=SEED_PRODUCT)
@@ -111,7 +110,6 @@ class Products(MethodView):
 
 @blp.route("/<string:sku>")
 class ProductsBySku(MethodView):
-    @blp.doc(security=PUBLIC)
     @token_optional
     @blp.response(200, ProductSchema, headers=ETAG_HEADER)
     @blp.alt_response(304, description="Not modified (If-None-Match): still a view.")
@@ -128,7 +126,7 @@ class ProductsBySku(MethodView):
             return Response(status=304, headers=conditional.headers(product))
         return product, conditional.headers(product)
 
-    @blp.doc(security=BEARER, parameters=CONDITIONAL["parameters"])
+    @blp.doc(parameters=CONDITIONAL["parameters"])
     @admin_required
     @writes
     @blp.arguments(ProductUpdateSchema, example={"price": 500})
@@ -139,7 +137,7 @@ class ProductsBySku(MethodView):
         """Change some fields of a product (admin); the sku cannot change."""
         return update(sku, data)
 
-    @blp.doc(security=BEARER, parameters=CONDITIONAL["parameters"])
+    @blp.doc(parameters=CONDITIONAL["parameters"])
     @admin_required
     @writes
     @blp.arguments(ProductUpdateSchema, example={"quantity": 7})
@@ -150,7 +148,7 @@ class ProductsBySku(MethodView):
         """Change some fields of a product (admin); same as PUT."""
         return update(sku, data)
 
-    @blp.doc(security=BEARER, parameters=CONDITIONAL["parameters"])
+    @blp.doc(parameters=CONDITIONAL["parameters"])
     @admin_required
     @writes
     @blp.response(204)

@@ -9,10 +9,11 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import abort
 
-from app.auth import BEARER, admin_required
+from app.auth import admin_required
 from app.errors import ErrorSchema
 from app.openapi import Blueprint
 from app.schemas import (
+    CatalogStatsSchema,
     ProductStatsSchema,
     StatsQuerySchema,
     TopProductSchema,
@@ -36,6 +37,7 @@ def json_or_csv(json_schema: dict) -> dict:
     return {"responses": {"200": {"content": {"application/json": {"schema": json_schema}, **CSV}}}}
 
 
+CATALOG_STATS_DOC = json_or_csv({"$ref": "#/components/schemas/CatalogStats"})
 PRODUCT_STATS_DOC = json_or_csv({"$ref": "#/components/schemas/ProductStats"})
 TOP_PRODUCTS_DOC = json_or_csv(
     {"type": "array", "items": {"$ref": "#/components/schemas/TopProduct"}}
@@ -78,9 +80,33 @@ def date_range(query: dict) -> str:
     return f"{query['start'].isoformat()}-to-{query['end'].isoformat()}"
 
 
+def by_day_csv(by_day: list[dict], filename: str, bom: bool) -> Response:
+    rows = [
+        [d["date"].isoformat(), d["views"], d["anonymous_views"], d["registered_views"]]
+        for d in by_day
+    ]
+    return csv_response(
+        ["date", "views", "anonymous_views", "registered_views"], rows, filename, bom
+    )
+
+
+@blp.route("/stats/views")
+class CatalogStats(MethodView):
+    @blp.doc(**CATALOG_STATS_DOC)
+    @admin_required
+    @blp.arguments(StatsQuerySchema, location="query")
+    @blp.response(200, CatalogStatsSchema)
+    def get(self, query):
+        """Views of the whole catalog per day in a range (admin); deleted products included."""
+        stats = tracking.catalog_stats(query["start"], query["end"])
+        if not wants_csv(query):
+            return stats
+        return by_day_csv(stats["by_day"], f"views-{date_range(query)}.csv", query["bom"])
+
+
 @blp.route("/products/<string:sku>/stats")
 class ProductStats(MethodView):
-    @blp.doc(security=BEARER, **PRODUCT_STATS_DOC)
+    @blp.doc(**PRODUCT_STATS_DOC)
     @admin_required
     @blp.arguments(StatsQuerySchema, location="query")
     @blp.response(200, ProductStatsSchema)
@@ -93,21 +119,14 @@ class ProductStats(MethodView):
         stats = tracking.product_stats(product, query["start"], query["end"])
         if not wants_csv(query):
             return stats
-        rows = [
-            [d["date"].isoformat(), d["views"], d["anonymous_views"], d["registered_views"]]
-            for d in stats["by_day"]
-        ]
-        return csv_response(
-            ["date", "views", "anonymous_views", "registered_views"],
-            rows,
-            f"{product.sku}-views-{date_range(query)}.csv",
-            query["bom"],
+        return by_day_csv(
+            stats["by_day"], f"{product.sku}-views-{date_range(query)}.csv", query["bom"]
         )
 
 
 @blp.route("/stats/products")
 class TopProducts(MethodView):
-    @blp.doc(security=BEARER, **TOP_PRODUCTS_DOC)
+    @blp.doc(**TOP_PRODUCTS_DOC)
     @admin_required
     @blp.arguments(TopQuerySchema, location="query")
     @blp.response(200, TopProductSchema(many=True))

@@ -5,7 +5,7 @@ from flask.views import MethodView
 from flask_smorest import abort
 from sqlalchemy import select
 
-from app.auth import BEARER, admin_required
+from app.auth import admin_required
 from app.errors import ErrorSchema
 from app.models import User
 from app.openapi import Blueprint
@@ -64,7 +64,6 @@ IDEMPOTENCY_KEY = [
 
 @blp.route("")
 class Users(MethodView):
-    @blp.doc(security=BEARER)
     @admin_required
     @blp.response(200, UserSchema(many=True))
     @blp.paginate()
@@ -73,7 +72,7 @@ class Users(MethodView):
         live = select(User).where(User.is_active).order_by(User.id)
         return page_of(live, pagination_parameters)
 
-    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
+    @blp.doc(parameters=IDEMPOTENCY_KEY)
     @admin_required
     @writes
     @blp.arguments(UserCreateSchema, example=SEED_USER)
@@ -87,7 +86,6 @@ class Users(MethodView):
 
 @blp.route("/<int(max=2147483647):user_id>")
 class UsersById(MethodView):
-    @blp.doc(security=BEARER)
     @admin_required
     @blp.response(200, UserSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No such user.")
@@ -95,7 +93,7 @@ class UsersById(MethodView):
         """Read one user (admin)."""
         return get_or_404(user_id)
 
-    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
+    @blp.doc(parameters=IDEMPOTENCY_KEY)
     @admin_required
     @writes
     @blp.arguments(UserUpdateSchema, example={"rol": 1})
@@ -105,7 +103,7 @@ class UsersById(MethodView):
         """Change some fields of a user (admin)."""
         return update(user_id, data)
 
-    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
+    @blp.doc(parameters=IDEMPOTENCY_KEY)
     @admin_required
     @writes
     @blp.arguments(UserUpdateSchema, example={"fullname": "Arnoldo M."})
@@ -115,7 +113,7 @@ class UsersById(MethodView):
         """Change some fields of a user (admin); same as PUT."""
         return update(user_id, data)
 
-    @blp.doc(security=BEARER, parameters=IDEMPOTENCY_KEY)
+    @blp.doc(parameters=IDEMPOTENCY_KEY)
     @admin_required
     @writes
     @blp.response(204)

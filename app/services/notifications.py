@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from app import streams
 from app.extensions import db
 from app.fields import CONTROL_CHARACTERS
 from app.mail import Email
-from app.models import Notification, Product, Role, User, utcnow
+from app.models import Notification, NotificationStatus, Product, Role, User, utcnow
 
 # Set on the session when it holds new rows; read by the after-commit wake-up.
 PENDING_KEY = "notifications_added"
@@ -148,3 +149,39 @@ def render(row: Notification) -> Email:
         f"<p>{heading}:</p><ul>{items}</ul>"
     )
     return Email(to=row.recipient, subject=subject, text=text, html=body, notification_id=row.id)
+
+
+# ---------------------------------------------------------------- delivery summary
+
+
+def delivery_summary(days: int) -> dict:
+    """How the emails of the last ``days`` UTC days (today included) stand, per day of
+    their creation and status, and in all."""
+    end = utcnow().date()
+    start = end - timedelta(days=days - 1)
+    since = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
+    day = func.date(Notification.created_at)
+    counts = {
+        (_as_date(created), status): int(count)
+        for created, status, count in db.session.execute(
+            select(day, Notification.status, func.count())
+            .where(Notification.created_at >= since)
+            .group_by(day, Notification.status)
+        )
+    }
+    by_day = []
+    for offset in range(days):
+        date_ = start + timedelta(days=offset)
+        by_day.append(
+            {"date": date_, **{status: counts.get((date_, status), 0) for status in STATUSES}}
+        )
+    totals = {status: sum(d[status] for d in by_day) for status in STATUSES}
+    return {"start": start, "end": end, "days": days, **totals, "by_day": by_day}
+
+
+STATUSES = [status.value for status in NotificationStatus]
+
+
+def _as_date(value) -> date:
+    """DATE() answers a date on MariaDB and its ISO text on SQLite."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value))

@@ -253,6 +253,48 @@ def _same_sku(sku: str):
     return select(Product.id).where(Product.sku == sku).scalar_subquery()
 
 
+def _days(start: date, end: date, per_day: dict[date, tuple[int, int]]) -> list[dict]:
+    """Every day of [start, end] with its views (0 on a day without any)."""
+    by_day = []
+    day = start
+    while day <= end:
+        anon, reg = per_day.get(day, (0, 0))
+        by_day.append(
+            {"date": day, "views": anon + reg, "anonymous_views": anon, "registered_views": reg}
+        )
+        day += timedelta(days=1)
+    return by_day
+
+
+def _totals(by_day: list[dict]) -> dict:
+    anonymous = sum(d["anonymous_views"] for d in by_day)
+    registered = sum(d["registered_views"] for d in by_day)
+    return {
+        "views": anonymous + registered,
+        "anonymous_views": anonymous,
+        "registered_views": registered,
+    }
+
+
+def catalog_stats(start: date, end: date) -> dict:
+    """Views of the whole catalog per day (deleted products included), from the roll-ups."""
+    with stats_session() as session:
+        per_day = {
+            day: (int(anon), int(reg))
+            for day, anon, reg in session.execute(
+                select(
+                    DailyProductViews.day,
+                    func.sum(DailyProductViews.anonymous_views),
+                    func.sum(DailyProductViews.registered_views),
+                )
+                .where(DailyProductViews.day.between(start, end))
+                .group_by(DailyProductViews.day)
+            )
+        }
+    by_day = _days(start, end, per_day)
+    return {"start": start, "end": end, **_totals(by_day), "by_day": by_day}
+
+
 def product_stats(product: Product, start: date, end: date) -> dict:
     ids = _same_sku(product.sku)
     in_range = DailyProductViews.day.between(start, end)
@@ -275,24 +317,13 @@ def product_stats(product: Product, start: date, end: date) -> dict:
                 DailyProductViewer.day.between(start, end),
             )
         )
-    by_day = []
-    day = start
-    while day <= end:
-        anon, reg = per_day.get(day, (0, 0))
-        by_day.append(
-            {"date": day, "views": anon + reg, "anonymous_views": anon, "registered_views": reg}
-        )
-        day += timedelta(days=1)
-    anonymous = sum(d["anonymous_views"] for d in by_day)
-    registered = sum(d["registered_views"] for d in by_day)
+    by_day = _days(start, end, per_day)
     return {
         "sku": product.sku,
         "name": product.name,
         "start": start,
         "end": end,
-        "views": anonymous + registered,
-        "anonymous_views": anonymous,
-        "registered_views": registered,
+        **_totals(by_day),
         "unique_registered_viewers": unique or 0,
         "by_day": by_day,
     }

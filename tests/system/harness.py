@@ -611,7 +611,8 @@ def debian_venv(source: Path = ROOT, cache: Path = VENV_CACHE) -> Path:
         shutil.rmtree(venv, ignore_errors=True)  # a build that was interrupted
         subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, timeout=300)
         pip = [venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check"]
-        done = run([*pip, "-r", source / "requirements.txt"], timeout=900)
+        locked = ["--require-hashes", "--only-binary=:all:", "-r", source / "requirements.txt"]
+        done = run([*pip, *locked], timeout=900)
         if done.returncode != 0:
             raise HarnessError(f"pip install into {venv} failed:\n{done.stderr[-3000:]}")
         (venv / ".complete").touch()

@@ -87,6 +87,18 @@ def test_swagger_ui_in_chromium_draws_every_operation(served):
         1 for ops in spec["paths"].values() for method in ops if method != "parameters"
     )
     assert dom.count('class="opblock-summary-path"') == operations
+    # The padlocks, before Authorize: none where no token is taken (login, health), open
+    # wherever one is (admin routes and the public reads that accept one alike).
+    security = [
+        op["security"]
+        for ops in spec["paths"].values()
+        for method, op in ops.items()
+        if method != "parameters"
+    ]
+    assert dom.count('aria-label="authorization button unlocked"') == sum(
+        1 for s in security if {"bearerAuth": []} in s
+    )
+    assert 'aria-label="authorization button locked"' not in dom
 
 
 def test_newman_runs_the_postman_collection_every_request_2xx(served):
