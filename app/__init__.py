@@ -6,7 +6,7 @@ from flask import Flask
 
 from app import auth, cli, database, errors, extensions, logs, metrics, security, streams
 from app.api import auth as login
-from app.api import dashboard, docs, health, notifications, products, stats, users
+from app.api import catalog, dashboard, docs, health, notifications, products, stats, users
 from app.api import metrics as metrics_api
 from app.config import INSTANCE_DIR, Config, config_for_environment
 from app.services import notifications as notification_rows
@@ -41,7 +41,7 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (login, products, users, notifications, stats, health):
+    for module in (login, products, catalog, users, notifications, stats, health):
         extensions.openapi.register_blueprint(module.blp)
     app.register_blueprint(docs.blp)
     app.register_blueprint(dashboard.blp)

@@ -180,6 +180,10 @@ class Config:
         self.ADMIN_EMAIL = env_str("ADMIN_EMAIL")
         self.ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")
         self.MAX_CONTENT_LENGTH = env_int("MAX_BODY_BYTES", 64 * 1024)
+        # POST /api/catalog/import only: a file of up to IMPORT_MAX_ROWS products (nginx.conf
+        # lets a little more through to it, so that this limit answers).
+        self.IMPORT_MAX_BODY_BYTES = env_int("IMPORT_MAX_BODY_BYTES", 10 * 1024 * 1024)
+        self.IMPORT_MAX_ROWS = env_int("IMPORT_MAX_ROWS", 20_000)
 
         # Product-change emails (the outbox).
         self.MAIL_BACKEND = (env_str("MAIL_BACKEND") or self.DEFAULT_MAIL_BACKEND).lower()

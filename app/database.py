@@ -42,6 +42,17 @@ def locked(query):
     transaction ends, so that concurrent changes of it take turns. MySQL/MariaDB lock the
     row (FOR UPDATE). SQLite has no row locks: a write that changes nothing takes the
     database's write lock first (pysqlite begins the transaction at the first write)."""
+    _take_sqlite_write_lock(query)
+    return db.session.scalar(query.with_for_update().execution_options(populate_existing=True))
+
+
+def locked_rows(query):
+    """Every row ``query`` selects (entities or columns), locked as ``locked`` locks one."""
+    _take_sqlite_write_lock(query)
+    return db.session.execute(query.with_for_update())
+
+
+def _take_sqlite_write_lock(query) -> None:
     if db.engine.dialect.name == "sqlite":
         model = query.column_descriptions[0]["entity"]
         db.session.execute(
@@ -50,7 +61,6 @@ def locked(query):
             .values(id=model.id)
             .execution_options(synchronize_session=False)
         )
-    return db.session.scalar(query.with_for_update().execution_options(populate_existing=True))
 
 
 def remove_session_safely(_exc=None) -> None:

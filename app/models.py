@@ -162,9 +162,14 @@ class Product(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    @staticmethod
+    def key_of(sku: str) -> str:
+        """The lookup key of a sku (its lowercased form)."""
+        return sku.lower()
+
     @validates("sku")
     def _derive_sku_key(self, _key: str, sku: str) -> str:
-        self.sku_key = sku.lower()
+        self.sku_key = self.key_of(sku)
         return sku
 
     def soft_delete(self) -> None:
@@ -185,7 +190,8 @@ class NotificationStatus(enum.StrEnum):
 
 
 class Notification(db.Model):
-    """One email to one admin about one product change: the transactional outbox.
+    """One email to one admin about one product change (or one catalog import): the
+    transactional outbox.
 
     Written in the same transaction as the change. A row is *claimed* by a sender for a
     short lease (``claim_token``/``claimed_until``) while its email is handed to the mailer,
@@ -203,9 +209,10 @@ class Notification(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     recipient: Mapped[str] = mapped_column(String(254))
     recipient_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
-    sku: Mapped[str] = mapped_column(text_column(64))
-    product_name: Mapped[str] = mapped_column(String(200))
+    # None for a catalog import's summary (event "imported"), which is about many products.
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"), index=True)
+    sku: Mapped[str | None] = mapped_column(text_column(64))
+    product_name: Mapped[str | None] = mapped_column(String(200))
     event: Mapped[str] = mapped_column(String(16))
     changes: Mapped[dict] = mapped_column(JSON)
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))

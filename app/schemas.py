@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import (
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from app.fields import Count, LowerEmail, Price, Text, text
 from app.models import NotificationStatus, Role
@@ -93,6 +101,88 @@ class ProductQuerySchema(Schema):
             raise ValidationError("Must not be more than max_price.", field_name="min_price")
 
 
+# ---------------------------------------------------------------- catalog import and export
+
+# The columns of an import or export file, in order; quantity may be left out of an import.
+CATALOG_COLUMNS = ("sku", "name", "price", "mark", "quantity")
+
+
+class ProductImportSchema(ProductCreateSchema):
+    """One row of an import: the create route's fields and rules. Without quantity, a new
+    product gets 0 and an existing one keeps its own."""
+
+    quantity = Count(metadata={"example": 5})
+
+
+class ImportQuerySchema(Schema):
+    dry_run = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "true: check the file and report what would change; "
+            "nothing is written and nobody is emailed."
+        },
+    )
+
+
+class ImportedSchema(Schema):
+    count = fields.Integer(metadata={"example": 2})
+    skus = fields.List(
+        fields.String(),
+        metadata={"example": ["d7iy6euiue", "k2"], "description": "The first 100, in file order."},
+    )
+
+
+class ImportReportSchema(Schema):
+    dry_run = fields.Boolean(metadata={"description": "true: nothing was written."})
+    rows = fields.Integer(metadata={"example": 3, "description": "Products in the file."})
+    created = fields.Nested(ImportedSchema)
+    updated = fields.Nested(ImportedSchema)
+    unchanged = fields.Nested(ImportedSchema)
+
+
+class RowErrorSchema(Schema):
+    row = fields.Integer(
+        metadata={
+            "example": 3,
+            "description": "CSV: the line number (the header is line 1). "
+            "JSON: the index in the array (from 0).",
+        }
+    )
+    field = fields.String(allow_none=True, metadata={"example": "price"})
+    message = fields.String(metadata={"example": "Must be 0 or more."})
+
+
+class RowErrorsSchema(Schema):
+    class Meta:
+        # A 422 from elsewhere (an Idempotency-Key reused) names its own location.
+        unknown = INCLUDE
+
+    rows = fields.List(
+        fields.Nested(RowErrorSchema), metadata={"description": "The first 1000 errors."}
+    )
+
+
+class ImportRefusedSchema(Schema):
+    """A refused import: nothing was written."""
+
+    code = fields.Integer(metadata={"example": 422})
+    status = fields.String(metadata={"example": "Unprocessable Entity"})
+    message = fields.String(metadata={"example": "2 errors in 2 rows; nothing was imported."})
+    errors = fields.Nested(RowErrorsSchema)
+
+
+class ExportQuerySchema(ProductQuerySchema):
+    format = fields.String(
+        load_default="csv",
+        validate=validate.OneOf(["csv", "json"]),
+        metadata={"description": "csv (the default) or json: the columns the import takes."},
+    )
+    bom = fields.Boolean(
+        load_default=False,
+        metadata={"description": "CSV only: start with a UTF-8 byte order mark (Excel)."},
+    )
+
+
 # ---------------------------------------------------------------- users
 
 ROLES = validate.OneOf([Role.ADMIN.value, Role.READER.value], error="Must be 1 (admin) or 2.")
@@ -156,12 +246,19 @@ class UserUpdateSchema(Schema):
 class NotificationSchema(Schema):
     id = fields.Integer()
     recipient = fields.String(metadata={"example": "admin@example.com"})
-    sku = fields.String(metadata={"example": "d7iy6euiue"})
-    event = fields.String(metadata={"example": "updated"})
+    sku = fields.String(
+        allow_none=True,
+        metadata={"example": "d7iy6euiue", "description": "null for an import's summary."},
+    )
+    event = fields.String(
+        metadata={"example": "updated", "description": "created, updated, deleted or imported."}
+    )
     changes = fields.Dict(
         metadata={
             "example": {"price": {"old": 300, "new": 500}},
-            "description": "Each changed field as {old, new}.",
+            "description": "Each changed field as {old, new}; for an import's summary, the "
+            "counts (created, updated, unchanged) and the first products changed "
+            "(products: [{sku, event, changes}]).",
         }
     )
     status = fields.String(

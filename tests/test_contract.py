@@ -34,6 +34,8 @@ def test_the_spec_lists_every_route_with_bearer_security(client):
         ("PATCH", "/api/users/{user_id}"),
         ("DELETE", "/api/users/{user_id}"),
         ("GET", "/api/notifications"),
+        ("POST", "/api/catalog/import"),
+        ("GET", "/api/catalog/export"),
         ("GET", "/api/notifications/summary"),
         ("GET", "/api/products/{sku}/stats"),
         ("GET", "/api/stats/products"),

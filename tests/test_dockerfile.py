@@ -340,7 +340,10 @@ def test_nginx_conf_has_the_essentials():
     assert ["/etc/nginx/uwsgi_params"] in [args for name, args in directives if name == "include"]
     upstreams = [args for name, args in directives if name == "server" and args]
     assert upstreams == [[f"unix:{DEFAULT_SOCKET}"]], "app.ini's default socket"
-    assert single["client_max_body_size"] == ["1m"]
+    # 1m everywhere, more for the catalog import's files (its own location) only.
+    sizes = [args for name, args in directives if name == "client_max_body_size"]
+    assert sizes == [["1m"], ["12m"]]
+    assert "location = /api/catalog/import {" in text
     logs = [args[0] for name, args in directives if name == "access_log"]
     assert logs[0] == "/dev/stdout" and set(logs) <= {"/dev/stdout", "off"}
     assert single["error_log"][0] in ("stderr", "/dev/stderr")

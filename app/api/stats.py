@@ -20,6 +20,7 @@ from app.schemas import (
     TopQuerySchema,
 )
 from app.services import catalog, tracking
+from app.spreadsheets import csv_cell
 
 blp = Blueprint(
     "stats",
@@ -49,17 +50,6 @@ def wants_csv(query: dict) -> bool:
         return query["format"] == "csv"
     best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
     return best == "text/csv"
-
-
-# A cell a spreadsheet would read as a formula (OWASP's CSV injection rule).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(value):
-    """The value, with a ' before text a spreadsheet would run as a formula."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
 
 
 def csv_response(header: list[str], rows: list[list], filename: str, bom: bool) -> Response:

@@ -70,6 +70,58 @@ def notify(change: Change) -> list[Notification]:
     return rows
 
 
+# How many product changes an import's summary email lists (the counts cover them all).
+SUMMARY_CHANGES = 20
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What a catalog import changed, by whom: the material of one email per admin."""
+
+    actor: User | None
+    created: int
+    updated: int
+    unchanged: int
+    # The first SUMMARY_CHANGES changes in file order: (sku, event, {field: [old, new]}).
+    changes: list[tuple[str, str, dict[str, list]]]
+
+
+def notify_import(summary: ImportSummary) -> list[Notification]:
+    """Add one pending summary email per admin to the session (event "imported")."""
+    now = utcnow()
+    content = {
+        "created": summary.created,
+        "updated": summary.updated,
+        "unchanged": summary.unchanged,
+        "products": [
+            {
+                "sku": sku,
+                "event": event,
+                "changes": {field: {"old": old, "new": new} for field, (old, new) in diff.items()},
+            }
+            for sku, event, diff in summary.changes[:SUMMARY_CHANGES]
+        ],
+    }
+    rows = [
+        Notification(
+            recipient=admin.email,
+            recipient_id=admin.id,
+            event="imported",
+            changes=content,
+            actor_id=summary.actor.id if summary.actor else None,
+            actor_name=summary.actor.fullname if summary.actor else None,
+            actor_email=summary.actor.email if summary.actor else None,
+            occurred_at=now,
+            next_attempt_at=now,
+        )
+        for admin in recipients(summary.actor)
+    ]
+    if rows:
+        db.session.add_all(rows)
+        db.session.info[PENDING_KEY] = True
+    return rows
+
+
 def _wake_after_commit(session: Session) -> None:
     if session.info.pop(PENDING_KEY, False):
         streams.wake_worker()
@@ -110,13 +162,70 @@ def _lines(row: Notification, arrow: str) -> list[str]:
     return lines
 
 
+def _actor(row: Notification) -> str:
+    if row.actor_email:
+        return one_line(f"{row.actor_name} <{row.actor_email}>")
+    return "an operator (command line)"
+
+
+def _import_lines(row: Notification, arrow: str) -> list[str]:
+    """One line per product of an import's summary: what changed, field old -> new."""
+    lines = []
+    for product in row.changes["products"]:
+        changes = product["changes"]
+        if product["event"] == "created":
+            values = [f"{field}: {one_line(c['new'])}" for field, c in changes.items()]
+        else:
+            values = [
+                f"{field}: {one_line(c['old'])} {arrow} {one_line(c['new'])}"
+                for field, c in changes.items()
+            ]
+        lines.append(f"{one_line(product['sku'])} {product['event']}: " + "; ".join(values))
+    return lines
+
+
+def render_import(row: Notification) -> Email:
+    """The summary email of one catalog import: counts, then the first changes."""
+    summary = row.changes
+    created, updated, unchanged = summary["created"], summary["updated"], summary["unchanged"]
+    counts = f"{created} created, {updated} updated, {unchanged} unchanged"
+    when = row.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    changed = created + updated
+    listed = len(summary["products"])
+    noun = "product" if changed == 1 else "products"
+    heading = f"Changes (the first {listed} of {changed}):" if listed < changed else "Changes:"
+    lines = _import_lines(row, "->")
+    text = (
+        "\n".join(
+            [
+                f"A catalog import changed {changed} {noun}: {counts}.",
+                "",
+                f"By:   {_actor(row)}",
+                f"When: {when}",
+                "",
+                heading,
+                *(f"  {line}" for line in lines),
+                "",
+                f"Notification {row.id}",
+            ]
+        )
+        + "\n"
+    )
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in _import_lines(row, "\u2192"))
+    body = (
+        f"<p>A catalog import changed {changed} {noun}: {counts}.</p>"
+        f"<p>By: {html.escape(_actor(row))}<br>When: {when}</p>"
+        f"<p>{heading}</p><ul>{items}</ul>"
+    )
+    subject = f"[Marketplace] Catalog import: {counts}"
+    return Email(to=row.recipient, subject=subject, text=text, html=body, notification_id=row.id)
+
+
 def render(row: Notification) -> Email:
     """Plain text and HTML bodies from the row's snapshot of the change."""
-    actor = (
-        one_line(f"{row.actor_name} <{row.actor_email}>")
-        if row.actor_email
-        else "an operator (command line)"
-    )
+    if row.event == "imported":
+        return render_import(row)
+    actor = _actor(row)
     sku, name = one_line(row.sku), one_line(row.product_name)
     when = row.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     lines = _lines(row, "->")

@@ -239,6 +239,36 @@ def test_the_entrypoint_writes_trusted_proxies_into_nginx_conf(edge):
     assert "believed from: 192.0.2.0/24 127.0.0.2" in edge.log.read_text()
 
 
+def test_the_catalog_import_alone_takes_files_larger_than_nginxs_1_mib(edge):
+    token = edge.http.login(*ADMINS[0])
+    rows = "".join(f"bulk-{n:05},{'n' * 100},{n}.5,acme,{n}\n" for n in range(10_000))
+    text = ("sku,name,price,mark,quantity\n" + rows).encode()
+    assert len(text) > 1024 * 1024
+    csv_file = {"Content-Type": "text/csv"}
+    answer = edge.http.request(
+        "POST", "/api/catalog/import", token=token, headers=csv_file, body=text, timeout=60
+    )
+    assert answer.status == 200, answer.json
+    assert answer.json["created"]["count"] == 10_000
+    exported = edge.http.get(
+        "/api/catalog/export?mark=acme", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert exported.status == 200
+    assert len(exported.body.decode().splitlines()) == 10_001  # the header and every product
+    # Past IMPORT_MAX_BODY_BYTES (10 MiB) the app answers; far past it, nginx does.
+    too_big = edge.http.request(
+        "POST",
+        "/api/catalog/import",
+        token=token,
+        headers=csv_file,
+        body=b"x" * (11 * 1024 * 1024),
+        timeout=60,
+    )
+    assert too_big.status == 413 and too_big.json["code"] == 413, too_big
+    assert edge.http.declared_body("/api/catalog/import", 13 * 1024 * 1024) == 413
+    assert edge.http.declared_body("/api/products", 2 * 1024 * 1024) == 413
+
+
 def test_x_forwarded_for_is_believed_from_trusted_proxies_only(edge):
     """/metrics answers loopback and private addresses only: it shows whom the app sees."""
     port = edge.port
