@@ -62,7 +62,10 @@ RUN apt-get update \
 # worker, nginx's master and workers) runs as app. No process needs root: nginx binds
 # port 80 unprivileged (see the top) and reaches the socket as its owner. With a tmpfs
 # on /run (--read-only), the entrypoint makes /run/marketplace itself.
+# LOG_FORMAT=json: the app's and the worker's log lines as one JSON object each, for
+# CloudWatch and the like (docs/observability.md); `-e LOG_FORMAT=text` to read them.
 ENV APP_ENV=production \
+    LOG_FORMAT=json \
     APP_DIR=/app \
     APP_VENV=/opt/venv \
     FLASK_APP=wsgi \

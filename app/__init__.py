@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
-from app import auth, cache, cli, database, errors, extensions, metrics, security, streams
+from app import auth, cache, cli, database, errors, extensions, logs, metrics, security, streams
 from app.api import (
     account,
     catalog,
@@ -39,10 +37,7 @@ def create_app(config: Config | None = None) -> Flask:
 
 
 def configure_logging(app: Flask) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    logs.configure(app)
 
 
 def register_extensions(app: Flask) -> None:

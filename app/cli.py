@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -176,21 +177,53 @@ def stats_rollup(start, end) -> None:
     start = start.date() if start else end - timedelta(days=29)
     if start > end:
         raise click.BadParameter("must not be after --to", param_hint="--from")
-    count, first = tracking.rebuild_rollups(start, end)
+    with progress("rolling up", (end - start).days + 1, "days") as advance:
+        count, first = tracking.rebuild_rollups(start, end, advance)
     if first is None:
-        click.echo("no raw views in that range: nothing rebuilt")
+        click.echo(f"no raw views in that range: nothing rebuilt ({advance.seconds:.1f}s)")
         return
     if first > start:
         click.echo(f"raw views start on {first}; earlier days keep their roll-ups")
-    click.echo(f"rolled up {count} view(s) from {first} to {end}")
+    click.echo(f"rolled up {count} view(s) from {first} to {end} in {advance.seconds:.1f}s")
 
 
 @views.command("prune")
 @click.option("--before", required=True, type=DAY, help="Delete raw views before this day.")
 def views_prune(before) -> None:
     """Delete raw view rows before a day; the daily roll-ups (the statistics) stay."""
-    count = tracking.prune_views(before.date())
-    click.echo(f"deleted {count} raw view(s) before {before.date()}")
+    with progress("pruning", tracking.views_before(before.date()), "views") as advance:
+        count = tracking.prune_views(before.date(), advance)
+    click.echo(f"deleted {count} raw view(s) before {before.date()} in {advance.seconds:.1f}s")
+
+
+class Progress:
+    """``advance(n)`` moves the bar; ``seconds`` is the time taken, for the summary."""
+
+    def __init__(self, bar) -> None:
+        self.bar, self.started, self.seconds = bar, time.monotonic(), 0.0
+
+    def __call__(self, done: int) -> None:
+        self.bar.update(done)
+
+
+@contextmanager
+def progress(label: str, total: int, unit: str):
+    """A bar on stderr while long work runs, when stderr is a terminal; nothing
+    otherwise (cron, CI, a pipe: the command's one-line summary says it all)."""
+    bar = click.progressbar(
+        length=max(total, 1),
+        label=f"{label} ({total} {unit})",
+        file=sys.stderr,
+        hidden=not sys.stderr.isatty(),
+        show_pos=True,
+        show_percent=True,
+    )
+    with bar:
+        advance = Progress(bar)
+        try:
+            yield advance
+        finally:
+            advance.seconds = time.monotonic() - advance.started
 
 
 deploy = AppGroup("deploy", help="Start-up tasks for a new release.")

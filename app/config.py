@@ -241,6 +241,11 @@ class Config:
         )
         # Strict-Transport-Security on answers to HTTPS requests (0: not sent).
         self.HSTS_MAX_AGE = env_int("HSTS_MAX_AGE", 365 * 24 * 3600)
+        # Log lines: text (a terminal) or json (one object a line; the image's default),
+        # and one line per answered request (app/logs.py).
+        self.LOG_FORMAT = (env_str("LOG_FORMAT") or "text").lower()
+        self.LOG_LEVEL = (env_str("LOG_LEVEL") or "INFO").upper()
+        self.LOG_REQUESTS = env_bool("LOG_REQUESTS", True)
         # GET /metrics answers loopback and private addresses, or this bearer token.
         self.METRICS_TOKEN = env_str("METRICS_TOKEN")
         self.CORS_ORIGINS = [
@@ -273,6 +278,13 @@ class Config:
         if self.MAIL_BACKEND not in {"console", "ses"}:
             raise ConfigError(
                 f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."
+            )
+        if self.LOG_FORMAT not in {"text", "json"}:
+            raise ConfigError(f"LOG_FORMAT must be text or json, got {self.LOG_FORMAT!r}.")
+        if self.LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(
+                "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
+                f"got {self.LOG_LEVEL!r}."
             )
 
 

@@ -1,7 +1,8 @@
-"""The one JSON error shape: {"code", "status", "message"[, "errors"]}.
+"""The one JSON error shape: {"code", "status", "message"[, "errors"], "request_id"}.
 
 Every failure (validation, auth, 404, 405, 409, 413, 415, 500, 503) is rendered by
 ``error_response``; the database's own errors are mapped to it in ``app.database``.
+``request_id`` is the answer's X-Request-ID (app/logs.py): the key to its log lines.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
-from flask import Flask, jsonify
+from flask import Flask, g, has_request_context, jsonify
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -39,6 +40,12 @@ class ErrorSchema(Schema):
     status = fields.String(metadata={"example": "Unprocessable Entity"})
     message = fields.String(metadata={"example": "Invalid value for: price."})
     errors = fields.Dict(metadata={"example": {"json": {"price": ["Must be 0 or more."]}}})
+    request_id = fields.String(
+        metadata={
+            "example": "3f2c9a1e0b7d4c55a6e8f90b12c34d56",
+            "description": "The answer's X-Request-ID: quote it to find the request's log lines.",
+        }
+    )
 
 
 def _fields(errors: dict) -> list[str]:
@@ -57,6 +64,9 @@ def payload_for(code: int, message: str | None = None, errors: dict | None = Non
     payload["message"] = message or DEFAULT_MESSAGES.get(code, HTTPStatus(code).description)
     if errors:
         payload["errors"] = errors
+    # Set first thing in every request (app.logs); errors imports nothing of the app.
+    if has_request_context() and (request_id := g.get("request_id")) is not None:
+        payload["request_id"] = request_id
     return payload
 
 

@@ -53,6 +53,11 @@ VIEWS_RECORDED = Counter(
     "Product views recorded, by path: stream (Redis) or direct (database).",
     ["path"],
 )
+VIEWS_FALLBACK = Counter(
+    "marketplace_views_fallback_total",
+    "Views written directly to the database because the views stream failed "
+    '(also counted in marketplace_views_recorded_total{path="direct"}).',
+)
 VIEWS_REPEATED = Counter(
     "marketplace_views_repeated_total",
     "Product reads not counted as views: the same client and product within VIEW_DEDUP_SECONDS.",
@@ -77,7 +82,8 @@ PRODUCT_CACHE_MISSES = PRODUCT_CACHE.labels("miss")
 PRODUCT_CACHE_UNINVALIDATED = PRODUCT_CACHE.labels("uninvalidated")
 EMAILS = Counter(
     "marketplace_emails_total",
-    "Send attempts by the worker, by outcome: sent, pending (retry), failed, unknown.",
+    "Send attempts by the worker, by outcome: sent, pending (retry), failed, unknown, lost "
+    "(another sender had taken the email over).",
     ["outcome"],
 )
 COMMITS_UNCONFIRMED = Counter(
@@ -85,6 +91,15 @@ COMMITS_UNCONFIRMED = Counter(
     "Writes whose commit the database did not confirm, by what the check then found.",
     ["found"],
 )
+
+# Every known label value from the start: a series at 0 rather than none, so that rate()
+# and the dashboard's panels show 0 before the first event instead of "no data".
+for _path in ("stream", "direct", "stream-unconfirmed"):
+    VIEWS_RECORDED.labels(_path)
+for _outcome in ("sent", "pending", "failed", "unknown", "lost"):
+    EMAILS.labels(_outcome)
+for _found in ("committed", "not committed", "unknown"):
+    COMMITS_UNCONFIRMED.labels(_found)
 
 
 def init_app(app: Flask) -> None:

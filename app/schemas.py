@@ -183,6 +183,9 @@ class ImportRefusedSchema(Schema):
     status = fields.String(metadata={"example": "Unprocessable Entity"})
     message = fields.String(metadata={"example": "2 errors in 2 rows; nothing was imported."})
     errors = fields.Nested(RowErrorsSchema)
+    request_id = fields.String(
+        metadata={"description": "The answer's X-Request-ID (app/errors.py)."}
+    )
 
 
 class ExportQuerySchema(ProductQuerySchema):

@@ -26,7 +26,7 @@ import redis
 from flask import Flask
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from app import metrics, outbox, streams
+from app import logs, metrics, outbox, streams
 from app.extensions import db
 from app.mail import build_mailer
 from app.services import accounts, idempotency, tracking
@@ -99,6 +99,11 @@ class ViewsConsumer:
         """Write the entries' views (those not written before) and acknowledge them."""
         if not entries:
             return 0
+        first, last = entries[0][0], entries[-1][0]
+        with logs.bind(stream_ids=first if first == last else f"{first}..{last}"):
+            return self._apply(entries)
+
+    def _apply(self, entries: list[tuple[str, dict | None]]) -> int:
         views = []
         for entry_id, fields in entries:
             if not fields:
@@ -216,7 +221,8 @@ class Worker:
                 released = outbox.release(rows[index:])
                 log.info("worker: released %s claimed email(s) on stop", released)
                 break
-            metrics.EMAILS.labels(outbox.deliver(row, mailer)).inc()
+            with logs.bind(notification_id=row.id):
+                metrics.EMAILS.labels(outbox.deliver(row, mailer)).inc()
         _safe_remove()
         return len(rows)
 

@@ -35,9 +35,21 @@
 #   PROMETHEUS_MULTIPROC_DIR (next to the socket: every process's metrics, emptied here).
 set -Eeuo pipefail
 
-log() { printf '%s entrypoint: %s\n' "$(date -u +'%Y-%m-%dT%H:%M:%SZ')" "$*" >&2; }
+# Its own lines as the app's: one JSON object each with LOG_FORMAT=json (the image's).
+log() {
+    local now message
+    now=$(date -u +'%Y-%m-%dT%H:%M:%SZ')
+    if [[ ${LOG_FORMAT:-text} == json ]]; then
+        message=${*//\\/\\\\}
+        message=${message//\"/\\\"}
+        printf '{"time": "%s", "level": "%s", "logger": "entrypoint", "message": "%s"}\n' \
+            "$now" "${level:-INFO}" "$message" >&2
+    else
+        printf '%s entrypoint: %s\n' "$now" "$*" >&2
+    fi
+}
 fail() {
-    log "$*"
+    level=ERROR log "$*"
     exit 1
 }
 

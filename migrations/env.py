@@ -10,10 +10,10 @@ from sqlalchemy.pool import NullPool
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-# Keep the application's own loggers working when migrations run in-process.
-fileConfig(config.config_file_name, disable_existing_loggers=False)
+# alembic.ini's logging only where nothing is configured yet: inside the app (flask db
+# upgrade, flask deploy upgrade) the app's own handler and format (LOG_FORMAT) stay.
+if not logging.getLogger().handlers:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger("alembic.env")
 
 

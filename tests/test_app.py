@@ -275,7 +275,8 @@ def test_unknown_route_is_a_json_404(client):
     assert response.status_code == 404
     assert response.is_json
     body = response.get_json()
-    assert set(body) == {"code", "status", "message"}
+    assert set(body) == {"code", "status", "message", "request_id"}
+    assert body["request_id"] == response.headers["X-Request-ID"]
     assert body["code"] == 404
     assert body["status"] == "Not Found"
 
@@ -299,7 +300,7 @@ def test_a_crash_is_a_json_500_without_details(app, client):
     response = client.get("/boom")
 
     assert response.status_code == 500
-    assert set(response.get_json()) == {"code", "status", "message"}
+    assert set(response.get_json()) == {"code", "status", "message", "request_id"}
     text = response.get_data(as_text=True)
     assert "Traceback" not in text
     assert "hunter2" not in text

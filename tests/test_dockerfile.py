@@ -410,14 +410,22 @@ def test_nginx_answers_its_own_errors_in_the_json_error_shape():
     caught = {int(code) for args in pages for code in args[:-1] if code.isdigit()}
     assert {400, 413, 414, 429, 502, 504} <= caught
     assert {args[-1] for args in pages} == {"/.error"}
-    bodies = dict(re.findall(r"^\s*(\d{3}) '(\{.*\})';$", text, re.M))
-    default = re.search(r"^\s*default '(\{.*\})';$", text, re.M)
-    assert default and json.loads(default.group(1))["code"] == 500
+    # Each map line is the object's first members; /.error closes it with the request id.
+    [template] = re.findall(r"^\s*return 200 '(\{\$error_json, .*\})\\n';$", text, re.M)
+
+    def page(members: str) -> dict:
+        rendered = template.replace("$error_json", members)
+        return json.loads(rendered.replace("$marketplace_request_id", "0123abcd"))
+
+    bodies = dict(re.findall(r"^\s*(\d{3}) '(\"code\": .*)';$", text, re.M))
+    default = re.search(r"^\s*default '(\"code\": .*)';$", text, re.M)
+    assert default and page(default.group(1))["code"] == 500
     for code in caught - {494}:  # 494 (a header too large) is answered 400
-        body = json.loads(bodies[str(code)])
+        body = page(bodies[str(code)])
         expected = payload_for(code)
-        assert set(body) == {"code", "status", "message"}, body
+        assert set(body) == {"code", "status", "message", "request_id"}, body
         assert body["code"] == code and body["status"] == expected["status"], body
+        assert body["request_id"] == "0123abcd"
 
 
 # ---------------------------------------------------------------- the entrypoint

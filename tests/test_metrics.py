@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
+
+from app import config, create_app
+from app.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SEED = {"sku": "d7iy6euiue", "name": "zapatos", "price": 300, "mark": "chabelo", "quantity": 5}
 
@@ -44,13 +54,111 @@ def test_requests_views_and_the_outbox_show_in_the_metrics(client, admin, make):
     assert value(after, "marketplace_http_request_duration_seconds_count", **read) > 0
 
 
-def test_failed_logins_are_counted(client, admin):
+def moved(before: dict, after: dict, name: str, **labels) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def test_failed_logins_and_429s_are_counted(client, admin):
     before = samples(client)
-    client.post("/users/login", json={"email": admin["email"], "password": "wrong-password"})
+    wrong = {"email": admin["email"], "password": "wrong-password"}
+    answers = [
+        client.post("/users/login", json=wrong, environ_base={"REMOTE_ADDR": "10.7.0.1"})
+        for _ in range(12)
+    ]
+    assert [a.status_code for a in answers] == [401] * 10 + [429] * 2
     after = samples(client)
-    assert value(after, "marketplace_login_failures_total") == (
-        value(before, "marketplace_login_failures_total") + 1
+    assert moved(before, after, "marketplace_login_failures_total") == 10
+    assert moved(before, after, "marketplace_login_limited_total") == 2
+    login = {"route": "/users/login", "method": "POST"}
+    assert moved(before, after, "marketplace_http_requests_total", **login, status="429") == 2
+
+
+def test_database_errors_and_their_503s_are_counted(client):
+    before = samples(client)
+    # Port 1 on loopback: nothing listens there.
+    broken = create_app(config.TestConfig("mysql://root@127.0.0.1:1/marketplace"))
+    assert broken.test_client().get("/api/products/abc").status_code == 503
+    after = samples(client)  # one registry per process: the broken app's counts too
+    assert moved(before, after, "marketplace_database_errors_total") == 1
+    read = {"route": "/api/products/<string:sku>", "method": "GET", "status": "503"}
+    assert moved(before, after, "marketplace_http_requests_total", **read) == 1
+
+
+def test_sent_emails_are_counted_and_the_outbox_gauges_follow(app, client, admin):
+    client.post("/api/products", json=SEED, headers=admin["headers"])
+    before = samples(client)
+    assert value(before, "marketplace_notifications", status="pending") == 1
+    assert value(before, "marketplace_notifications", status="sent") == 0
+    Worker(app).drain()
+    after = samples(client)
+    assert moved(before, after, "marketplace_emails_total", outcome="sent") == 1
+    assert value(after, "marketplace_notifications", status="pending") == 0
+    assert value(after, "marketplace_notifications", status="sent") == 1
+    assert value(after, "marketplace_notifications_oldest_pending_seconds") == 0
+    for status in ("failed", "unknown", "sending"):
+        assert ("marketplace_notifications", (("status", status),)) in after
+
+
+def test_the_views_stream_backlog_is_the_consumer_lag(app, client, make, streamed):
+    make.product("abc")
+    before = samples(client)
+    for _ in range(3):
+        assert client.get("/api/products/abc").status_code == 200
+    waiting = samples(client)
+    assert moved(before, waiting, "marketplace_views_recorded_total", path="stream") == 3
+    assert value(waiting, "marketplace_views_stream_lag") == 3
+    Worker(app).drain()
+    done = samples(client)
+    assert value(done, "marketplace_views_stream_lag") == 0
+    assert value(done, "marketplace_views_stream_pending") == 0
+    assert moved(waiting, done, "marketplace_views_applied_total") == 3
+
+
+def test_a_view_written_directly_because_the_stream_is_down_is_counted(app, client, make):
+    from app import streams
+
+    make.product("abc")
+    app.config.update(REDIS_URL="redis://127.0.0.1:1/0", REDIS_TIMEOUT=0.2)  # nothing there
+    streams.init_app(app)
+    before = samples(client)
+    assert client.get("/api/products/abc").status_code == 200
+    after = samples(client)
+    assert moved(before, after, "marketplace_views_fallback_total") == 1
+    assert moved(before, after, "marketplace_views_recorded_total", path="direct") == 1
+    assert moved(before, after, "marketplace_views_lost_total") == 0
+    assert ("marketplace_views_stream_lag", ()) not in after, "no stream to read: no gauge"
+
+
+def test_the_workers_counts_are_in_the_web_processes_scrape(app, client, admin, tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR, as the image sets it: `flask worker` is another process."""
+    client.post("/api/products", json=SEED, headers=admin["headers"])
+    database = app.config["SQLALCHEMY_DATABASE_URI"]
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DATABASE_URL": database}
+    worker = (
+        "from app import create_app\n"
+        "from app.config import TestConfig\n"
+        "from app.worker import Worker\n"
+        "import os\n"
+        "print(Worker(create_app(TestConfig(os.environ['DATABASE_URL']))).drain())\n"
     )
+    scrape = (
+        "from app import create_app\n"
+        "from app.config import TestConfig\n"
+        "import os\n"
+        "app = create_app(TestConfig(os.environ['DATABASE_URL']))\n"
+        "print(app.test_client().get('/metrics').get_data(as_text=True))\n"
+    )
+    run = {"cwd": ROOT, "env": env, "capture_output": True, "text": True, "timeout": 120}
+    drained = subprocess.run([sys.executable, "-c", worker], **run)
+    assert drained.returncode == 0 and drained.stdout.strip() == "(0, 1)", drained.stderr
+    scraped = subprocess.run([sys.executable, "-c", scrape], **run)
+    assert scraped.returncode == 0, scraped.stderr
+    found = {}
+    for family in text_string_to_metric_families(scraped.stdout):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert value(found, "marketplace_emails_total", outcome="sent") == 1
+    assert value(found, "marketplace_notifications", status="sent") == 1
 
 
 def test_metrics_are_not_for_the_public(app, client):

@@ -66,7 +66,7 @@ def read_product(sku: str, reader_id: int | None, client: str | None, view: bool
             if not streamed:
                 tracking.record_view(row.id, reader_id, client)
             elif tracking.stream_failed(row.id, exc):
-                tracking.write_directly(row.id, reader_id, now)
+                tracking.write_directly(row.id, reader_id, now, fell_back=True)
         return None if row is None else _answer(row)
     if isinstance(found, Answer):
         if streamed:
@@ -82,7 +82,7 @@ def read_product(sku: str, reader_id: int | None, client: str | None, view: bool
         cache.fill(key, found, answer, fields)
     except redis.RedisError as exc:
         if streamed and tracking.stream_failed(row.id, exc):
-            tracking.write_directly(row.id, reader_id, now)
+            tracking.write_directly(row.id, reader_id, now, fell_back=True)
         elif view and not streamed:
             tracking.record_view(row.id, reader_id, client)
         return answer

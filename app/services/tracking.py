@@ -18,13 +18,14 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 import redis
 from flask import current_app
-from sqlalchemy import case, delete, func, insert, select
+from sqlalchemy import Date, case, delete, func, insert, literal, select
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -222,6 +223,7 @@ def record_view(product_id: int, user_id: int | None, client: str | None = None)
         except redis.RedisError as exc:
             if not stream_failed(product_id, exc):
                 return "unconfirmed"
+            return write_directly(product_id, user_id, now, fell_back=True)
     return write_directly(product_id, user_id, now)
 
 
@@ -244,8 +246,11 @@ def stream_failed(product_id: int, exc: redis.RedisError) -> bool:
     return True
 
 
-def write_directly(product_id: int, user_id: int | None, at: datetime) -> str:
-    """Write one view in a transaction of its own ("direct"), or count it lost."""
+def write_directly(
+    product_id: int, user_id: int | None, at: datetime, fell_back: bool = False
+) -> str:
+    """Write one view in a transaction of its own ("direct"), or count it lost;
+    ``fell_back``: because the stream failed."""
     try:
         write_views([View(product_id, user_id, at)])
     except Exception:
@@ -254,6 +259,8 @@ def write_directly(product_id: int, user_id: int | None, at: datetime) -> str:
         log.exception("view of product %s by %s lost", product_id, user_id or "anonymous")
         return "lost"
     metrics.VIEWS_RECORDED.labels("direct").inc()
+    if fell_back:
+        metrics.VIEWS_FALLBACK.inc()
     return "direct"
 
 
@@ -390,49 +397,72 @@ def top_products(start: date, end: date, limit: int, audience: str) -> list[dict
 # ---------------------------------------------------------------- maintenance
 
 
-def rebuild_rollups(start: date, end: date) -> tuple[int, date | None]:
+def rebuild_rollups(
+    start: date, end: date, progress: Callable[[int], object] | None = None
+) -> tuple[int, date | None]:
     """Recompute the roll-ups of [start, end] from the raw rows (`flask stats rollup`).
 
     Days before the oldest raw row are left alone: their raw rows may have been pruned,
     and their roll-ups are then the only record. Returns (views rolled up, first day).
+    ``progress(days)`` is told of each day done (skipped days included).
     """
+    progress = progress or (lambda _days: None)
     oldest = db.session.scalar(select(func.min(ProductView.viewed_at)))
-    if oldest is None:
+    first = max(start, oldest.date()) if oldest is not None else end + timedelta(days=1)
+    progress(min((first - start).days, (end - start).days + 1))
+    if first > end:
         return 0, None
-    start = max(start, oldest.date())
-    if start > end:
-        return 0, None
-    lo = datetime.combine(start, datetime.min.time())
-    hi = datetime.combine(end + timedelta(days=1), datetime.min.time())
-    in_range = (ProductView.viewed_at >= lo, ProductView.viewed_at < hi)
-    day = func.date(ProductView.viewed_at)
+    count = 0
+    # One transaction, computed by the database (a year of views never goes through
+    # Python), a day at a time so that the operator sees it advance.
+    for offset in range((end - first).days + 1):
+        count += _rebuild_day(first + timedelta(days=offset))
+        progress(1)
+    db.session.commit()
+    return count, first
+
+
+def _rebuild_day(day: date) -> int:
+    lo = datetime.combine(day, datetime.min.time())
+    in_range = (ProductView.viewed_at >= lo, ProductView.viewed_at < lo + timedelta(days=1))
     anonymous = case((ProductView.user_id.is_(None), 1), else_=0)
-    # One transaction, computed by the database (a year of views never goes through Python).
     for model in (DailyProductViews, DailyProductViewer):
-        db.session.execute(delete(model).where(model.day.between(start, end)))
+        db.session.execute(delete(model).where(model.day == day))
     db.session.execute(
         insert(DailyProductViews).from_select(
             ["product_id", "day", "anonymous_views", "registered_views"],
-            select(ProductView.product_id, day, func.sum(anonymous), func.sum(1 - anonymous))
+            select(
+                ProductView.product_id,
+                literal(day, Date),
+                func.sum(anonymous),
+                func.sum(1 - anonymous),
+            )
             .where(*in_range)
-            .group_by(ProductView.product_id, day),
+            .group_by(ProductView.product_id),
         )
     )
     db.session.execute(
         insert(DailyProductViewer).from_select(
             ["product_id", "day", "user_id"],
-            select(ProductView.product_id, day, ProductView.user_id)
+            select(ProductView.product_id, literal(day, Date), ProductView.user_id)
             .where(*in_range, ProductView.user_id.is_not(None))
             .distinct(),
         )
     )
-    count = db.session.scalar(select(func.count()).select_from(ProductView).where(*in_range))
-    db.session.commit()
-    return count, start
+    return db.session.scalar(select(func.count()).select_from(ProductView).where(*in_range))
 
 
-def prune_views(before: date) -> int:
-    """Delete raw views older than ``before`` (their roll-ups stay), in chunks."""
+def views_before(before: date) -> int:
+    """How many raw views are older than ``before`` (what prune_views would delete)."""
+    cutoff = datetime.combine(before, datetime.min.time())
+    return db.session.scalar(
+        select(func.count()).select_from(ProductView).where(ProductView.viewed_at < cutoff)
+    )
+
+
+def prune_views(before: date, progress: Callable[[int], object] | None = None) -> int:
+    """Delete raw views older than ``before`` (their roll-ups stay), in chunks;
+    ``progress(rows)`` is told of each chunk deleted."""
     cutoff = datetime.combine(before, datetime.min.time())
     total = 0
     while True:
@@ -446,3 +476,5 @@ def prune_views(before: date) -> int:
         db.session.execute(delete(ProductView).where(ProductView.id.in_(ids)))
         db.session.commit()
         total += len(ids)
+        if progress is not None:
+            progress(len(ids))

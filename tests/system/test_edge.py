@@ -98,11 +98,13 @@ def get(port: int, path: str, source: str = h.HOST, **headers: str) -> Answer:
 
 
 def assert_json_error(answer: Answer, code: int) -> dict:
-    """The app's error shape: {"code", "status", "message"}, the status as the app words it."""
+    """The app's error shape: {"code", "status", "message", "request_id"}, the status as the
+    app words it, the request id the answer's X-Request-ID (nginx's own pages too)."""
     assert answer.status == code, answer
     assert answer.headers.get("content-type") == "application/json", answer.headers
     body = json.loads(answer.body)
-    assert set(body) == {"code", "status", "message"}, body
+    assert set(body) == {"code", "status", "message", "request_id"}, body
+    assert body["request_id"] == answer.headers.get("x-request-id"), (body, answer.headers)
     assert body["code"] == code and body["status"] == payload_for(code)["status"], body
     assert body["message"], body
     return body

@@ -1,0 +1,185 @@
+"""Log lines and request ids.
+
+Every answer carries ``X-Request-ID``: the client's own when it is a valid one (at most
+128 letters, digits, ``-`` or ``_``; nginx sends its own when the client sent none),
+otherwise a new one. Every log record made while a request is served carries that id,
+its method and route and the user's id; the worker binds the notification id or the
+views stream entries it is working on (``bind``). ``LOG_FORMAT=json`` (the image's
+default) writes one JSON object a line (python-json-logger), ``text`` (the default of
+``make run``) a readable line with the same fields at its end. One line per answered
+request (``app.requests``: status and duration_ms) unless ``LOG_REQUESTS=false``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from flask import Flask, current_app, g, has_request_context, request
+from pythonjsonlogger.json import JsonFormatter
+
+HEADER = "X-Request-ID"
+VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Probes and scrapes, every few seconds: no line of their own (nginx logs them).
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# The fields a record may carry beyond the message, in the order lines show them.
+FIELDS = (
+    "request_id", "method", "route", "status", "duration_ms", "user_id",
+    "notification_id", "stream_ids",
+)  # fmt: skip
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_bound: ContextVar[dict | None] = ContextVar("log_fields", default=None)
+requests_log = logging.getLogger("app.requests")
+
+
+def configure(app: Flask) -> None:
+    """One handler on the root logger (stderr) in the configured format, the request
+    fields on every record, and X-Request-ID on every answer."""
+    _install_record_factory()
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "marketplace", False)]
+    # Someone else's handlers (pytest's, a WSGI server's) are left as they are.
+    if ours or not root.handlers:
+        handler = ours[0] if ours else logging.StreamHandler(sys.stderr)
+        handler.marketplace = True
+        handler.setFormatter(formatter(app.config["LOG_FORMAT"]))
+        if not ours:
+            root.addHandler(handler)
+    root.setLevel(app.config["LOG_LEVEL"])
+    app.before_request(_start)
+    app.after_request(_finish)
+
+
+def formatter(kind: str) -> logging.Formatter:
+    return JsonLines() if kind == "json" else TextLines(TEXT_FORMAT)
+
+
+class JsonLines(JsonFormatter):
+    """{"time", "level", "logger", "message", then the fields the record has}."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+        )
+
+    def process_log_record(self, log_data: dict) -> dict:
+        ordered = {"time": log_data.pop("time")}
+        ordered.update((key, value) for key, value in log_data.items() if value is not None)
+        return ordered
+
+
+class TextLines(logging.Formatter):
+    """The usual line, then ``key=value`` for each field the record has."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = " ".join(
+            f"{name}={value}"
+            for name in FIELDS
+            if (value := getattr(record, name, None)) is not None
+        )
+        if not extra:
+            return line
+        first, newline, rest = line.partition("\n")  # keep a traceback below
+        return f"{first} {extra}{newline}{rest}"
+
+
+# ---------------------------------------------------------------- request ids
+
+
+def request_id() -> str:
+    """This request's id: the incoming X-Request-ID when valid, else a new one."""
+    current = g.get("request_id")
+    if current is None:
+        incoming = request.headers.get(HEADER, "")
+        current = incoming if VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+        g.request_id = current
+    return current
+
+
+def _start() -> None:
+    g.log_started = time.perf_counter()
+    request_id()
+
+
+def _finish(response):
+    response.headers[HEADER] = request_id()
+    route = request.url_rule.rule if request.url_rule is not None else None
+    if route not in QUIET_ROUTES and current_app.config["LOG_REQUESTS"]:
+        started = g.get("log_started")
+        duration = round((time.perf_counter() - started) * 1000, 2) if started else None
+        requests_log.info(
+            "%s %s %s",
+            request.method,
+            printable(request.path),
+            response.status_code,
+            extra={"status": response.status_code, "duration_ms": duration},
+        )
+    return response
+
+
+def printable(text: str) -> str:
+    """Control characters escaped: a path cannot start a forged line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# ---------------------------------------------------------------- fields on every record
+
+
+@contextmanager
+def bind(**fields) -> Iterator[None]:
+    """Add fields (notification_id=..., stream_ids=...) to every record made inside."""
+    token = _bound.set({**(_bound.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _bound.reset(token)
+
+
+def request_fields() -> dict:
+    if not has_request_context():
+        return {}
+    return {
+        "request_id": request_id(),
+        "method": request.method,
+        "route": request.url_rule.rule if request.url_rule is not None else None,
+        "user_id": _user_id(),
+    }
+
+
+def _user_id() -> int | None:
+    from flask_jwt_extended import get_jwt_identity
+
+    try:
+        identity = get_jwt_identity()  # only once a token was verified
+    except RuntimeError:
+        return None
+    return int(identity) if identity and str(identity).isdigit() else None
+
+
+def _install_record_factory() -> None:
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "marketplace", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        # Only the fields known here: a call's own extra={"status": ...} must not clash.
+        for name, value in {**request_fields(), **(_bound.get() or {})}.items():
+            if value is not None:
+                setattr(record, name, value)
+        return record
+
+    factory.marketplace = True
+    logging.setLogRecordFactory(factory)

@@ -1,0 +1,213 @@
+"""Request ids (X-Request-ID) and log lines (app/logs.py): kept, replaced, in every error
+body and every log record of the request; LOG_FORMAT=json as one object a line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from app import config, logs
+from app.worker import Worker
+from tests.test_dockerfile import NGINX_CONF, nginx_directives
+
+ROOT = Path(__file__).resolve().parent.parent
+NEW_ID = re.compile(r"[0-9a-f]{32}")
+SEED = {"sku": "d7iy6euiue", "name": "zapatos", "price": 300, "mark": "chabelo", "quantity": 5}
+PRODUCT_ROUTE = "/api/products/<string:sku>"
+
+
+def records_of(caplog, request_id: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "request_id", None) == request_id]
+
+
+@pytest.mark.parametrize("incoming", ["abc-123_XYZ", "a" * 128, "0"])
+def test_a_valid_incoming_request_id_is_kept(client, incoming):
+    answer = client.get("/healthz", headers={"X-Request-ID": incoming})
+    assert answer.headers["X-Request-ID"] == incoming
+
+
+def test_without_a_request_id_the_answer_gets_a_new_one_each_time(client):
+    first = client.get("/healthz").headers["X-Request-ID"]
+    second = client.get("/healthz").headers["X-Request-ID"]
+    assert NEW_ID.fullmatch(first) and NEW_ID.fullmatch(second) and first != second
+
+
+@pytest.mark.parametrize(
+    "incoming", ["a" * 129, "has space", "semi;colon", 'quote"d', "ünïcode", "x/y", ""]
+)
+def test_an_invalid_request_id_is_replaced_by_a_new_one(client, caplog, incoming):
+    caplog.set_level(logging.INFO)
+    answer = client.get("/api/products/nope", headers={"X-Request-ID": incoming})
+    given = answer.headers["X-Request-ID"]
+    assert given != incoming and NEW_ID.fullmatch(given)
+    assert answer.json["request_id"] == given
+    assert records_of(caplog, given), "the log lines carry the replacement"
+    assert not any(getattr(r, "request_id", None) == incoming for r in caplog.records)
+
+
+def test_every_error_body_names_the_request_id(client, admin, app):
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("internals")
+
+    answers = [
+        client.get("/api/nothing-here"),  # 404
+        client.post("/api/products", json={**SEED, "price": -1}, headers=admin["headers"]),
+        client.post("/api/products", json=SEED),  # 401
+        client.delete("/users/login"),  # 405
+        client.get("/boom", headers={"X-Request-ID": "crash-1"}),  # 500
+    ]
+    assert [a.status_code for a in answers] == [404, 422, 401, 405, 500]
+    for answer in answers:
+        assert answer.json["request_id"] == answer.headers["X-Request-ID"], answer.json
+    assert answers[-1].json["request_id"] == "crash-1"
+    assert answers[1].json["errors"]["json"]["price"], "the rest of the shape is unchanged"
+
+
+def test_every_log_record_of_a_request_carries_its_id_route_and_user(client, admin, app, caplog):
+    caplog.set_level(logging.INFO)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.get("/boom")
+    def boom():
+        logging.getLogger("app.somewhere").warning("about to fail")
+        raise RuntimeError("internals")
+
+    client.get("/boom", headers={"X-Request-ID": "req-boom", **admin["headers"]})
+    boom_records = records_of(caplog, "req-boom")
+    messages = [r.getMessage() for r in boom_records]
+    assert "about to fail" in messages and "unhandled error" in messages
+    assert all(r.route == "/boom" and r.method == "GET" for r in boom_records)
+
+    client.post("/api/products", json=SEED, headers={"X-Request-ID": "req-1", **admin["headers"]})
+    [line] = [r for r in records_of(caplog, "req-1") if r.name == "app.requests"]
+    assert (line.method, line.route, line.status) == ("POST", "/api/products", 201)
+    assert line.user_id == admin["id"] and line.duration_ms >= 0
+
+    client.get("/api/products/d7iy6euiue", headers={"X-Request-ID": "req-2"})
+    [line] = [r for r in records_of(caplog, "req-2") if r.name == "app.requests"]
+    assert (line.route, line.status) == (PRODUCT_ROUTE, 200)
+    assert not hasattr(line, "user_id"), "an anonymous read has no user"
+
+
+def test_probes_and_scrapes_get_no_request_line(client, caplog):
+    caplog.set_level(logging.INFO)
+    client.get("/healthz", headers={"X-Request-ID": "probe"})
+    client.get("/metrics", headers={"X-Request-ID": "scrape"})
+    client.get("/api/products", headers={"X-Request-ID": "list"})
+    lines = {r.request_id for r in caplog.records if r.name == "app.requests"}
+    assert lines == {"list"}
+
+
+def test_json_lines_parse_and_carry_the_fields(client, admin, caplog):
+    caplog.set_level(logging.INFO)
+    headers = {"X-Request-ID": "json-1", **admin["headers"]}
+    client.put("/api/products/nope", json={"price": 1}, headers=headers)
+    [record] = [r for r in records_of(caplog, "json-1") if r.name == "app.requests"]
+    line = logs.formatter("json").format(record)
+    assert "\n" not in line
+    fields = json.loads(line)
+    assert list(fields)[:4] == ["time", "level", "logger", "message"]
+    assert fields["level"] == "INFO" and fields["logger"] == "app.requests"
+    assert fields["message"] == "PUT /api/products/nope 404"
+    assert fields["request_id"] == "json-1" and fields["user_id"] == admin["id"]
+    assert (fields["method"], fields["route"], fields["status"]) == ("PUT", PRODUCT_ROUTE, 404)
+    assert isinstance(fields["duration_ms"], float)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+\+00:00", fields["time"])
+
+
+def test_text_lines_end_with_the_fields(client, caplog):
+    caplog.set_level(logging.INFO)
+    client.get("/api/products/nope", headers={"X-Request-ID": "text-1"})
+    [record] = [r for r in records_of(caplog, "text-1") if r.name == "app.requests"]
+    line = logs.formatter("text").format(record)
+    assert re.search(r" INFO app\.requests: GET /api/products/nope 404 request_id=text-1 ", line)
+    assert f"route={PRODUCT_ROUTE}" in line and "status=404" in line
+
+
+def test_log_format_json_writes_only_json_lines_to_stderr(tmp_path):
+    """A fresh process as uWSGI starts it: no handler yet, LOG_FORMAT=json."""
+    script = (
+        "from app import create_app\n"
+        "from app.config import TestConfig\n"
+        "import logging\n"
+        f"app = create_app(TestConfig('sqlite:///{tmp_path / 'x.db'}'))\n"
+        "client = app.test_client()\n"
+        "client.get('/nowhere', headers={'X-Request-ID': 'fresh-1'})\n"
+        "logging.getLogger('app.elsewhere').warning('outside a request')\n"
+    )
+    env = {**os.environ, "LOG_FORMAT": "json", "LOG_REQUESTS": "true"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    [request_line] = [line for line in lines if line["logger"] == "app.requests"]
+    assert request_line["request_id"] == "fresh-1" and request_line["status"] == 404
+    [outside] = [line for line in lines if line["logger"] == "app.elsewhere"]
+    assert outside["level"] == "WARNING" and "request_id" not in outside
+
+
+def test_the_workers_lines_name_the_notification(app, client, admin, caplog, monkeypatch):
+    """SES refuses the send (sender not verified): the worker's warning says which email."""
+    caplog.set_level(logging.INFO)
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    app.config.update(MAIL_BACKEND="ses", EMAIL_SOURCE="catalog@example.com")
+    with mock_aws():
+        boto3.client("ses", region_name="us-east-1")  # nothing verified: every send fails
+        client.post("/api/products", json=SEED, headers=admin["headers"])
+        Worker(app).drain()
+    failed = [r for r in caplog.records if "attempt 1 failed" in r.getMessage()]
+    assert failed, [r.getMessage() for r in caplog.records]
+    for record in failed:
+        assert f"notification {record.notification_id} " in record.getMessage()
+        assert not hasattr(record, "request_id")
+
+
+def test_an_unknown_log_format_is_refused(monkeypatch):
+    monkeypatch.setenv("LOG_FORMAT", "xml")
+    with pytest.raises(config.ConfigError, match="LOG_FORMAT"):
+        config.TestConfig().validate()
+
+
+def test_nginx_passes_the_request_id_on_and_logs_it():
+    text = NGINX_CONF.read_text()
+    locations = re.findall(r"location [^{]+\{(.*?)\n        \}", text, re.S)
+    proxied = [block for block in locations if "uwsgi_pass" in block]
+    assert len(proxied) >= 3  # every location that passes to uWSGI, below
+    for block in proxied:
+        assert ("uwsgi_param", ["HTTP_X_REQUEST_ID", "$marketplace_request_id"]) in (
+            nginx_directives(block)
+        )
+    [log_format] = re.findall(r"log_format marketplace (.*?);", text, re.S)
+    assert "request_id=$marketplace_request_id" in log_format
+    mapping = re.search(
+        r"map \$http_x_request_id \$marketplace_request_id \{(.*?)\n    \}", text, re.S
+    )
+    assert mapping and '"~^[A-Za-z0-9_-]{1,128}$" $http_x_request_id;' in mapping.group(1)
+    assert "default $request_id;" in mapping.group(1)
+
+
+def test_a_path_cannot_forge_a_log_line(client, caplog):
+    caplog.set_level(logging.INFO)
+    client.get("/api/products/x%0A2026-01-01 INFO app.requests: GET / 200")
+    [record] = [r for r in caplog.records if r.name == "app.requests"]
+    line = logs.formatter("text").format(record)
+    assert "\n" not in line and "x\\n2026-01-01" in line
