@@ -73,6 +73,7 @@ def test_cached_answers_are_byte_for_byte_the_same(app, client, catalog, streame
     assert streamed.exists(cache.ENTRY_PREFIX + "sku-0")
     assert_same_reads(app, client, catalog)  # from the cache only
     first, again = client.get("/api/products/Sku-1"), client.get("/api/products/Sku-1")
+
     def same(answer):  # every request has its own X-Request-ID
         return {k: v for k, v in answer.headers.items() if k != "X-Request-ID"}
 
