@@ -304,21 +304,24 @@ def _totals(by_day: list[dict]) -> dict:
     }
 
 
+def _views_per_day(session, *where) -> dict[date, tuple[int, int]]:
+    """(anonymous, registered) views per day of the roll-ups matching ``where``."""
+    rows = session.execute(
+        select(
+            DailyProductViews.day,
+            func.sum(DailyProductViews.anonymous_views),
+            func.sum(DailyProductViews.registered_views),
+        )
+        .where(*where)
+        .group_by(DailyProductViews.day)
+    )
+    return {day: (int(anon), int(reg)) for day, anon, reg in rows}
+
+
 def catalog_stats(start: date, end: date) -> dict:
     """Views of the whole catalog per day (deleted products included), from the roll-ups."""
     with stats_session() as session:
-        per_day = {
-            day: (int(anon), int(reg))
-            for day, anon, reg in session.execute(
-                select(
-                    DailyProductViews.day,
-                    func.sum(DailyProductViews.anonymous_views),
-                    func.sum(DailyProductViews.registered_views),
-                )
-                .where(DailyProductViews.day.between(start, end))
-                .group_by(DailyProductViews.day)
-            )
-        }
+        per_day = _views_per_day(session, DailyProductViews.day.between(start, end))
     by_day = _days(start, end, per_day)
     return {"start": start, "end": end, **_totals(by_day), "by_day": by_day}
 
@@ -327,18 +330,7 @@ def product_stats(product: Product, start: date, end: date) -> dict:
     ids = _same_sku(product.sku)
     in_range = DailyProductViews.day.between(start, end)
     with stats_session() as session:
-        per_day = {
-            day: (int(anon), int(reg))
-            for day, anon, reg in session.execute(
-                select(
-                    DailyProductViews.day,
-                    func.sum(DailyProductViews.anonymous_views),
-                    func.sum(DailyProductViews.registered_views),
-                )
-                .where(DailyProductViews.product_id.in_(ids), in_range)
-                .group_by(DailyProductViews.day)
-            )
-        }
+        per_day = _views_per_day(session, DailyProductViews.product_id.in_(ids), in_range)
         unique = session.scalar(
             select(func.count(func.distinct(DailyProductViewer.user_id))).where(
                 DailyProductViewer.product_id.in_(ids),

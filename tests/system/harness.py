@@ -893,6 +893,58 @@ class Stack:
             return None
 
 
+# ---------------------------------------------------------------- the app in-process
+
+# What every headless Chromium of the browser tests runs with.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def in_process_app(database: Path, secret_key: str, **settings: str):
+    """The app on a migrated SQLite file of its own, without Redis (the browser tests'
+    server); ``settings`` are more environment variables, set only while it is made."""
+    from flask_migrate import upgrade
+
+    from app import create_app
+
+    env = {"DATABASE_URL": f"sqlite:///{database}", "SECRET_KEY": secret_key, **settings}
+    saved = {name: os.environ.get(name) for name in [*env, "REDIS_URL"]}
+    os.environ.update(env)
+    os.environ.pop("REDIS_URL", None)
+    try:
+        app = create_app()
+        with app.app_context():
+            upgrade()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return app
+
+
+@contextlib.contextmanager
+def serve_wsgi(wsgi):
+    """``wsgi`` on a free loopback port (werkzeug, threaded); yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server(HOST, free_port(), wsgi, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{HOST}:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
 # ---------------------------------------------------------------- load and counting
 
 GET, LIST, PUT = "get", "list", "put"

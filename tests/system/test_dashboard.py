@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import struct
-import threading
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import pytest
 import websocket
 from sqlalchemy import update
-from werkzeug.serving import make_server
 
 from tests.system import harness as h
 
@@ -152,95 +150,89 @@ def served(tmp_path_factory):
     the emails their creation wrote: some sent by the worker, some left pending, some as
     the worker leaves them when SES refuses (failed) or does not answer (unknown)."""
     workdir = tmp_path_factory.mktemp("dashboard")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("DATABASE_URL", f"sqlite:///{workdir / 'dashboard.db'}")
-        env.setenv("SECRET_KEY", "dashboard-check-secret-key-long-enough-0123456789")
-        env.setenv("MAIL_BACKEND", "console")
-        env.delenv("REDIS_URL", raising=False)
-        from flask_migrate import upgrade
+    app = h.in_process_app(
+        workdir / "dashboard.db",
+        "dashboard-check-secret-key-long-enough-0123456789",
+        MAIL_BACKEND="console",
+    )
+    from app.extensions import db
+    from app.models import Notification, Product
+    from app.services import accounts, tracking
+    from app.worker import Worker
 
-        from app import create_app
-        from app.extensions import db
-        from app.models import Notification, Product
-        from app.services import accounts, tracking
-        from app.worker import Worker
-
-        app = create_app()
-        with app.app_context():
-            upgrade()
-            accounts.create_user(
-                fullname="Dashboard Admin",
-                username="dash-admin",
-                email=ADMIN[0],
-                password=ADMIN[1],
-                role=1,
-            )
-            db.session.commit()
-    server = make_server(h.HOST, h.free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    http = h.Http(server.server_port)
-    token = http.login(*ADMIN)
-    for email, password, role in [
-        ("second.admin@example.com", "second-admin-password", 1),
-        (READER[0], READER[1], 2),
-    ]:
-        user = {
-            "fullname": email,
-            "username": email.split("@")[0],
-            "email": email,
-            "password": password,
-            "rol": role,
-        }
-        assert http.request("POST", "/api/users", user, token=token).status == 201
-    reader = http.login(*READER)
-
-    def create(sku: str, name: str) -> None:
-        body = {"sku": sku, "name": name, "price": 120, "mark": "acme", "quantity": 3}
-        assert http.request("POST", "/api/products", body, token=token).status == 201
-
-    create("zap-01", "Zapatillas urbanas")
-    create("cam-02", "Campera impermeable")
-    Worker(app).drain()  # the worker sends these four emails (console mailer)
-    create("gor-03", "Gorra de lana")
-    create("med-04", "Medias de algodón")
     with app.app_context():
-        later = list(
-            db.session.scalars(db.select(Notification.id).where(Notification.status == "pending"))
+        accounts.create_user(
+            fullname="Dashboard Admin",
+            username="dash-admin",
+            email=ADMIN[0],
+            password=ADMIN[1],
+            role=1,
         )
-        outcomes = {later[0]: "failed", later[1]: "unknown", later[2]: "failed"}
-        errors = {
-            "failed": "MessageRejected: Email address is not verified.",
-            "unknown": "outcome unknown: SES did not answer in time",
-        }
-        for row_id, status in outcomes.items():
-            db.session.execute(
-                update(Notification)
-                .where(Notification.id == row_id)
-                .values(status=status, attempts=3, last_error=errors[status])
-            )
         db.session.commit()
+    with h.serve_wsgi(app) as base:
+        http = h.Http(int(base.rsplit(":", 1)[1]))
+        token = http.login(*ADMIN)
+        for email, password, role in [
+            ("second.admin@example.com", "second-admin-password", 1),
+            (READER[0], READER[1], 2),
+        ]:
+            user = {
+                "fullname": email,
+                "username": email.split("@")[0],
+                "email": email,
+                "password": password,
+                "rol": role,
+            }
+            assert http.request("POST", "/api/users", user, token=token).status == 201
+        reader = http.login(*READER)
 
-    reads = {"zap-01": (5, 3), "cam-02": (2, 1), "gor-03": (1, 0)}  # (anonymous, reader)
-    for sku, (anonymous, registered) in reads.items():
-        for _ in range(anonymous):
-            assert http.get(f"/api/products/{sku}").status == 200
-        for _ in range(registered):
-            assert http.get(f"/api/products/{sku}", token=reader).status == 200
-    # Earlier days' views, as the worker would have written them then.
-    with app.app_context():
-        ids = {p.sku: p.id for p in db.session.scalars(db.select(Product))}
-        reader_id = accounts.find_by_email(READER[0]).id
-        history = []
-        for back, (sku, anonymous, registered) in enumerate(
-            [("zap-01", 4, 1), ("cam-02", 6, 2), ("zap-01", 2, 0), ("med-04", 3, 3)], start=1
-        ):
-            at = datetime.combine(TODAY - timedelta(days=back * 3), datetime.min.time(), UTC)
-            history += [tracking.View(ids[sku], None, at)] * anonymous
-            history += [tracking.View(ids[sku], reader_id, at)] * registered
-        tracking.write_views(history)
-    yield http, token, f"http://{h.HOST}:{server.server_port}", workdir
-    server.shutdown()
+        def create(sku: str, name: str) -> None:
+            body = {"sku": sku, "name": name, "price": 120, "mark": "acme", "quantity": 3}
+            assert http.request("POST", "/api/products", body, token=token).status == 201
+
+        create("zap-01", "Zapatillas urbanas")
+        create("cam-02", "Campera impermeable")
+        Worker(app).drain()  # the worker sends these four emails (console mailer)
+        create("gor-03", "Gorra de lana")
+        create("med-04", "Medias de algodón")
+        with app.app_context():
+            later = list(
+                db.session.scalars(
+                    db.select(Notification.id).where(Notification.status == "pending")
+                )
+            )
+            outcomes = {later[0]: "failed", later[1]: "unknown", later[2]: "failed"}
+            errors = {
+                "failed": "MessageRejected: Email address is not verified.",
+                "unknown": "outcome unknown: SES did not answer in time",
+            }
+            for row_id, status in outcomes.items():
+                db.session.execute(
+                    update(Notification)
+                    .where(Notification.id == row_id)
+                    .values(status=status, attempts=3, last_error=errors[status])
+                )
+            db.session.commit()
+
+        reads = {"zap-01": (5, 3), "cam-02": (2, 1), "gor-03": (1, 0)}  # (anonymous, reader)
+        for sku, (anonymous, registered) in reads.items():
+            for _ in range(anonymous):
+                assert http.get(f"/api/products/{sku}").status == 200
+            for _ in range(registered):
+                assert http.get(f"/api/products/{sku}", token=reader).status == 200
+        # Earlier days' views, as the worker would have written them then.
+        with app.app_context():
+            ids = {p.sku: p.id for p in db.session.scalars(db.select(Product))}
+            reader_id = accounts.find_by_email(READER[0]).id
+            history = []
+            for back, (sku, anonymous, registered) in enumerate(
+                [("zap-01", 4, 1), ("cam-02", 6, 2), ("zap-01", 2, 0), ("med-04", 3, 3)], start=1
+            ):
+                at = datetime.combine(TODAY - timedelta(days=back * 3), datetime.min.time(), UTC)
+                history += [tracking.View(ids[sku], None, at)] * anonymous
+                history += [tracking.View(ids[sku], reader_id, at)] * registered
+            tracking.write_views(history)
+        yield http, token, base, workdir
     with app.app_context():
         db.engine.dispose()
 
@@ -256,14 +248,7 @@ def chromium(served, reaper):
     process = reaper.start(
         [
             browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *h.CHROMIUM_FLAGS,
             "--hide-scrollbars",
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0",

@@ -7,57 +7,35 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from tests.system import harness as h
 
 pytestmark = pytest.mark.browser
 NEWMAN = "newman@6.2.2"
 ADMIN_PASSWORD = "docs-check-admin-password"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=15000",
-]
+CHROMIUM_FLAGS = [*h.CHROMIUM_FLAGS, "--virtual-time-budget=15000"]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("docs")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("DATABASE_URL", f"sqlite:///{workdir / 'docs.db'}")
-        env.setenv("SECRET_KEY", "docs-check-secret-key-long-enough-0123456789")
-        from flask_migrate import upgrade
+    app = h.in_process_app(workdir / "docs.db", "docs-check-secret-key-long-enough-0123456789")
+    from app.extensions import db
+    from app.services import accounts
 
-        from app import create_app
-        from app.extensions import db
-        from app.services import accounts
-
-        app = create_app()
-        with app.app_context():
-            upgrade()
-            accounts.create_user(
-                fullname="Docs Admin",
-                username="docs-admin",
-                email="admin@example.com",
-                password=ADMIN_PASSWORD,
-                role=1,
-            )
-            db.session.commit()
-    server = make_server(h.HOST, h.free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, f"http://{h.HOST}:{server.server_port}", workdir
-    server.shutdown()
+    with app.app_context():
+        accounts.create_user(
+            fullname="Docs Admin",
+            username="docs-admin",
+            email="admin@example.com",
+            password=ADMIN_PASSWORD,
+            role=1,
+        )
+        db.session.commit()
+    with h.serve_wsgi(app) as base:
+        yield app, base, workdir
     with app.app_context():
         db.engine.dispose()
 

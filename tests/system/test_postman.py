@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from tests.system import harness as h
 from tests.system.test_docs import NEWMAN
@@ -43,36 +41,28 @@ README_PRODUCT = {
 def served(tmp_path_factory):
     """The app on loopback over a SQLite file holding the README's examples."""
     workdir = tmp_path_factory.mktemp("postman")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("DATABASE_URL", f"sqlite:///{workdir / 'postman.db'}")
-        env.setenv("SECRET_KEY", "postman-check-secret-key-long-enough-0123456789")
-        from flask_migrate import upgrade
+    app = h.in_process_app(
+        workdir / "postman.db", "postman-check-secret-key-long-enough-0123456789"
+    )
+    from app.extensions import db
+    from app.models import Product
+    from app.services import accounts
 
-        from app import create_app
-        from app.extensions import db
-        from app.models import Product
-        from app.services import accounts
-
-        app = create_app()
-        with app.app_context():
-            upgrade()
-            for n, (email, password) in enumerate((ADMIN, SECOND_ADMIN), start=1):
-                accounts.create_user(
-                    fullname=f"Admin {n}",
-                    username=f"admin-{n}",
-                    email=email,
-                    password=password,
-                    role=1,
-                )
-            accounts.create_user(**README_USER)
-            db.session.add(Product(**README_PRODUCT))
-            db.session.commit()
+    with app.app_context():
+        for n, (email, password) in enumerate((ADMIN, SECOND_ADMIN), start=1):
+            accounts.create_user(
+                fullname=f"Admin {n}",
+                username=f"admin-{n}",
+                email=email,
+                password=password,
+                role=1,
+            )
+        accounts.create_user(**README_USER)
+        db.session.add(Product(**README_PRODUCT))
+        db.session.commit()
     seen: list[tuple[str, str]] = []  # (method, path) of every request the app got
-    server = make_server(h.HOST, h.free_port(), recording(app, seen), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, f"http://{h.HOST}:{server.server_port}", workdir, seen
-    server.shutdown()
+    with h.serve_wsgi(recording(app, seen)) as base:
+        yield app, base, workdir, seen
     with app.app_context():
         db.engine.dispose()
 
