@@ -45,24 +45,32 @@ def recipients(actor: User | None) -> list[User]:
 
 def notify(change: Change) -> list[Notification]:
     """Add one pending email per admin to the session; sent only if the change commits."""
-    now = utcnow()
     changes = {field: {"old": old, "new": new} for field, (old, new) in change.changes.items()}
+    return _email_admins(
+        change.actor,
+        event=change.event,
+        changes=changes,
+        product_id=change.product.id,
+        sku=change.product.sku,
+        product_name=change.product.name,
+    )
+
+
+def _email_admins(actor: User | None, **content) -> list[Notification]:
+    """One pending notification row per recipient, in the session: the outbox."""
+    now = utcnow()
     rows = [
         Notification(
             recipient=admin.email,
             recipient_id=admin.id,
-            product_id=change.product.id,
-            sku=change.product.sku,
-            product_name=change.product.name,
-            event=change.event,
-            changes=changes,
-            actor_id=change.actor.id if change.actor else None,
-            actor_name=change.actor.fullname if change.actor else None,
-            actor_email=change.actor.email if change.actor else None,
+            actor_id=actor.id if actor else None,
+            actor_name=actor.fullname if actor else None,
+            actor_email=actor.email if actor else None,
             occurred_at=now,
             next_attempt_at=now,
+            **content,
         )
-        for admin in recipients(change.actor)
+        for admin in recipients(actor)
     ]
     if rows:
         db.session.add_all(rows)
@@ -88,7 +96,6 @@ class ImportSummary:
 
 def notify_import(summary: ImportSummary) -> list[Notification]:
     """Add one pending summary email per admin to the session (event "imported")."""
-    now = utcnow()
     content = {
         "created": summary.created,
         "updated": summary.updated,
@@ -102,24 +109,7 @@ def notify_import(summary: ImportSummary) -> list[Notification]:
             for sku, event, diff in summary.changes[:SUMMARY_CHANGES]
         ],
     }
-    rows = [
-        Notification(
-            recipient=admin.email,
-            recipient_id=admin.id,
-            event="imported",
-            changes=content,
-            actor_id=summary.actor.id if summary.actor else None,
-            actor_name=summary.actor.fullname if summary.actor else None,
-            actor_email=summary.actor.email if summary.actor else None,
-            occurred_at=now,
-            next_attempt_at=now,
-        )
-        for admin in recipients(summary.actor)
-    ]
-    if rows:
-        db.session.add_all(rows)
-        db.session.info[PENDING_KEY] = True
-    return rows
+    return _email_admins(summary.actor, event="imported", changes=content)
 
 
 def _wake_after_commit(session: Session) -> None:
