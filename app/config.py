@@ -234,7 +234,7 @@ class Config:
         self.ARGON2_MEMORY_KIB = env_int("ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB)
         self.ARGON2_TIME_COST = env_int("ARGON2_TIME_COST", ARGON2_TIME_COST)
         self.ARGON2_PARALLELISM = env_int("ARGON2_PARALLELISM", ARGON2_PARALLELISM)
-        self.LOGIN_CONCURRENCY = env_int("LOGIN_CONCURRENCY", 1)
+        self.LOGIN_CONCURRENCY = env_int("LOGIN_CONCURRENCY", 2)
         self.LOGIN_LIMITS_PER_PROCESS = env_bool("LOGIN_LIMITS_PER_PROCESS", False)
         self.RATELIMIT_STORAGE_URI = (
             env_str("RATELIMIT_STORAGE_URI") or self.REDIS_URL or "memory://"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 
 import jwt as pyjwt
@@ -94,8 +95,9 @@ def test_concurrent_failures_are_counted_atomically(app, admin):
 
 def test_a_process_busy_verifying_answers_503_at_once(app, client, admin):
     slots = app.extensions["password_slots"]
-    with slots.take() as held:  # another request is verifying a password
-        assert held
+    with contextlib.ExitStack() as verifying:  # other requests verify LOGIN_CONCURRENCY passwords
+        for _ in range(app.config["LOGIN_CONCURRENCY"]):
+            assert verifying.enter_context(slots.take())
         busy = login(client, WRONG)
         assert busy.status_code == 503
         assert busy.json["code"] == 503
