@@ -219,7 +219,9 @@ def release(rows: list[Claimed]) -> int:
 
 
 def expire_abandoned_sends() -> list[int]:
-    """Rows left ``sending`` by a sender that died: their outcome is unknown."""
+    """Rows left ``sending`` past their lease: their outcome is unknown. The claim token
+    stays, so a sender that was only cut off from the database (not dead) still records
+    what SES answered when it gets through."""
     now = utcnow()
     abandoned = and_(Notification.status == Status.SENDING, Notification.claimed_until < now)
     ids = list(db.session.scalars(select(Notification.id).where(abandoned)))
@@ -231,7 +233,6 @@ def expire_abandoned_sends() -> list[int]:
         .where(abandoned)
         .values(
             status=Status.UNKNOWN,
-            claim_token=None,
             claimed_until=None,
             last_error="outcome unknown: the sender stopped during the send",
         )

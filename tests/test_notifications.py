@@ -569,6 +569,33 @@ def test_a_sender_that_died_during_a_send_leaves_it_unknown_not_resent(
     assert "stopped during the send" in abandoned.last_error
 
 
+def test_a_sender_cut_off_from_the_database_past_its_lease_records_what_ses_answered(
+    app, client, admins, ses, rows
+):
+    """MariaDB frozen longer than the lease: meanwhile the row is marked unknown; the
+    sender, once through again, records the send SES accepted (sent, not unknown)."""
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+
+    class CutOffMailer(SESMailer):
+        def send(self, email):
+            message_id = super().send(email)
+            with app.app_context():  # the lease runs out while the database is away
+                db.session.execute(
+                    update(Notification).values(claimed_until=utcnow() - timedelta(seconds=1))
+                )
+                db.session.commit()
+                assert outbox.expire_abandoned_sends() == [row.id]
+                assert rows(Notification, Notification.id == row.id)[0].status == "unknown"
+            return message_id
+
+    with app.app_context():
+        row = outbox.claim(1)[0]
+        assert outbox.deliver(row, CutOffMailer(SENDER, REGION)) == "sent"
+    recorded = rows(Notification, Notification.id == row.id)[0]
+    assert recorded.status == "sent" and recorded.message_id
+    assert len(ses.sent_messages) == 1
+
+
 def test_a_graceful_stop_gives_back_the_emails_it_had_not_started(app, client, admins, ses, rows):
     client.post("/api/products", json=SEED, headers=admins[0]["headers"])
     worker = Worker(app)
