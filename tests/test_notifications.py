@@ -581,7 +581,9 @@ def test_a_sender_cut_off_from_the_database_past_its_lease_records_what_ses_answ
             message_id = super().send(email)
             with app.app_context():  # the lease runs out while the database is away
                 db.session.execute(
-                    update(Notification).values(claimed_until=utcnow() - timedelta(seconds=1))
+                    update(Notification)
+                    .where(Notification.id == row.id)
+                    .values(claimed_until=utcnow() - timedelta(seconds=1))
                 )
                 db.session.commit()
                 assert outbox.expire_abandoned_sends() == [row.id]
