@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import auth, cache, cli, database, errors, extensions, logs, metrics, security, streams
+from app import (
+    auth,
+    cache,
+    cached_reads,
+    cli,
+    database,
+    errors,
+    extensions,
+    logs,
+    metrics,
+    security,
+    streams,
+)
 from app.api import (
     account,
     catalog,
@@ -32,7 +44,7 @@ def create_app(config: Config | None = None) -> Flask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
-    app.wsgi_app = TrailingSlashOptional(app.wsgi_app)
+    app.wsgi_app = TrailingSlashOptional(cached_reads.CachedReads(app, app.wsgi_app))
     return app
 
 

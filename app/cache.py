@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -43,6 +44,7 @@ from sqlalchemy import event
 from app import metrics, streams
 from app.extensions import db
 from app.models import Product
+from app.schemas import SKU_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ COUNT_KEYS = ["marketplace:product-count:v1", "marketplace:product-count-gen"]
 PAGE_PREFIX = "marketplace:products-page:v1:"
 PAGE_GENERATION = "marketplace:products-page-gen"
 PAGE_KEYS = [PAGE_PREFIX + "-", PAGE_GENERATION]  # as an (entry, generation) pair
+# Only a sku one could create is looked up (any other is read, and not found).
+CACHEABLE_SKU = re.compile(SKU_PATTERN)
 # Longer query strings are not cached (any key is a key; these are not worth one).
 PAGE_QUERY_MAX = 512
 # Products changed in a session's transaction, invalidated after its commit.
@@ -207,15 +211,15 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     @classmethod
-    def connection(cls):
-        pool = streams.client().connection_pool
+    def connection(cls, client: redis.Redis | None = None):
+        pool = (client or streams.client()).connection_pool
         local = cls.local
         if getattr(local, "pool", None) is not pool or local.pid != os.getpid():
             local.connection, local.pool, local.pid = pool.make_connection(), pool, os.getpid()
         return local.connection
 
-    def __call__(self, keys: list[str], args: list):
-        conn = self.connection()
+    def __call__(self, keys: list[str], args: list, client: redis.Redis | None = None):
+        conn = self.connection(client)
         conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
         try:
             return conn.read_response()
@@ -238,14 +242,19 @@ def _keys(sku_key: str) -> list[str]:
     return [ENTRY_PREFIX + sku_key, GENERATION_PREFIX + sku_key, streams.VIEWS_STREAM]
 
 
-def _read(keys: list[str], view: tuple[str, float] | None) -> str | Miss:
+def _read(
+    keys: list[str],
+    view: tuple[str, float] | None,
+    client: redis.Redis | None = None,
+    lifetime: float | None = None,
+) -> str | Miss:
     args = ["1", *view] if view is not None else ["0", "", ""]
-    found = SCRIPTS["read"](keys, args)
+    found = SCRIPTS["read"](keys, args, client)
     if isinstance(found, str):
         return found
     generation, secs, micros = found
     now_ms = int(secs) * 1000 + int(micros) // 1000
-    return Miss(generation, now_ms + int(seconds() * 1000))
+    return Miss(generation, now_ms + int((seconds() if lifetime is None else lifetime) * 1000))
 
 
 def _fill(keys: list[str], miss: Miss, entry: str, view: list | None) -> bool:
@@ -253,10 +262,16 @@ def _fill(keys: list[str], miss: Miss, entry: str, view: list | None) -> bool:
     return bool(SCRIPTS["fill"](keys, args))
 
 
-def read(sku_key: str, view: tuple[str, float] | None) -> Answer | Miss:
+def read(
+    sku_key: str,
+    view: tuple[str, float] | None,
+    client: redis.Redis | None = None,
+    lifetime: float | None = None,
+) -> Answer | Miss:
     """The cached answer, its view (``(user or "", time)``) added to the stream; or what
-    a fill needs. Raises redis.RedisError."""
-    found = _read(_keys(sku_key), view)
+    a fill needs (no view added). Raises redis.RedisError. Outside an app context, name
+    the Redis ``client`` and the entries' ``lifetime``."""
+    found = _read(_keys(sku_key), view, client, lifetime)
     if isinstance(found, str):
         metrics.PRODUCT_CACHE_HITS.inc()
         return Answer.from_entry(found)

@@ -100,10 +100,13 @@ def request_id() -> str:
     """This request's id: the incoming X-Request-ID when valid, else a new one."""
     current = g.get("request_id")
     if current is None:
-        incoming = request.headers.get(HEADER, "")
-        current = incoming if VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
-        g.request_id = current
+        current = g.request_id = kept_or_new(request.headers.get(HEADER, ""))
     return current
+
+
+def kept_or_new(incoming: str) -> str:
+    """The client's X-Request-ID when it is a valid one, else a new id."""
+    return incoming if VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
 
 
 def _start() -> None:
@@ -116,15 +119,21 @@ def _finish(response):
     route = request.url_rule.rule if request.url_rule is not None else None
     if route not in QUIET_ROUTES and current_app.config["LOG_REQUESTS"]:
         started = g.get("log_started")
-        duration = round((time.perf_counter() - started) * 1000, 2) if started else None
-        requests_log.info(
-            "%s %s %s",
-            request.method,
-            printable(request.path),
-            response.status_code,
-            extra={"status": response.status_code, "duration_ms": duration},
-        )
+        duration = time.perf_counter() - started if started else None
+        request_line(request.method, request.path, response.status_code, duration)
     return response
+
+
+def request_line(method: str, path: str, status: int, seconds: float | None) -> None:
+    """The line of one answered request (``app.requests``)."""
+    duration = round(seconds * 1000, 2) if seconds is not None else None
+    requests_log.info(
+        "%s %s %s",
+        method,
+        printable(path),
+        status,
+        extra={"status": status, "duration_ms": duration},
+    )
 
 
 def printable(text: str) -> str:

@@ -114,11 +114,17 @@ def _start_timer() -> None:
 def _count(response):
     started = g.pop("metrics_started", None)
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    requests, latency = _children(route, request.method, response.status_code)
-    requests.inc()
-    if started is not None:
-        latency.observe(time.perf_counter() - started)
+    seconds = time.perf_counter() - started if started is not None else None
+    count(route, request.method, response.status_code, seconds)
     return response
+
+
+def count(route: str, method: str, status: int, seconds: float | None) -> None:
+    """One answered request, and how long it took (when known)."""
+    requests, latency = _children(route, method, status)
+    requests.inc()
+    if seconds is not None:
+        latency.observe(seconds)
 
 
 @functools.cache

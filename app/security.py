@@ -62,23 +62,31 @@ ALWAYS = (
 
 def _security_headers(response):
     """Add each header the view did not set itself (one pass over the response's)."""
-    path = request.path
-    policy = DOCS_POLICY if path.startswith("/api/docs") else API_POLICY
-    wanted = [*ALWAYS, ("Content-Security-Policy", policy)]
-    max_age = current_app.config["HSTS_MAX_AGE"]
-    if max_age and request.is_secure:
-        # Only over HTTPS (browsers ignore it over HTTP): behind the load balancer, nginx
-        # passes its X-Forwarded-Proto on as the request's scheme.
-        wanted.append(("Strict-Transport-Security", f"max-age={max_age}"))
-    if request.authorization is not None or path.startswith("/users/login"):
-        # Answers to authenticated requests and tokens are never cached by a proxy.
-        wanted.append(("Cache-Control", "no-store"))
+    wanted = headers_for(
+        request.path,
+        current_app.config["HSTS_MAX_AGE"] if request.is_secure else 0,
+        request.authorization is not None,
+    )
     headers = response.headers
     present = {name.lower() for name, _value in headers.items()}
     for name, value in wanted:
         if name.lower() not in present:
             headers.add(name, value)
     return response
+
+
+def headers_for(path: str, hsts_max_age: int, authorized: bool) -> list[tuple[str, str]]:
+    """The headers an answer to ``path`` carries; ``hsts_max_age`` 0 over plain HTTP."""
+    policy = DOCS_POLICY if path.startswith("/api/docs") else API_POLICY
+    wanted = [*ALWAYS, ("Content-Security-Policy", policy)]
+    if hsts_max_age:
+        # Only over HTTPS (browsers ignore it over HTTP): behind the load balancer, nginx
+        # passes its X-Forwarded-Proto on as the request's scheme.
+        wanted.append(("Strict-Transport-Security", f"max-age={hsts_max_age}"))
+    if authorized or path.startswith("/users/login"):
+        # Answers to authenticated requests and tokens are never cached by a proxy.
+        wanted.append(("Cache-Control", "no-store"))
+    return wanted
 
 
 class LoginLimits:

@@ -46,6 +46,12 @@ def client() -> redis.Redis | None:
     return current_app.extensions.get("redis")
 
 
+def may_have_run(exc: redis.RedisError) -> bool:
+    """Whether a command that raised ``exc`` may have run all the same: it went out and
+    no answer came back (a timeout once connected)."""
+    return isinstance(exc, redis.TimeoutError) and "connecting" not in str(exc)
+
+
 def view_fields(product_id: int, user_id: int | None, at: datetime) -> dict:
     return {"p": product_id, "u": user_id if user_id is not None else "", "t": at.timestamp()}
 

@@ -5,8 +5,9 @@ from flask.views import MethodView
 from flask_jwt_extended import current_user
 from flask_smorest import abort
 
-from app import conditional
+from app import cached_reads, conditional
 from app.auth import admin_required, optional_user, token_optional
+from app.cache import Miss
 from app.errors import ErrorSchema
 from app.openapi import Blueprint
 from app.schemas import (
@@ -115,11 +116,15 @@ class ProductsBySku(MethodView):
     def get(self, sku):
         """Read one product (each read, 200 or 304, is counted in its statistics)."""
         reader = optional_user()
+        # A read the cache layer in front did not answer: what it found (app/cached_reads.py).
+        handed = request.environ.get(cached_reads.HANDOFF)
         answer = catalog.read_product(
             sku,
             reader.id if reader is not None else None,
             request.remote_addr,
-            view=request.method == "GET",  # HEAD is not a consultation
+            # HEAD is not a consultation; nor is a read whose view the stream has taken
+            view=request.method == "GET" and handed != cached_reads.VIEW_TAKEN,
+            miss=handed if isinstance(handed, Miss) else None,
         )
         if answer is None:
             abort(404, message=f"No product with sku {sku!r}.")

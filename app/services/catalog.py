@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 
 import redis
@@ -10,12 +9,12 @@ from flask import current_app
 from sqlalchemy import bindparam, func, select
 
 from app import cache
-from app.cache import Answer
+from app.cache import Answer, Miss
 from app.database import locked
 from app.extensions import db
 from app.fields import json_number
 from app.models import Product, User, utcnow
-from app.schemas import SKU_PATTERN, dump_product
+from app.schemas import dump_product
 from app.services import RuleError, notifications, tracking
 from app.services.notifications import Change
 
@@ -39,8 +38,6 @@ SHOWN += (PRODUCTS.c.quantity, PRODUCTS.c.created_at, PRODUCTS.c.updated_at)
 READ_ONE = select(PRODUCTS.c.id, PRODUCTS.c.version, *SHOWN).where(
     PRODUCTS.c.sku_key == bindparam("sku_key")
 )
-# Only a sku one could create is looked up in the cache (any other is read, and not found).
-CACHEABLE_SKU = re.compile(SKU_PATTERN)
 
 
 def _answer(row) -> Answer:
@@ -48,18 +45,21 @@ def _answer(row) -> Answer:
     return Answer(row.id, row.version, body)
 
 
-def read_product(sku: str, reader_id: int | None, client: str | None, view: bool):
+def read_product(
+    sku: str, reader_id: int | None, client: str | None, view: bool, miss: Miss | None = None
+):
     """The live product's answer (None if there is none), its view recorded when
     ``view``: from the Redis cache when it has it (the view added in the same round
-    trip), else from the database (and then cached)."""
+    trip), else from the database (and then cached). ``miss``: the cache was already
+    asked for this read, and did not have it (app/cached_reads.py)."""
     key = sku.lower()
-    if not cache.seconds() or not CACHEABLE_SKU.fullmatch(sku):
+    if not cache.seconds() or not cache.CACHEABLE_SKU.fullmatch(sku):
         return _read_from_database(key, reader_id, client, view)
     now = utcnow()
     streamed = view and tracking.streams_each_view()
     fields = ("" if reader_id is None else str(reader_id), now.timestamp()) if streamed else None
     try:
-        found = cache.read(key, fields)
+        found = miss if miss is not None else cache.read(key, fields)
     except redis.RedisError as exc:
         row = db.session.execute(READ_ONE, {"sku_key": key}).first()
         if row is not None and view:

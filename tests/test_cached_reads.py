@@ -1,0 +1,227 @@
+"""A cached anonymous product read is answered ahead of Flask (app/cached_reads.py): the
+client, the logs and the metrics cannot tell it from the route's own answer, and every
+read is still exactly one view."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import pytest
+import redis
+from prometheus_client import REGISTRY
+from sqlalchemy import delete
+
+from app import cache, config, create_app, streams
+from app.cached_reads import CachedReads
+from app.extensions import db
+from app.models import Product, ProductView
+from app.services import catalog
+from tests.system.harness import FaultProxy
+
+ROUTE = "/api/products/<string:sku>"
+
+
+@pytest.fixture
+def product(make, client, streamed):
+    make.product("Abc-1", name="zapatos")
+    assert client.get("/api/products/Abc-1").status_code == 200  # a miss fills the cache
+    assert streamed.exists(cache.ENTRY_PREFIX + "abc-1")
+    return "Abc-1"
+
+
+@pytest.fixture
+def route_reads(app, monkeypatch):
+    """How many reads reached the route (the layer in front did not answer them)."""
+    calls = []
+    real = catalog.read_product
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "read_product", counted)
+    return calls
+
+
+@contextlib.contextmanager
+def route_only(app):
+    """The app with nothing in front of Flask: its route answers every read."""
+    front = app.wsgi_app.wsgi_app  # inside TrailingSlashOptional
+    assert isinstance(front, CachedReads)
+    app.wsgi_app.wsgi_app = front.flask
+    try:
+        yield
+    finally:
+        app.wsgi_app.wsgi_app = front
+
+
+def views(conn) -> int:
+    return conn.xlen(streams.VIEWS_STREAM)
+
+
+def requests_counted(status: int) -> float:
+    labels = {"route": ROUTE, "method": "GET", "status": str(status)}
+    return REGISTRY.get_sample_value("marketplace_http_requests_total", labels) or 0
+
+
+REQUESTS = [
+    pytest.param({}, {}, id="plain"),
+    pytest.param({"X-Request-ID": "client-id-7"}, {}, id="the client's request id"),
+    pytest.param({"X-Request-ID": "not valid!"}, {}, id="an invalid request id"),
+    pytest.param({"If-None-Match": '"1-1"'}, {}, id="not modified"),
+    pytest.param({"If-None-Match": 'W/"1-1", "x"'}, {}, id="not modified, weak"),
+    pytest.param({"If-None-Match": '"9-9"'}, {}, id="another version"),
+    pytest.param({}, {"base_url": "https://localhost"}, id="over https"),
+]
+
+
+@pytest.mark.parametrize(("headers", "where"), REQUESTS)
+def test_a_cached_read_answers_exactly_as_the_route_does(
+    app, client, product, streamed, route_reads, caplog, headers, where
+):
+    app.config["HSTS_MAX_AGE"] = 600
+    caplog.set_level(logging.INFO, "app.requests")
+
+    def read():
+        before, counted = views(streamed), requests_counted(304) + requests_counted(200)
+        caplog.clear()
+        answer = client.get(f"/api/products/{product}", headers=headers, **where)
+        assert views(streamed) == before + 1, "each read is one view"
+        assert requests_counted(304) + requests_counted(200) == counted + 1
+        (line,) = [r for r in caplog.records if r.name == "app.requests"]
+        shown = {k: getattr(line, k, None) for k in ("request_id", "method", "route", "status")}
+        return answer, shown, line.getMessage()
+
+    ahead, ahead_line, ahead_message = read()
+    assert route_reads == [], "answered ahead of the route"
+    with route_only(app):
+        routed, routed_line, routed_message = read()
+    assert route_reads == [product]
+
+    assert (ahead.status, ahead.get_data()) == (routed.status, routed.get_data())
+    assert ahead.status_code in (200, 304)
+    if headers.get("X-Request-ID") == "client-id-7":
+        assert ahead.headers == routed.headers
+    else:  # each answer has an id of its own
+        assert ahead.headers["X-Request-ID"] != routed.headers["X-Request-ID"]
+        same = lambda answer: [(k, v) for k, v in answer.headers if k != "X-Request-ID"]  # noqa: E731
+        assert same(ahead) == same(routed)
+    assert ahead_line["request_id"] == ahead.headers["X-Request-ID"]
+    assert {**ahead_line, "request_id": None} == {**routed_line, "request_id": None}
+    assert ahead_line["route"] == ROUTE and ahead_line["status"] == ahead.status_code
+    assert ahead_message == routed_message
+    if where:
+        assert ahead.headers["Strict-Transport-Security"] == "max-age=600"
+
+
+def test_a_read_the_cache_does_not_hold_is_one_view_and_fills_it(
+    app, client, make, streamed, route_reads
+):
+    make.product("fresh")
+    asked = []
+    real = cache.SCRIPTS["read"]
+    cache.SCRIPTS["read"] = lambda *args: asked.append(args[0][0]) or real(*args)
+    try:
+        answer = client.get("/api/products/fresh")
+    finally:
+        cache.SCRIPTS["read"] = real
+    assert answer.status_code == 200 and answer.json["sku"] == "fresh"
+    assert route_reads == ["fresh"]
+    assert asked == [cache.ENTRY_PREFIX + "fresh"], "the route does not ask Redis again"
+    assert views(streamed) == 1
+    assert streamed.exists(cache.ENTRY_PREFIX + "fresh")
+
+
+def test_a_missing_product_is_the_routes_404(client, streamed, route_reads):
+    answer = client.get("/api/products/nope")
+    assert answer.status_code == 404 and answer.json["message"] == "No product with sku 'nope'."
+    assert route_reads == ["nope"] and views(streamed) == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "request_kwargs"),
+    [
+        pytest.param({}, {"method": "HEAD"}, id="HEAD"),
+        pytest.param({}, {"query_string": "page=2"}, id="a query string"),
+        pytest.param({"VIEW_DEDUP_SECONDS": 60}, {}, id="views counted once a window"),
+        pytest.param({"VIEW_RECORDING": "direct"}, {}, id="views written by the read"),
+    ],
+)
+def test_reads_the_layer_does_not_answer_go_to_the_route(
+    app, client, product, route_reads, setting, request_kwargs
+):
+    app.config.update(setting)
+    answer = client.open(f"/api/products/{product}", **{"method": "GET", **request_kwargs})
+    assert route_reads == ([product] if answer.status_code == 200 else [])
+    if "query_string" in request_kwargs:
+        assert answer.status_code == 422 and "page" in answer.json["errors"]["query"]
+    else:
+        assert answer.status_code == 200
+
+
+def test_with_cors_a_cached_read_carries_its_headers(database, monkeypatch, redis_url):
+    monkeypatch.setenv("CORS_ORIGINS", "https://shop.example")
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    app = create_app(config.TestConfig(database))
+    with app.app_context():
+        db.session.add(Product(sku="cors-1", name="n", price=1, mark="m", quantity=1))
+        db.session.commit()
+    try:
+        client = app.test_client()
+        for _ in range(2):  # a miss, then the cache's copy
+            answer = client.get("/api/products/cors-1", headers={"Origin": "https://shop.example"})
+            assert answer.status_code == 200
+            assert answer.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    finally:
+        with app.app_context():
+            db.session.execute(delete(Product))
+            db.session.commit()
+
+
+def test_a_token_read_is_the_routes_and_counted_for_its_reader(
+    client, product, reader, streamed, route_reads
+):
+    answer = client.get(f"/api/products/{product}", headers=reader["headers"])
+    assert answer.status_code == 200 and route_reads == [product]
+    _, fields = streamed.xrange(streams.VIEWS_STREAM)[-1]
+    assert fields["u"] == str(reader["id"])
+
+
+def test_with_views_off_a_cached_read_is_answered_and_no_view(app, client, product, streamed):
+    app.config["VIEW_RECORDING"] = "off"
+    before = views(streamed)
+    hits = REGISTRY.get_sample_value("marketplace_product_cache_total", {"outcome": "hit"})
+    assert client.get(f"/api/products/{product}").status_code == 200
+    assert views(streamed) == before
+    after = REGISTRY.get_sample_value("marketplace_product_cache_total", {"outcome": "hit"})
+    assert after == hits + 1
+
+
+def test_a_lost_answer_from_redis_is_one_view_marked_unconfirmed(
+    app, client, product, streamed, redis_url, rows, caplog
+):
+    """The script went out (its view is in the stream) and its answer never came back:
+    the route answers from the database and adds no second view."""
+    proxy = FaultProxy(redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"])
+    try:
+        app.extensions["redis"] = streams.connect(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.3)
+        assert client.get(f"/api/products/{product}").status_code == 200  # through the proxy
+        before = views(streamed)
+        marked = REGISTRY.get_sample_value(
+            "marketplace_views_recorded_total", {"path": "stream-unconfirmed"}
+        )
+        with proxy.fault("drop_down"):
+            answer = client.get(f"/api/products/{product}")
+    finally:
+        proxy.close()
+    assert answer.status_code == 200 and answer.json["name"] == "zapatos"
+    assert views(streamed) == before + 1, "the script's view, and no other"
+    assert rows(ProductView) == [], "not written directly as well"
+    assert (
+        REGISTRY.get_sample_value(
+            "marketplace_views_recorded_total", {"path": "stream-unconfirmed"}
+        )
+        == marked + 1
+    )
+    assert any("the stream did not confirm it" in r.getMessage() for r in caplog.records)
