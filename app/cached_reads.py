@@ -66,6 +66,14 @@ class CachedReads:
                 with logs.bind(request_id=request_id, method="GET", route=self.route):
                     log.warning("view of product %r: the stream did not confirm it", sku)
             return self._flask(environ, start_response, request_id)
+        except Exception:
+            # Not Redis's doing (an entry this code cannot read): the route answers, and
+            # the view the script may have added is not added again.
+            with logs.bind(request_id=request_id, method="GET", route=self.route):
+                log.exception("cached read of product %r", sku)
+            if view is not None:
+                environ[HANDOFF] = VIEW_TAKEN
+            return self._flask(environ, start_response, request_id)
         if not isinstance(found, Answer):
             environ[HANDOFF] = found
             return self._flask(environ, start_response, request_id)

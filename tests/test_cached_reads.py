@@ -225,3 +225,15 @@ def test_a_lost_answer_from_redis_is_one_view_marked_unconfirmed(
         == marked + 1
     )
     assert any("the stream did not confirm it" in r.getMessage() for r in caplog.records)
+
+
+def test_an_entry_that_cannot_be_read_is_the_routes_error_and_one_view(
+    app, client, product, streamed, route_reads
+):
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # answered as in production
+    streamed.set(cache.ENTRY_PREFIX + "abc-1", "1 not-a-version {}", ex=60)
+    before = views(streamed)
+    answer = client.get(f"/api/products/{product}")
+    assert answer.status_code == 500 and answer.json["status"] == "Internal Server Error"
+    assert route_reads == [product]
+    assert views(streamed) == before + 1, "the script's view, not a second one"
