@@ -12,6 +12,7 @@ Measured in-process (the test client, no HTTP) on MariaDB, in alternating rounds
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import sys
@@ -41,6 +42,9 @@ def run(ctx) -> list[Result]:
     from app.services import accounts
 
     app = create_app()
+    # The app runs in this process: its request log and the migrations' would fill the report.
+    for name in ("app.requests", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with app.app_context():
         upgrade()
         admin = accounts.create_user(
