@@ -6,37 +6,52 @@ FLASK := $(BIN)/flask
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format bench smoke reliability docs-check lock clean
+.PHONY: install run test lint format bench smoke reliability docs-check lock clean
 
-$(BIN)/activate:
-	$(PYTHON) -m venv $(VENV)
+# The install never depends on the pip a machine happens to have: the venv's own pip (any
+# version) installs only the pinned, hash-checked installer (requirements-bootstrap.txt: uv,
+# one wheel, no dependencies), and uv installs the locked trees, every file hash-checked,
+# wheels only. `make run` needs the runtime tree; test, lint and bench add the dev tree.
+UV := $(BIN)/uv
+UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python --require-hashes --only-binary :all:
 
-# The locked tree only (every package pinned and hashed, wheels only): what CI and the
-# image install is exactly what was reviewed.
-$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/activate
-	$(BIN)/pip install --quiet --require-hashes --only-binary=:all: -r requirements-dev.txt
+$(UV): requirements-bootstrap.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--require-hashes --only-binary=:all: -r requirements-bootstrap.txt
 	touch $@
 
-## make lock: resolve requirements.in and requirements-dev.in into requirements.txt and
-## requirements-dev.txt (every package, pinned, with hashes). Run it after changing a .in
+$(VENV)/.runtime: requirements.txt | $(UV)
+	$(UV_INSTALL) -r requirements.txt
+	touch $@
+
+$(VENV)/.installed: requirements-dev.txt $(VENV)/.runtime
+	$(UV_INSTALL) -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+## make lock: resolve requirements-bootstrap.in, requirements.in and requirements-dev.in into
+## their .txt locks (every package, pinned, with hashes). Run it after changing a .in
 ## file; versions already locked stay unless LOCK_ARGS=--upgrade (or --upgrade-package NAME).
-UV_VERSION := 0.13.8
 LOCK_VENV := .venv-lock
 UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
 	--generate-hashes --only-binary :all: --custom-compile-command "make lock" $(LOCK_ARGS)
-$(LOCK_VENV)/.uv-$(UV_VERSION):
+# Its own venv with the pinned uv, so that it runs even when the other locks are broken.
+$(LOCK_VENV)/bin/uv: requirements-bootstrap.txt
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
-	touch $@
+	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--require-hashes --only-binary=:all: -r requirements-bootstrap.txt
 
-lock: $(LOCK_VENV)/.uv-$(UV_VERSION)
+lock: $(LOCK_VENV)/bin/uv
+	$(UV_COMPILE) requirements-bootstrap.in -o requirements-bootstrap.txt
 	$(UV_COMPILE) requirements.in -o requirements.txt
 	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
 
 ## make run: install, migrate the SQLite database, ensure the first admin, then serve on
 ## :8000 with the worker beside it (it sends the emails: the console mailer prints them)
-run: $(VENV)/.installed
+run: $(VENV)/.runtime
 	$(FLASK) db upgrade
 	$(FLASK) users ensure-admin
 	$(FLASK) worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \

@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCKS = {"requirements.txt": "requirements.in", "requirements-dev.txt": "requirements-dev.in"}
+LOCKS = {
+    "requirements-bootstrap.txt": "requirements-bootstrap.in",
+    "requirements.txt": "requirements.in",
+    "requirements-dev.txt": "requirements-dev.in",
+}
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
 
 
@@ -39,7 +43,7 @@ def pins(path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("lock", LOCKS)
 def test_every_locked_package_is_pinned_with_its_hashes(lock):
     lines = [line for line in requirements(ROOT / lock) if not line.startswith("-")]
-    assert len(lines) > 20
+    assert lines
     unpinned = [line for line in lines if not PIN.match(line)]
     unhashed = [line.split()[0] for line in lines if "--hash=sha256:" not in line]
     assert unpinned == [] and unhashed == [], "run `make lock` (docs/dependencies.md)"
