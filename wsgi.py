@@ -1,7 +1,7 @@
 """Entry point for uWSGI (`wsgi:app`) and the `flask` command."""
 
 from app import create_app
-from app.config import ConfigError
+from app.core.config import ConfigError
 
 try:
     app = create_app()

@@ -4,34 +4,23 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import (
-    auth,
-    cache,
-    cached_reads,
-    cli,
-    database,
-    errors,
-    extensions,
-    logs,
-    metrics,
-    security,
-    streams,
-)
-from app.api import (
-    account,
-    catalog,
-    dashboard,
-    docs,
-    health,
-    notifications,
-    products,
-    stats,
-    users,
-)
-from app.api import auth as login
-from app.api import metrics as metrics_api
-from app.config import INSTANCE_DIR, Config, config_for_environment
-from app.services import notifications as notification_rows
+from app import cli
+from app.accounts import guard, tokens
+from app.accounts.admin_routes import users_blp
+from app.accounts.routes import account_blp
+from app.catalog import cache
+from app.catalog.bulk_routes import catalog_blp
+from app.catalog.fast import FastReads
+from app.catalog.routes import products_blp
+from app.core import database, errors, http, logs, metrics, redis_client
+from app.core.config import INSTANCE_DIR, Config, config_for_environment
+from app.core.extensions import openapi
+from app.notifications.routes import notifications_blp
+from app.ops.dashboard import dashboard_blp
+from app.ops.docs import docs_blp
+from app.ops.health import health_blp
+from app.ops.scrape import metrics_blp
+from app.views.routes import stats_blp
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -39,36 +28,41 @@ def create_app(config: Config | None = None) -> Flask:
     config.validate()
     app = Flask(__name__, instance_path=str(INSTANCE_DIR))
     app.config.from_object(config)
-    configure_logging(app)
+    logs.configure(app)
     register_extensions(app)
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
-    app.wsgi_app = TrailingSlashOptional(cached_reads.CachedReads(app, app.wsgi_app))
+    app.wsgi_app = http.TrailingSlashOptional(FastReads(app, app.wsgi_app))
     return app
-
-
-def configure_logging(app: Flask) -> None:
-    logs.configure(app)
 
 
 def register_extensions(app: Flask) -> None:
     database.init_app(app)
-    auth.init_app(app)
-    extensions.openapi.init_app(app)
-    security.init_app(app)
+    tokens.init_app(app)
+    openapi.init_app(app)
+    http.init_app(app)
+    guard.init_app(app)
     metrics.init_app(app)
-    streams.init_app(app)
+    redis_client.init_app(app)
     cache.init_app(app)
-    notification_rows.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (login, products, catalog, users, account, notifications, stats, health):
-        extensions.openapi.register_blueprint(module.blp)
-    app.register_blueprint(docs.blp)
-    app.register_blueprint(dashboard.blp)
-    app.register_blueprint(metrics_api.blp)
+    # The API's blueprints, in the order the OpenAPI document lists them.
+    for blueprint in (
+        account_blp,
+        products_blp,
+        catalog_blp,
+        users_blp,
+        notifications_blp,
+        stats_blp,
+        health_blp,
+    ):
+        openapi.register_blueprint(blueprint)
+    # Pages and files outside the API document.
+    for blueprint in (docs_blp, dashboard_blp, metrics_blp):
+        app.register_blueprint(blueprint)
 
 
 def register_errorhandlers(app: Flask) -> None:
@@ -76,18 +70,5 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    for group in (cli.users, cli.notifications, cli.stats, cli.views, cli.deploy, cli.worker):
+    for group in cli.GROUPS:
         app.cli.add_command(group)
-
-
-class TrailingSlashOptional:
-    """Serve ``/x/<id>/`` exactly as ``/x/<id>`` (the seed's clients use both), no redirect."""
-
-    def __init__(self, wsgi_app):
-        self.wsgi_app = wsgi_app
-
-    def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        if len(path) > 1 and path.endswith("/"):
-            environ["PATH_INFO"] = path.rstrip("/") or "/"
-        return self.wsgi_app(environ, start_response)

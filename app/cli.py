@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
@@ -13,14 +12,14 @@ import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from flask_migrate import upgrade
-from flask_smorest.spec import openapi_cli
 from sqlalchemy import text
 
-from app import outbox
-from app.extensions import db, openapi
-from app.postman import postman_collection
-from app.services import RuleError, accounts, tracking
-from app.services.passwords import MIN_PASSWORD_LENGTH
+from app.accounts import service as accounts
+from app.accounts.passwords import MIN_PASSWORD_LENGTH
+from app.core.errors import RuleError
+from app.core.extensions import db
+from app.notifications import outbox
+from app.views import rollups
 from app.worker import Worker
 
 users = AppGroup("users", help="Manage accounts.")
@@ -178,7 +177,7 @@ def stats_rollup(start, end) -> None:
     if start > end:
         raise click.BadParameter("must not be after --to", param_hint="--from")
     with progress("rolling up", (end - start).days + 1, "days") as advance:
-        count, first = tracking.rebuild_rollups(start, end, advance)
+        count, first = rollups.rebuild_rollups(start, end, advance)
     if first is None:
         click.echo(f"no raw views in that range: nothing rebuilt ({advance.seconds:.1f}s)")
         return
@@ -191,8 +190,8 @@ def stats_rollup(start, end) -> None:
 @click.option("--before", required=True, type=DAY, help="Delete raw views before this day.")
 def views_prune(before) -> None:
     """Delete raw view rows before a day; the daily roll-ups (the statistics) stay."""
-    with progress("pruning", tracking.views_before(before.date()), "views") as advance:
-        count = tracking.prune_views(before.date(), advance)
+    with progress("pruning", rollups.views_before(before.date()), "views") as advance:
+        count = rollups.prune_views(before.date(), advance)
     click.echo(f"deleted {count} raw view(s) before {before.date()} in {advance.seconds:.1f}s")
 
 
@@ -263,8 +262,4 @@ def migration_lock(timeout: int):
             conn.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": MIGRATION_LOCK})
 
 
-@openapi_cli.command("postman")
-@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True)
-def openapi_postman(base_url: str) -> None:
-    """Print a Postman collection (v2.1) of every route, generated from the OpenAPI spec."""
-    click.echo(json.dumps(postman_collection(openapi.spec.to_dict(), base_url), indent=2))
+GROUPS = (users, notifications, stats, views, deploy, worker)

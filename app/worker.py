@@ -26,10 +26,12 @@ import redis
 from flask import Flask
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from app import logs, metrics, outbox, streams
-from app.extensions import db
-from app.mail import build_mailer
-from app.services import accounts, idempotency, tracking
+from app.accounts import service as accounts
+from app.core import idempotency, logs, metrics, redis_client
+from app.core.extensions import db
+from app.notifications import outbox
+from app.notifications.mailers import build_mailer
+from app.views import stream
 
 log = logging.getLogger(__name__)
 
@@ -47,129 +49,6 @@ def _safe_remove() -> None:
         db.session.registry.clear()
 
 
-class ViewsConsumer:
-    """One member of the stream's consumer group."""
-
-    def __init__(self, conn: redis.Redis, name: str, batch: int, block_ms: int, idle_ms: int):
-        self.conn = conn
-        self.name = name
-        self.batch = batch
-        self.block_ms = block_ms
-        self.idle_ms = idle_ms
-        # Entries delivered to this consumer but not yet written (a database error).
-        self.backlog = True
-
-    def ensure_group(self) -> None:
-        try:
-            self.conn.xgroup_create(
-                streams.VIEWS_STREAM, streams.VIEWS_GROUP, id="0", mkstream=True
-            )
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    def _read(self, block: bool) -> list[tuple[str, dict | None]]:
-        start = "0" if self.backlog else ">"
-        try:
-            return self._read_from(start, block)
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            # Redis lost the group (a restart without persistence, a flush): make it
-            # again and go on; the web processes' XADDs recreate the stream meanwhile.
-            log.warning("views stream: the consumer group was gone; created again")
-            self.ensure_group()
-            return self._read_from(start, block)
-
-    def _read_from(self, start: str, block: bool) -> list[tuple[str, dict | None]]:
-        answer = self.conn.xreadgroup(
-            streams.VIEWS_GROUP,
-            self.name,
-            {streams.VIEWS_STREAM: start},
-            count=self.batch,
-            block=self.block_ms if block and not self.backlog else None,
-        )
-        entries = answer[0][1] if answer else []
-        if self.backlog and not entries:
-            self.backlog = False  # nothing left of our own: on to new entries
-            return self._read_from(">", block)
-        return entries
-
-    def apply(self, entries: list[tuple[str, dict | None]]) -> int:
-        """Write the entries' views (those not written before) and acknowledge them."""
-        if not entries:
-            return 0
-        first, last = entries[0][0], entries[-1][0]
-        with logs.bind(stream_ids=first if first == last else f"{first}..{last}"):
-            return self._apply(entries)
-
-    def _apply(self, entries: list[tuple[str, dict | None]]) -> int:
-        views = []
-        for entry_id, fields in entries:
-            if not fields:
-                continue  # trimmed before it was read: nothing left to write
-            try:
-                views.append(tracking.View(*streams.parse_view(fields), stream_id=entry_id))
-            except (KeyError, ValueError, TypeError, OverflowError):
-                metrics.VIEWS_LOST.inc()
-                log.error("views stream entry %s is malformed, skipped: %r", entry_id, fields)
-        try:
-            written = tracking.write_views(views)
-        except SQLAlchemyError:
-            self.backlog = True  # read them again from this consumer's pending list
-            raise
-        self.conn.xack(streams.VIEWS_STREAM, streams.VIEWS_GROUP, *[e[0] for e in entries])
-        metrics.VIEWS_APPLIED.inc(written)
-        return written
-
-    def step(self, block: bool = True) -> int:
-        """Read and apply one batch; return how many entries it held."""
-        entries = self._read(block)
-        self.apply(entries)
-        return len(entries)
-
-    def reclaim(self) -> int:
-        """Take over entries another consumer read but did not acknowledge in time."""
-        total = 0
-        start = "0-0"
-        while True:
-            answer = self.conn.xautoclaim(
-                streams.VIEWS_STREAM,
-                streams.VIEWS_GROUP,
-                self.name,
-                min_idle_time=self.idle_ms,
-                start_id=start,
-                count=self.batch,
-            )
-            start, entries = answer[0], answer[1]
-            if entries:
-                log.info("reclaimed %s pending views from other consumers", len(entries))
-                self.apply(entries)
-                total += len(entries)
-            if start == "0-0" or not entries:
-                return total
-
-    def trim(self) -> None:
-        """Drop what every consumer has acknowledged; forget long-gone empty consumers."""
-        # The last delivered id first, then what is pending: an entry delivered between
-        # the two reads is then pending, never trimmed.
-        groups = {g["name"]: g for g in self.conn.xinfo_groups(streams.VIEWS_STREAM)}
-        delivered = groups[streams.VIEWS_GROUP]["last-delivered-id"]
-        pending = self.conn.xpending(streams.VIEWS_STREAM, streams.VIEWS_GROUP)
-        oldest_needed = pending["min"] if pending["pending"] else delivered
-        if oldest_needed and oldest_needed != "0-0":
-            self.conn.xtrim(streams.VIEWS_STREAM, minid=oldest_needed, approximate=False)
-        for consumer in self.conn.xinfo_consumers(streams.VIEWS_STREAM, streams.VIEWS_GROUP):
-            if (
-                consumer["name"] != self.name
-                and consumer["pending"] == 0
-                and consumer["idle"] > FORGET_CONSUMER_MS
-            ):
-                self.conn.xgroup_delconsumer(
-                    streams.VIEWS_STREAM, streams.VIEWS_GROUP, consumer["name"]
-                )
-
-
 class Worker:
     def __init__(self, app: Flask):
         self.app = app
@@ -182,9 +61,9 @@ class Worker:
         self.linger = config["VIEWS_LINGER_SECONDS"]
         url = config["REDIS_URL"]
         # Blocking reads: the socket waits longer than any block.
-        self.redis = streams.connect(url, timeout=self.poll + 10) if url else None
+        self.redis = redis_client.connect(url, timeout=self.poll + 10) if url else None
         self.consumer = (
-            ViewsConsumer(
+            stream.ViewsConsumer(
                 self.redis,
                 self.name,
                 batch=config["VIEWS_BATCH"],
@@ -231,7 +110,7 @@ class Worker:
             self.stopping.wait(self.poll)
             return
         try:
-            self.redis.blpop([streams.WAKE_LIST], timeout=self.poll)
+            self.redis.blpop([redis_client.WAKE_LIST], timeout=self.poll)
         except redis.RedisError:
             self.stopping.wait(self.poll)
 

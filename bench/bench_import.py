@@ -37,9 +37,9 @@ def run(ctx) -> list[Result]:
     from flask_migrate import upgrade
 
     from app import create_app
-    from app.auth import issue_token
-    from app.extensions import db
-    from app.services import accounts
+    from app.accounts import service as accounts
+    from app.accounts.tokens import issue_token
+    from app.core.extensions import db
 
     app = create_app()
     # The app runs in this process: its request log and the migrations' would fill the report.

@@ -28,8 +28,8 @@ def run(ctx) -> list[Result]:
     from flask_migrate import upgrade
 
     from app import create_app
-    from app.extensions import db
-    from app.services import accounts
+    from app.accounts import service as accounts
+    from app.core.extensions import db
 
     # Measure, do not limit.
     os.environ["LOGIN_FAILURES_LIMIT"] = os.environ["LOGIN_ACCOUNT_FAILURES_LIMIT"] = (

@@ -21,12 +21,13 @@ from flask_migrate import upgrade
 from sqlalchemy import MetaData, create_engine, select, text
 
 from app import create_app
-from app.auth import issue_token
-from app.config import TestConfig, database_url
-from app.extensions import db
-from app.models import Product, Role, User
-from app.services import accounts
-from app.services.passwords import hash_password
+from app.accounts import service as accounts
+from app.accounts.models import Role, User
+from app.accounts.passwords import hash_password
+from app.accounts.tokens import issue_token
+from app.catalog.models import Product
+from app.core.config import TestConfig, database_url
+from app.core.extensions import db
 
 PASSWORD = "correct-horse-42"
 BACKENDS = ["sqlite"] + (["mariadb"] if os.environ.get("TEST_DATABASE_URL") else [])
@@ -244,11 +245,11 @@ def redis_url(tmp_path_factory):
 @pytest.fixture
 def streamed(app, redis_url):
     """The app as in production: views go through the Redis stream (emptied first)."""
-    from app import streams
+    from app.core import redis_client
 
-    conn = streams.connect(redis_url, timeout=2)
+    conn = redis_client.connect(redis_url, timeout=2)
     conn.flushdb()
     app.config["REDIS_URL"] = redis_url
-    streams.init_app(app)
+    redis_client.init_app(app)
     yield conn
     conn.close()

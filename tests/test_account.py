@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from app.extensions import db
-from app.models import RevokedToken, User
+from app.accounts.models import RevokedToken, User
+from app.core.extensions import db
 from tests.conftest import PASSWORD
 
 
@@ -132,7 +132,7 @@ def test_logout_without_a_token_is_401(client):
 def test_a_revoked_token_is_refused_by_another_instance(app, database, admin):
     """Another process (uWSGI worker, instance) shares only the database."""
     from app import create_app
-    from app.config import TestConfig
+    from app.core.config import TestConfig
 
     headers = admin["headers"]
     assert app.test_client().post("/users/logout", headers=headers).status_code == 204
@@ -147,8 +147,8 @@ def test_a_revoked_token_is_refused_by_another_instance(app, database, admin):
 def test_expired_revocations_are_pruned_and_live_ones_kept(app, admin, reader):
     from datetime import timedelta
 
-    from app.models import utcnow
-    from app.services import accounts
+    from app.accounts import service as accounts
+    from app.core.columns import utcnow
 
     with app.app_context():
         accounts.revoke_token(

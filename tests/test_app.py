@@ -7,10 +7,10 @@ from pathlib import Path
 import jwt
 import pytest
 
-import app.config as settings
+import app.core.config as settings
 from app import create_app
-from app.config import Config, ConfigError, ProductionConfig, database_url
-from app.extensions import db
+from app.core.config import Config, ConfigError, ProductionConfig, database_url
+from app.core.extensions import db
 from tests.conftest import PASSWORD
 
 REPO = Path(__file__).resolve().parent.parent
@@ -365,7 +365,7 @@ def loaded_nodes(node: ast.AST):
 
 def app_imports() -> dict[str, set[str]]:
     """Module -> the app modules it imports when loaded (imports for type checkers left out)."""
-    root = Path(settings.__file__).resolve().parent
+    root = Path(settings.__file__).resolve().parents[1]
     modules = {
         ".".join(("app", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
         for path in root.rglob("*.py")
@@ -401,5 +401,18 @@ def test_the_app_modules_import_one_another_without_a_cycle():
 
 def test_errors_and_config_import_nothing_that_touches_the_database():
     graph = app_imports()
-    assert graph["app.errors"] == set()
-    assert graph["app.config"] == set()
+    assert graph["app.core.errors"] == set()
+    assert graph["app.core.config"] == set()
+
+
+FEATURES = ("accounts", "catalog", "notifications", "views", "ops")
+
+
+def test_core_imports_no_feature_and_only_the_factory_imports_routes():
+    graph = app_imports()
+    feature_modules = {m for m in graph if m.split(".")[1:2] and m.split(".")[1] in FEATURES}
+    core = [m for m in graph if m.startswith("app.core")]
+    assert {m: graph[m] & feature_modules for m in core if graph[m] & feature_modules} == {}
+    routes = {m for m in graph if m.rsplit(".", 1)[-1].endswith("routes")}
+    importers = {m: graph[m] & routes for m in graph if m != "app" and graph[m] & routes}
+    assert importers == {}

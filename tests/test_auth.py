@@ -190,7 +190,7 @@ def test_no_token_on_an_admin_route_is_401(client, admin):
 
 
 def stored_hash(rows, user_id):
-    from app.models import User
+    from app.accounts.models import User
 
     return rows(User, User.id == user_id)[0].password_hash
 
@@ -210,8 +210,8 @@ def test_new_passwords_are_hashed_at_owasp_argon2id_parameters(client, admin, ro
 def test_an_older_hash_is_replaced_at_the_next_successful_login(app, client, admin, rows):
     from passlib.context import CryptContext
 
-    from app.extensions import db
-    from app.models import User
+    from app.accounts.models import User
+    from app.core.extensions import db
 
     old = CryptContext(
         schemes=["argon2"], argon2__memory_cost=65536, argon2__rounds=3, argon2__parallelism=4
@@ -231,8 +231,8 @@ def test_an_older_hash_is_replaced_at_the_next_successful_login(app, client, adm
 
 def test_argon2_parameters_are_configurable(database, monkeypatch):
     from app import create_app
-    from app.config import TestConfig
-    from app.services.passwords import hash_password
+    from app.accounts.passwords import hash_password
+    from app.core.config import TestConfig
 
     monkeypatch.setenv("ARGON2_MEMORY_KIB", "32768")
     monkeypatch.setenv("ARGON2_TIME_COST", "3")

@@ -12,11 +12,15 @@ import redis
 from prometheus_client import REGISTRY
 from sqlalchemy import delete
 
-from app import cache, config, create_app, streams
-from app.cached_reads import CachedReads
-from app.extensions import db
-from app.models import Product, ProductView
-from app.services import catalog
+from app import create_app
+from app.catalog import cache
+from app.catalog import service as catalog
+from app.catalog.fast import FastReads
+from app.catalog.models import Product
+from app.core import config, redis_client
+from app.core.extensions import db
+from app.views import stream
+from app.views.models import ProductView
 from tests.system.harness import FaultProxy
 
 ROUTE = "/api/products/<string:sku>"
@@ -48,7 +52,7 @@ def route_reads(app, monkeypatch):
 def route_only(app):
     """The app with nothing in front of Flask: its route answers every read."""
     front = app.wsgi_app.wsgi_app  # inside TrailingSlashOptional
-    assert isinstance(front, CachedReads)
+    assert isinstance(front, FastReads)
     app.wsgi_app.wsgi_app = front.flask
     try:
         yield
@@ -57,7 +61,7 @@ def route_only(app):
 
 
 def views(conn) -> int:
-    return conn.xlen(streams.VIEWS_STREAM)
+    return conn.xlen(stream.VIEWS_STREAM)
 
 
 def requests_counted(status: int) -> float:
@@ -184,7 +188,7 @@ def test_a_token_read_is_the_routes_and_counted_for_its_reader(
 ):
     answer = client.get(f"/api/products/{product}", headers=reader["headers"])
     assert answer.status_code == 200 and route_reads == [product]
-    _, fields = streamed.xrange(streams.VIEWS_STREAM)[-1]
+    _, fields = streamed.xrange(stream.VIEWS_STREAM)[-1]
     assert fields["u"] == str(reader["id"])
 
 
@@ -205,7 +209,9 @@ def test_a_lost_answer_from_redis_is_one_view_marked_unconfirmed(
     the route answers from the database and adds no second view."""
     proxy = FaultProxy(redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"])
     try:
-        app.extensions["redis"] = streams.connect(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.3)
+        app.extensions["redis"] = redis_client.connect(
+            f"redis://127.0.0.1:{proxy.port}/0", timeout=0.3
+        )
         assert client.get(f"/api/products/{product}").status_code == 200  # through the proxy
         before = views(streamed)
         marked = REGISTRY.get_sample_value(

@@ -11,9 +11,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import event, func, select
 
-from app.extensions import db
-from app.models import Notification, Product
-from app.services import bulk
+from app.catalog import bulk
+from app.catalog.models import Product
+from app.core.extensions import db
+from app.notifications.models import Notification
 from tests.test_notifications import inbox, ses, settle  # noqa: F401 (the ses fixture)
 
 IMPORT = "/api/catalog/import"

@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 
-from app.models import Role, User
+from app.accounts.models import Role, User
 
 
 def login(client, email, password):
@@ -297,7 +297,7 @@ def production_runner(database, monkeypatch):
     import secrets
 
     from app import create_app
-    from app.config import ProductionConfig
+    from app.core.config import ProductionConfig
 
     for name, value in {
         "DATABASE_URL": database,

@@ -8,8 +8,9 @@ import threading
 
 from sqlalchemy import select
 
-from app.extensions import db
-from app.models import Notification, Product
+from app.catalog.models import Product
+from app.core.extensions import db
+from app.notifications.models import Notification
 
 
 def at_once(app, requests: list) -> list:

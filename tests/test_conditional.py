@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from app.extensions import db
-from app.models import IdempotencyKey, Notification, Product, utcnow
-from app.services import idempotency
+from app.catalog.models import Product
+from app.core import idempotency
+from app.core.columns import utcnow
+from app.core.extensions import db
+from app.core.models import IdempotencyKey
+from app.notifications.models import Notification
 
 SEED = {"sku": "d7iy6euiue", "name": "zapatos", "price": 300, "mark": "chabelo", "quantity": 5}
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from app.api.dashboard import POLICY
-from app.extensions import db
-from app.models import Notification
-from app.services import tracking
-from app.services.tracking import View
+from app.core.extensions import db
+from app.notifications.models import Notification
+from app.ops.dashboard import POLICY
+from app.views import rollups
+from app.views.rollups import View
 from tests.test_views_stats import product_id, seed_views
 
 STATIC = Path(__file__).resolve().parents[1] / "app" / "static"
@@ -145,7 +145,7 @@ def test_catalog_views_as_csv(app, client, make, admin):
     make.product("abc")
     with app.app_context():
         at = datetime(2026, 3, 2, 8, tzinfo=UTC)
-        tracking.write_views([View(product_id(app, "abc"), None, at)] * 2)
+        rollups.write_views([View(product_id(app, "abc"), None, at)] * 2)
     response = client.get(
         "/api/stats/views?from=2026-03-01&to=2026-03-02&format=csv", headers=admin["headers"]
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import payload_for
+from app.core.errors import payload_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

@@ -1,7 +1,9 @@
 """Liveness and readiness, as the load balancer and HEALTHCHECK see them."""
 
-from app import config, create_app
-from app.models import ProductView, Role, User
+from app import create_app
+from app.accounts.models import Role, User
+from app.core import config
+from app.views.models import ProductView
 
 
 def test_healthz_and_readyz_answer_when_the_database_is_up(client):
@@ -46,7 +48,7 @@ def _kill_pooled_connection(app) -> None:
     import pymysql
     from sqlalchemy import text
 
-    from app.extensions import db
+    from app.core.extensions import db
 
     with app.app_context():
         victim = db.session.execute(text("SELECT CONNECTION_ID()")).scalar()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.models import Product, ProductView
+from app.catalog.models import Product
+from app.views.models import ProductView
 
 
 def operations(spec: dict):

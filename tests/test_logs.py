@@ -15,7 +15,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from app import config, logs
+from app.core import config, logs
 from app.worker import Worker
 from tests.test_dockerfile import NGINX_CONF, nginx_directives
 
@@ -140,7 +140,7 @@ def test_log_format_json_writes_only_json_lines_to_stderr(tmp_path):
     """A fresh process as uWSGI starts it: no handler yet, LOG_FORMAT=json."""
     script = (
         "from app import create_app\n"
-        "from app.config import TestConfig\n"
+        "from app.core.config import TestConfig\n"
         "import logging\n"
         f"app = create_app(TestConfig('sqlite:///{tmp_path / 'x.db'}'))\n"
         "client = app.test_client()\n"

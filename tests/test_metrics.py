@@ -9,7 +9,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import config, create_app
+from app import create_app
+from app.core import config
 from app.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,11 +116,11 @@ def test_the_views_stream_backlog_is_the_consumer_lag(app, client, make, streame
 
 
 def test_a_view_written_directly_because_the_stream_is_down_is_counted(app, client, make):
-    from app import streams
+    from app.core import redis_client
 
     make.product("abc")
     app.config.update(REDIS_URL="redis://127.0.0.1:1/0", REDIS_TIMEOUT=0.2)  # nothing there
-    streams.init_app(app)
+    redis_client.init_app(app)
     before = samples(client)
     assert client.get("/api/products/abc").status_code == 200
     after = samples(client)
@@ -136,14 +137,14 @@ def test_the_workers_counts_are_in_the_web_processes_scrape(app, client, admin, 
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DATABASE_URL": database}
     worker = (
         "from app import create_app\n"
-        "from app.config import TestConfig\n"
+        "from app.core.config import TestConfig\n"
         "from app.worker import Worker\n"
         "import os\n"
         "print(Worker(create_app(TestConfig(os.environ['DATABASE_URL']))).drain())\n"
     )
     scrape = (
         "from app import create_app\n"
-        "from app.config import TestConfig\n"
+        "from app.core.config import TestConfig\n"
         "import os\n"
         "app = create_app(TestConfig(os.environ['DATABASE_URL']))\n"
         "print(app.test_client().get('/metrics').get_data(as_text=True))\n"

@@ -8,8 +8,9 @@ from alembic.migration import MigrationContext
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, inspect, make_url, text
 
-from app import config, create_app
-from app.extensions import db
+from app import create_app
+from app.core import config
+from app.core.extensions import db
 from tests.conftest import BACKENDS
 
 

@@ -19,11 +19,12 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 from sqlalchemy import select, update
 
-from app import outbox
-from app.extensions import db
-from app.mail import NOTIFICATION_HEADER, SESMailer, build_mailer
-from app.models import Notification, utcnow
-from app.services import catalog
+from app.catalog import service as catalog
+from app.core.columns import utcnow
+from app.core.extensions import db
+from app.notifications import outbox
+from app.notifications.mailers import NOTIFICATION_HEADER, SESMailer, build_mailer
+from app.notifications.models import Notification
 from app.worker import Worker
 
 SENDER = "catalog@example.com"
@@ -394,7 +395,7 @@ def test_console_mailer_logs_the_email(app, client, admins, caplog):
 
 def test_a_row_taken_over_by_another_sender_mid_batch_is_not_sent_twice(app, make, admins, ses):
     """A batch's later rows may outlive their lease; a new holder must not be doubled."""
-    from app.mail import SESMailer
+    from app.notifications.mailers import SESMailer
 
     with app.app_context():
         catalog.create_product(SEED, actor=None)

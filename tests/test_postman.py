@@ -7,12 +7,12 @@ import json
 
 import pytest
 
+from tools.postman import postman_collection
+
 
 @pytest.fixture
-def collection(runner) -> dict:
-    result = runner.invoke(args=["openapi", "postman", "--base-url", "http://shop.test"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+def collection(app) -> dict:
+    return postman_collection(app.test_client().get("/api/openapi.json").json, "http://shop.test")
 
 
 def items(collection: dict) -> list[dict]:

@@ -17,10 +17,14 @@ from flask_smorest.pagination import PaginationMixin
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from app import cache, config, create_app, streams
-from app.extensions import db
-from app.models import Product, ProductView
-from app.schemas import ProductSchema
+from app import create_app
+from app.catalog import cache
+from app.catalog.models import Product
+from app.catalog.schemas import ProductSchema
+from app.core import config, redis_client
+from app.core.extensions import db
+from app.views import stream
+from app.views.models import ProductView
 from app.worker import Worker
 
 PRODUCTS = [
@@ -172,7 +176,7 @@ def test_cached_reads_are_views_304_included_head_not(app, client, make, reader,
     assert again.status_code == 304 and again.headers["ETag"] == tag
     assert client.head("/api/products/abc").status_code == 200
     assert client.get("/api/products/nope").status_code == 404
-    assert streamed.xlen(streams.VIEWS_STREAM) == 4
+    assert streamed.xlen(stream.VIEWS_STREAM) == 4
     Worker(app).drain()
     views = rows(ProductView)
     assert sorted(v.user_id or 0 for v in views) == [0, 0, 0, reader["id"]]
@@ -220,7 +224,7 @@ def test_a_write_that_cannot_invalidate_answers_once_no_old_copy_can_be_served(
     # Another instance, which cannot reach Redis when it changes the product.
     cut_off = create_app(config.TestConfig(database))
     cut_off.config["PRODUCT_CACHE_SECONDS"] = 1.0
-    cut_off.extensions["redis"] = streams.connect(dead_redis_url(), timeout=0.2)
+    cut_off.extensions["redis"] = redis_client.connect(dead_redis_url(), timeout=0.2)
     before = REGISTRY.get_sample_value(
         "marketplace_product_cache_total", {"outcome": "uninvalidated"}
     )

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.models import Product
+from app.catalog.models import Product
 
 SEED = {"sku": "d7iy6euiue", "name": "zapatos", "price": 300, "mark": "chabelo", "quantity": 5}
 PRODUCT_KEYS = {"sku", "name", "price", "mark", "quantity", "created_at", "updated_at"}

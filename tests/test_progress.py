@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.models import ProductView
+from app.views.models import ProductView
 from tests.test_views_stats import seed_views
 
 ROOT = Path(__file__).resolve().parent.parent

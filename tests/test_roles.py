@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from app.extensions import db
-from app.models import Product, User
+from app.accounts.models import User
+from app.catalog.models import Product
+from app.core.extensions import db
 
 ROUTES = [
     (

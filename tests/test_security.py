@@ -10,7 +10,7 @@ import jwt as pyjwt
 import pytest
 from limits import parse
 
-from app.models import User
+from app.accounts.models import User
 from tests.conftest import PASSWORD
 
 WRONG = {"email": "admin@example.com", "password": "not-the-password"}
@@ -71,7 +71,7 @@ def test_concurrent_failures_are_counted_atomically(app, admin):
     before its password is verified)."""
     import threading
 
-    from app.security import VerificationSlots
+    from app.accounts.guard import VerificationSlots
 
     app.extensions["login_limits"].client = parse("4 per minute")
     app.extensions["password_slots"] = VerificationSlots(32)
@@ -109,7 +109,8 @@ def test_a_process_busy_verifying_answers_503_at_once(app, client, admin):
 
 
 def test_an_unreachable_limit_store_does_not_stop_logins(database, admin, monkeypatch):
-    from app import config, create_app
+    from app import create_app
+    from app.core import config
 
     monkeypatch.setenv("RATELIMIT_STORAGE_URI", "redis://127.0.0.1:1/0")  # nothing listens
     client = create_app(config.TestConfig(database)).test_client()
@@ -164,7 +165,8 @@ def test_cors_is_same_origin_by_default(client):
 
 
 def test_cors_origins_are_configurable(database, monkeypatch):
-    from app import config, create_app
+    from app import create_app
+    from app.core import config
 
     monkeypatch.setenv("CORS_ORIGINS", "https://shop.example, https://admin.example")
     app = create_app(config.TestConfig(database))
@@ -273,7 +275,8 @@ def test_with_redis_storage_every_process_shares_the_limit(database, admin, monk
     """Two app instances (two uWSGI processes, say) count failures in one Redis."""
     import uuid
 
-    from app import config, create_app
+    from app import create_app
+    from app.core import config
 
     monkeypatch.setenv("RATELIMIT_STORAGE_URI", redis_url)
     monkeypatch.setenv("LOGIN_FAILURES_LIMIT", "4 per minute")
@@ -289,7 +292,7 @@ def test_with_redis_storage_every_process_shares_the_limit(database, admin, monk
 
 
 def test_an_email_longer_than_254_characters_is_422_on_every_database(client, admin, rows):
-    from app.models import User
+    from app.accounts.models import User
 
     before = len(rows(User))
     long_email = "a" * 250 + "@example.com"
@@ -417,9 +420,10 @@ def test_control_characters_in_a_fullname_are_422(client, admin, text):
 def test_a_stored_name_with_a_line_break_cannot_forge_an_email_header(app, make):
     """A row written before the API refused control characters: the email stays one
     header per line, one body line per value."""
-    from app.mail import mime_message
-    from app.models import Notification, utcnow
-    from app.services.notifications import render
+    from app.core.columns import utcnow
+    from app.notifications.mailers import mime_message
+    from app.notifications.messages import render
+    from app.notifications.models import Notification
 
     now = utcnow()
     row = Notification(

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.models import Role, User
+from app.accounts.models import Role, User
 from tests.conftest import PASSWORD
 
 SEED_USER = {
@@ -348,9 +348,10 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(app, make, rows)
     """The last-admin rule holds under concurrency (row locks; SQLite's write lock)."""
     import threading
 
-    from app.extensions import db
-    from app.models import Role, User
-    from app.services import RuleError, accounts
+    from app.accounts import service as accounts
+    from app.accounts.models import Role, User
+    from app.core.errors import RuleError
+    from app.core.extensions import db
 
     first, second = make.admin(email="a1@example.com"), make.admin(email="a2@example.com")
     start = threading.Barrier(2)

@@ -11,12 +11,15 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from app import config, create_app, streams
-from app.extensions import db
-from app.models import DailyProductViews, Product, ProductView
-from app.services import tracking
-from app.services.tracking import View
-from app.worker import ViewsConsumer, Worker
+from app import create_app
+from app.catalog.models import Product
+from app.core import config, redis_client
+from app.core.extensions import db
+from app.views import recorder, rollups, stream
+from app.views.models import DailyProductViews, ProductView
+from app.views.rollups import View
+from app.views.stream import ViewsConsumer
+from app.worker import Worker
 
 TODAY = datetime.now(UTC).date()
 
@@ -105,7 +108,7 @@ def test_view_dedup_counts_a_client_once_per_product_and_window(
     assert (stats["anonymous_views"], stats["registered_views"]) == (2, 1)
     assert len(views_of(rows, app, "xyz")) == 1
     if store == "redis":
-        keys = conn.keys(f"{streams.VIEWED_PREFIX}*")
+        keys = conn.keys(f"{stream.VIEWED_PREFIX}*")
         assert len(keys) == 4
         assert all(0 < conn.ttl(key) <= 60 for key in keys)
 
@@ -124,15 +127,15 @@ def test_with_redis_a_read_appends_to_the_stream_and_the_worker_writes_it(
     make.product("abc")
     for headers in ({}, {}, reader["headers"]):
         assert client.get("/api/products/abc", headers=headers).status_code == 200
-    assert streamed.xlen(streams.VIEWS_STREAM) == 3
+    assert streamed.xlen(stream.VIEWS_STREAM) == 3
     assert rows(ProductView) == []  # the read only appended
 
     flush(app)
     views = views_of(rows, app, "abc")
     assert sorted(v.user_id or 0 for v in views) == [0, 0, reader["id"]]
     assert all(v.stream_id for v in views)
-    assert streamed.xpending(streams.VIEWS_STREAM, streams.VIEWS_GROUP)["pending"] == 0
-    assert streamed.xlen(streams.VIEWS_STREAM) <= 1  # acknowledged entries are trimmed
+    assert streamed.xpending(stream.VIEWS_STREAM, stream.VIEWS_GROUP)["pending"] == 0
+    assert streamed.xlen(stream.VIEWS_STREAM) <= 1  # acknowledged entries are trimmed
     daily = rows(DailyProductViews)
     assert [(d.anonymous_views, d.registered_views) for d in daily] == [(2, 1)]
 
@@ -148,8 +151,8 @@ def test_a_batch_applied_again_after_a_lost_acknowledgement_changes_nothing(
         first.ensure_group()
         entries = first._read(block=False)  # delivered to the first consumer...
         assert len(entries) == 5
-        written = tracking.write_views(
-            [tracking.View(*streams.parse_view(f), stream_id=i) for i, f in entries]
+        written = rollups.write_views(
+            [rollups.View(*stream.parse_view(f), stream_id=i) for i, f in entries]
         )
         assert written == 5  # ...written, and then it died before XACK
 
@@ -157,7 +160,7 @@ def test_a_batch_applied_again_after_a_lost_acknowledgement_changes_nothing(
         assert second.reclaim() == 5  # the entries are taken over and applied again
     assert len(rows(ProductView)) == 5
     assert [d.anonymous_views for d in rows(DailyProductViews)] == [5]
-    assert streamed.xpending(streams.VIEWS_STREAM, streams.VIEWS_GROUP)["pending"] == 0
+    assert streamed.xpending(stream.VIEWS_STREAM, stream.VIEWS_GROUP)["pending"] == 0
 
 
 def test_when_redis_is_down_the_read_answers_and_the_view_is_written_directly(
@@ -167,7 +170,7 @@ def test_when_redis_is_down_the_read_answers_and_the_view_is_written_directly(
     with socket.socket() as sock:  # a port where nothing listens
         sock.bind(("127.0.0.1", 0))
         dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
-    app.extensions["redis"] = streams.connect(dead, timeout=0.5)
+    app.extensions["redis"] = redis_client.connect(dead, timeout=0.5)
     assert client.get("/api/products/abc").status_code == 200
     views = rows(ProductView)
     assert len(views) == 1 and views[0].stream_id is None
@@ -178,10 +181,10 @@ def test_when_both_are_down_the_read_answers_and_the_lost_view_is_counted(app, c
         sock.bind(("127.0.0.1", 0))
         dead = sock.getsockname()[1]
     down = create_app(config.TestConfig(f"mysql://root@127.0.0.1:{dead}/gone"))
-    down.extensions["redis"] = streams.connect(f"redis://127.0.0.1:{dead}/0", timeout=0.5)
+    down.extensions["redis"] = redis_client.connect(f"redis://127.0.0.1:{dead}/0", timeout=0.5)
     lost_before = REGISTRY.get_sample_value("marketplace_views_lost_total") or 0
     with down.test_request_context():
-        assert tracking.record_view(1, None) == "lost"
+        assert recorder.record_view(1, None) == "lost"
     assert REGISTRY.get_sample_value("marketplace_views_lost_total") == lost_before + 1
     assert any("view of product 1 by anonymous lost" in r.getMessage() for r in caplog.records)
 
@@ -207,7 +210,7 @@ def seed_views(app, sku: str, per_day: dict[date, tuple[int, list[int]]]) -> Non
         at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
         views += [View(pid, None, at)] * anonymous + [View(pid, uid, at) for uid in users]
     with app.app_context():
-        tracking.write_views(views)
+        rollups.write_views(views)
 
 
 @pytest.fixture

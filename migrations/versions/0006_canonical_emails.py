@@ -14,7 +14,7 @@ scripts) is kept and listed too: its owner can still log in with it.
 from alembic import op
 import sqlalchemy as sa
 
-from app.emails import BadEmail, canonical_email
+from app.core.addresses import BadEmail, canonical_email
 
 
 # revision identifiers, used by Alembic.

@@ -155,9 +155,11 @@ def served(tmp_path_factory):
         "dashboard-check-secret-key-long-enough-0123456789",
         MAIL_BACKEND="console",
     )
-    from app.extensions import db
-    from app.models import Notification, Product
-    from app.services import accounts, tracking
+    from app.accounts import service as accounts
+    from app.catalog.models import Product
+    from app.core.extensions import db
+    from app.notifications.models import Notification
+    from app.views import rollups
     from app.worker import Worker
 
     with app.app_context():
@@ -229,9 +231,9 @@ def served(tmp_path_factory):
                 [("zap-01", 4, 1), ("cam-02", 6, 2), ("zap-01", 2, 0), ("med-04", 3, 3)], start=1
             ):
                 at = datetime.combine(TODAY - timedelta(days=back * 3), datetime.min.time(), UTC)
-                history += [tracking.View(ids[sku], None, at)] * anonymous
-                history += [tracking.View(ids[sku], reader_id, at)] * registered
-            tracking.write_views(history)
+                history += [rollups.View(ids[sku], None, at)] * anonymous
+                history += [rollups.View(ids[sku], reader_id, at)] * registered
+            rollups.write_views(history)
         yield http, token, base, workdir
     with app.app_context():
         db.engine.dispose()

@@ -22,8 +22,8 @@ CHROMIUM_FLAGS = [*h.CHROMIUM_FLAGS, "--virtual-time-budget=15000"]
 def served(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("docs")
     app = h.in_process_app(workdir / "docs.db", "docs-check-secret-key-long-enough-0123456789")
-    from app.extensions import db
-    from app.services import accounts
+    from app.accounts import service as accounts
+    from app.core.extensions import db
 
     with app.app_context():
         accounts.create_user(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import payload_for
+from app.core.errors import payload_for
 from tests.system import harness as h
 from tests.system.conftest import ADMINS
 

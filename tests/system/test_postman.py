@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from tests.system import harness as h
 from tests.system.test_docs import NEWMAN
+from tools.postman import postman_collection
 
 pytestmark = pytest.mark.browser
 ADMIN = ("admin@example.com", "postman-check-admin-password")
@@ -44,9 +45,9 @@ def served(tmp_path_factory):
     app = h.in_process_app(
         workdir / "postman.db", "postman-check-secret-key-long-enough-0123456789"
     )
-    from app.extensions import db
-    from app.models import Product
-    from app.services import accounts
+    from app.accounts import service as accounts
+    from app.catalog.models import Product
+    from app.core.extensions import db
 
     with app.app_context():
         for n, (email, password) in enumerate((ADMIN, SECOND_ADMIN), start=1):
@@ -77,8 +78,9 @@ def recording(app, seen: list):
 
 def snapshot(app) -> dict:
     """Every column of every user and product row, by table and id."""
-    from app.extensions import db
-    from app.models import Product, User
+    from app.accounts.models import User
+    from app.catalog.models import Product
+    from app.core.extensions import db
 
     tables = {}
     with app.app_context():
@@ -92,10 +94,9 @@ def snapshot(app) -> dict:
 def newman(app, base: str, workdir, email: str, password: str) -> subprocess.CompletedProcess:
     if not shutil.which("npx"):
         pytest.fail("npx (Node.js) is not installed: install the prerequisites (README, .ci/run)")
-    result = app.test_cli_runner().invoke(args=["openapi", "postman", "--base-url", base])
-    assert result.exit_code == 0, result.output
+    spec = app.test_client().get("/api/openapi.json").json
     collection = workdir / "marketplace.postman_collection.json"
-    collection.write_text(result.output)
+    collection.write_text(json.dumps(postman_collection(spec, base)))
     return subprocess.run(
         [
             "npx",

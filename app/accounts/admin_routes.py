@@ -1,0 +1,123 @@
+"""Users: admins list, create, change and delete accounts (admins and read-only)."""
+
+from flask import url_for
+from flask.views import MethodView
+from flask_smorest import abort
+from sqlalchemy import select
+
+from app.accounts import service as accounts
+from app.accounts.models import User
+from app.accounts.schemas import UserCreateSchema, UserSchema, UserUpdateSchema
+from app.accounts.tokens import admin_required
+from app.core.errors import ErrorSchema
+from app.core.openapi import Blueprint
+from app.core.pagination import page_of
+from app.core.unit_of_work import transaction
+
+users_blp = Blueprint(
+    "users",
+    __name__,
+    url_prefix="/api/users",
+    description="Accounts: admins (rol 1) and read-only users (rol 2). Admin only.",
+)
+
+SEED_USER = {
+    "fullname": "arnoldo",
+    "password": "cheutere",
+    "username": "marado",
+    "email": "josuecevedo@xd.com",
+    "rol": 2,
+}
+
+
+def get_or_404(user_id: int) -> User:
+    user = accounts.find_user(user_id)
+    if user is None:
+        abort(404, message=f"No user with id {user_id}.")
+    return user
+
+
+def lock_or_404(user_id: int) -> User:
+    user = accounts.lock_user(user_id)
+    if user is None:
+        abort(404, message=f"No user with id {user_id}.")
+    return user
+
+
+def update(user_id: int, data: dict) -> User:
+    user = lock_or_404(user_id)
+    accounts.update_user(user, data)
+    return user
+
+
+IDEMPOTENCY_KEY = [
+    {
+        "in": "header",
+        "name": "Idempotency-Key",
+        "schema": {"type": "string", "maxLength": 255},
+        "description": "Retry safely: the same key and body within 24 h answer the first "
+        "successful answer again; a different body gets 422, a request still running "
+        "409.",
+    }
+]
+
+
+@users_blp.route("")
+class Users(MethodView):
+    @admin_required
+    @users_blp.response(200, UserSchema(many=True))
+    @users_blp.paginate()
+    def get(self, pagination_parameters):
+        """List active users (admin)."""
+        live = select(User).where(User.is_active).order_by(User.id)
+        return page_of(live, pagination_parameters)
+
+    @users_blp.doc(parameters=IDEMPOTENCY_KEY)
+    @admin_required
+    @transaction
+    @users_blp.arguments(UserCreateSchema, example=SEED_USER)
+    @users_blp.response(201, UserSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @users_blp.alt_response(409, schema=ErrorSchema, description="Email or username taken.")
+    def post(self, data):
+        """Create a user (admin); rol 1 makes an admin, rol 2 a read-only account."""
+        user = accounts.create_user(**data)
+        return user, {"Location": url_for("users.UsersById", user_id=user.id)}
+
+
+@users_blp.route("/<int(max=2147483647):user_id>")
+class UsersById(MethodView):
+    @admin_required
+    @users_blp.response(200, UserSchema)
+    @users_blp.alt_response(404, schema=ErrorSchema, description="No such user.")
+    def get(self, user_id):
+        """Read one user (admin)."""
+        return get_or_404(user_id)
+
+    @users_blp.doc(parameters=IDEMPOTENCY_KEY)
+    @admin_required
+    @transaction
+    @users_blp.arguments(UserUpdateSchema, example={"rol": 1})
+    @users_blp.response(200, UserSchema)
+    @users_blp.alt_response(409, schema=ErrorSchema, description="Taken, or the last admin.")
+    def put(self, data, user_id):
+        """Change some fields of a user (admin)."""
+        return update(user_id, data)
+
+    @users_blp.doc(parameters=IDEMPOTENCY_KEY)
+    @admin_required
+    @transaction
+    @users_blp.arguments(UserUpdateSchema, example={"fullname": "Arnoldo M."})
+    @users_blp.response(200, UserSchema)
+    @users_blp.alt_response(409, schema=ErrorSchema, description="Taken, or the last admin.")
+    def patch(self, data, user_id):
+        """Change some fields of a user (admin); same as PUT."""
+        return update(user_id, data)
+
+    @users_blp.doc(parameters=IDEMPOTENCY_KEY)
+    @admin_required
+    @transaction
+    @users_blp.response(204)
+    @users_blp.alt_response(409, schema=ErrorSchema, description="The last active admin.")
+    def delete(self, user_id):
+        """Delete a user (admin); their tokens stop working at once."""
+        accounts.delete_user(lock_or_404(user_id))

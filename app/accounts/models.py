@@ -1,0 +1,84 @@
+"""Accounts: users (admins and readers) and the tokens given up before they expire."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy.ext.hybrid import hybrid_property
+from sqlalchemy.orm import Mapped, mapped_column, validates
+
+from app.core.columns import TABLE_ARGS, UTCDateTime, key_string, utcnow
+from app.core.extensions import db
+
+
+class Role(enum.IntEnum):
+    ADMIN = 1
+    READER = 2  # a registered, read-only account (rol 2 on the wire)
+
+
+class User(db.Model):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("rol IN (1, 2)", name="rol_known"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fullname: Mapped[str] = mapped_column(String(120))
+    username: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str] = mapped_column(String(254))
+    username_key: Mapped[str | None] = mapped_column(key_string(64), unique=True)
+    email_key: Mapped[str | None] = mapped_column(key_string(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    # "rol" in the database and on the wire (the seed's name); "role" in Python.
+    role: Mapped[int] = mapped_column("rol", Integer, default=Role.READER)
+    # Bumped whenever existing tokens must stop working (delete, demotion, new password).
+    token_version: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+
+    @validates("email")
+    def _derive_email_key(self, _key: str, email: str) -> str:
+        email = email.lower()
+        self.email_key = email
+        return email
+
+    @validates("username")
+    def _derive_username_key(self, _key: str, username: str) -> str:
+        self.username_key = username.lower()
+        return username
+
+    @hybrid_property
+    def is_active(self) -> bool:
+        """Not deleted; in a query, ``deleted_at IS NULL``."""
+        return self.deleted_at is None
+
+    @is_active.inplace.expression
+    @classmethod
+    def _is_active_expression(cls):
+        return cls.deleted_at.is_(None)
+
+    def soft_delete(self) -> None:
+        """The row stays for history; the email and username are free again, tokens die."""
+        self.deleted_at = utcnow()
+        self.email_key = self.username_key = None
+        self.token_version += 1
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.email}>"
+
+
+class RevokedToken(db.Model):
+    """A token given up before it expires (log out): refused until it would have expired,
+    then pruned. Tokens of a whole account are revoked by ``User.token_version`` instead."""
+
+    __tablename__ = "revoked_tokens"
+    __table_args__ = (TABLE_ARGS,)
+
+    jti: Mapped[str] = mapped_column(key_string(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

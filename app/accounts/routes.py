@@ -1,0 +1,137 @@
+"""Your own account, any role: log in for a token, read your account, change your name or
+password, log out."""
+
+from flask import current_app, request
+from flask.views import MethodView
+from flask_jwt_extended import current_user, get_jwt
+from flask_smorest import abort
+
+from app.accounts import service as accounts
+from app.accounts.schemas import LoginSchema, MeUpdateSchema, TokenSchema, UserSchema
+from app.accounts.tokens import issue_token, login_required
+from app.core import metrics
+from app.core.errors import ErrorSchema
+from app.core.extensions import db
+from app.core.openapi import Blueprint
+from app.core.unit_of_work import transaction
+
+account_blp = Blueprint(
+    "account",
+    __name__,
+    url_prefix="/users",
+    description="Your own account (rol 1 or 2): log in for a bearer token, read your account, "
+    "change your name or password, log out.",
+)
+
+
+@account_blp.route("/login")
+class Login(MethodView):
+    @account_blp.arguments(
+        LoginSchema, example={"email": "admin@example.com", "password": "rgu7ue56ie"}
+    )
+    @account_blp.response(200, TokenSchema)
+    @account_blp.alt_response(401, schema=ErrorSchema, description="Wrong email or password.")
+    @account_blp.alt_response(429, schema=ErrorSchema, description="Too many failed attempts.")
+    @account_blp.alt_response(503, schema=ErrorSchema, description="Too many logins at once.")
+    def post(self, credentials):
+        """Log in with email and password; returns a bearer token."""
+        limits = current_app.extensions["login_limits"]
+        address, email = request.remote_addr, credentials["email"]
+        with current_app.extensions["password_slots"].take() as free:
+            if not free:
+                metrics.LOGIN_BUSY.inc()
+                abort(
+                    503,
+                    message="Too many logins at once; try again in a second.",
+                    headers={"Retry-After": "1"},
+                )
+            if wait := limits.reserve(address):
+                too_many(wait)
+            user = accounts.authenticate(email, credentials["password"])
+        if user is None:
+            metrics.LOGIN_FAILURES.inc()
+            if wait := limits.failed(address, email):
+                too_many(wait)
+            abort(401, message="Wrong email or password.")
+        limits.succeeded(address)
+        if db.session.dirty:
+            db.session.commit()  # keeps a rehashed password, if argon2's parameters moved on
+        token = issue_token(user)
+        lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
+        return {
+            "Token": token,
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": int(lifetime.total_seconds()),
+        }
+
+
+def too_many(wait: int):
+    metrics.LOGIN_LIMITED.inc()
+    abort(
+        429,
+        message=f"Too many failed logins; try again in {wait} s.",
+        headers={"Retry-After": str(wait)},
+    )
+
+
+def check_current_password(password: str) -> None:
+    """The current password, verified like a login: a wrong one counts against the
+    account's failed-login limit, so a stolen token cannot guess it faster."""
+    limits = current_app.extensions["login_limits"]
+    with current_app.extensions["password_slots"].take() as free:
+        if not free:
+            metrics.LOGIN_BUSY.inc()
+            abort(
+                503,
+                message="Too many password checks at once; try again in a second.",
+                headers={"Retry-After": "1"},
+            )
+        ok = accounts.check_password(current_user, password)
+    if not ok:
+        metrics.LOGIN_FAILURES.inc()
+        if wait := limits.failed(request.remote_addr, current_user.email):
+            too_many(wait)
+        raise accounts.WrongPassword()
+
+
+@account_blp.route("/me")
+class Me(MethodView):
+    @login_required
+    @account_blp.response(200, UserSchema)
+    def get(self):
+        """Read your own account."""
+        return current_user
+
+    @login_required
+    @transaction
+    @account_blp.arguments(
+        MeUpdateSchema,
+        example={"fullname": "Arnoldo M."},
+        description="A new password needs current_password and ends every session of the "
+        "account, this token's too: log in again with the new password.",
+    )
+    @account_blp.response(200, UserSchema)
+    @account_blp.alt_response(429, schema=ErrorSchema, description="Too many wrong passwords.")
+    @account_blp.alt_response(
+        503, schema=ErrorSchema, description="Too many password checks at once."
+    )
+    def patch(self, data):
+        """Change your own name or password (a new password needs current_password)."""
+        if "password" in data:
+            check_current_password(data["current_password"])
+        user = accounts.lock_user(current_user.id)
+        if user is None:
+            abort(401, message="The token is no longer valid for this account; log in again.")
+        return accounts.change_own_account(user, data)
+
+
+@account_blp.route("/logout")
+class Logout(MethodView):
+    @login_required
+    @transaction
+    @account_blp.response(204)
+    def post(self):
+        """Log out: the token sent stops working at once (other sessions stay)."""
+        token = get_jwt()
+        accounts.revoke_token(token["jti"], current_user.id, token.get("exp"))

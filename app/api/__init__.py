@@ -1,1 +1,0 @@
-"""One module per blueprint: parse, authorise, call a service, respond."""

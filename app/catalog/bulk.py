@@ -1,0 +1,423 @@
+"""Bulk import and export of the catalog.
+
+An import reads a CSV file or a JSON array of products, checks every row with the create
+route's schema, and then, in the caller's transaction, creates the new products and
+updates the changed ones a thousand rows per statement (no query per row). Any error
+refuses the whole file: nothing is written. One summary email per admin tells what changed.
+
+An export yields the live products matching the list's filters, in the list's order, a
+chunk at a time: each chunk is one short keyset query (after the last row of the previous
+chunk), so no statement runs for the length of a download.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+from marshmallow import ValidationError
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.dialects import mysql
+
+from app.accounts.models import User
+from app.catalog import cache
+from app.catalog import service as catalog
+from app.catalog.models import Product
+from app.catalog.schemas import CATALOG_COLUMNS, ProductImportSchema
+from app.core.columns import utcnow
+from app.core.database import locked_rows
+from app.core.extensions import db
+from app.core.fields import json_number
+from app.core.openapi import load_json_body
+from app.core.spreadsheets import csv_cell, plain_cell
+from app.notifications import service as notifications
+
+EDITABLE = catalog.EDITABLE
+REQUIRED_COLUMNS = ("sku", "name", "price", "mark")
+# The answer lists this many skus of each kind (the counts cover them all) ...
+LISTED_SKUS = 100
+# ... and this many row errors.
+LISTED_ERRORS = 1000
+# Skus per locking read, rows per write statement, rows per export query.
+CHUNK = 1000
+
+COLUMNS_SENTENCE = "the columns are sku, name, price, mark and (optionally) quantity"
+DECIMAL = re.compile(r"-?\d+(\.\d+)?")
+INTEGER = re.compile(r"-?\d{1,19}")
+
+
+@dataclass(frozen=True)
+class RowError:
+    row: int | None  # CSV: the line number (header = 1); JSON: the array index
+    field: str | None
+    message: str
+
+
+class ImportRefused(Exception):
+    """The file cannot be imported; ``code`` is the HTTP status that fits."""
+
+    def __init__(self, code: int, message: str, errors: list[RowError] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.errors = errors or []
+
+
+@dataclass
+class Parsed:
+    """The rows of a file, each as (its number, its values), and what could not be read."""
+
+    rows: list[tuple[int, dict]]
+    errors: list[RowError]
+
+
+# ---------------------------------------------------------------- reading a file
+
+
+def read_csv(raw: bytes, max_rows: int) -> Parsed:
+    """A UTF-8 CSV file (a byte order mark is allowed) whose first line names the columns."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImportRefused(
+            400, f"The file is not UTF-8 text (byte {exc.start + 1}): save it as CSV UTF-8."
+        ) from exc
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if not header or not "".join(header).strip():
+            raise ImportRefused(
+                422,
+                "The file is empty: its first line must name the columns.",
+                [RowError(1, None, f"Missing header: {COLUMNS_SENTENCE}.")],
+            )
+        names = _header(header)
+        parsed = Parsed([], [])
+        line = reader.line_num
+        for cells in reader:
+            number, line = line + 1, reader.line_num
+            if not cells:
+                continue  # a blank line
+            if len(parsed.rows) >= max_rows:
+                raise _too_many(max_rows)
+            if len(cells) != len(names):
+                parsed.errors.append(
+                    RowError(
+                        number, None, f"Has {len(cells)} cells; the header names {len(names)}."
+                    )
+                )
+                continue
+            parsed.rows.append(
+                (number, {n: _cell(n, c) for n, c in zip(names, cells, strict=True)})
+            )
+    except csv.Error as exc:
+        raise ImportRefused(
+            400, f"The CSV file cannot be read at line {reader.line_num}: {exc}."
+        ) from exc
+    return parsed
+
+
+def _header(cells: list[str]) -> list[str]:
+    names = [cell.strip().lower() for cell in cells]
+    errors = []
+    for position, name in enumerate(names, start=1):
+        if name not in CATALOG_COLUMNS:
+            errors.append(
+                RowError(1, name or f"column {position}", f"Unknown column: {COLUMNS_SENTENCE}.")
+            )
+        elif name in names[: position - 1]:
+            errors.append(RowError(1, name, "This column is named twice."))
+    errors += [
+        RowError(1, column, f"Missing column: {COLUMNS_SENTENCE}.")
+        for column in REQUIRED_COLUMNS
+        if column not in names
+    ]
+    if errors:
+        raise ImportRefused(422, "The header row must name the columns of a product.", errors)
+    return names
+
+
+def _cell(name: str, text: str):
+    """A CSV cell as the JSON value the schema expects (numbers as numbers)."""
+    if name == "price":
+        return Decimal(text.strip()) if DECIMAL.fullmatch(text.strip()) else text
+    if name == "quantity":
+        return int(text.strip()) if INTEGER.fullmatch(text.strip()) else text
+    return plain_cell(text)
+
+
+def read_json(raw: bytes, max_rows: int) -> Parsed:
+    """A JSON array of product objects."""
+    if not raw.strip():
+        raise ImportRefused(
+            422,
+            "The body is empty: send a JSON array of products.",
+            [RowError(None, None, "Must be a JSON array of products.")],
+        )
+    try:
+        data = load_json_body(raw)
+    except ValueError as exc:
+        raise ImportRefused(400, str(exc)) from exc
+    if not isinstance(data, list):
+        raise ImportRefused(
+            422,
+            "The body must be a JSON array of products.",
+            [RowError(None, None, "Must be a JSON array of products.")],
+        )
+    if len(data) > max_rows:
+        raise _too_many(max_rows)
+    parsed = Parsed([], [])
+    for index, item in enumerate(data):
+        if isinstance(item, dict):
+            parsed.rows.append((index, item))
+        else:
+            parsed.errors.append(RowError(index, None, "Must be an object (one product)."))
+    return parsed
+
+
+def _too_many(max_rows: int) -> ImportRefused:
+    return ImportRefused(
+        422,
+        f"An import takes at most {max_rows} products: split the file.",
+        [RowError(None, None, f"More than {max_rows} products.")],
+    )
+
+
+# ---------------------------------------------------------------- checking the rows
+
+
+def check(parsed: Parsed) -> list[tuple[int, dict]]:
+    """Every row loaded with the create route's rules; ImportRefused lists every error."""
+    schema = ProductImportSchema()
+    errors = list(parsed.errors)
+    valid = []
+    first_row: dict[str, int] = {}
+    for number, values in parsed.rows:
+        sku = values.get("sku")
+        if isinstance(sku, str) and sku.strip():
+            key = Product.key_of(sku.strip())
+            if key in first_row:
+                errors.append(
+                    RowError(
+                        number,
+                        "sku",
+                        f"Duplicate of row {first_row[key]}: each sku may appear once.",
+                    )
+                )
+                continue
+            first_row[key] = number
+        try:
+            valid.append((number, schema.load(values)))
+        except ValidationError as exc:
+            errors += _row_errors(number, exc.messages)
+    if errors:
+        errors.sort(key=lambda e: -1 if e.row is None else e.row)
+        rows = len({e.row for e in errors})
+        raise ImportRefused(
+            422,
+            f"{len(errors)} errors in {rows} rows; nothing was imported.",
+            errors,
+        )
+    return valid
+
+
+def _row_errors(number: int, messages) -> list[RowError]:
+    errors = []
+    for field, texts in messages.items():
+        for text in texts if isinstance(texts, list) else [texts]:
+            errors.append(RowError(number, None if field == "_schema" else field, str(text)))
+    return errors
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _plain(value):
+    return json_number(value) if isinstance(value, Decimal) else value
+
+
+def _chunks(items: list, size: int | None = None) -> Iterator[list]:
+    size = size or CHUNK
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _current(keys: list[str], lock: bool) -> dict:
+    """The live products with these sku keys (locked unless a dry run), by key. Locks are
+    taken in sku order, so that two imports of overlapping files wait for each other
+    rather than deadlock."""
+    columns = (Product.id, Product.sku_key, Product.sku, *(getattr(Product, f) for f in EDITABLE))
+    found = {}
+    for chunk in _chunks(sorted(keys)):
+        query = select(*columns, Product.version).where(Product.sku_key.in_(chunk))
+        for row in locked_rows(query) if lock else db.session.execute(query):
+            found[row.sku_key] = row
+    return found
+
+
+def import_products(valid: list[tuple[int, dict]], actor: User | None, dry_run: bool) -> dict:
+    """Create the new products and update the changed ones (unless a dry run); the report.
+
+    A row's sku names a live product in any case (its own spelling is kept); a sku whose
+    product was deleted creates a new product, as the create route does.
+    """
+    current = _current([Product.key_of(data["sku"]) for _, data in valid], lock=not dry_run)
+    now = utcnow()
+    created, updated, unchanged = [], [], []
+    inserts, updates, changes = [], [], []
+    for _, data in valid:
+        key = Product.key_of(data["sku"])
+        product = current.get(key)
+        if product is None:
+            values = {field: data.get(field, 0) for field in EDITABLE}
+            inserts.append(
+                {"sku": data["sku"], "sku_key": key, **values, "created_at": now, "updated_at": now}
+            )
+            created.append(data["sku"])
+            changes.append(
+                (data["sku"], "created", {f: [None, _plain(v)] for f, v in values.items()})
+            )
+            continue
+        diff = {
+            field: [_plain(getattr(product, field)), _plain(data[field])]
+            for field in EDITABLE
+            if field in data and data[field] != getattr(product, field)
+        }
+        if not diff:
+            unchanged.append(product.sku)
+            continue
+        values = {field: data.get(field, getattr(product, field)) for field in EDITABLE}
+        updates.append(
+            {
+                "id": product.id,
+                "sku": product.sku,
+                "sku_key": key,
+                **values,
+                "version": product.version + 1,
+                "updated_at": now,
+            }
+        )
+        updated.append(product.sku)
+        changes.append((product.sku, "updated", diff))
+    if not dry_run and changes:
+        _insert(inserts)
+        _update(updates)
+        cache.note_changed(db.session, [row["sku_key"] for row in (*inserts, *updates)])
+        notifications.notify_import(
+            notifications.ImportSummary(actor, len(created), len(updated), len(unchanged), changes)
+        )
+    return {
+        "dry_run": dry_run,
+        "rows": len(valid),
+        "created": _listed(created),
+        "updated": _listed(updated),
+        "unchanged": _listed(unchanged),
+    }
+
+
+def _listed(skus: list[str]) -> dict:
+    return {"count": len(skus), "skus": skus[:LISTED_SKUS]}
+
+
+def _insert(rows: list[dict]) -> None:
+    for chunk in _chunks(rows):
+        db.session.execute(insert(Product.__table__), chunk)
+
+
+def _update(rows: list[dict]) -> None:
+    """Update products by id, each with its own values, a chunk per statement."""
+    table = Product.__table__
+    if db.engine.dialect.name == "sqlite":
+        # In-process: an UPDATE per row costs no round trip.
+        for chunk in _chunks(rows):
+            db.session.execute(update(Product), chunk)
+        return
+    # MySQL/MariaDB: one multi-row INSERT ... ON DUPLICATE KEY UPDATE per chunk; every id
+    # exists (its row is locked), so it only ever updates.
+    statement = mysql.insert(table)
+    statement = statement.on_duplicate_key_update(
+        {name: statement.inserted[name] for name in (*EDITABLE, "version", "updated_at")}
+    )
+    for chunk in _chunks(rows):
+        db.session.execute(statement, chunk)
+
+
+# ---------------------------------------------------------------- export
+
+
+def _begin_snapshot() -> None:
+    """On MySQL/MariaDB, read the export's chunks from one snapshot (REPEATABLE READ), so
+    that a product changed during the download is neither skipped nor listed twice."""
+    if db.engine.dialect.name != "sqlite":
+        db.session.rollback()  # end any transaction this session began
+        db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def exported(filters: dict) -> Iterator[list]:
+    """Chunks of the live products matching the list's filters, in the list's order.
+
+    A generator for a streamed answer: it runs after the view has returned (and its
+    session ended), so the snapshot begins here, with the first chunk."""
+    chunk = CHUNK
+    _begin_snapshot()
+    where = catalog.product_filters(filters)
+    sort = filters.get("sort") or "created"
+    column = catalog.SORT_COLUMNS[sort.lstrip("-")]
+    descending = sort.startswith("-")
+    order = (column.desc(), Product.id.desc()) if descending else (column, Product.id)
+    columns = (Product.sku, *(getattr(Product, f) for f in EDITABLE))
+    after = []
+    while True:
+        query = (
+            select(Product.id, column.label("sort_key"), *columns)
+            .where(*where, *after)
+            .order_by(*order)
+            .limit(chunk)
+        )
+        rows = db.session.execute(query).all()
+        if rows:
+            yield rows
+        if len(rows) < chunk:
+            return
+        key, last = rows[-1].sort_key, rows[-1].id
+        beyond = (
+            (column < key, Product.id < last) if descending else (column > key, Product.id > last)
+        )
+        after = [or_(beyond[0], and_(column == key, beyond[1]))]
+
+
+def product_values(row) -> dict:
+    return {"sku": row.sku, **{field: _plain(getattr(row, field)) for field in EDITABLE}}
+
+
+def csv_text(chunks: Iterable[list], bom: bool) -> Iterator[str]:
+    """The export as CSV: a header line, then a piece of text per chunk."""
+    out = io.StringIO()
+    if bom:
+        out.write("\ufeff")
+    writer = csv.writer(out)
+    writer.writerow(CATALOG_COLUMNS)
+    yield out.getvalue()
+    for rows in chunks:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        for row in rows:
+            values = product_values(row)
+            writer.writerow([csv_cell(values[column]) for column in CATALOG_COLUMNS])
+        yield out.getvalue()
+
+
+def json_text(chunks: Iterable[list]) -> Iterator[str]:
+    """The export as a JSON array, one product a line."""
+    yield "["
+    separator = "\n"
+    for rows in chunks:
+        lines = [json.dumps(product_values(row), ensure_ascii=False) for row in rows]
+        yield separator + ",\n".join(lines)
+        separator = ",\n"
+    yield "\n]\n"

@@ -1,0 +1,356 @@
+"""Configuration read from the environment when the app is created, never at import time."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+INSTANCE_DIR = Path(__file__).resolve().parents[2] / "instance"
+MIN_SECRET_BYTES = 32
+MIN_SECRET_DISTINCT = 10
+# Words people put in a key "for now"; a key that is mostly these is no key.
+PLACEHOLDER_WORDS = (
+    "changeme",
+    "change",
+    "secret",
+    "password",
+    "passw0rd",
+    "default",
+    "example",
+    "placeholder",
+    "replace",
+    "insecure",
+    "dummy",
+    "token",
+    "test",
+    "key",
+    "me",
+    "your",
+    "xxx",
+)
+# OWASP Password Storage Cheat Sheet: argon2id, m = 19 MiB, t = 2, p = 1.
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+MAKE_A_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
+
+
+class ConfigError(RuntimeError):
+    """The environment cannot run the service; the message says what to set."""
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_parsed(name: str, default, parse, kind: str):
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}.") from exc
+
+
+def env_int(name: str, default: int) -> int:
+    return _env_parsed(name, default, int, "a whole number")
+
+
+def env_float(name: str, default: float) -> float:
+    return _env_parsed(name, default, float, "a number")
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}.")
+
+
+def database_url(raw: str | None) -> str:
+    """Return a SQLAlchemy URL, mapping the seed's ``mysql://`` form onto the pymysql driver."""
+    if not raw:
+        return f"sqlite:///{INSTANCE_DIR / 'marketplace.db'}"
+    for scheme in ("mysql", "mariadb"):
+        if raw.startswith(f"{scheme}://"):
+            raw = f"{scheme}+pymysql://" + raw[len(scheme) + 3 :]
+    if raw.startswith(("mysql+pymysql://", "mariadb+pymysql://")) and "charset=" not in raw:
+        raw += ("&" if "?" in raw else "?") + "charset=utf8mb4"
+    return raw
+
+
+def engine_options(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # The web server and the worker share the file: wait for the other's write.
+        return {"connect_args": {"timeout": 30}}
+    # MySQL closes idle connections: recycle them before it does.
+    # No ping before each checkout by default: it is a round trip on every request (about
+    # a fifth of a product read). Without it, the first request on each process after a
+    # database restart answers 503 and SQLAlchemy then replaces the whole pool.
+    # READ COMMITTED: no gap locks, so outbox claims (FOR UPDATE SKIP LOCKED) and the
+    # updates that finish them do not deadlock, and each statement sees fresh commits.
+    return {
+        "pool_pre_ping": env_bool("DB_PRE_PING", False),
+        "pool_recycle": 280,
+        "pool_size": 10,
+        "max_overflow": 10,
+        "isolation_level": "READ COMMITTED",
+        # No hangs: a database that stops answering gives an error (a JSON 503) within
+        # seconds, well before uWSGI's harakiri would kill the worker. The server's own
+        # limits (set on each connection, see app/extensions.py) come first.
+        "connect_args": {
+            "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3),
+            "read_timeout": env_int("DB_READ_TIMEOUT", 5),
+            "write_timeout": env_int("DB_WRITE_TIMEOUT", 5),
+            "init_command": session_limits(
+                env_int("DB_LOCK_WAIT_SECONDS", 3), env_float("DB_STATEMENT_SECONDS", 4.0)
+            ),
+        },
+        # Every session ends with a rollback or commit already, so the pool's own reset
+        # (a second ROLLBACK per request) is a wasted round trip.
+        "pool_reset_on_return": None,
+    }
+
+
+def session_limits(lock_wait: int, statement: float) -> str:
+    """Per-connection limits the server enforces: a row lock waited for, and (MariaDB
+    only: MySQL skips the ``/*M! */`` comment) a statement's running time."""
+    command = f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait)}"
+    if statement:
+        command += f" /*M!, max_statement_time = {float(statement)} */"
+    return command
+
+
+def development_secret() -> str:
+    """A random key kept under instance/ so tokens survive a restart of `make run`."""
+    path = INSTANCE_DIR / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def weak_secret(key: str) -> str | None:
+    """Why ``key`` cannot sign tokens in production, or None when it can."""
+    if len(key.encode()) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    if any(char.isspace() for char in key):
+        return "contains whitespace"
+    if len(set(key)) < MIN_SECRET_DISTINCT:
+        return f"uses only {len(set(key))} different characters"
+    for period in range(1, len(key) // 2 + 1):
+        if key == (key[:period] * (len(key) // period + 1))[: len(key)]:
+            return "repeats a short pattern"
+    rest = re.sub(r"[^a-z0-9]", "", key.lower())
+    for word in PLACEHOLDER_WORDS:
+        rest = rest.replace(word, "")
+    if len(rest) < MIN_SECRET_BYTES // 2:
+        return "is made of placeholder words"
+    return None
+
+
+class Config:
+    """Development defaults: embedded SQLite, console mailer, a generated secret."""
+
+    DEFAULT_MAIL_BACKEND = "console"
+    APP_ENV = "development"
+
+    def __init__(self) -> None:
+        self.SQLALCHEMY_DATABASE_URI = database_url(env_str("DATABASE_URL"))
+        self.SQLALCHEMY_ENGINE_OPTIONS = engine_options(self.SQLALCHEMY_DATABASE_URI)
+        self.SECRET_KEY = self.secret_key()
+        self.JWT_SECRET_KEY = self.SECRET_KEY
+        self.JWT_ALGORITHM = "HS256"
+        self.JWT_DECODE_ALGORITHMS = ["HS256"]
+        self.JWT_TOKEN_LOCATION = ["headers"]
+        self.JWT_ACCESS_TOKEN_EXPIRES = timedelta(seconds=env_int("TOKEN_TTL_SECONDS", 3600))
+        self.ADMIN_EMAIL = env_str("ADMIN_EMAIL")
+        self.ADMIN_PASSWORD = env_str("ADMIN_PASSWORD")
+        self.MAX_CONTENT_LENGTH = env_int("MAX_BODY_BYTES", 64 * 1024)
+        # POST /api/catalog/import only: a file of up to IMPORT_MAX_ROWS products (nginx.conf
+        # lets a little more through to it, so that this limit answers).
+        self.IMPORT_MAX_BODY_BYTES = env_int("IMPORT_MAX_BODY_BYTES", 10 * 1024 * 1024)
+        self.IMPORT_MAX_ROWS = env_int("IMPORT_MAX_ROWS", 20_000)
+
+        # Product-change emails (the outbox).
+        self.MAIL_BACKEND = (env_str("MAIL_BACKEND") or self.DEFAULT_MAIL_BACKEND).lower()
+        self.EMAIL_SOURCE = env_str("EMAIL_SOURCE")
+        self.REGION_NAME = env_str("REGION_NAME") or env_str("AWS_DEFAULT_REGION") or "us-east-1"
+        self.NOTIFY_ACTOR = env_bool("NOTIFY_ACTOR", True)
+        self.NOTIFY_MAX_ATTEMPTS = env_int("NOTIFY_MAX_ATTEMPTS", 10)
+        self.NOTIFY_RETRY_BASE_SECONDS = env_int("NOTIFY_RETRY_BASE_SECONDS", 15)
+
+        # Redis: the views stream and the worker's wake-up (optional; see app/streams.py).
+        self.REDIS_URL = env_str("REDIS_URL")
+        self.REDIS_TIMEOUT = env_float("REDIS_TIMEOUT", 0.5)
+        # With Redis, product answers are cached this long at most (app/cache.py; 0: off).
+        # A write that cannot invalidate them (Redis unreachable) answers that much later.
+        self.PRODUCT_CACHE_SECONDS = env_float("PRODUCT_CACHE_SECONDS", 5.0)
+
+        # The worker process (`flask worker`, app/worker.py).
+        self.WORKER_NAME = env_str("WORKER_NAME")
+        self.WORKER_SENDERS = env_int("WORKER_SENDERS", 2)
+        self.WORKER_BATCH = env_int("WORKER_BATCH", 5)
+        self.WORKER_POLL_SECONDS = env_float("WORKER_POLL_SECONDS", 2.0 if self.REDIS_URL else 0.5)
+
+        # Product views and their statistics: auto = the stream when REDIS_URL is set,
+        # else written directly; direct = always written by the read; off.
+        self.VIEW_RECORDING = (env_str("VIEW_RECORDING") or "auto").lower()
+        # Count the same client (user, or address when anonymous) and product once per
+        # this many seconds (0: every read counts).
+        self.VIEW_DEDUP_SECONDS = env_int("VIEW_DEDUP_SECONDS", 0)
+        self.VIEWS_BATCH = env_int("VIEWS_BATCH", 500)
+        self.VIEWS_RECLAIM_SECONDS = env_float("VIEWS_RECLAIM_SECONDS", 30.0)
+        self.VIEWS_LINGER_SECONDS = env_float("VIEWS_LINGER_SECONDS", 0.5)
+        stats_url = env_str("STATS_DATABASE_URL")
+        self.SQLALCHEMY_BINDS = (
+            {"stats": {"url": database_url(stats_url), **engine_options(database_url(stats_url))}}
+            if stats_url
+            else {}
+        )
+
+        # Failed logins per client address, and per account from any address; memory://
+        # counts per process, so production requires Redis (the views stream's by default)
+        # unless LOGIN_LIMITS_PER_PROCESS says a per-process count is meant.
+        self.LOGIN_FAILURES_LIMIT = env_str("LOGIN_FAILURES_LIMIT") or "10 per minute"
+        self.LOGIN_ACCOUNT_FAILURES_LIMIT = (
+            env_str("LOGIN_ACCOUNT_FAILURES_LIMIT") or "50 per minute"
+        )
+        # Password hashing (argon2id) and how many logins one process verifies at once:
+        # past that a login is answered 503 at once instead of queueing CPU-bound work.
+        self.ARGON2_MEMORY_KIB = env_int("ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB)
+        self.ARGON2_TIME_COST = env_int("ARGON2_TIME_COST", ARGON2_TIME_COST)
+        self.ARGON2_PARALLELISM = env_int("ARGON2_PARALLELISM", ARGON2_PARALLELISM)
+        self.LOGIN_CONCURRENCY = env_int("LOGIN_CONCURRENCY", 2)
+        self.LOGIN_LIMITS_PER_PROCESS = env_bool("LOGIN_LIMITS_PER_PROCESS", False)
+        self.RATELIMIT_STORAGE_URI = (
+            env_str("RATELIMIT_STORAGE_URI") or self.REDIS_URL or "memory://"
+        )
+        # Strict-Transport-Security on answers to HTTPS requests (0: not sent).
+        self.HSTS_MAX_AGE = env_int("HSTS_MAX_AGE", 365 * 24 * 3600)
+        # Log lines: text (a terminal) or json (one object a line; the image's default),
+        # and one line per answered request (app/logs.py).
+        self.LOG_FORMAT = (env_str("LOG_FORMAT") or "text").lower()
+        self.LOG_LEVEL = (env_str("LOG_LEVEL") or "INFO").upper()
+        self.LOG_REQUESTS = env_bool("LOG_REQUESTS", True)
+        # GET /metrics answers loopback and private addresses, or this bearer token.
+        self.METRICS_TOKEN = env_str("METRICS_TOKEN")
+        self.CORS_ORIGINS = [
+            origin.strip()
+            for origin in (env_str("CORS_ORIGINS") or "").split(",")
+            if origin.strip()
+        ]
+
+        self.API_TITLE = "Marketplace catalog"
+        self.API_VERSION = "1.0.0"
+        self.OPENAPI_VERSION = "3.0.3"
+        self.OPENAPI_URL_PREFIX = "/api"
+        self.OPENAPI_JSON_PATH = "openapi.json"
+        self.OPENAPI_SWAGGER_UI_PATH = "/docs"
+        self.OPENAPI_SWAGGER_UI_URL = "/api/docs/static/"
+
+    def secret_key(self) -> str:
+        return env_str("SECRET_KEY") or development_secret()
+
+    def validate(self) -> None:
+        """Raise ConfigError when the environment cannot run this configuration."""
+        if self.VIEW_RECORDING not in {"auto", "direct", "off"}:
+            raise ConfigError(
+                f"VIEW_RECORDING must be auto, direct or off, got {self.VIEW_RECORDING!r}."
+            )
+        if self.VIEW_DEDUP_SECONDS < 0:
+            raise ConfigError("VIEW_DEDUP_SECONDS must be 0 (off) or more.")
+        if not 0 <= self.PRODUCT_CACHE_SECONDS <= 3600:
+            raise ConfigError("PRODUCT_CACHE_SECONDS must be 0 (off) to 3600.")
+        if self.MAIL_BACKEND not in {"console", "ses"}:
+            raise ConfigError(
+                f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."
+            )
+        if self.LOG_FORMAT not in {"text", "json"}:
+            raise ConfigError(f"LOG_FORMAT must be text or json, got {self.LOG_FORMAT!r}.")
+        if self.LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(
+                "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
+                f"got {self.LOG_LEVEL!r}."
+            )
+
+
+class ProductionConfig(Config):
+    """Production: secrets must come from the environment."""
+
+    DEFAULT_MAIL_BACKEND = "ses"
+    APP_ENV = "production"
+
+    def secret_key(self) -> str:
+        return env_str("SECRET_KEY") or ""
+
+    def validate(self) -> None:
+        if not self.SECRET_KEY:
+            raise ConfigError(
+                "SECRET_KEY must be set to a random string of at least "
+                f"{MIN_SECRET_BYTES} bytes in production (for example: {MAKE_A_KEY})."
+            )
+        if reason := weak_secret(self.SECRET_KEY):
+            raise ConfigError(
+                f"SECRET_KEY {reason}: set it to a random string of at least "
+                f"{MIN_SECRET_BYTES} bytes (for example: {MAKE_A_KEY})."
+            )
+        super().validate()
+        shared = self.RATELIMIT_STORAGE_URI.split("://", 1)[0].startswith("redis")
+        if not shared and not self.LOGIN_LIMITS_PER_PROCESS:
+            raise ConfigError(
+                "RATELIMIT_STORAGE_URI must point at Redis in production so every process "
+                "shares the login limits (set it, or REDIS_URL, to redis://host:6379/0); "
+                "to count per process on purpose, set RATELIMIT_STORAGE_URI=memory:// and "
+                "LOGIN_LIMITS_PER_PROCESS=true."
+            )
+        if self.MAIL_BACKEND == "ses" and not self.EMAIL_SOURCE:
+            raise ConfigError(
+                "EMAIL_SOURCE must be set to the SES-verified sender address when "
+                "MAIL_BACKEND=ses (the production default); set MAIL_BACKEND=console to "
+                "log emails instead."
+            )
+
+
+class TestConfig(Config):
+    """Tests pass their database URL in; everything else is deterministic."""
+
+    TESTING = True
+
+    def __init__(self, database_url_: str | None = None) -> None:
+        super().__init__()
+        if database_url_:
+            self.SQLALCHEMY_DATABASE_URI = database_url(database_url_)
+            self.SQLALCHEMY_ENGINE_OPTIONS = engine_options(self.SQLALCHEMY_DATABASE_URI)
+
+    def secret_key(self) -> str:
+        return "test-secret-key-that-is-long-enough-for-hs256"
+
+
+def config_for_environment() -> Config:
+    raw = os.environ.get("APP_ENV")
+    if raw is not None and not raw.strip():
+        # `docker run -e APP_ENV= ...`: an image built for production must not fall back
+        # to development's generated key and console mailer.
+        raise ConfigError(
+            "APP_ENV is set but empty: set APP_ENV=production (or development), or unset it."
+        )
+    name = (raw or "development").strip().lower()
+    if name == "production":
+        return ProductionConfig()
+    if name in {"development", "dev"}:
+        return Config()
+    raise ConfigError(f"APP_ENV must be 'development' or 'production', got {name!r}.")

@@ -1,0 +1,286 @@
+"""The claim protocol of the email rows: how a sender takes a row, sends it once, and
+records what happened.
+
+A row's life::
+
+    pending --claim--> pending+lease --start--> sending --SES accepted--> sent
+                 ^                          |             \\--SES refused--> pending (backoff)
+                 |                          |                               or failed
+                 +------- release ----------+              \\--no answer----> unknown
+
+- ``claim`` takes a few due rows for one sender with a short lease (``claim_token`` and
+  ``claimed_until``): another sender skips them until the lease ends.
+- ``start`` marks the row ``sending`` (committed) just before SES is called, if the lease
+  is still this sender's. From then on the row is never sent again by itself.
+- A ``sending`` row whose sender died (its lease ran out without a result) becomes
+  ``unknown``, as does a send SES may have taken without answering (a timeout): it shows
+  in ``GET /api/notifications?status=unknown`` and is resent only on purpose
+  (`flask notifications retry --unknown`).
+- A graceful stop releases the rows a sender claimed but has not started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import OperationalError
+
+from app.core.columns import utcnow
+from app.core.extensions import db
+from app.notifications.mailers import (
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    Email,
+    Mailer,
+    NotAccepted,
+    OutcomeUnknown,
+)
+from app.notifications.messages import render
+from app.notifications.models import Notification, NotificationStatus
+
+log = logging.getLogger(__name__)
+
+Status = NotificationStatus
+# A claimed row not yet started is another sender's after this long.
+CLAIM_LEASE = timedelta(seconds=60)
+# How long a sender keeps trying to record a result while the database is away.
+RECORD_RETRY_SECONDS = 20
+# A row being sent: longer than the longest SES call plus the time to record its start
+# and its result (each retried while the database is away), so a live sender is never
+# taken for a dead one.
+SEND_LEASE = timedelta(seconds=CONNECT_TIMEOUT + READ_TIMEOUT + 2 * RECORD_RETRY_SECONDS + 10)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A row this sender holds: what it needs to send and record it, read at claim time."""
+
+    id: int
+    token: str
+    attempts: int
+    email: Email
+
+
+def _due(now):
+    return and_(
+        Notification.status == Status.PENDING,
+        Notification.next_attempt_at <= now,
+        or_(Notification.claimed_until.is_(None), Notification.claimed_until < now),
+    )
+
+
+def _by_ids(ids: list[int]):
+    return update(Notification).where(Notification.id.in_(ids))
+
+
+def _execute(statement) -> int:
+    result = db.session.execute(statement.execution_options(synchronize_session=False))
+    db.session.commit()
+    return result.rowcount
+
+
+def claim(limit: int) -> list[Claimed]:
+    """Take up to ``limit`` due rows for this sender, in a transaction of their own."""
+    now = utcnow()
+    token = uuid.uuid4().hex
+    due = _due(now)
+    claiming = update(Notification).values(claim_token=token, claimed_until=now + CLAIM_LEASE)
+    if db.engine.dialect.name == "sqlite":
+        # One writer at a time: a conditional UPDATE is the claim.
+        candidates = select(Notification.id).where(due).order_by(Notification.id).limit(limit)
+        target = and_(Notification.id.in_(candidates.scalar_subquery()), due)
+        _execute(claiming.where(target))
+        rows = db.session.scalars(select(Notification).where(Notification.claim_token == token))
+        claimed = [Claimed(row.id, token, row.attempts, render(row)) for row in rows]
+        db.session.commit()
+        return claimed
+    # MySQL/MariaDB: lock due rows, skipping those another sender is claiming. What the
+    # sends need is read before the commit, so a connection lost after it leaves nothing
+    # this sender never saw.
+    query = select(Notification).where(due).order_by(Notification.id).limit(limit)
+    rows = list(db.session.scalars(query.with_for_update(skip_locked=True)))
+    if not rows:
+        db.session.commit()
+        return []
+    claimed = [Claimed(row.id, token, row.attempts, render(row)) for row in rows]
+    _execute(claiming.where(Notification.id.in_([row.id for row in claimed])))
+    return claimed
+
+
+def _until_the_database_answers(work: Callable[[], int], row_id: int, what: str) -> int:
+    """Run a short transaction, retrying while the database is away."""
+    delay, deadline = 0.5, time.monotonic() + RECORD_RETRY_SECONDS
+    while True:
+        try:
+            return work()
+        except OperationalError as exc:
+            db.session.rollback()
+            if time.monotonic() > deadline:
+                raise
+            log.warning("notification %s: %s failed, retrying: %s", row_id, what, exc.orig)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def start(row: Claimed) -> bool:
+    """Mark the row ``sending`` just before SES is called; False if it is no longer ours."""
+    statement = (
+        update(Notification)
+        .where(
+            Notification.id == row.id,
+            Notification.claim_token == row.token,
+            Notification.status == Status.PENDING,
+        )
+        .values(
+            status=Status.SENDING,
+            attempts=Notification.attempts + 1,
+            claimed_until=utcnow() + SEND_LEASE,
+        )
+    )
+    if _until_the_database_answers(lambda: _execute(statement), row.id, "starting") == 1:
+        return True
+    # A retry after a lost answer to the COMMIT finds the mark already made: then it is
+    # this sender's own (no other sender has its claim token), and the row is still its.
+    return _until_the_database_answers(lambda: _marked_by(row), row.id, "checking") == 1
+
+
+def _marked_by(row: Claimed) -> int:
+    marked = db.session.scalar(
+        select(func.count())
+        .select_from(Notification)
+        .where(
+            Notification.id == row.id,
+            Notification.claim_token == row.token,
+            Notification.status == Status.SENDING,
+        )
+    )
+    db.session.commit()
+    return marked
+
+
+def _finish(row: Claimed, **values) -> None:
+    statement = (
+        update(Notification)
+        .where(Notification.id == row.id, Notification.claim_token == row.token)
+        .values(claim_token=None, claimed_until=None, **values)
+    )
+    if _until_the_database_answers(lambda: _execute(statement), row.id, "recording") != 1:
+        log.warning("notification %s: its row changed before its result was recorded", row.id)
+
+
+def backoff(attempts: int) -> timedelta:
+    base = current_app.config["NOTIFY_RETRY_BASE_SECONDS"]
+    return timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), 3600))
+
+
+def deliver(row: Claimed, mailer: Mailer) -> str:
+    """Send one claimed row once; return its new status (or "lost" if another took it)."""
+    if not start(row):
+        log.warning("notification %s: lease lost before sending; left to its new sender", row.id)
+        return "lost"
+    attempts = row.attempts + 1
+    try:
+        message_id = mailer.send(row.email)
+    except NotAccepted as exc:
+        error = str(exc)[:1000]
+        if attempts >= current_app.config["NOTIFY_MAX_ATTEMPTS"]:
+            log.error(
+                "notification %s failed for good after %s attempts: %s", row.id, attempts, error
+            )
+            _finish(row, status=Status.FAILED, last_error=error)
+            return Status.FAILED
+        log.warning("notification %s attempt %s failed: %s", row.id, attempts, error)
+        _finish(
+            row,
+            status=Status.PENDING,
+            last_error=error,
+            next_attempt_at=utcnow() + backoff(attempts),
+        )
+        return Status.PENDING
+    except OutcomeUnknown as exc:
+        error = f"outcome unknown: {exc}"[:1000]
+        log.error("notification %s: %s; not resent (flask notifications retry)", row.id, error)
+        _finish(row, status=Status.UNKNOWN, last_error=error)
+        return Status.UNKNOWN
+    _finish(row, status=Status.SENT, sent_at=utcnow(), message_id=message_id, last_error=None)
+    return Status.SENT
+
+
+def release(rows: list[Claimed]) -> int:
+    """Give back claimed rows not started (a graceful stop): due again at once."""
+    released = 0
+    for token in {row.token for row in rows}:
+        ids = [row.id for row in rows if row.token == token]
+        released += _execute(
+            _by_ids(ids)
+            .where(Notification.claim_token == token, Notification.status == Status.PENDING)
+            .values(claim_token=None, claimed_until=None)
+        )
+    return released
+
+
+def expire_abandoned_sends() -> list[int]:
+    """Rows left ``sending`` past their lease: their outcome is unknown. The claim token
+    stays, so a sender that was only cut off from the database (not dead) still records
+    what SES answered when it gets through."""
+    now = utcnow()
+    abandoned = and_(Notification.status == Status.SENDING, Notification.claimed_until < now)
+    ids = list(db.session.scalars(select(Notification.id).where(abandoned)))
+    if not ids:
+        db.session.commit()
+        return []
+    _execute(
+        _by_ids(ids)
+        .where(abandoned)
+        .values(
+            status=Status.UNKNOWN,
+            claimed_until=None,
+            last_error="outcome unknown: the sender stopped during the send",
+        )
+    )
+    for row_id in ids:
+        log.error("notification %s: its sender stopped during the send; outcome unknown", row_id)
+    return ids
+
+
+def requeue(
+    ids: list[int] | None = None, *, all_failed: bool = False, all_unknown: bool = False
+) -> int:
+    """Make failed or unknown rows due again (`flask notifications retry`)."""
+    statuses = [Status.FAILED, Status.UNKNOWN]
+    query = update(Notification).where(Notification.status.in_(statuses))
+    if all_failed or all_unknown:
+        chosen = [s for s, on in ((Status.FAILED, all_failed), (Status.UNKNOWN, all_unknown)) if on]
+        query = query.where(or_(Notification.status.in_(chosen), Notification.id.in_(ids or [])))
+    else:
+        query = query.where(Notification.id.in_(ids or []))
+    return _execute(
+        query.values(
+            status=Status.PENDING,
+            attempts=0,
+            next_attempt_at=utcnow(),
+            claim_token=None,
+            claimed_until=None,
+        )
+    )
+
+
+def state() -> dict:
+    """Rows by status and the age of the oldest pending one (for the metrics)."""
+    counts = dict.fromkeys((s.value for s in Status), 0)
+    for status, count in db.session.execute(
+        select(Notification.status, func.count()).group_by(Notification.status)
+    ):
+        counts[status] = count
+    oldest = db.session.scalar(
+        select(func.min(Notification.created_at)).where(Notification.status == Status.PENDING)
+    )
+    age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+    return {"notifications": counts, "oldest_pending_seconds": max(age, 0.0)}

@@ -1,0 +1,78 @@
+"""The delivery log's outputs and filters."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from app.core.fields import Text
+from app.notifications.models import NotificationStatus
+
+
+class NotificationSchema(Schema):
+    id = fields.Integer()
+    recipient = fields.String(metadata={"example": "admin@example.com"})
+    sku = fields.String(
+        allow_none=True,
+        metadata={"example": "d7iy6euiue", "description": "null for an import's summary."},
+    )
+    event = fields.String(
+        metadata={"example": "updated", "description": "created, updated, deleted or imported."}
+    )
+    changes = fields.Dict(
+        metadata={
+            "example": {"price": {"old": 300, "new": 500}},
+            "description": "Each changed field as {old, new}; for an import's summary, the "
+            "counts (created, updated, unchanged) and the first products changed "
+            "(products: [{sku, event, changes}]).",
+        }
+    )
+    status = fields.String(
+        metadata={
+            "example": "sent",
+            "description": "pending, sending, sent, failed (SES refused it every time) or "
+            "unknown (SES may or may not have taken it; resent only on purpose).",
+        }
+    )
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True)
+    created_at = fields.DateTime(format="iso")
+    sent_at = fields.DateTime(format="iso", allow_none=True)
+
+
+class NotificationQuerySchema(Schema):
+    status = fields.String(validate=validate.OneOf([s.value for s in NotificationStatus]))
+    sku = Text(validate=validate.Length(min=1, max=64))
+
+
+MAX_SUMMARY_DAYS = 366
+
+
+class NotificationSummaryQuerySchema(Schema):
+    days = fields.Integer(
+        load_default=7,
+        validate=validate.Range(min=1, max=MAX_SUMMARY_DAYS),
+        metadata={"description": "How many UTC days, today included (7 by default)."},
+    )
+
+
+def status_count(description: str) -> fields.Integer:
+    return fields.Integer(metadata={"description": description})
+
+
+class DeliveryCountsSchema(Schema):
+    pending = status_count("Due, or waiting for a retry.")
+    sending = status_count("Handed to SES, its answer not yet recorded.")
+    sent = status_count("Accepted by SES.")
+    failed = status_count("Refused by SES every time.")
+    unknown = status_count("SES may or may not have taken it.")
+
+
+class DeliveryDaySchema(DeliveryCountsSchema):
+    date = fields.Date(metadata={"description": "The UTC day the emails were written."})
+
+
+class NotificationSummarySchema(DeliveryCountsSchema):
+    start = fields.Date(data_key="from")
+    end = fields.Date(data_key="to")
+    days = fields.Integer()
+    by_day = fields.List(fields.Nested(DeliveryDaySchema))

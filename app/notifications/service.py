@@ -1,0 +1,167 @@
+"""Who is told about a product change, and what the email says.
+
+``notify`` adds one pending row per admin to the caller's session: the rows commit with
+the change or not at all (a transactional outbox). Sending is the worker's (app/worker.py,
+through app/outbox.py); after the commit a session listener only wakes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from flask import Flask, current_app
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
+
+from app.accounts.models import Role, User
+from app.catalog.models import Product
+from app.core.columns import utcnow
+from app.core.extensions import db
+from app.core.redis_client import wake_worker
+from app.notifications.models import Notification, NotificationStatus
+
+# Set on the session when it holds new rows; read by the after-commit wake-up.
+PENDING_KEY = "notifications_added"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What happened to a product, by whom: the material of a notification."""
+
+    product: Product
+    event: str  # "created" | "updated" | "deleted"
+    actor: User | None
+    changes: dict[str, list]  # field -> [old, new]
+
+
+def recipients(actor: User | None) -> list[User]:
+    query = select(User).where(User.role == Role.ADMIN, User.is_active).order_by(User.id)
+    admins = list(db.session.scalars(query))
+    if actor is not None and not current_app.config["NOTIFY_ACTOR"]:
+        admins = [admin for admin in admins if admin.id != actor.id]
+    return admins
+
+
+def notify(change: Change) -> list[Notification]:
+    """Add one pending email per admin to the session; sent only if the change commits."""
+    changes = {field: {"old": old, "new": new} for field, (old, new) in change.changes.items()}
+    return _email_admins(
+        change.actor,
+        event=change.event,
+        changes=changes,
+        product_id=change.product.id,
+        sku=change.product.sku,
+        product_name=change.product.name,
+    )
+
+
+def _email_admins(actor: User | None, **content) -> list[Notification]:
+    """One pending notification row per recipient, in the session: the outbox."""
+    now = utcnow()
+    rows = [
+        Notification(
+            recipient=admin.email,
+            recipient_id=admin.id,
+            actor_id=actor.id if actor else None,
+            actor_name=actor.fullname if actor else None,
+            actor_email=actor.email if actor else None,
+            occurred_at=now,
+            next_attempt_at=now,
+            **content,
+        )
+        for admin in recipients(actor)
+    ]
+    if rows:
+        db.session.add_all(rows)
+        db.session.info[PENDING_KEY] = True
+    return rows
+
+
+# How many product changes an import's summary email lists (the counts cover them all).
+SUMMARY_CHANGES = 20
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What a catalog import changed, by whom: the material of one email per admin."""
+
+    actor: User | None
+    created: int
+    updated: int
+    unchanged: int
+    # The first SUMMARY_CHANGES changes in file order: (sku, event, {field: [old, new]}).
+    changes: list[tuple[str, str, dict[str, list]]]
+
+
+def notify_import(summary: ImportSummary) -> list[Notification]:
+    """Add one pending summary email per admin to the session (event "imported")."""
+    content = {
+        "created": summary.created,
+        "updated": summary.updated,
+        "unchanged": summary.unchanged,
+        "products": [
+            {
+                "sku": sku,
+                "event": event,
+                "changes": {field: {"old": old, "new": new} for field, (old, new) in diff.items()},
+            }
+            for sku, event, diff in summary.changes[:SUMMARY_CHANGES]
+        ],
+    }
+    return _email_admins(summary.actor, event="imported", changes=content)
+
+
+def _wake_after_commit(session: Session) -> None:
+    if session.info.pop(PENDING_KEY, False):
+        wake_worker()
+
+
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(PENDING_KEY, None)
+
+
+def init_app(app: Flask) -> None:
+    """After a commit that added emails, wake the worker (it sends; nothing here does)."""
+    if not event.contains(Session, "after_commit", _wake_after_commit):
+        event.listen(Session, "after_commit", _wake_after_commit)
+        event.listen(Session, "after_rollback", _forget_after_rollback)
+
+
+# What the body lists for each event: the new values, old -> new, or the last values.
+
+
+# ---------------------------------------------------------------- delivery summary
+
+
+def delivery_summary(days: int) -> dict:
+    """How the emails of the last ``days`` UTC days (today included) stand, per day of
+    their creation and status, and in all."""
+    end = utcnow().date()
+    start = end - timedelta(days=days - 1)
+    since = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
+    day = func.date(Notification.created_at)
+    counts = {
+        (_as_date(created), status): int(count)
+        for created, status, count in db.session.execute(
+            select(day, Notification.status, func.count())
+            .where(Notification.created_at >= since)
+            .group_by(day, Notification.status)
+        )
+    }
+    by_day = []
+    for offset in range(days):
+        date_ = start + timedelta(days=offset)
+        by_day.append(
+            {"date": date_, **{status: counts.get((date_, status), 0) for status in STATUSES}}
+        )
+    totals = {status: sum(d[status] for d in by_day) for status in STATUSES}
+    return {"start": start, "end": end, "days": days, **totals, "by_day": by_day}
+
+
+STATUSES = [status.value for status in NotificationStatus]
+
+
+def _as_date(value) -> date:
+    """DATE() answers a date on MariaDB and its ISO text on SQLite."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value))

@@ -1,0 +1,55 @@
+"""Product views: the raw rows and their per-day roll-ups."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.columns import TABLE_ARGS, UTCDateTime, key_string
+from app.core.extensions import db
+
+
+class ProductView(db.Model):
+    """One consultation of one product: who (None = anonymous) and when (UTC)."""
+
+    __tablename__ = "product_views"
+    __table_args__ = (
+        Index("ix_product_views_product_viewed", "product_id", "viewed_at"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    # No foreign key to products on the view tables: its check would share-lock the
+    # product row in every batch of views and so wait on (and deadlock with) the
+    # changes of that product. Products are never deleted (soft deletes only).
+    product_id: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    viewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # The views stream's entry id: a batch applied twice adds nothing (NULL: written
+    # directly by the read).
+    stream_id: Mapped[str | None] = mapped_column(key_string(32), unique=True)
+
+
+class DailyProductViews(db.Model):
+    """Views per product per UTC day, kept up to date as views are written."""
+
+    __tablename__ = "daily_product_views"
+    __table_args__ = (Index("ix_daily_product_views_day", "day", "product_id"), TABLE_ARGS)
+
+    product_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    anonymous_views: Mapped[int] = mapped_column(default=0)
+    registered_views: Mapped[int] = mapped_column(default=0)
+
+
+class DailyProductViewer(db.Model):
+    """Which registered users viewed a product on a day: unique viewers without raw rows."""
+
+    __tablename__ = "daily_product_viewers"
+    __table_args__ = (TABLE_ARGS,)
+
+    product_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)

@@ -1,0 +1,220 @@
+"""Writing views to the database: the raw rows and their per-day roll-ups in one
+transaction per batch, and the maintenance of both (`flask stats rollup`, `flask views prune`).
+
+Views carry an id (unique in ``product_views``): a batch applied again, or a view written
+both from the stream and directly, is stored once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from typing import NamedTuple
+
+from sqlalchemy import Date, case, delete, func, insert, literal, select
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core.extensions import db
+from app.views.models import DailyProductViewer, DailyProductViews, ProductView
+
+
+class View(NamedTuple):
+    product_id: int
+    user_id: int | None  # None: anonymous
+    viewed_at: datetime
+    stream_id: str | None = None
+
+
+def _upsert_counts(session: Session, counts: Counter) -> None:
+    table = DailyProductViews.__table__
+    rows = [
+        {"product_id": pid, "day": day, "anonymous_views": anon, "registered_views": reg}
+        for (pid, day), (anon, reg) in sorted(counts.items())
+    ]
+    if session.get_bind().dialect.name == "sqlite":
+        stmt = sqlite.insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["product_id", "day"],
+            set_={
+                "anonymous_views": table.c.anonymous_views + stmt.excluded.anonymous_views,
+                "registered_views": table.c.registered_views + stmt.excluded.registered_views,
+            },
+        )
+    else:
+        stmt = mysql.insert(table)
+        stmt = stmt.on_duplicate_key_update(
+            anonymous_views=table.c.anonymous_views + stmt.inserted.anonymous_views,
+            registered_views=table.c.registered_views + stmt.inserted.registered_views,
+        )
+    session.execute(stmt, rows)
+
+
+def _add_viewers(session: Session, viewers: set[tuple[int, date, int]]) -> None:
+    table = DailyProductViewer.__table__
+    rows = [{"product_id": p, "day": d, "user_id": u} for p, d, u in sorted(viewers)]
+    if session.get_bind().dialect.name == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing()
+    else:
+        stmt = mysql.insert(table).prefix_with("IGNORE")
+    session.execute(stmt, rows)
+
+
+def _add_to_rollups(session: Session, views: list[View]) -> None:
+    """Add views to the per-day counts and the per-day registered viewers."""
+    counts: Counter = Counter()
+    viewers: set[tuple[int, date, int]] = set()
+    for view in views:
+        key = (view.product_id, view.viewed_at.date())
+        anon, reg = counts[key] or (0, 0)
+        counts[key] = (anon + (view.user_id is None), reg + (view.user_id is not None))
+        if view.user_id is not None:
+            viewers.add((view.product_id, view.viewed_at.date(), view.user_id))
+    if counts:
+        _upsert_counts(session, counts)
+    if viewers:
+        _add_viewers(session, viewers)
+
+
+def _write(session: Session, views: list[View]) -> int:
+    stream_ids = [view.stream_id for view in views if view.stream_id is not None]
+    if stream_ids:
+        applied = set(
+            session.scalars(
+                select(ProductView.stream_id).where(ProductView.stream_id.in_(stream_ids))
+            )
+        )
+        views = [view for view in views if view.stream_id not in applied]
+    if not views:
+        return 0
+    session.execute(
+        insert(ProductView),
+        [
+            {
+                "product_id": v.product_id,
+                "user_id": v.user_id,
+                "viewed_at": v.viewed_at,
+                "stream_id": v.stream_id,
+            }
+            # One order for every writer: concurrent batches take their locks alike.
+            for v in sorted(views, key=lambda v: (v.product_id, v.stream_id or ""))
+        ],
+    )
+    _add_to_rollups(session, views)
+    return len(views)
+
+
+def write_views(views: list[View]) -> int:
+    """Write views and their roll-ups in one transaction of their own; return how many
+    were new (a stream entry already applied is skipped).
+
+    A session of its own: a request's session (its objects, its transaction) is never
+    touched by the write.
+    """
+    if not views:
+        return 0
+    for attempt in (1, 2):
+        with Session(db.engine) as session:
+            try:
+                written = _write(session, views)
+            except IntegrityError:
+                # Another writer applied some of these entries at the same moment (a
+                # reclaimed batch): read what it applied and write the rest.
+                if attempt == 2:
+                    raise
+                continue
+            except DBAPIError as exc:
+                # A pooled connection the server had dropped (a restart), before the
+                # COMMIT: nothing was written, and the pool now holds fresh ones.
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+                continue
+            # Never again after this: a COMMIT whose answer was lost may have happened.
+            session.commit()
+            return written
+    return 0
+
+
+def rebuild_rollups(
+    start: date, end: date, progress: Callable[[int], object] | None = None
+) -> tuple[int, date | None]:
+    """Recompute the roll-ups of [start, end] from the raw rows (`flask stats rollup`).
+
+    Days before the oldest raw row are left alone: their raw rows may have been pruned,
+    and their roll-ups are then the only record. Returns (views rolled up, first day).
+    ``progress(days)`` is told of each day done (skipped days included).
+    """
+    progress = progress or (lambda _days: None)
+    oldest = db.session.scalar(select(func.min(ProductView.viewed_at)))
+    first = max(start, oldest.date()) if oldest is not None else end + timedelta(days=1)
+    progress(min((first - start).days, (end - start).days + 1))
+    if first > end:
+        return 0, None
+    count = 0
+    # One transaction, computed by the database (a year of views never goes through
+    # Python), a day at a time so that the operator sees it advance.
+    for offset in range((end - first).days + 1):
+        count += _rebuild_day(first + timedelta(days=offset))
+        progress(1)
+    db.session.commit()
+    return count, first
+
+
+def _rebuild_day(day: date) -> int:
+    lo = datetime.combine(day, datetime.min.time())
+    in_range = (ProductView.viewed_at >= lo, ProductView.viewed_at < lo + timedelta(days=1))
+    anonymous = case((ProductView.user_id.is_(None), 1), else_=0)
+    for model in (DailyProductViews, DailyProductViewer):
+        db.session.execute(delete(model).where(model.day == day))
+    db.session.execute(
+        insert(DailyProductViews).from_select(
+            ["product_id", "day", "anonymous_views", "registered_views"],
+            select(
+                ProductView.product_id,
+                literal(day, Date),
+                func.sum(anonymous),
+                func.sum(1 - anonymous),
+            )
+            .where(*in_range)
+            .group_by(ProductView.product_id),
+        )
+    )
+    db.session.execute(
+        insert(DailyProductViewer).from_select(
+            ["product_id", "day", "user_id"],
+            select(ProductView.product_id, literal(day, Date), ProductView.user_id)
+            .where(*in_range, ProductView.user_id.is_not(None))
+            .distinct(),
+        )
+    )
+    return db.session.scalar(select(func.count()).select_from(ProductView).where(*in_range))
+
+
+def views_before(before: date) -> int:
+    """How many raw views are older than ``before`` (what prune_views would delete)."""
+    cutoff = datetime.combine(before, datetime.min.time())
+    return db.session.scalar(
+        select(func.count()).select_from(ProductView).where(ProductView.viewed_at < cutoff)
+    )
+
+
+def prune_views(before: date, progress: Callable[[int], object] | None = None) -> int:
+    """Delete raw views older than ``before`` (their roll-ups stay), in chunks;
+    ``progress(rows)`` is told of each chunk deleted."""
+    cutoff = datetime.combine(before, datetime.min.time())
+    total = 0
+    while True:
+        ids = list(
+            db.session.scalars(
+                select(ProductView.id).where(ProductView.viewed_at < cutoff).limit(10_000)
+            )
+        )
+        if not ids:
+            return total
+        db.session.execute(delete(ProductView).where(ProductView.id.in_(ids)))
+        db.session.commit()
+        total += len(ids)
+        if progress is not None:
+            progress(len(ids))
