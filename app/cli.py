@@ -12,10 +12,10 @@ import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from flask_migrate import upgrade
-from sqlalchemy import text
 
 from app.accounts import service as accounts
 from app.accounts.passwords import MIN_PASSWORD_LENGTH
+from app.core import dialect
 from app.core.errors import RuleError
 from app.core.extensions import db
 from app.notifications import outbox
@@ -244,22 +244,13 @@ def deploy_upgrade(lock_timeout: int) -> None:
 
 @contextmanager
 def migration_lock(timeout: int):
-    if db.engine.dialect.name not in ("mysql", "mariadb"):
-        yield  # SQLite: a single host, a single writer
-        return
-    with db.engine.connect() as conn:
-        got = conn.scalar(
-            text("SELECT GET_LOCK(:name, :timeout)"), {"name": MIGRATION_LOCK, "timeout": timeout}
-        )
-        if got != 1:
+    with dialect.named_lock(MIGRATION_LOCK, timeout) as got:
+        if not got:
             raise click.ClickException(
                 f"another instance held the migration lock for over {timeout}s"
             )
         click.echo("migration lock taken")
-        try:
-            yield
-        finally:
-            conn.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": MIGRATION_LOCK})
+        yield
 
 
 GROUPS = (users, notifications, stats, views, deploy, worker)

@@ -7,14 +7,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy import delete, func, select
 
 from app.accounts.models import RevokedToken, Role, User
 from app.accounts.passwords import hash_password, verify_password
 from app.core.addresses import BadEmail, canonical_email
 from app.core.columns import utcnow
-from app.core.database import locked
+from app.core.dialect import insert_ignore, locked, locked_rows
 from app.core.errors import RuleError
 from app.core.extensions import db
 
@@ -65,18 +64,9 @@ def create_user(
 
 def _active_admin_ids_locked() -> list[int]:
     """Active admins, locked so two concurrent demotions or deletions cannot both pass."""
-    admins = (User.role == Role.ADMIN, User.is_active)
-    if db.engine.dialect.name == "sqlite":
-        # SQLite has no row locks and pysqlite begins a transaction at the first write:
-        # a write that changes nothing takes the database's write lock first, so the
-        # count below is read by one writer at a time.
-        db.session.execute(
-            update(User)
-            .where(*admins)
-            .values(token_version=User.token_version, updated_at=User.updated_at)
-            .execution_options(synchronize_session=False)
-        )
-    return list(db.session.scalars(select(User.id).where(*admins).with_for_update()))
+    return list(
+        locked_rows(select(User.id).where(User.role == Role.ADMIN, User.is_active)).scalars()
+    )
 
 
 def _guard_last_admin(user: User, action: str) -> None:
@@ -142,12 +132,7 @@ def revoke_token(jti: str, user_id: int, expires: int | None) -> None:
     """Refuse this token from now on; revoking it twice is one revocation."""
     expires_at = datetime.fromtimestamp(expires, UTC) if expires else utcnow() + timedelta(days=366)
     row = {"jti": jti, "user_id": user_id, "expires_at": expires_at, "created_at": utcnow()}
-    table = RevokedToken.__table__
-    if db.session.get_bind().dialect.name == "sqlite":
-        stmt = sqlite.insert(table).on_conflict_do_nothing()
-    else:
-        stmt = mysql.insert(table).prefix_with("IGNORE")
-    db.session.execute(stmt, [row])
+    db.session.execute(insert_ignore(RevokedToken.__table__), [row])
 
 
 def prune_revoked_tokens() -> int:

@@ -21,16 +21,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from marshmallow import ValidationError
-from sqlalchemy import and_, insert, or_, select, update
-from sqlalchemy.dialects import mysql
+from sqlalchemy import and_, insert, or_, select
 
 from app.accounts.models import User
 from app.catalog import cache
 from app.catalog import service as catalog
 from app.catalog.models import Product
 from app.catalog.schemas import CATALOG_COLUMNS, ProductImportSchema
+from app.core import dialect
 from app.core.columns import utcnow
-from app.core.database import locked_rows
 from app.core.extensions import db
 from app.core.fields import json_number
 from app.core.openapi import load_json_body
@@ -255,7 +254,7 @@ def _current(keys: list[str], lock: bool) -> dict:
     found = {}
     for chunk in _chunks(sorted(keys)):
         query = select(*columns, Product.version).where(Product.sku_key.in_(chunk))
-        for row in locked_rows(query) if lock else db.session.execute(query):
+        for row in dialect.locked_rows(query) if lock else db.session.execute(query):
             found[row.sku_key] = row
     return found
 
@@ -330,32 +329,13 @@ def _insert(rows: list[dict]) -> None:
 
 
 def _update(rows: list[dict]) -> None:
-    """Update products by id, each with its own values, a chunk per statement."""
-    table = Product.__table__
-    if db.engine.dialect.name == "sqlite":
-        # In-process: an UPDATE per row costs no round trip.
-        for chunk in _chunks(rows):
-            db.session.execute(update(Product), chunk)
-        return
-    # MySQL/MariaDB: one multi-row INSERT ... ON DUPLICATE KEY UPDATE per chunk; every id
-    # exists (its row is locked), so it only ever updates.
-    statement = mysql.insert(table)
-    statement = statement.on_duplicate_key_update(
-        {name: statement.inserted[name] for name in (*EDITABLE, "version", "updated_at")}
-    )
+    """Update products by id (each row is locked), each with its own values, a chunk per
+    statement."""
     for chunk in _chunks(rows):
-        db.session.execute(statement, chunk)
+        dialect.update_by_id(Product.__table__, chunk, [*EDITABLE, "version", "updated_at"])
 
 
 # ---------------------------------------------------------------- export
-
-
-def _begin_snapshot() -> None:
-    """On MySQL/MariaDB, read the export's chunks from one snapshot (REPEATABLE READ), so
-    that a product changed during the download is neither skipped nor listed twice."""
-    if db.engine.dialect.name != "sqlite":
-        db.session.rollback()  # end any transaction this session began
-        db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 def exported(filters: dict) -> Iterator[list]:
@@ -364,7 +344,9 @@ def exported(filters: dict) -> Iterator[list]:
     A generator for a streamed answer: it runs after the view has returned (and its
     session ended), so the snapshot begins here, with the first chunk."""
     chunk = CHUNK
-    _begin_snapshot()
+    # One snapshot: a product changed during the download is neither skipped nor listed
+    # twice.
+    dialect.begin_snapshot()
     where = catalog.product_filters(filters)
     sort = filters.get("sort") or "created"
     column = catalog.SORT_COLUMNS[sort.lstrip("-")]

@@ -14,7 +14,7 @@ from app.catalog.cache import Answer, Miss
 from app.catalog.models import Product
 from app.catalog.schemas import dump_product
 from app.core.columns import utcnow
-from app.core.database import locked
+from app.core.dialect import locked
 from app.core.errors import RuleError
 from app.core.extensions import db
 from app.core.fields import json_number

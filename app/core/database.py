@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from flask import Flask
-from sqlalchemy import event, update
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -34,32 +34,6 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(OperationalError, database_unavailable)
     app.register_error_handler(CommitUnconfirmed, commit_unconfirmed)
     app.register_error_handler(RuleError, rule_error)
-
-
-def locked(query):
-    """The one row ``query`` selects, read as committed now and locked until the
-    transaction ends, so that concurrent changes of it take turns. MySQL/MariaDB lock the
-    row (FOR UPDATE). SQLite has no row locks: a write that changes nothing takes the
-    database's write lock first (pysqlite begins the transaction at the first write)."""
-    _take_sqlite_write_lock(query)
-    return db.session.scalar(query.with_for_update().execution_options(populate_existing=True))
-
-
-def locked_rows(query):
-    """Every row ``query`` selects (entities or columns), locked as ``locked`` locks one."""
-    _take_sqlite_write_lock(query)
-    return db.session.execute(query.with_for_update())
-
-
-def _take_sqlite_write_lock(query) -> None:
-    if db.engine.dialect.name == "sqlite":
-        model = query.column_descriptions[0]["entity"]
-        db.session.execute(
-            update(model)
-            .where(model.id == -1)
-            .values(id=model.id)
-            .execution_options(synchronize_session=False)
-        )
 
 
 def remove_session_safely(_exc=None) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal, InvalidOperation
 
 from marshmallow import ValidationError, fields, validate
 
 from app.core.addresses import BadEmail, canonical_email, lookup_email
+from app.core.text import CONTROL_CHARACTERS, CONTROL_RANGES
 
 MAX_PRICE = Decimal("9999999999.99")
 MAX_QUANTITY = 2_147_483_647
@@ -74,13 +74,6 @@ class Count(fields.Integer):
         if isinstance(value, bool):
             raise self.make_error("invalid")
         return super()._validated(value)
-
-
-# C0 controls (CR, LF, ESC, NUL...), DEL and C1 controls, the Unicode line and paragraph
-# separators, and the bidirectional embeddings, overrides and isolates: none belongs in a
-# one-line value, and each can forge a log line, an email header or what a reader sees.
-CONTROL_RANGES = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-CONTROL_CHARACTERS = re.compile(f"[{CONTROL_RANGES}]")
 
 
 class Text(fields.String):

@@ -24,6 +24,8 @@ from contextvars import ContextVar
 from flask import Flask, current_app, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
+from app.core.text import printable
+
 HEADER = "X-Request-ID"
 VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Probes and scrapes, every few seconds: no line of their own (nginx logs them).
@@ -129,18 +131,11 @@ def request_line(method: str, path: str, status: int, seconds: float | None) -> 
     duration = round(seconds * 1000, 2) if seconds is not None else None
     requests_log.info(
         "%s %s %s",
-        method,
+        printable(method),
         printable(path),
         status,
         extra={"status": status, "duration_ms": duration},
     )
-
-
-def printable(text: str) -> str:
-    """Control characters escaped: a path cannot start a forged line of its own."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # ---------------------------------------------------------------- fields on every record

@@ -26,11 +26,11 @@ from functools import wraps
 from flask import Response, request
 from flask_jwt_extended import current_user
 from flask_smorest import abort
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from app.catalog import cache
-from app.core import idempotency, metrics
+from app.core import dialect, idempotency, metrics
 from app.core.extensions import db
 from app.core.models import WriteReceipt
 from app.core.redis_client import wake_worker
@@ -170,26 +170,12 @@ class CommitUnconfirmed(OperationalError):
         super().__init__("COMMIT", {}, Exception(f"commit {token} unconfirmed"))
 
 
-def _thread_id() -> int | None:
-    dbapi = db.session.connection().connection.dbapi_connection
-    getter = getattr(dbapi, "thread_id", None)
-    return getter() if getter else None
-
-
 def _end_and_look(token: str, thread_id: int | None) -> bool:
     """Kill the connection that sent COMMIT, wait until it is gone, look for the receipt."""
     with db.engine.connect() as conn:
         if thread_id is not None:
-            try:
-                conn.execute(text(f"KILL CONNECTION {int(thread_id)}"))
-            except OperationalError as exc:
-                if "Unknown thread id" not in str(exc.orig):
-                    raise
             deadline = time.monotonic() + CHECK_SECONDS
-            while conn.scalar(
-                text("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = :id"),
-                {"id": thread_id},
-            ):
+            while dialect.end_connection(conn, thread_id):
                 if time.monotonic() > deadline:
                     raise OperationalError("KILL", {}, Exception("connection still alive"))
                 time.sleep(0.05)
@@ -202,13 +188,13 @@ def commit() -> None:
     """Commit the request's session; raise OperationalError only if it did not commit,
     CommitUnconfirmed if that cannot be known."""
     session = db.session
-    if db.engine.dialect.name == "sqlite":
+    if dialect.is_sqlite():
         session.commit()  # a local file: the answer cannot be lost on the way
         return
     token = uuid.uuid4().hex
     session.add(WriteReceipt(token=token))
     session.flush()
-    thread_id = _thread_id()
+    thread_id = dialect.connection_id(session)
     try:
         session.commit()
         return

@@ -14,7 +14,6 @@ resent by itself, since that could deliver it twice.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -30,6 +29,8 @@ from botocore.exceptions import (
     ParamValidationError,
     ProxyConnectionError,
 )
+
+from app.core.text import one_line
 
 log = logging.getLogger("app.mail")
 
@@ -56,16 +57,11 @@ class Email:
     notification_id: int | None = None
 
 
-def header_safe(value: str) -> str:
-    """One line: CR, LF and other control characters can never start a new header."""
-    return re.sub(r"[\x00-\x1f\x7f-\x9f]+", " ", value).strip()
-
-
 def mime_message(email: Email, source: str) -> bytes:
     message = EmailMessage(policy=SMTP)
     message["From"] = source
-    message["To"] = header_safe(email.to)
-    message["Subject"] = header_safe(email.subject)
+    message["To"] = one_line(email.to)
+    message["Subject"] = one_line(email.subject)
     if email.notification_id is not None:
         message[NOTIFICATION_HEADER] = str(email.notification_id)
     message.set_content(email.text)
@@ -86,7 +82,7 @@ class ConsoleMailer:
             "email to %s (notification %s)\nSubject: %s\n\n%s",
             email.to,
             email.notification_id,
-            header_safe(email.subject),
+            one_line(email.subject),
             email.text,
         )
         return message_id

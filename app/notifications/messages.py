@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import html
 
-from app.core.fields import CONTROL_CHARACTERS
+from app.core.text import one_line
 from app.notifications.mailers import Email
 from app.notifications.models import Notification
 
 # What the body lists for each event: the new values, old -> new, or the last values.
 HEADINGS = {"created": "Values", "updated": "Changes", "deleted": "Last values"}
 MAX_SUBJECT = 200
-
-
-def one_line(value) -> str:
-    """A stored value as one line of the email (rows written before control characters
-    were refused at the API could hold some)."""
-    return CONTROL_CHARACTERS.sub(" ", str(value))
 
 
 def _lines(row: Notification, arrow: str) -> list[str]:

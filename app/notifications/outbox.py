@@ -32,6 +32,7 @@ from flask import current_app
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 
+from app.core import dialect
 from app.core.columns import utcnow
 from app.core.extensions import db
 from app.notifications.mailers import (
@@ -87,30 +88,24 @@ def _execute(statement) -> int:
 
 
 def claim(limit: int) -> list[Claimed]:
-    """Take up to ``limit`` due rows for this sender, in a transaction of their own."""
+    """Take up to ``limit`` due rows for this sender (committed), then read what their
+    sends need."""
     now = utcnow()
     token = uuid.uuid4().hex
-    due = _due(now)
-    claiming = update(Notification).values(claim_token=token, claimed_until=now + CLAIM_LEASE)
-    if db.engine.dialect.name == "sqlite":
-        # One writer at a time: a conditional UPDATE is the claim.
-        candidates = select(Notification.id).where(due).order_by(Notification.id).limit(limit)
-        target = and_(Notification.id.in_(candidates.scalar_subquery()), due)
-        _execute(claiming.where(target))
-        rows = db.session.scalars(select(Notification).where(Notification.claim_token == token))
-        claimed = [Claimed(row.id, token, row.attempts, render(row)) for row in rows]
-        db.session.commit()
-        return claimed
-    # MySQL/MariaDB: lock due rows, skipping those another sender is claiming. What the
-    # sends need is read before the commit, so a connection lost after it leaves nothing
-    # this sender never saw.
-    query = select(Notification).where(due).order_by(Notification.id).limit(limit)
-    rows = list(db.session.scalars(query.with_for_update(skip_locked=True)))
-    if not rows:
-        db.session.commit()
+    ids = dialect.claim(
+        Notification,
+        _due(now),
+        Notification.id,
+        limit,
+        {"claim_token": token, "claimed_until": now + CLAIM_LEASE},
+    )
+    if not ids:
         return []
+    rows = db.session.scalars(
+        select(Notification).where(Notification.id.in_(ids), Notification.claim_token == token)
+    )
     claimed = [Claimed(row.id, token, row.attempts, render(row)) for row in rows]
-    _execute(claiming.where(Notification.id.in_([row.id for row in claimed])))
+    db.session.commit()
     return claimed
 
 

@@ -8,7 +8,7 @@ through app/outbox.py); after the commit a session listener only wakes it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from flask import Flask, current_app
 from sqlalchemy import event, func, select
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.accounts.models import Role, User
 from app.catalog.models import Product
 from app.core.columns import utcnow
+from app.core.dialect import as_date
 from app.core.extensions import db
 from app.core.redis_client import wake_worker
 from app.notifications.models import Notification, NotificationStatus
@@ -142,7 +143,7 @@ def delivery_summary(days: int) -> dict:
     since = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
     day = func.date(Notification.created_at)
     counts = {
-        (_as_date(created), status): int(count)
+        (as_date(created), status): int(count)
         for created, status, count in db.session.execute(
             select(day, Notification.status, func.count())
             .where(Notification.created_at >= since)
@@ -160,8 +161,3 @@ def delivery_summary(days: int) -> dict:
 
 
 STATUSES = [status.value for status in NotificationStatus]
-
-
-def _as_date(value) -> date:
-    """DATE() answers a date on MariaDB and its ISO text on SQLite."""
-    return value if isinstance(value, date) else date.fromisoformat(str(value))

@@ -18,9 +18,8 @@ from datetime import datetime
 import redis
 from flask import current_app
 
-from app.core import metrics
+from app.core import metrics, redis_client
 from app.core.columns import utcnow
-from app.core import redis_client
 from app.views import stream
 from app.views.rollups import View, write_views
 

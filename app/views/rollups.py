@@ -13,10 +13,10 @@ from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 from sqlalchemy import Date, case, delete, func, insert, literal, select
-from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core.dialect import insert_ignore, upsert_adding
 from app.core.extensions import db
 from app.views.models import DailyProductViewer, DailyProductViews, ProductView
 
@@ -34,32 +34,14 @@ def _upsert_counts(session: Session, counts: Counter) -> None:
         {"product_id": pid, "day": day, "anonymous_views": anon, "registered_views": reg}
         for (pid, day), (anon, reg) in sorted(counts.items())
     ]
-    if session.get_bind().dialect.name == "sqlite":
-        stmt = sqlite.insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["product_id", "day"],
-            set_={
-                "anonymous_views": table.c.anonymous_views + stmt.excluded.anonymous_views,
-                "registered_views": table.c.registered_views + stmt.excluded.registered_views,
-            },
-        )
-    else:
-        stmt = mysql.insert(table)
-        stmt = stmt.on_duplicate_key_update(
-            anonymous_views=table.c.anonymous_views + stmt.inserted.anonymous_views,
-            registered_views=table.c.registered_views + stmt.inserted.registered_views,
-        )
-    session.execute(stmt, rows)
+    counted = ["anonymous_views", "registered_views"]
+    session.execute(upsert_adding(table, ["product_id", "day"], counted, session), rows)
 
 
 def _add_viewers(session: Session, viewers: set[tuple[int, date, int]]) -> None:
     table = DailyProductViewer.__table__
     rows = [{"product_id": p, "day": d, "user_id": u} for p, d, u in sorted(viewers)]
-    if session.get_bind().dialect.name == "sqlite":
-        stmt = sqlite.insert(table).on_conflict_do_nothing()
-    else:
-        stmt = mysql.insert(table).prefix_with("IGNORE")
-    session.execute(stmt, rows)
+    session.execute(insert_ignore(table, session), rows)
 
 
 def _add_to_rollups(session: Session, views: list[View]) -> None:

@@ -1,0 +1,196 @@
+"""Every statement that SQLite and MariaDB spell differently, in one place.
+
+The service runs on both (SQLite for `make run` and a single host, MariaDB in production)
+and the same suite tests both. Everything else is portable SQLAlchemy; what follows is
+not, and each function says what it does on each database.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import date
+
+from sqlalchemy import Table, and_, bindparam, select, text, update
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from app.core.extensions import db
+
+
+def is_sqlite(session: Session | None = None) -> bool:
+    bind = (session or db.session).get_bind()
+    return bind.dialect.name == "sqlite"
+
+
+# ---------------------------------------------------------------- inserts
+
+
+def insert_ignore(table: Table, session: Session | None = None):
+    """INSERT that skips rows whose key exists (SQLite ON CONFLICT DO NOTHING, MariaDB
+    INSERT IGNORE)."""
+    if is_sqlite(session):
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return mysql.insert(table).prefix_with("IGNORE")
+
+
+def upsert_adding(table: Table, keys: list[str], added: list[str], session: Session | None = None):
+    """INSERT of counts that, where the key exists, adds them to the stored ones."""
+    if is_sqlite(session):
+        statement = sqlite.insert(table)
+        return statement.on_conflict_do_update(
+            index_elements=keys,
+            set_={name: table.c[name] + statement.excluded[name] for name in added},
+        )
+    statement = mysql.insert(table)
+    return statement.on_duplicate_key_update(
+        {name: table.c[name] + statement.inserted[name] for name in added}
+    )
+
+
+def update_by_id(table: Table, rows: list[dict], columns: list[str]) -> None:
+    """Update rows that exist, each by its ``id`` with its own values, in one statement
+    (MariaDB: a multi-row INSERT ... ON DUPLICATE KEY UPDATE, which only ever updates
+    here; SQLite, in-process: an UPDATE per row costs no round trip)."""
+    if not rows:
+        return
+    if is_sqlite():
+        db.session.execute(
+            update(table)
+            .where(table.c.id == _bound("id"))
+            .values({name: _bound(name) for name in columns}),
+            [{f"b_{key}": value for key, value in row.items()} for row in rows],
+        )
+        return
+    statement = mysql.insert(table)
+    statement = statement.on_duplicate_key_update(
+        {name: statement.inserted[name] for name in columns}
+    )
+    db.session.execute(statement, rows)
+
+
+def _bound(name: str):
+    return bindparam(f"b_{name}")
+
+
+# ---------------------------------------------------------------- locks
+
+
+def _take_sqlite_write_lock(model) -> None:
+    """SQLite has no row locks and pysqlite begins a transaction at the first write: a
+    write that changes nothing takes the database's write lock, so what follows is read
+    by one writer at a time."""
+    if is_sqlite():
+        db.session.execute(
+            update(model)
+            .where(model.id == -1)
+            .values(id=model.id)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def locked(query):
+    """The one row ``query`` selects, read as committed now and locked until the
+    transaction ends, so that concurrent changes of it take turns (MariaDB: FOR UPDATE;
+    SQLite: the database's write lock)."""
+    _take_sqlite_write_lock(query.column_descriptions[0]["entity"])
+    return db.session.scalar(query.with_for_update().execution_options(populate_existing=True))
+
+
+def locked_rows(query):
+    """Every row ``query`` selects (entities or columns), locked as ``locked`` locks one."""
+    _take_sqlite_write_lock(query.column_descriptions[0]["entity"])
+    return db.session.execute(query.with_for_update())
+
+
+def claim(model, due, order, limit: int, values: dict) -> list[int]:
+    """Mark up to ``limit`` rows matching ``due`` with ``values`` (a claim token and its
+    lease) so that no other claimer takes them; their ids. Commits.
+
+    MariaDB locks due rows, skipping those another claimer is locking (SKIP LOCKED), then
+    marks them. SQLite has one writer at a time: a conditional UPDATE is the claim."""
+    if is_sqlite():
+        candidates = select(model.id).where(due).order_by(order).limit(limit)
+        target = and_(model.id.in_(candidates.scalar_subquery()), due)
+        marker = next(iter(values))
+        db.session.execute(
+            update(model).where(target).values(values).execution_options(synchronize_session=False)
+        )
+        ids = list(
+            db.session.scalars(select(model.id).where(getattr(model, marker) == values[marker]))
+        )
+        db.session.commit()
+        return ids
+    query = select(model.id).where(due).order_by(order).limit(limit)
+    ids = list(db.session.scalars(query.with_for_update(skip_locked=True)))
+    if ids:
+        db.session.execute(
+            update(model)
+            .where(model.id.in_(ids))
+            .values(values)
+            .execution_options(synchronize_session=False)
+        )
+    db.session.commit()
+    return ids
+
+
+@contextmanager
+def named_lock(name: str, timeout: int):
+    """Hold a server-wide named lock (MariaDB GET_LOCK) while the block runs, so that
+    processes that start together take turns; yields False if it was not had in
+    ``timeout`` seconds. SQLite (one host, one writer at a time): nothing to take."""
+    if db.engine.dialect.name == "sqlite":
+        yield True
+        return
+    with db.engine.connect() as conn:
+        got = conn.scalar(
+            text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": timeout}
+        )
+        try:
+            yield got == 1
+        finally:
+            if got == 1:
+                conn.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+
+
+# ---------------------------------------------------------------- reads
+
+
+def begin_snapshot() -> None:
+    """Read what follows from one snapshot of the database: MariaDB's REPEATABLE READ for
+    this session's next transaction (the pool's default is READ COMMITTED); SQLite's
+    reads in a transaction see one snapshot already (WAL)."""
+    if not is_sqlite():
+        db.session.rollback()  # end any transaction this session began
+        db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def as_date(value) -> date:
+    """A DATE() result: a date on MariaDB, its ISO text on SQLite."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+# ---------------------------------------------------------------- connections
+
+
+def connection_id(session: Session) -> int | None:
+    """The server's id of the session's connection (MariaDB), None on SQLite."""
+    dbapi = session.connection().connection.dbapi_connection
+    getter = getattr(dbapi, "thread_id", None)
+    return getter() if getter else None
+
+
+def end_connection(conn, connection: int) -> bool:
+    """Kill a server connection (MariaDB KILL CONNECTION), so that it can no longer commit
+    anything; whether it is still listed (call until False)."""
+    try:
+        conn.execute(text(f"KILL CONNECTION {int(connection)}"))
+    except OperationalError as exc:
+        if "Unknown thread id" not in str(exc.orig):
+            raise
+    return bool(
+        conn.scalar(
+            text("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = :id"),
+            {"id": connection},
+        )
+    )
