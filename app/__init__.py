@@ -12,7 +12,7 @@ from app.catalog import cache
 from app.catalog.bulk_routes import catalog_blp
 from app.catalog.fast import FastReads
 from app.catalog.routes import products_blp
-from app.core import database, errors, http, logs, metrics, redis_client
+from app.core import database, errors, http, logs, redis_client
 from app.core.config import INSTANCE_DIR, Config, config_for_environment
 from app.core.extensions import openapi
 from app.notifications.routes import notifications_blp
@@ -20,6 +20,7 @@ from app.ops.dashboard import dashboard_blp
 from app.ops.docs import docs_blp
 from app.ops.health import health_blp
 from app.ops.scrape import metrics_blp
+from app.views import recorder
 from app.views.routes import stats_blp
 
 
@@ -43,9 +44,9 @@ def register_extensions(app: Flask) -> None:
     openapi.init_app(app)
     http.init_app(app)
     guard.init_app(app)
-    metrics.init_app(app)
     redis_client.init_app(app)
     cache.init_app(app)
+    recorder.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:

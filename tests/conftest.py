@@ -246,10 +246,12 @@ def redis_url(tmp_path_factory):
 def streamed(app, redis_url):
     """The app as in production: views go through the Redis stream (emptied first)."""
     from app.core import redis_client
+    from app.views import recorder
 
     conn = redis_client.connect(redis_url, timeout=2)
     conn.flushdb()
     app.config["REDIS_URL"] = redis_url
     redis_client.init_app(app)
+    recorder.init_app(app)  # the view policy: the stream
     yield conn
     conn.close()

@@ -15,6 +15,7 @@ from app.core.extensions import db
 from app.notifications.models import Notification
 from app.ops.dashboard import POLICY
 from app.views import rollups
+from app.views.recorder import new_view_id
 from app.views.rollups import View
 from tests.test_views_stats import product_id, seed_views
 
@@ -145,7 +146,7 @@ def test_catalog_views_as_csv(app, client, make, admin):
     make.product("abc")
     with app.app_context():
         at = datetime(2026, 3, 2, 8, tzinfo=UTC)
-        rollups.write_views([View(product_id(app, "abc"), None, at)] * 2)
+        rollups.write_views([View(new_view_id(), product_id(app, "abc"), None, at) for _ in "12"])
     response = client.get(
         "/api/stats/views?from=2026-03-01&to=2026-03-02&format=csv", headers=admin["headers"]
     )

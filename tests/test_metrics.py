@@ -117,10 +117,12 @@ def test_the_views_stream_backlog_is_the_consumer_lag(app, client, make, streame
 
 def test_a_view_written_directly_because_the_stream_is_down_is_counted(app, client, make):
     from app.core import redis_client
+    from app.views import recorder
 
     make.product("abc")
     app.config.update(REDIS_URL="redis://127.0.0.1:1/0", REDIS_TIMEOUT=0.2)  # nothing there
     redis_client.init_app(app)
+    recorder.init_app(app)
     before = samples(client)
     assert client.get("/api/products/abc").status_code == 200
     after = samples(client)

@@ -20,6 +20,7 @@ from moto.ses.models import ses_backends
 from sqlalchemy import select, update
 
 from app.catalog import service as catalog
+from app.catalog.models import Product
 from app.core.columns import utcnow
 from app.core.extensions import db
 from app.notifications import outbox
@@ -161,7 +162,7 @@ def test_an_update_that_changes_nothing_sends_nothing(app, client, make, admins,
 def test_a_rolled_back_change_emails_nobody(app, make, admins, ses, rows):
     make.product("d7iy6euiue", price=300)
     with app.app_context():
-        product = catalog.find_product("d7iy6euiue")
+        product = Product.by_sku("d7iy6euiue")
         catalog.update_product(product, {"price": 999}, actor=None)
         db.session.rollback()
     settle(app)

@@ -22,6 +22,7 @@ from app.catalog import cache
 from app.catalog.models import Product
 from app.catalog.schemas import ProductSchema
 from app.core import config, redis_client
+from app.core.cache import invalidate
 from app.core.extensions import db
 from app.views import stream
 from app.views.models import ProductView
@@ -198,7 +199,8 @@ def test_a_fill_from_before_a_change_is_refused(app, make, streamed):
     with app.test_request_context():
         miss = cache.read("abc", None)
         assert isinstance(miss, cache.Miss)
-        cache.invalidate(["abc"])  # a write committed between the miss and the fill
+        # A write committed between the miss and the fill.
+        invalidate([(cache.ENTRY_PREFIX + "abc", cache.GENERATION_PREFIX + "abc")])
         assert not cache.fill("abc", miss, answer, None)
         late = cache.Miss(cache.read("abc", None).generation, 0)  # its deadline is past
         assert not cache.fill("abc", late, answer, None)

@@ -17,6 +17,7 @@ from app.core import config, redis_client
 from app.core.extensions import db
 from app.views import recorder, rollups, stream
 from app.views.models import DailyProductViews, ProductView
+from app.views.recorder import new_view_id
 from app.views.rollups import View
 from app.views.stream import ViewsConsumer
 from app.worker import Worker
@@ -85,6 +86,7 @@ def dedup_scenario(app, client, make, reader) -> None:
     """Reads that a 60 s window counts as 4 views: 10.0.0.1 reads abc 5 times, 10.0.0.2
     once, the reader 3 times from two addresses, and 10.0.0.1 reads xyz once."""
     app.config["VIEW_DEDUP_SECONDS"] = 60
+    recorder.init_app(app)  # the view policy is chosen when the app is built
     make.product("abc")
     make.product("xyz")
     for _ in range(5):
@@ -133,7 +135,7 @@ def test_with_redis_a_read_appends_to_the_stream_and_the_worker_writes_it(
     flush(app)
     views = views_of(rows, app, "abc")
     assert sorted(v.user_id or 0 for v in views) == [0, 0, reader["id"]]
-    assert all(v.stream_id for v in views)
+    assert len({v.view_id for v in views}) == 3  # each read's view has an id of its own
     assert streamed.xpending(stream.VIEWS_STREAM, stream.VIEWS_GROUP)["pending"] == 0
     assert streamed.xlen(stream.VIEWS_STREAM) <= 1  # acknowledged entries are trimmed
     daily = rows(DailyProductViews)
@@ -151,9 +153,7 @@ def test_a_batch_applied_again_after_a_lost_acknowledgement_changes_nothing(
         first.ensure_group()
         entries = first._read(block=False)  # delivered to the first consumer...
         assert len(entries) == 5
-        written = rollups.write_views(
-            [rollups.View(*stream.parse_view(f), stream_id=i) for i, f in entries]
-        )
+        written = rollups.write_views([stream.parse_view(i, f) for i, f in entries])
         assert written == 5  # ...written, and then it died before XACK
 
         second = ViewsConsumer(streamed, "second", batch=100, block_ms=0, idle_ms=0)
@@ -173,7 +173,8 @@ def test_when_redis_is_down_the_read_answers_and_the_view_is_written_directly(
     app.extensions["redis"] = redis_client.connect(dead, timeout=0.5)
     assert client.get("/api/products/abc").status_code == 200
     views = rows(ProductView)
-    assert len(views) == 1 and views[0].stream_id is None
+    assert len(views) == 1 and len(views[0].view_id) == 32
+    assert streamed.xlen(stream.VIEWS_STREAM) == 0
 
 
 def test_when_both_are_down_the_read_answers_and_the_lost_view_is_counted(app, caplog):
@@ -184,7 +185,7 @@ def test_when_both_are_down_the_read_answers_and_the_lost_view_is_counted(app, c
     down.extensions["redis"] = redis_client.connect(f"redis://127.0.0.1:{dead}/0", timeout=0.5)
     lost_before = REGISTRY.get_sample_value("marketplace_views_lost_total") or 0
     with down.test_request_context():
-        assert recorder.record_view(1, None) == "lost"
+        assert recorder.recorder().record(1, None, None) == "lost"
     assert REGISTRY.get_sample_value("marketplace_views_lost_total") == lost_before + 1
     assert any("view of product 1 by anonymous lost" in r.getMessage() for r in caplog.records)
 
@@ -208,7 +209,8 @@ def seed_views(app, sku: str, per_day: dict[date, tuple[int, list[int]]]) -> Non
     views = []
     for day, (anonymous, users) in per_day.items():
         at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
-        views += [View(pid, None, at)] * anonymous + [View(pid, uid, at) for uid in users]
+        views += [View(new_view_id(), pid, None, at) for _ in range(anonymous)]
+        views += [View(new_view_id(), pid, uid, at) for uid in users]
     with app.app_context():
         rollups.write_views(views)
 

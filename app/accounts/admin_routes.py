@@ -5,7 +5,7 @@ from flask.views import MethodView
 from flask_smorest import abort
 from sqlalchemy import select
 
-from app.accounts import service as accounts
+from app.accounts import service
 from app.accounts.models import User
 from app.accounts.schemas import UserCreateSchema, UserSchema, UserUpdateSchema
 from app.accounts.tokens import admin_required
@@ -31,14 +31,14 @@ SEED_USER = {
 
 
 def get_or_404(user_id: int) -> User:
-    user = accounts.find_user(user_id)
+    user = User.active(user_id)
     if user is None:
         abort(404, message=f"No user with id {user_id}.")
     return user
 
 
 def lock_or_404(user_id: int) -> User:
-    user = accounts.lock_user(user_id)
+    user = User.active(user_id, lock=True)
     if user is None:
         abort(404, message=f"No user with id {user_id}.")
     return user
@@ -46,20 +46,8 @@ def lock_or_404(user_id: int) -> User:
 
 def update(user_id: int, data: dict) -> User:
     user = lock_or_404(user_id)
-    accounts.update_user(user, data)
+    service.update_user(user, data)
     return user
-
-
-IDEMPOTENCY_KEY = [
-    {
-        "in": "header",
-        "name": "Idempotency-Key",
-        "schema": {"type": "string", "maxLength": 255},
-        "description": "Retry safely: the same key and body within 24 h answer the first "
-        "successful answer again; a different body gets 422, a request still running "
-        "409.",
-    }
-]
 
 
 @users_blp.route("")
@@ -72,7 +60,6 @@ class Users(MethodView):
         live = select(User).where(User.is_active).order_by(User.id)
         return page_of(live, pagination_parameters)
 
-    @users_blp.doc(parameters=IDEMPOTENCY_KEY)
     @admin_required
     @transaction
     @users_blp.arguments(UserCreateSchema, example=SEED_USER)
@@ -80,7 +67,7 @@ class Users(MethodView):
     @users_blp.alt_response(409, schema=ErrorSchema, description="Email or username taken.")
     def post(self, data):
         """Create a user (admin); rol 1 makes an admin, rol 2 a read-only account."""
-        user = accounts.create_user(**data)
+        user = service.create_user(**data)
         return user, {"Location": url_for("users.UsersById", user_id=user.id)}
 
 
@@ -93,7 +80,6 @@ class UsersById(MethodView):
         """Read one user (admin)."""
         return get_or_404(user_id)
 
-    @users_blp.doc(parameters=IDEMPOTENCY_KEY)
     @admin_required
     @transaction
     @users_blp.arguments(UserUpdateSchema, example={"rol": 1})
@@ -103,7 +89,6 @@ class UsersById(MethodView):
         """Change some fields of a user (admin)."""
         return update(user_id, data)
 
-    @users_blp.doc(parameters=IDEMPOTENCY_KEY)
     @admin_required
     @transaction
     @users_blp.arguments(UserUpdateSchema, example={"fullname": "Arnoldo M."})
@@ -113,11 +98,10 @@ class UsersById(MethodView):
         """Change some fields of a user (admin); same as PUT."""
         return update(user_id, data)
 
-    @users_blp.doc(parameters=IDEMPOTENCY_KEY)
     @admin_required
     @transaction
     @users_blp.response(204)
     @users_blp.alt_response(409, schema=ErrorSchema, description="The last active admin.")
     def delete(self, user_id):
         """Delete a user (admin); their tokens stop working at once."""
-        accounts.delete_user(lock_or_404(user_id))
+        service.delete_user(lock_or_404(user_id))

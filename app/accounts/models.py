@@ -5,23 +5,30 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, select
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from app.core.columns import TABLE_ARGS, UTCDateTime, key_string, utcnow
+from app.core.dialect import locked
 from app.core.extensions import db
 
 
 class Role(enum.IntEnum):
+    """The roles, once: the column's check, the API's validation and the guards use these."""
+
     ADMIN = 1
     READER = 2  # a registered, read-only account (rol 2 on the wire)
+
+    @classmethod
+    def values(cls) -> list[int]:
+        return [role.value for role in cls]
 
 
 class User(db.Model):
     __tablename__ = "users"
     __table_args__ = (
-        CheckConstraint("rol IN (1, 2)", name="rol_known"),
+        CheckConstraint(f"rol IN ({', '.join(map(str, Role.values()))})", name="rol_known"),
         TABLE_ARGS,
     )
 
@@ -40,16 +47,41 @@ class User(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
+    @staticmethod
+    def key_of(value: str) -> str:
+        """The lookup key of an email or a username: case never tells two accounts apart."""
+        return value.strip().lower()
+
     @validates("email")
     def _derive_email_key(self, _key: str, email: str) -> str:
         email = email.lower()
-        self.email_key = email
+        self.email_key = self.key_of(email)
         return email
 
     @validates("username")
     def _derive_username_key(self, _key: str, username: str) -> str:
-        self.username_key = username.lower()
+        self.username_key = self.key_of(username)
         return username
+
+    @classmethod
+    def by_email(cls, email: str) -> User | None:
+        """The active account with this email (any case), or None."""
+        return db.session.scalar(select(cls).where(cls.email_key == cls.key_of(email)))
+
+    @classmethod
+    def by_username(cls, username: str) -> User | None:
+        """The active account with this username (any case), or None."""
+        return db.session.scalar(select(cls).where(cls.username_key == cls.key_of(username)))
+
+    @classmethod
+    def active(cls, user_id: int, *, lock: bool = False) -> User | None:
+        """The account with this id unless deleted; ``lock``: locked for a change, so that
+        of two deletions of one account the second finds nobody."""
+        if lock:
+            user = locked(select(cls).where(cls.id == user_id))
+        else:
+            user = db.session.get(cls, user_id)
+        return user if user is not None and user.is_active else None
 
     @hybrid_property
     def is_active(self) -> bool:

@@ -6,7 +6,8 @@ from flask.views import MethodView
 from flask_jwt_extended import current_user, get_jwt
 from flask_smorest import abort
 
-from app.accounts import service as accounts
+from app.accounts import service
+from app.accounts.models import User
 from app.accounts.schemas import LoginSchema, MeUpdateSchema, TokenSchema, UserSchema
 from app.accounts.tokens import issue_token, login_required
 from app.core import metrics
@@ -47,7 +48,7 @@ class Login(MethodView):
                 )
             if wait := limits.reserve(address):
                 too_many(wait)
-            user = accounts.authenticate(email, credentials["password"])
+            user = service.authenticate(email, credentials["password"])
         if user is None:
             metrics.LOGIN_FAILURES.inc()
             if wait := limits.failed(address, email):
@@ -87,12 +88,12 @@ def check_current_password(password: str) -> None:
                 message="Too many password checks at once; try again in a second.",
                 headers={"Retry-After": "1"},
             )
-        ok = accounts.check_password(current_user, password)
+        ok = service.check_password(current_user, password)
     if not ok:
         metrics.LOGIN_FAILURES.inc()
         if wait := limits.failed(request.remote_addr, current_user.email):
             too_many(wait)
-        raise accounts.WrongPassword()
+        raise service.WrongPassword()
 
 
 @account_blp.route("/me")
@@ -120,10 +121,10 @@ class Me(MethodView):
         """Change your own name or password (a new password needs current_password)."""
         if "password" in data:
             check_current_password(data["current_password"])
-        user = accounts.lock_user(current_user.id)
+        user = User.active(current_user.id, lock=True)
         if user is None:
             abort(401, message="The token is no longer valid for this account; log in again.")
-        return accounts.change_own_account(user, data)
+        return service.change_own_account(user, data)
 
 
 @account_blp.route("/logout")
@@ -134,4 +135,4 @@ class Logout(MethodView):
     def post(self):
         """Log out: the token sent stops working at once (other sessions stay)."""
         token = get_jwt()
-        accounts.revoke_token(token["jti"], current_user.id, token.get("exp"))
+        service.revoke_token(token["jti"], current_user.id, token.get("exp"))

@@ -25,7 +25,7 @@ class TokenSchema(Schema):
     expires_in = fields.Integer(metadata={"description": "Seconds until the token expires."})
 
 
-ROLES = validate.OneOf([Role.ADMIN.value, Role.READER.value], error="Must be 1 (admin) or 2.")
+ROLES = validate.OneOf(Role.values(), error="Must be 1 (admin) or 2.")
 
 
 class UserSchema(Schema):

@@ -13,35 +13,19 @@ from app.accounts.models import RevokedToken, Role, User
 from app.accounts.passwords import hash_password, verify_password
 from app.core.addresses import BadEmail, canonical_email
 from app.core.columns import utcnow
-from app.core.dialect import insert_ignore, locked, locked_rows
+from app.core.dialect import insert_ignore, locked_rows
 from app.core.errors import RuleError
 from app.core.extensions import db
 
 
-def find_user(user_id: int) -> User | None:
-    user = db.session.get(User, user_id)
-    return user if user is not None and user.is_active else None
-
-
-def lock_user(user_id: int) -> User | None:
-    """The active user, locked for a change (database.locked): of two deletions of one
-    user, the second finds nobody."""
-    user = locked(select(User).where(User.id == user_id))
-    return user if user is not None and user.is_active else None
-
-
-def find_by_email(email: str) -> User | None:
-    return db.session.scalar(select(User).where(User.email_key == email.strip().lower()))
-
-
 def _ensure_free(email: str | None, username: str | None, exclude: User | None = None) -> None:
-    for column, value, label in (
-        (User.email_key, email, "email"),
-        (User.username_key, username, "username"),
+    for lookup, value, label in (
+        (User.by_email, email, "email"),
+        (User.by_username, username, "username"),
     ):
         if value is None:
             continue
-        other = db.session.scalar(select(User).where(column == value.lower()))
+        other = lookup(value)
         if other is not None and other is not exclude:
             raise RuleError(409, f"A user with this {label} already exists.", label)
 
@@ -144,7 +128,7 @@ def prune_revoked_tokens() -> int:
 
 def authenticate(email: str, password: str) -> User | None:
     """The active user with these credentials, or None (same cost either way)."""
-    user = find_by_email(email)
+    user = User.by_email(email)
     ok, new_hash = verify_password(password, user.password_hash if user else None)
     if not ok or user is None or not user.is_active:
         return None
@@ -163,7 +147,7 @@ def username_from_email(email: str) -> str:
     """A free username in the API's format, made from the part of the email before @."""
     username = re.sub(r"[^A-Za-z0-9_.-]", "-", email.split("@", 1)[0])[:64].strip("-._")
     username = username if len(username) >= 2 else "admin"
-    if db.session.scalar(select(User).where(User.username_key == username.lower())):
+    if User.by_username(username) is not None:
         username = f"{username[:55]}-{secrets.token_hex(4)}"
     return username
 
@@ -182,7 +166,7 @@ def make_admin(
         email = canonical_email(email)
     except BadEmail as exc:
         raise RuleError(422, f"{email!r}: {exc}", "email") from exc
-    existing = find_by_email(email)
+    existing = User.by_email(email)
     if existing is not None:
         return update_user(existing, {"role": Role.ADMIN, "password": password})
     return create_user(

@@ -13,7 +13,7 @@ from flask_jwt_extended import create_access_token, current_user, verify_jwt_in_
 from flask_smorest import abort
 
 from app.accounts.models import Role, User
-from app.accounts.service import find_user, is_revoked
+from app.accounts.service import is_revoked
 from app.core.errors import error_response
 from app.core.extensions import jwt
 from app.core.openapi import ADMIN, SECURITY, TOKEN_OPTIONAL, TOKEN_REQUIRED, requires
@@ -94,7 +94,7 @@ def _unauthorized(message: str):
 
 def _load_user(_header: dict, payload: dict) -> User | None:
     try:
-        user = find_user(int(payload["sub"]))
+        user = User.active(int(payload["sub"]))
     except (KeyError, TypeError, ValueError):
         return None
     if user is None or payload.get("ver") != user.token_version:

@@ -25,18 +25,17 @@ from sqlalchemy import and_, insert, or_, select
 
 from app.accounts.models import User
 from app.catalog import cache
-from app.catalog import service as catalog
 from app.catalog.models import Product
 from app.catalog.schemas import CATALOG_COLUMNS, ProductImportSchema
+from app.catalog.service import EDITABLE, SORT_COLUMNS, product_filters
 from app.core import dialect
 from app.core.columns import utcnow
 from app.core.extensions import db
 from app.core.fields import json_number
 from app.core.openapi import load_json_body
-from app.core.spreadsheets import csv_cell, plain_cell
-from app.notifications import service as notifications
+from app.core.spreadsheets import csv_document, plain_cell
+from app.notifications.service import ImportSummary, notify_import
 
-EDITABLE = catalog.EDITABLE
 REQUIRED_COLUMNS = ("sku", "name", "price", "mark")
 # The answer lists this many skus of each kind (the counts cover them all) ...
 LISTED_SKUS = 100
@@ -274,9 +273,7 @@ def import_products(valid: list[tuple[int, dict]], actor: User | None, dry_run: 
         product = current.get(key)
         if product is None:
             values = {field: data.get(field, 0) for field in EDITABLE}
-            inserts.append(
-                {"sku": data["sku"], "sku_key": key, **values, "created_at": now, "updated_at": now}
-            )
+            inserts.append(Product.new_row(data["sku"], values, now))
             created.append(data["sku"])
             changes.append(
                 (data["sku"], "created", {f: [None, _plain(v)] for f, v in values.items()})
@@ -291,25 +288,14 @@ def import_products(valid: list[tuple[int, dict]], actor: User | None, dry_run: 
             unchanged.append(product.sku)
             continue
         values = {field: data.get(field, getattr(product, field)) for field in EDITABLE}
-        updates.append(
-            {
-                "id": product.id,
-                "sku": product.sku,
-                "sku_key": key,
-                **values,
-                "version": product.version + 1,
-                "updated_at": now,
-            }
-        )
+        updates.append(Product.changed_row(product, values, now))
         updated.append(product.sku)
         changes.append((product.sku, "updated", diff))
     if not dry_run and changes:
         _insert(inserts)
         _update(updates)
         cache.note_changed(db.session, [row["sku_key"] for row in (*inserts, *updates)])
-        notifications.notify_import(
-            notifications.ImportSummary(actor, len(created), len(updated), len(unchanged), changes)
-        )
+        notify_import(ImportSummary(actor, len(created), len(updated), len(unchanged), changes))
     return {
         "dry_run": dry_run,
         "rows": len(valid),
@@ -347,9 +333,9 @@ def exported(filters: dict) -> Iterator[list]:
     # One snapshot: a product changed during the download is neither skipped nor listed
     # twice.
     dialect.begin_snapshot()
-    where = catalog.product_filters(filters)
+    where = product_filters(filters)
     sort = filters.get("sort") or "created"
-    column = catalog.SORT_COLUMNS[sort.lstrip("-")]
+    column = SORT_COLUMNS[sort.lstrip("-")]
     descending = sort.startswith("-")
     order = (column.desc(), Product.id.desc()) if descending else (column, Product.id)
     columns = (Product.sku, *(getattr(Product, f) for f in EDITABLE))
@@ -379,19 +365,11 @@ def product_values(row) -> dict:
 
 def csv_text(chunks: Iterable[list], bom: bool) -> Iterator[str]:
     """The export as CSV: a header line, then a piece of text per chunk."""
-    out = io.StringIO()
-    if bom:
-        out.write("\ufeff")
-    writer = csv.writer(out)
-    writer.writerow(CATALOG_COLUMNS)
-    yield out.getvalue()
-    for rows in chunks:
-        out = io.StringIO()
-        writer = csv.writer(out)
-        for row in rows:
-            values = product_values(row)
-            writer.writerow([csv_cell(values[column]) for column in CATALOG_COLUMNS])
-        yield out.getvalue()
+    rows = (
+        [[values[column] for column in CATALOG_COLUMNS] for values in map(product_values, chunk)]
+        for chunk in chunks
+    )
+    return csv_document(CATALOG_COLUMNS, rows, bom)
 
 
 def json_text(chunks: Iterable[list]) -> Iterator[str]:

@@ -9,7 +9,6 @@ from flask_smorest import abort
 
 from app.accounts.tokens import admin_required
 from app.catalog import bulk
-from app.catalog.routes import CONDITIONAL
 from app.catalog.schemas import (
     ExportQuerySchema,
     ImportQuerySchema,
@@ -99,7 +98,7 @@ def refuse(refused: bulk.ImportRefused):
 
 @catalog_blp.route("/import")
 class CatalogImport(MethodView):
-    @catalog_blp.doc(requestBody=IMPORT_BODY, parameters=CONDITIONAL["parameters"][1:])
+    @catalog_blp.doc(requestBody=IMPORT_BODY)
     @admin_required
     @transaction
     @catalog_blp.arguments(ImportQuerySchema, location="query")

@@ -1,20 +1,21 @@
 """Products: anyone reads; admins create, change and delete."""
 
-from flask import Response, current_app, request, url_for
+from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_jwt_extended import current_user
 from flask_smorest import abort
 
 from app.accounts.tokens import admin_required, optional_user, token_optional
-from app.catalog import etags as conditional
-from app.catalog import fast as cached_reads
-from app.catalog import service as catalog
-from app.catalog.cache import Miss
+from app.catalog import service
+from app.catalog.models import Product
+from app.catalog.reads import JSON, read_product
 from app.catalog.schemas import (
     ProductCreateSchema,
     ProductQuerySchema,
     ProductSchema,
     ProductUpdateSchema,
+    dump_product,
+    products_json,
 )
 from app.core.errors import ErrorSchema
 from app.core.openapi import Blueprint
@@ -34,42 +35,45 @@ SEED_PRODUCT = {
     "mark": "chabelo",
     "quantity": 5,
 }
+IF_MATCH = {
+    "in": "header",
+    "name": "If-Match",
+    "schema": {"type": "string"},
+    "description": "Change only this version (the ETag of a read); 412 otherwise.",
+}
+ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "The version read."}}
 
 
-def lock_or_404(sku: str):
-    """The product, locked for a change, if it is the version the client names."""
-    product = catalog.lock_product(sku)
-    if product is None:
+def lock_or_404(sku: str) -> Product:
+    """The product, locked for a change, if it is the version the client names (If-Match;
+    412 otherwise)."""
+    product = Product.by_sku(sku, lock=True)
+    if product is None and "If-Match" not in request.headers:
         abort(404, message=f"No product with sku {sku!r}.")
-    conditional.require_current(product)
+    if "If-Match" in request.headers and (
+        product is None or not request.if_match.contains(product.etag)
+    ):
+        abort(
+            412,
+            message="The product changed since it was read (If-Match): read it again.",
+            errors={"headers": {"If-Match": ["Does not match the current ETag."]}},
+        )
     return product
 
 
-def update(sku: str, data: dict):
+def product_response(product: Product, status: int = 200, **headers) -> Response:
+    return Response(
+        products_json(dump_product(product)),
+        status=status,
+        mimetype=JSON,
+        headers={"ETag": f'"{product.etag}"', **headers},
+    )
+
+
+def update(sku: str, data: dict) -> Response:
     product = lock_or_404(sku)
-    catalog.update_product(product, data, current_user)
-    return product, conditional.headers(product)
-
-
-CONDITIONAL = {
-    "parameters": [
-        {
-            "in": "header",
-            "name": "If-Match",
-            "schema": {"type": "string"},
-            "description": "Change only this version (the ETag of a read); 412 otherwise.",
-        },
-        {
-            "in": "header",
-            "name": "Idempotency-Key",
-            "schema": {"type": "string", "maxLength": 255},
-            "description": "Retry safely: the same key and body within 24 h answer the "
-            "first successful answer again; a different body gets 422, a request still "
-            "running 409.",
-        },
-    ]
-}
-ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "The version read."}}
+    service.update_product(product, data, current_user)
+    return product_response(product)
 
 
 @products_blp.route("")
@@ -80,18 +84,17 @@ class Products(MethodView):
     @products_blp.paginate()
     def get(self, pagination_parameters, **filters):
         """List products, filtered, sorted and paginated."""
-        total, body = catalog.list_page(
+        total, body = service.list_page(
             request.query_string.decode("latin-1"),
             filters,
             pagination_parameters.page,
             pagination_parameters.page_size,
         )
         pagination_parameters.item_count = total
-        # Already the JSON ProductSchema(many=True) gives: answered as it is (flask-smorest
-        # still adds the pagination headers to this response).
-        return Response(body, mimetype=current_app.json.mimetype)
+        # Already the JSON ProductSchema(many=True) documents: answered as it is
+        # (flask-smorest still adds the pagination headers to this response).
+        return Response(body, mimetype=JSON)
 
-    @products_blp.doc(parameters=CONDITIONAL["parameters"][1:])
     @admin_required
     @transaction
     @products_blp.arguments(ProductCreateSchema, example=SEED_PRODUCT)
@@ -103,9 +106,9 @@ class Products(MethodView):
     @products_blp.alt_response(409, schema=ErrorSchema, description="The sku is taken.")
     def post(self, data):
         """Create a product (admin)."""
-        product = catalog.create_product(data, current_user).product
+        product = service.create_product(data, current_user).product
         location = url_for("products.ProductsBySku", sku=product.sku)
-        return product, {"Location": location, **conditional.headers(product)}
+        return product_response(product, 201, Location=location)
 
 
 @products_blp.route("/<string:sku>")
@@ -117,25 +120,18 @@ class ProductsBySku(MethodView):
     def get(self, sku):
         """Read one product (each read, 200 or 304, is counted in its statistics)."""
         reader = optional_user()
-        # A read the cache layer in front did not answer: what it found (app/cached_reads.py).
-        handed = request.environ.get(cached_reads.HANDOFF)
-        answer = catalog.read_product(
+        read = read_product(
             sku,
             reader.id if reader is not None else None,
             request.remote_addr,
-            # HEAD is not a consultation; nor is a read whose view the stream has taken
-            view=request.method == "GET" and handed != cached_reads.VIEW_TAKEN,
-            miss=handed if isinstance(handed, Miss) else None,
+            request.headers.get("If-None-Match"),
+            record=request.method == "GET",  # HEAD is not a consultation
         )
-        if answer is None:
+        if read is None:
             abort(404, message=f"No product with sku {sku!r}.")
-        headers = {"ETag": f'"{answer.etag}"'}
-        if request.if_none_match.contains_weak(answer.etag):
-            return Response(status=304, headers=headers)
-        # The JSON ProductSchema gives (app/schemas.py dump_product), cached or just read.
-        return Response(answer.body, mimetype=current_app.json.mimetype, headers=headers)
+        return Response(read.body, status=read.status, headers=read.headers)
 
-    @products_blp.doc(parameters=CONDITIONAL["parameters"])
+    @products_blp.doc(parameters=[IF_MATCH])
     @admin_required
     @transaction
     @products_blp.arguments(ProductUpdateSchema, example={"price": 500})
@@ -148,7 +144,7 @@ class ProductsBySku(MethodView):
         """Change some fields of a product (admin); the sku cannot change."""
         return update(sku, data)
 
-    @products_blp.doc(parameters=CONDITIONAL["parameters"])
+    @products_blp.doc(parameters=[IF_MATCH])
     @admin_required
     @transaction
     @products_blp.arguments(ProductUpdateSchema, example={"quantity": 7})
@@ -161,7 +157,7 @@ class ProductsBySku(MethodView):
         """Change some fields of a product (admin); same as PUT."""
         return update(sku, data)
 
-    @products_blp.doc(parameters=CONDITIONAL["parameters"])
+    @products_blp.doc(parameters=[IF_MATCH])
     @admin_required
     @transaction
     @products_blp.response(204)
@@ -171,4 +167,4 @@ class ProductsBySku(MethodView):
     )
     def delete(self, sku):
         """Delete a product (admin); its history is kept."""
-        catalog.delete_product(lock_or_404(sku), current_user)
+        service.delete_product(lock_or_404(sku), current_user)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import current_app
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from app.core.fields import Count, Price, Text, json_number, text
@@ -20,8 +21,8 @@ class ProductSchema(Schema):
 
 
 def dump_product(row) -> dict:
-    """``ProductSchema().dump(row)`` without marshmallow's per-field machinery, for the
-    read paths (a product, a page of them); tests keep the two byte for byte equal."""
+    """A product as the API shows it (``ProductSchema`` documents it): the one serialiser
+    of every answer that holds products, from an ORM object or a plain row."""
     return {
         "sku": row.sku,
         "name": row.name,
@@ -31,6 +32,15 @@ def dump_product(row) -> dict:
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
     }
+
+
+def products_json(value) -> str:
+    """The JSON text of ``dump_product`` output (one product or a list), written exactly
+    as Flask's ``json.response`` writes an answer (without building one)."""
+    provider = current_app.json
+    if (provider.compact is None and current_app.debug) or provider.compact is False:
+        return provider.dumps(value, indent=2) + "\n"
+    return provider.dumps(value, separators=(",", ":")) + "\n"
 
 
 class ProductCreateSchema(Schema):

@@ -1,13 +1,23 @@
-"""The HTTP pieces every route shares: security headers, CORS for /api/*, no cookie
-sessions, and optional trailing slashes."""
+"""The HTTP pieces every answer shares: the one response finisher (security headers,
+request id, metrics, the request's log line), CORS for /api/*, no cookie sessions, and
+optional trailing slashes.
+
+``finish`` is run for every answer, by Flask's hook and by the fast layer ahead of Flask
+(app/catalog/fast.py) alike, so both answer with the same headers, count the same metrics
+and log the same line.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 from flask.sessions import SessionInterface
 from flask_cors import CORS
+from werkzeug.datastructures import Headers
+
+from app.core import logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +49,8 @@ def init_app(app: Flask) -> None:
             resources={r"/api/*": {"origins": origins}},
             expose_headers=["X-Pagination", "Link", "Location"],
         )
-    app.after_request(_security_headers)
+    app.before_request(_start)
+    app.after_request(_finish)
 
 
 ALWAYS = (
@@ -49,19 +60,54 @@ ALWAYS = (
 )
 
 
-def _security_headers(response):
-    """Add each header the view did not set itself (one pass over the response's)."""
-    wanted = headers_for(
-        request.path,
-        current_app.config["HSTS_MAX_AGE"] if request.is_secure else 0,
-        request.authorization is not None,
+def _start() -> None:
+    g.started = time.perf_counter()
+    logs.request_id()
+
+
+def _finish(response):
+    finish(
+        response.headers,
+        method=request.method,
+        path=request.path,
+        route=request.url_rule.rule if request.url_rule is not None else None,
+        status=response.status_code,
+        secure=request.is_secure,
+        authorized=request.authorization is not None,
+        request_id=logs.request_id(),
+        started=g.get("started"),
     )
-    headers = response.headers
-    present = {name.lower() for name, _value in headers.items()}
-    for name, value in wanted:
-        if name.lower() not in present:
-            headers.add(name, value)
     return response
+
+
+def finish(
+    headers: Headers,
+    *,
+    method: str,
+    path: str,
+    route: str | None,
+    status: int,
+    secure: bool,
+    authorized: bool,
+    request_id: str,
+    started: float | None,
+) -> None:
+    """What every answer gets before it leaves: the security headers its view did not set,
+    its X-Request-ID, no body headers on a 204 or 304 (RFC 9110 15.3.5, 15.4.5), its
+    metrics, and its log line (``route``: the URL rule, None when none matched)."""
+    config = current_app.config
+    for name, value in headers_for(path, config["HSTS_MAX_AGE"] if secure else 0, authorized):
+        if name not in headers:
+            headers.add(name, value)
+    headers[logs.HEADER] = request_id
+    if status in (204, 304):
+        headers.pop("Content-Type", None)
+        headers.pop("Content-Length", None)
+    seconds = time.perf_counter() - started if started is not None else None
+    metrics.count(route, method, status, seconds)
+    if route not in logs.QUIET_ROUTES and config["LOG_REQUESTS"]:
+        with logs.bind(request_id=request_id, method=method, route=route):
+            logs.request_line(method, path, status, seconds)
 
 
 def headers_for(path: str, hsts_max_age: int, authorized: bool) -> list[tuple[str, str]]:

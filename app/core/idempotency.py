@@ -1,15 +1,18 @@
 """Idempotency keys (the IETF httpapi ``Idempotency-Key`` draft), per user, for 24 hours.
 
-The first request with a key reserves it in a short transaction of its own; its answer is
-stored in the same transaction as the change it made, so a retry either finds the answer
-(and gets it again, nothing done twice) or finds no change made (and may run). A key
-whose request died mid-way is free again once its lease has run out: that request's
-transaction never committed.
+The first request with a key reserves it in a short transaction of its own, under a token
+of its own (``owner``); its answer is stored in the same transaction as the change it
+made, so a retry either finds the answer (and gets it again, nothing done twice) or finds
+no change made (and may run). A request that does not commit frees its key at once (its
+own reservation, by its token), whatever failed: the reservation's commit, the work, or
+the commit of the change. Only when the database cannot be reached to free it does a key
+stay taken, until its lease runs out.
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,6 +43,7 @@ class Reservation:
     with ``conflict`` (409: still running) or ``mismatch`` (422: another request)."""
 
     id: int | None = None
+    owner: str | None = None
     stored: Stored | None = None
     conflict: bool = False
     mismatch: bool = False
@@ -52,8 +56,15 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def reserve(user_id: int, key: str, print_: str) -> Reservation:
-    """Take the key for this request, or say why not (own transaction)."""
+def new_owner() -> str:
+    """The token a request reserves its key under."""
+    return uuid.uuid4().hex
+
+
+def reserve(user_id: int, key: str, print_: str, owner: str) -> Reservation:
+    """Take the key for this request (under ``owner``), or say why not (own transaction).
+    Raises OperationalError when the database fails, the reservation possibly made: the
+    caller then frees it (``release``)."""
     now = utcnow()
     with Session(db.engine) as session, session.begin():
         row = session.scalar(
@@ -70,6 +81,7 @@ def reserve(user_id: int, key: str, print_: str) -> Reservation:
                 user_id=user_id,
                 key=key,
                 fingerprint=print_,
+                owner=owner,
                 locked_until=now + LEASE,
                 expires_at=now + KEEP,
             )
@@ -79,7 +91,7 @@ def reserve(user_id: int, key: str, print_: str) -> Reservation:
             except IntegrityError:
                 # The same key arrived twice at once: the other request has it.
                 return Reservation(conflict=True)
-            return Reservation(id=row.id)
+            return Reservation(id=row.id, owner=owner)
         if row.fingerprint != print_:
             return Reservation(mismatch=True)
         if row.response_status is not None:
@@ -90,7 +102,8 @@ def reserve(user_id: int, key: str, print_: str) -> Reservation:
             return Reservation(conflict=True)
         # Its first request died without committing anything: this one takes over.
         row.locked_until = now + LEASE
-        return Reservation(id=row.id)
+        row.owner = owner
+        return Reservation(id=row.id, owner=owner)
 
 
 def store(reservation: Reservation, status: int, body: str, headers: dict) -> None:
@@ -108,12 +121,16 @@ def store(reservation: Reservation, status: int, body: str, headers: dict) -> No
     )
 
 
-def release(reservation: Reservation) -> None:
-    """Free a key whose request changed nothing (it failed): the client may use it again."""
+def release(user_id: int, key: str, owner: str) -> None:
+    """Free a key this request (``owner``) reserved and did not commit anything under: the
+    client may use it again. A key another request holds, or that has an answer, stays."""
     with Session(db.engine) as session, session.begin():
         session.execute(
             delete(IdempotencyKey).where(
-                IdempotencyKey.id == reservation.id, IdempotencyKey.response_status.is_(None)
+                IdempotencyKey.user_id == user_id,
+                IdempotencyKey.key == key,
+                IdempotencyKey.owner == owner,
+                IdempotencyKey.response_status.is_(None),
             )
         )
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
 from app.core.text import printable
@@ -55,8 +54,6 @@ def configure(app: Flask) -> None:
         if not ours:
             root.addHandler(handler)
     root.setLevel(app.config["LOG_LEVEL"])
-    app.before_request(_start)
-    app.after_request(_finish)
 
 
 def formatter(kind: str) -> logging.Formatter:
@@ -109,21 +106,6 @@ def request_id() -> str:
 def kept_or_new(incoming: str) -> str:
     """The client's X-Request-ID when it is a valid one, else a new id."""
     return incoming if VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
-
-
-def _start() -> None:
-    g.log_started = time.perf_counter()
-    request_id()
-
-
-def _finish(response):
-    response.headers[HEADER] = request_id()
-    route = request.url_rule.rule if request.url_rule is not None else None
-    if route not in QUIET_ROUTES and current_app.config["LOG_REQUESTS"]:
-        started = g.get("log_started")
-        duration = time.perf_counter() - started if started else None
-        request_line(request.method, request.path, response.status_code, duration)
-    return response
 
 
 def request_line(method: str, path: str, status: int, seconds: float | None) -> None:

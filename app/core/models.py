@@ -26,6 +26,8 @@ class IdempotencyKey(db.Model):
     key: Mapped[str] = mapped_column(key_string(255))
     # What the key was first used for: method, path and a hash of the body.
     fingerprint: Mapped[str] = mapped_column(String(64))
+    # The request holding the key (a random token): only it frees the key.
+    owner: Mapped[str | None] = mapped_column(String(32))
     # While the first request runs, a retry gets 409; a request that died leaves a
     # lease that runs out.
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

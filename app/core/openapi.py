@@ -72,6 +72,17 @@ def requires(level: str):
     return mark
 
 
+def handles_header(parameter: dict):
+    """Mark a view with the request header its decorator handles; the blueprint documents
+    it."""
+
+    def mark(fn):
+        fn._apidoc = {**getattr(fn, "_apidoc", {}), "header": parameter}
+        return fn
+
+    return mark
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -230,11 +241,16 @@ class Blueprint(flask_smorest.Blueprint):
 
     @staticmethod
     def _prepare_access_doc(doc, doc_info, **kwargs):
-        """``security`` and the 401/403 answers, from the guard's mark (``requires``), and
-        the 422 every operation may answer (an unknown query parameter). A route's own
-        ``alt_response`` for one of these codes is kept."""
+        """``security`` and the 401/403 answers, from the guard's mark (``requires``); the
+        request header a decorator handles, from its mark (``handles_header``: the unit of
+        work's Idempotency-Key); and the 422 every operation may answer (an unknown query
+        parameter). A route's own ``alt_response`` for one of these codes is kept."""
         level = doc_info.get("access", NO_TOKEN)
         doc["security"] = SECURITY[level]
+        if (header := doc_info.get("header")) is not None:
+            parameters = doc.setdefault("parameters", [])
+            if not any(p.get("name") == header["name"] for p in parameters):
+                parameters.append(header)
         responses = doc.setdefault("responses", {})
         for code, response in {**REFUSALS[level], "422": "UNPROCESSABLE_ENTITY"}.items():
             if code not in responses and int(code) not in responses:
@@ -304,7 +320,6 @@ class Api(flask_smorest.Api):
         # whatever the load balancer in front); API_SPEC_OPTIONS may name others.
         defaults = {"servers": [{"url": "/"}], "info": {"description": DESCRIPTION}}
         super().init_app(app, spec_kwargs={**defaults, **(spec_kwargs or {})})
-        app.after_request(_without_body_headers)
         self.register_field(Price, "number", None)
         self.ma_plugin.converter.add_attribute_function(price_properties)
         self.ma_plugin.converter.add_attribute_function(text_properties)
@@ -337,12 +352,3 @@ class Api(flask_smorest.Api):
     def handle_http_exception(self, error):
         payload, headers = error_payload(error)
         return payload, error.code, headers
-
-
-def _without_body_headers(response):
-    """A 204 or 304 has no body, so no Content-Type or Content-Length (RFC 9110 15.3.5,
-    15.4.5): flask-smorest and Flask would otherwise label the nothing as JSON or HTML."""
-    if response.status_code in (204, 304):
-        response.headers.pop("Content-Type", None)
-        response.headers.pop("Content-Length", None)
-    return response

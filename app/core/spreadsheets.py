@@ -1,4 +1,5 @@
-"""CSV cells that a spreadsheet opens as text, never as a formula, and back again.
+"""The one CSV writer of the service (exports and statistics), whose cells a spreadsheet
+opens as text, never as a formula, and back again.
 
 OWASP's CSV injection rule: a cell starting with = + - @ (or a tab or carriage return) is
 run as a formula by spreadsheets, so such text gets a leading apostrophe. Text that itself
@@ -8,6 +9,10 @@ import reads the catalog export's own files back unchanged).
 """
 
 from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 QUOTE = "'"
@@ -25,3 +30,18 @@ def plain_cell(text: str) -> str:
     if text.startswith(QUOTE) and text[1:].startswith((*FORMULA_STARTS, QUOTE)):
         return text[1:]
     return text
+
+
+def csv_document(header, chunks: Iterable[list[list]], bom: bool) -> Iterator[str]:
+    """A CSV file as pieces of text: the header line, then one piece per chunk of rows,
+    every cell quoted against formulas; ``bom``: a UTF-8 byte order mark first, so that a
+    spreadsheet reads the file as UTF-8 (accents come out right)."""
+    out = io.StringIO()
+    if bom:
+        out.write("\ufeff")
+    csv.writer(out).writerow(header)
+    yield out.getvalue()
+    for rows in chunks:
+        out = io.StringIO()
+        csv.writer(out).writerows([csv_cell(value) for value in row] for row in rows)
+        yield out.getvalue()

@@ -21,6 +21,7 @@ import logging
 import re
 import time
 import uuid
+from contextlib import contextmanager
 from functools import wraps
 
 from flask import Response, request
@@ -29,10 +30,10 @@ from flask_smorest import abort
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from app.catalog import cache
-from app.core import dialect, idempotency, metrics
+from app.core import cache, dialect, idempotency, metrics
 from app.core.extensions import db
 from app.core.models import WriteReceipt
+from app.core.openapi import handles_header
 from app.core.redis_client import wake_worker
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,114 @@ HEADER = "Idempotency-Key"
 # What a replay repeats besides the status and the body.
 REPLAYED_HEADERS = ("Location", "ETag", "Content-Type")
 KEY_FORMAT = re.compile(rf"[\x21-\x7e]{{1,{idempotency.MAX_KEY_LENGTH}}}")
+# What the transaction's changes leave for after its commit (in ``session.info``).
+STALE = "stale_cache_keys"
+WORKER_WORK = "worker_has_work"
+# How the decorator documents the header it handles (app/core/openapi.py).
+IDEMPOTENCY_KEY_DOC = {
+    "in": "header",
+    "name": HEADER,
+    "schema": {"type": "string", "maxLength": idempotency.MAX_KEY_LENGTH},
+    "description": "Retry safely: the same key and body within 24 h answer the first "
+    "successful answer again; a different body gets 422, a request still running 409.",
+}
+
+
+# ---------------------------------------------------------------- what follows a commit
+
+
+def note_stale(session, pairs) -> None:
+    """Cache entries (``(entry, generation)`` key pairs) that this transaction's changes
+    make stale: invalidated right after its commit."""
+    session.info.setdefault(STALE, set()).update(pairs)
+
+
+def note_worker_work(session) -> None:
+    """This transaction adds work for the worker (emails): it is woken after the commit."""
+    session.info[WORKER_WORK] = True
+
+
+def after_commit(session) -> None:
+    """What every commit of a change is followed by, before its answer leaves: no cached
+    copy of what changed remains, and the worker is woken for the rows it added."""
+    cache.invalidate(session.info.pop(STALE, ()))
+    if session.info.pop(WORKER_WORK, False):
+        wake_worker()
+
+
+def _forget(session) -> None:
+    session.info.pop(STALE, None)
+    session.info.pop(WORKER_WORK, None)
+
+
+def rollback(session=None) -> None:
+    """End the transaction without its changes (a dead connection is closed instead)."""
+    session = session or db.session
+    _forget(session)
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        session.close()
+
+
+@contextmanager
+def unit_of_work():
+    """The block's changes commit together, then what follows a commit runs: the worker's
+    and the commands' writes (a request's are ``transaction``'s)."""
+    session = db.session
+    try:
+        yield session
+        commit()
+    except CommitUnconfirmed:
+        after_commit(session)  # it may have committed
+        raise
+    except BaseException:
+        rollback(session)
+        raise
+    after_commit(session)
+
+
+# ---------------------------------------------------------------- a write request
+
+
+def transaction(view):
+    """A write view's unit of work: its answer is built, then its changes commit, then
+    what follows a commit runs. Honours ``Idempotency-Key`` (and documents it)."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        key = _key()
+        owner = idempotency.new_owner() if key is not None else None
+        try:
+            reservation = _reserve(key, owner) if key is not None else None
+            if reservation is not None and reservation.stored is not None:
+                return _replay(reservation.stored)
+            response = _run(view, args, kwargs)
+            if response.status_code >= 400:
+                raise _Refused(response)
+            if reservation is not None:
+                headers = {
+                    h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers
+                }
+                body = response.get_data(as_text=True)
+                idempotency.store(reservation, response.status_code, body, headers)
+            commit()
+        except _Refused as refused:
+            _abandon(key, owner)
+            return refused.response
+        except CommitUnconfirmed:
+            # It may have committed: the client is told to read it, so drop the cached
+            # copies all the same. The key stays reserved until its lease ends: a retry
+            # then finds the stored answer if the write committed, or runs it if not.
+            after_commit(db.session)
+            raise
+        except BaseException:
+            _abandon(key, owner)
+            raise
+        after_commit(db.session)
+        return response
+
+    return handles_header(IDEMPOTENCY_KEY_DOC)(wrapper)
 
 
 def _key() -> str | None:
@@ -59,10 +168,13 @@ def _key() -> str | None:
     return key
 
 
-def _reserve(key: str) -> idempotency.Reservation:
+def _reserve(key: str, owner: str) -> idempotency.Reservation:
     body = request.get_data(cache=True)
-    print_ = idempotency.fingerprint(request.method, request.path, body)
-    reservation = idempotency.reserve(current_user.id, key, print_)
+    # The query string counts: a dry run and the real import are two requests.
+    query = request.query_string.decode("latin-1")
+    path = f"{request.path}?{query}" if query else request.path
+    print_ = idempotency.fingerprint(request.method, path, body)
+    reservation = idempotency.reserve(current_user.id, key, print_, owner)
     if reservation.conflict:
         abort(409, message=f"A request with this {HEADER} is still being processed; retry later.")
     if reservation.mismatch:
@@ -78,45 +190,6 @@ def _replay(stored: idempotency.Stored) -> Response:
     response = Response(stored.body, status=stored.status, headers=stored.headers or {})
     response.headers["Idempotent-Replayed"] = "true"
     return response
-
-
-def transaction(view):
-    """Commit after the answer is built; honour Idempotency-Key."""
-
-    @wraps(view)
-    def wrapper(*args, **kwargs):
-        key = _key()
-        reservation = _reserve(key) if key is not None else None
-        if reservation is not None and reservation.stored is not None:
-            return _replay(reservation.stored)
-        try:
-            response = _run(view, args, kwargs)
-            if response.status_code >= 400:
-                raise _Refused(response)
-            if reservation is not None:
-                headers = {
-                    h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers
-                }
-                body = response.get_data(as_text=True)
-                idempotency.store(reservation, response.status_code, body, headers)
-            commit()
-            # Committed: before the answer leaves, no cached copy of what changed remains.
-            cache.invalidate(cache.changed(db.session))
-        except _Refused as refused:
-            _abandon(reservation)
-            return refused.response
-        except CommitUnconfirmed:
-            # It may have committed: the client is told to read it, so drop the cached
-            # copies all the same. The key stays reserved until its lease ends: a retry
-            # then finds the stored answer if the write committed, or runs it if not.
-            cache.invalidate(cache.changed(db.session))
-            raise
-        except BaseException:
-            _abandon(reservation)
-            raise
-        return response
-
-    return wrapper
 
 
 # MySQL's "try restarting transaction": the transaction was rolled back whole.
@@ -139,15 +212,12 @@ def _run(view, args, kwargs) -> Response:
     raise AssertionError("unreachable")
 
 
-def _abandon(reservation: idempotency.Reservation | None) -> None:
-    """Nothing of this request commits; its key (if any) is free again."""
-    try:
-        db.session.rollback()
-    except SQLAlchemyError:
-        db.session.close()
-    if reservation is not None:
+def _abandon(key: str | None, owner: str | None) -> None:
+    """Nothing of this request commits; the key it reserved (if any) is free again."""
+    rollback()
+    if key is not None:
         try:
-            idempotency.release(reservation)
+            idempotency.release(current_user.id, key, owner)
         except SQLAlchemyError as exc:
             # The database is away: the key's lease runs out by itself.
             log.warning("could not free an idempotency key: %s", exc)
@@ -224,7 +294,6 @@ def commit() -> None:
     metrics.COMMITS_UNCONFIRMED.labels("committed" if committed else "not committed").inc()
     if committed:
         log.warning("commit %s: the answer was lost but the write committed", token)
-        wake_worker()  # the after-commit listener did not run
         return
     log.warning("commit %s: the answer was lost and the write did not commit", token)
     raise failure

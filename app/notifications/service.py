@@ -2,7 +2,7 @@
 
 ``notify`` adds one pending row per admin to the caller's session: the rows commit with
 the change or not at all (a transactional outbox). Sending is the worker's (app/worker.py,
-through app/outbox.py); after the commit a session listener only wakes it.
+through app/notifications/outbox.py); the unit of work wakes it after the commit.
 """
 
 from __future__ import annotations
@@ -10,20 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from flask import Flask, current_app
-from sqlalchemy import event, func, select
-from sqlalchemy.orm import Session
+from flask import current_app
+from sqlalchemy import func, select
 
 from app.accounts.models import Role, User
 from app.catalog.models import Product
 from app.core.columns import utcnow
+from app.core.dates import days
 from app.core.dialect import as_date
 from app.core.extensions import db
-from app.core.redis_client import wake_worker
+from app.core.unit_of_work import note_worker_work
 from app.notifications.models import Notification, NotificationStatus
-
-# Set on the session when it holds new rows; read by the after-commit wake-up.
-PENDING_KEY = "notifications_added"
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,7 @@ def _email_admins(actor: User | None, **content) -> list[Notification]:
     ]
     if rows:
         db.session.add_all(rows)
-        db.session.info[PENDING_KEY] = True
+        note_worker_work(db.session)
     return rows
 
 
@@ -113,33 +110,14 @@ def notify_import(summary: ImportSummary) -> list[Notification]:
     return _email_admins(summary.actor, event="imported", changes=content)
 
 
-def _wake_after_commit(session: Session) -> None:
-    if session.info.pop(PENDING_KEY, False):
-        wake_worker()
-
-
-def _forget_after_rollback(session: Session) -> None:
-    session.info.pop(PENDING_KEY, None)
-
-
-def init_app(app: Flask) -> None:
-    """After a commit that added emails, wake the worker (it sends; nothing here does)."""
-    if not event.contains(Session, "after_commit", _wake_after_commit):
-        event.listen(Session, "after_commit", _wake_after_commit)
-        event.listen(Session, "after_rollback", _forget_after_rollback)
-
-
-# What the body lists for each event: the new values, old -> new, or the last values.
-
-
 # ---------------------------------------------------------------- delivery summary
 
 
-def delivery_summary(days: int) -> dict:
-    """How the emails of the last ``days`` UTC days (today included) stand, per day of
+def delivery_summary(count: int) -> dict:
+    """How the emails of the last ``count`` UTC days (today included) stand, per day of
     their creation and status, and in all."""
     end = utcnow().date()
-    start = end - timedelta(days=days - 1)
+    start = end - timedelta(days=count - 1)
     since = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
     day = func.date(Notification.created_at)
     counts = {
@@ -150,14 +128,12 @@ def delivery_summary(days: int) -> dict:
             .group_by(day, Notification.status)
         )
     }
-    by_day = []
-    for offset in range(days):
-        date_ = start + timedelta(days=offset)
-        by_day.append(
-            {"date": date_, **{status: counts.get((date_, status), 0) for status in STATUSES}}
-        )
+    by_day = [
+        {"date": day, **{status: counts.get((day, status), 0) for status in STATUSES}}
+        for day in days(start, end)
+    ]
     totals = {status: sum(d[status] for d in by_day) for status in STATUSES}
-    return {"start": start, "end": end, "days": days, **totals, "by_day": by_day}
+    return {"start": start, "end": end, "days": count, **totals, "by_day": by_day}
 
 
 STATUSES = [status.value for status in NotificationStatus]

@@ -27,9 +27,9 @@ class ProductView(db.Model):
     product_id: Mapped[int] = mapped_column(Integer)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     viewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    # The views stream's entry id: a batch applied twice adds nothing (NULL: written
-    # directly by the read).
-    stream_id: Mapped[str | None] = mapped_column(key_string(32), unique=True)
+    # The view's own id (the read gives it; older rows: the stream entry's id): a view
+    # written twice (a batch applied again, the stream and a direct write) is stored once.
+    view_id: Mapped[str | None] = mapped_column(key_string(32), unique=True)
 
 
 class DailyProductViews(db.Model):

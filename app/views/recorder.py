@@ -1,22 +1,35 @@
-"""Recording a product view.
+"""Recording a product view: one policy, chosen when the app is built, and one recorder
+with two back ends.
 
-A 200 (or 304) product read records its view before the answer leaves the process:
-with ``REDIS_URL`` set, one XADD to the views stream (the worker writes it to the
-database, see app/worker.py); without Redis, or when Redis does not answer, a direct
-write of the view and its roll-ups. If that fails too, the read still answers and the
-lost view is logged and counted (``marketplace_views_lost_total``).
+The policy (``VIEW_RECORDING``, ``REDIS_URL``, ``VIEW_DEDUP_SECONDS``):
+
+- ``stream`` (``auto`` with Redis): each view is one XADD to the views stream, before the
+  read answers; the worker writes it to the database (app/views/stream.py). Without a
+  de-duplication window, the XADD rides on the product cache's own round trip
+  (``rides_on_cache``: app/catalog/reads.py).
+- ``direct`` (``direct``, or ``auto`` without Redis): the read writes its view and the
+  roll-ups in a transaction of their own.
+- ``off``: nothing is recorded.
+
+Every view has an id of its own (``View.id``, unique in ``product_views``). When an XADD's
+outcome is unknown (Redis stalled, restarted or cut the connection, before or after
+running it), the view is written directly with the same id: if the XADD did run, the
+worker's write of that entry changes nothing. So a read answered 200 or 304 has exactly
+one view whatever Redis does; only when the database refuses the direct write too is a
+view lost, and then it is logged and counted (``marketplace_views_lost_total``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
-from datetime import datetime
+from typing import NamedTuple
 
 import redis
-from flask import current_app
+from flask import Flask, current_app
 
 from app.core import metrics, redis_client
 from app.core.columns import utcnow
@@ -24,6 +37,113 @@ from app.views import stream
 from app.views.rollups import View, write_views
 
 log = logging.getLogger(__name__)
+
+OFF, STREAM, DIRECT = "off", "stream", "direct"
+
+
+class ViewPolicy(NamedTuple):
+    mode: str  # OFF, STREAM or DIRECT
+    dedup_seconds: int
+
+    @property
+    def rides_on_cache(self) -> bool:
+        """Whether a read's view is added by the product cache's script (no window to
+        check first)."""
+        return self.mode == STREAM and not self.dedup_seconds
+
+
+def policy_for(config) -> ViewPolicy:
+    setting = config["VIEW_RECORDING"]
+    if setting == "auto":
+        mode = STREAM if config["REDIS_URL"] else DIRECT
+    else:
+        mode = OFF if setting == "off" else DIRECT
+    return ViewPolicy(mode, config["VIEW_DEDUP_SECONDS"])
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["views"] = Recorder(policy_for(app.config))
+
+
+def recorder() -> Recorder:
+    return current_app.extensions["views"]
+
+
+def new_view_id() -> str:
+    return os.urandom(16).hex()
+
+
+class Recorder:
+    """Records views under one policy: into the stream or directly (the two back ends)."""
+
+    def __init__(self, policy: ViewPolicy):
+        self.policy = policy
+        self.recent = RecentViewers()
+
+    def pending(self, user_id: int | None) -> View | None:
+        """A view for the cache's script to add to the stream (its product is the
+        entry's), or None when views do not ride on the cache."""
+        if not self.policy.rides_on_cache:
+            return None
+        return View(new_view_id(), 0, user_id, utcnow())
+
+    def taken(self, view: View) -> str:
+        """The stream took a pending view (the script that added it answered)."""
+        metrics.VIEWS_STREAMED.inc()
+        return STREAM
+
+    def unconfirmed(self, view: View, product_id: int, exc: redis.RedisError) -> str:
+        """A script that may have added a pending view failed: the view is written
+        directly under its own id (a second write of the same id changes nothing)."""
+        log.warning("views stream did not confirm a view of product %s: %s", product_id, exc)
+        return self._direct(view._replace(product_id=product_id), fell_back=True)
+
+    def record(self, product_id: int, user_id: int | None, client: str | None) -> str:
+        """Record one consultation before the read answers; how ("stream", "direct",
+        "off", "repeat" inside the window, or "lost")."""
+        if self.policy.mode == OFF:
+            return OFF
+        if self.policy.dedup_seconds and not self._first_in_window(product_id, user_id, client):
+            metrics.VIEWS_REPEATED.inc()
+            return "repeat"
+        view = View(new_view_id(), product_id, user_id, utcnow())
+        if self.policy.mode == DIRECT:
+            return self._direct(view)
+        try:
+            stream.append_view(view)
+        except redis.RedisError as exc:
+            log.warning("views stream did not take a view of product %s: %s", product_id, exc)
+            return self._direct(view, fell_back=True)
+        return self.taken(view)
+
+    def _direct(self, view: View, fell_back: bool = False) -> str:
+        """Write one view in a transaction of its own, or count it lost."""
+        try:
+            write_views([view])
+        except Exception:
+            # The read itself succeeded: answer it, and say what was not recorded.
+            metrics.VIEWS_LOST.inc()
+            log.exception(
+                "view of product %s by %s lost", view.product_id, view.user_id or "anonymous"
+            )
+            return "lost"
+        metrics.VIEWS_RECORDED.labels(DIRECT).inc()
+        if fell_back:
+            metrics.VIEWS_FALLBACK.inc()
+        return DIRECT
+
+    def _first_in_window(self, product_id: int, user_id: int | None, client: str | None) -> bool:
+        """The first view of this product from this user (or, anonymous, this address) in
+        the window: shared through Redis, else counted in this process."""
+        seconds = self.policy.dedup_seconds
+        who = f"u{user_id}" if user_id is not None else f"a{client or '-'}"
+        key = f"{product_id}:{who}"
+        if (conn := redis_client.client()) is not None:
+            try:
+                return bool(conn.set(f"{stream.VIEWED_PREFIX}{key}", 1, nx=True, ex=seconds))
+            except redis.RedisError as exc:
+                log.warning("views de-duplication falls back to this process: %s", exc)
+        return self.recent.first(key, seconds)
 
 
 class RecentViewers:
@@ -47,88 +167,3 @@ class RecentViewers:
             if len(self.seen) > self.size:
                 self.seen.popitem(last=False)
             return True
-
-
-def first_view_in_window(product_id: int, user_id: int | None, client: str | None) -> bool:
-    """Whether this view counts under ``VIEW_DEDUP_SECONDS``: the first from this user
-    (or, anonymous, this address) for this product in the window."""
-    seconds = current_app.config["VIEW_DEDUP_SECONDS"]
-    if not seconds:
-        return True
-    who = f"u{user_id}" if user_id is not None else f"a{client or '-'}"
-    key = f"{product_id}:{who}"
-    if (conn := redis_client.client()) is not None:
-        try:
-            return bool(conn.set(f"{stream.VIEWED_PREFIX}{key}", 1, nx=True, ex=seconds))
-        except redis.RedisError as exc:
-            log.warning("views de-duplication falls back to this process: %s", exc)
-    return current_app.extensions.setdefault("recent_viewers", RecentViewers()).first(key, seconds)
-
-
-def streams_each_view() -> bool:
-    """Whether a read's view goes straight into the stream: ``auto`` with Redis and no
-    de-duplication window (the product cache then adds it in the read's own round trip)."""
-    config = current_app.config
-    return (
-        config["VIEW_RECORDING"] == "auto"
-        and not config["VIEW_DEDUP_SECONDS"]
-        and redis_client.client() is not None
-    )
-
-
-def record_view(product_id: int, user_id: int | None, client: str | None = None) -> str:
-    """Record one consultation before the read answers; return how ("stream", "direct",
-    "off", "repeat" (inside VIEW_DEDUP_SECONDS) or "lost")."""
-    mode = current_app.config["VIEW_RECORDING"]
-    if mode == "off":
-        return "off"
-    if not first_view_in_window(product_id, user_id, client):
-        metrics.VIEWS_REPEATED.inc()
-        return "repeat"
-    now = utcnow()
-    if mode == "auto" and redis_client.client() is not None:
-        try:
-            stream.append_view(product_id, user_id, now)
-            return streamed()
-        except redis.RedisError as exc:
-            if not stream_failed(product_id, exc):
-                return "unconfirmed"
-            return write_directly(product_id, user_id, now, fell_back=True)
-    return write_directly(product_id, user_id, now)
-
-
-def streamed() -> str:
-    """Count a view the stream took."""
-    metrics.VIEWS_STREAMED.inc()
-    return "stream"
-
-
-def stream_failed(product_id: int, exc: redis.RedisError) -> bool:
-    """After an XADD (or a script ending with one) raised: True when the view is not in
-    the stream and must be written directly; False when it may be there."""
-    if redis_client.may_have_run(exc):
-        # The XADD went out and no answer came: it may be in the stream, so a direct
-        # write could count the read twice. Marked, not guessed.
-        metrics.VIEWS_RECORDED.labels("stream-unconfirmed").inc()
-        log.warning("view of product %s: the stream did not confirm it", product_id)
-        return False
-    log.warning("views stream unavailable, writing the view directly: %s", exc)
-    return True
-
-
-def write_directly(
-    product_id: int, user_id: int | None, at: datetime, fell_back: bool = False
-) -> str:
-    """Write one view in a transaction of its own ("direct"), or count it lost;
-    ``fell_back``: because the stream failed."""
-    try:
-        write_views([View(product_id, user_id, at)])
-    except Exception:
-        # The read itself succeeded: answer it, and say what was not recorded.
-        metrics.VIEWS_LOST.inc()
-        log.exception("view of product %s by %s lost", product_id, user_id or "anonymous")
-        return "lost"
-    metrics.VIEWS_RECORDED.labels("direct").inc()
-    if fell_back:
-        metrics.VIEWS_FALLBACK.inc()
-    return "direct"

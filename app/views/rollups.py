@@ -22,10 +22,10 @@ from app.views.models import DailyProductViewer, DailyProductViews, ProductView
 
 
 class View(NamedTuple):
+    id: str  # unique among all views: the same view written twice is stored once
     product_id: int
     user_id: int | None  # None: anonymous
     viewed_at: datetime
-    stream_id: str | None = None
 
 
 def _upsert_counts(session: Session, counts: Counter) -> None:
@@ -61,14 +61,13 @@ def _add_to_rollups(session: Session, views: list[View]) -> None:
 
 
 def _write(session: Session, views: list[View]) -> int:
-    stream_ids = [view.stream_id for view in views if view.stream_id is not None]
-    if stream_ids:
-        applied = set(
-            session.scalars(
-                select(ProductView.stream_id).where(ProductView.stream_id.in_(stream_ids))
-            )
+    views = list({view.id: view for view in views}.values())
+    applied = set(
+        session.scalars(
+            select(ProductView.view_id).where(ProductView.view_id.in_([v.id for v in views]))
         )
-        views = [view for view in views if view.stream_id not in applied]
+    )
+    views = [view for view in views if view.id not in applied]
     if not views:
         return 0
     session.execute(
@@ -78,10 +77,10 @@ def _write(session: Session, views: list[View]) -> int:
                 "product_id": v.product_id,
                 "user_id": v.user_id,
                 "viewed_at": v.viewed_at,
-                "stream_id": v.stream_id,
+                "view_id": v.id,
             }
             # One order for every writer: concurrent batches take their locks alike.
-            for v in sorted(views, key=lambda v: (v.product_id, v.stream_id or ""))
+            for v in sorted(views, key=lambda v: (v.product_id, v.id))
         ],
     )
     _add_to_rollups(session, views)
@@ -90,7 +89,7 @@ def _write(session: Session, views: list[View]) -> int:
 
 def write_views(views: list[View]) -> int:
     """Write views and their roll-ups in one transaction of their own; return how many
-    were new (a stream entry already applied is skipped).
+    were new (a view whose id is stored already is skipped).
 
     A session of its own: a request's session (its objects, its transaction) is never
     touched by the write.
@@ -102,8 +101,8 @@ def write_views(views: list[View]) -> int:
             try:
                 written = _write(session, views)
             except IntegrityError:
-                # Another writer applied some of these entries at the same moment (a
-                # reclaimed batch): read what it applied and write the rest.
+                # Another writer stored some of these views at the same moment (a
+                # reclaimed batch, a direct write): read what it stored, write the rest.
                 if attempt == 2:
                     raise
                 continue

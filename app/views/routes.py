@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
-
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import abort
 
 from app.accounts.tokens import admin_required
-from app.catalog import service as catalog
+from app.catalog.models import Product
 from app.core.errors import ErrorSchema
 from app.core.openapi import Blueprint
-from app.core.spreadsheets import csv_cell
+from app.core.spreadsheets import csv_document
 from app.views.schemas import (
     CatalogStatsSchema,
     ProductStatsSchema,
@@ -54,14 +51,8 @@ def wants_csv(query: dict) -> bool:
 
 
 def csv_response(header: list[str], rows: list[list], filename: str, bom: bool) -> Response:
-    out = io.StringIO()
-    if bom:  # spreadsheets then read the file as UTF-8 (accents come out right)
-        out.write("\ufeff")
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows([csv_cell(value) for value in row] for row in rows)
     return Response(
-        out.getvalue(),
+        "".join(csv_document(header, [rows], bom)),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
@@ -104,7 +95,7 @@ class ProductStats(MethodView):
     @stats_blp.alt_response(404, schema=ErrorSchema, description="No such product, ever.")
     def get(self, query, sku):
         """Views of one product per day in a range (admin); deleted products included."""
-        product = catalog.find_product_with_history(sku)
+        product = Product.with_history(sku)
         if product is None:
             abort(404, message=f"No product with sku {sku!r}.")
         stats = product_stats(product, query["start"], query["end"])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import date
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.catalog.models import Product
+from app.core.dates import days
 from app.core.extensions import db
 from app.views.models import DailyProductViewer, DailyProductViews
 
@@ -21,23 +22,13 @@ def stats_session():
         yield session
 
 
-def _same_sku(sku: str):
-    """Every product row that ever carried this sku: a deleted and re-created product
-    keeps one history (sku comparison is case-insensitive on both databases)."""
-    return select(Product.id).where(Product.sku == sku).scalar_subquery()
-
-
 def _days(start: date, end: date, per_day: dict[date, tuple[int, int]]) -> list[dict]:
     """Every day of [start, end] with its views (0 on a day without any)."""
-    by_day = []
-    day = start
-    while day <= end:
-        anon, reg = per_day.get(day, (0, 0))
-        by_day.append(
-            {"date": day, "views": anon + reg, "anonymous_views": anon, "registered_views": reg}
-        )
-        day += timedelta(days=1)
-    return by_day
+    return [
+        {"date": day, "views": anon + reg, "anonymous_views": anon, "registered_views": reg}
+        for day in days(start, end)
+        for anon, reg in [per_day.get(day, (0, 0))]
+    ]
 
 
 def _totals(by_day: list[dict]) -> dict:
@@ -73,7 +64,7 @@ def catalog_stats(start: date, end: date) -> dict:
 
 
 def product_stats(product: Product, start: date, end: date) -> dict:
-    ids = _same_sku(product.sku)
+    ids = Product.ever_named(product.sku).scalar_subquery()
     in_range = DailyProductViews.day.between(start, end)
     with stats_session() as session:
         per_day = _views_per_day(session, DailyProductViews.product_id.in_(ids), in_range)
@@ -105,7 +96,7 @@ def top_products(start: date, end: date, limit: int, audience: str) -> list[dict
         select(sku.label("sku"), anon.label("anon"), reg.label("reg"))
         .join(Product, Product.id == DailyProductViews.product_id)
         .where(DailyProductViews.day.between(start, end))
-        .group_by(Product.sku)
+        .group_by(Product.sku_lower)
         .having(rank > 0)
         .order_by(rank.desc(), sku)
         .limit(limit)
@@ -116,14 +107,14 @@ def top_products(start: date, end: date, limit: int, audience: str) -> list[dict
         names: dict[str, str] = {}
         for product in session.scalars(
             select(Product)
-            .where(Product.sku.in_([r.sku for r in ranked]))
+            .where(Product.sku_lower.in_([Product.key_of(r.sku) for r in ranked]))
             .order_by(Product.deleted_at.is_not(None), Product.id.desc())
         ):
-            names.setdefault(product.sku.lower(), product.name)
+            names.setdefault(product.sku_lower, product.name)
     return [
         {
             "sku": r.sku,
-            "name": names.get(r.sku.lower(), ""),
+            "name": names.get(Product.key_of(r.sku), ""),
             "views": int(r.anon) + int(r.reg),
             "anonymous_views": int(r.anon),
             "registered_views": int(r.reg),

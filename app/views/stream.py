@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.core import logs, metrics
 from app.core.redis_client import client
 from app.views import rollups
+from app.views.rollups import View
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +25,29 @@ VIEWED_PREFIX = "marketplace:viewed:"
 FORGET_CONSUMER_MS = 3_600_000
 
 
-def view_fields(product_id: int, user_id: int | None, at: datetime) -> dict:
-    return {"p": product_id, "u": user_id if user_id is not None else "", "t": at.timestamp()}
+def view_fields(view: View) -> list:
+    """A view's entry fields after its product, as the cache's scripts take them too:
+    user ("" anonymous), time, id."""
+    return ["" if view.user_id is None else str(view.user_id), view.viewed_at.timestamp(), view.id]
 
 
-def parse_view(fields: dict) -> tuple[int, int | None, datetime]:
-    """(product id, user id or None, when) from a stream entry; ValueError if malformed."""
+def parse_view(entry_id: str, fields: dict) -> View:
+    """The view of a stream entry; ValueError if malformed. An entry without an id
+    (written before views had one) takes the entry's."""
     user = fields.get("u", "")
     product_id, user_id = int(fields["p"]), int(user) if user != "" else None
     if not 0 < product_id < 2**31 or (user_id is not None and not 0 < user_id < 2**31):
         raise ValueError("an id out of range")
-    return product_id, user_id, datetime.fromtimestamp(float(fields["t"]), UTC)
+    view_id = fields.get("i") or entry_id
+    if len(view_id) > 32:
+        raise ValueError("an id too long")
+    return View(view_id, product_id, user_id, datetime.fromtimestamp(float(fields["t"]), UTC))
 
 
-def append_view(product_id: int, user_id: int | None, at: datetime) -> str:
-    """XADD one view; raises redis.RedisError when Redis cannot take it."""
-    return client().xadd(VIEWS_STREAM, view_fields(product_id, user_id, at))
+def append_view(view: View) -> str:
+    """XADD one view; raises redis.RedisError when Redis cannot take it (it may have)."""
+    user, at, view_id = view_fields(view)
+    return client().xadd(VIEWS_STREAM, {"p": view.product_id, "u": user, "t": at, "i": view_id})
 
 
 def stream_state() -> dict | None:
@@ -120,7 +128,7 @@ class ViewsConsumer:
             if not fields:
                 continue  # trimmed before it was read: nothing left to write
             try:
-                views.append(rollups.View(*parse_view(fields), stream_id=entry_id))
+                views.append(parse_view(entry_id, fields))
             except (KeyError, ValueError, TypeError, OverflowError):
                 metrics.VIEWS_LOST.inc()
                 log.error("views stream entry %s is malformed, skipped: %r", entry_id, fields)

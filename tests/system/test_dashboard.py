@@ -156,10 +156,12 @@ def served(tmp_path_factory):
         MAIL_BACKEND="console",
     )
     from app.accounts import service as accounts
+    from app.accounts.models import User
     from app.catalog.models import Product
     from app.core.extensions import db
     from app.notifications.models import Notification
     from app.views import rollups
+    from app.views.recorder import new_view_id
     from app.worker import Worker
 
     with app.app_context():
@@ -225,14 +227,18 @@ def served(tmp_path_factory):
         # Earlier days' views, as the worker would have written them then.
         with app.app_context():
             ids = {p.sku: p.id for p in db.session.scalars(db.select(Product))}
-            reader_id = accounts.find_by_email(READER[0]).id
+            reader_id = User.by_email(READER[0]).id
             history = []
             for back, (sku, anonymous, registered) in enumerate(
                 [("zap-01", 4, 1), ("cam-02", 6, 2), ("zap-01", 2, 0), ("med-04", 3, 3)], start=1
             ):
                 at = datetime.combine(TODAY - timedelta(days=back * 3), datetime.min.time(), UTC)
-                history += [rollups.View(ids[sku], None, at)] * anonymous
-                history += [rollups.View(ids[sku], reader_id, at)] * registered
+                history += [
+                    rollups.View(new_view_id(), ids[sku], None, at) for _ in range(anonymous)
+                ]
+                history += [
+                    rollups.View(new_view_id(), ids[sku], reader_id, at) for _ in range(registered)
+                ]
             rollups.write_views(history)
         yield http, token, base, workdir
     with app.app_context():

@@ -1,0 +1,111 @@
+"""What every Redis cache of the service shares: Lua scripts run on a connection of the
+thread's own, and the invalidation a unit of work runs after its commit.
+
+An entry lives under a key beside a *generation* key. A write's invalidation deletes the
+entry and gives the generation a new random value; a fill presents the generation its miss
+saw and is refused if it changed (app/catalog/cache.py). Entries expire
+``PRODUCT_CACHE_SECONDS`` after their miss, so a write that cannot reach Redis answers only
+once that long has passed: by then no entry that could hold the old value is left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+
+import redis
+from flask import current_app
+
+from app.core import metrics, redis_client
+
+log = logging.getLogger(__name__)
+
+# How often a write whose invalidation failed tries again while it waits.
+RETRY_SECONDS = 0.25
+
+# KEYS: (entry, generation) pairs. ARGV: the new generation, its lifetime (s).
+INVALIDATE = """
+for i = 1, #KEYS, 2 do
+  redis.call('DEL', KEYS[i])
+  redis.call('SET', KEYS[i + 1], ARGV[1], 'EX', ARGV[2])
+end
+return #KEYS / 2
+"""
+
+
+def seconds() -> float:
+    """How long an entry may live; 0 when there is no cache."""
+    if redis_client.client() is None:
+        return 0.0
+    return current_app.config["PRODUCT_CACHE_SECONDS"]
+
+
+class Script:
+    """A Lua script run on a connection of this thread's own (EVALSHA, EVAL if Redis does
+    not have it yet): redis-py's connection and parser, without its per-command client
+    machinery (pool, retry and observability wrappers), which cost a read more CPU than
+    the round trip itself. Errors are redis-py's; a failed connection is closed and the
+    next call opens a new one."""
+
+    local = threading.local()
+
+    def __init__(self, source: str):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    @classmethod
+    def connection(cls, client: redis.Redis | None = None):
+        pool = (client or redis_client.client()).connection_pool
+        local = cls.local
+        if getattr(local, "pool", None) is not pool or local.pid != os.getpid():
+            local.connection, local.pool, local.pid = pool.make_connection(), pool, os.getpid()
+        return local.connection
+
+    def __call__(self, keys: list[str], args: list, client: redis.Redis | None = None):
+        conn = self.connection(client)
+        conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            # Not run: Redis did not know the script (a restart). EVAL also loads it.
+            conn.send_command("EVAL", self.source, len(keys), *keys, *args)
+            return conn.read_response()
+
+
+_invalidate = Script(INVALIDATE)
+
+
+def invalidate(pairs: Iterable[tuple[str, str]]) -> None:
+    """After a commit that changed what these (entry, generation) keys cache, before its
+    answer leaves: no process may serve the old value any more. Waits out the entries'
+    lifetime (retrying) when Redis cannot be told."""
+    pairs = sorted(set(pairs))
+    if not pairs or not (lifetime := seconds()):
+        return
+    deadline = time.monotonic() + lifetime + RETRY_SECONDS
+    keys = [key for pair in pairs for key in pair]
+    # A generation outlives every entry filled before it: a fill that saw an older one
+    # (or none) is refused, or past its own deadline, whatever expired meanwhile.
+    args = [uuid.uuid4().hex, max(60, int(lifetime * 2) + 1)]
+    while True:
+        try:
+            _invalidate(keys, args)
+            return
+        except redis.RedisError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                metrics.PRODUCT_CACHE_UNINVALIDATED.inc()
+                log.warning(
+                    "cache: could not invalidate %s (%s); answered after the entries' %ss "
+                    "lifetime instead",
+                    ", ".join(entry for entry, _generation in pairs),
+                    exc,
+                    lifetime,
+                )
+                return
+            time.sleep(min(RETRY_SECONDS, left))
