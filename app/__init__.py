@@ -20,8 +20,8 @@ from app.ops.dashboard import dashboard_blp
 from app.ops.docs import docs_blp
 from app.ops.health import health_blp
 from app.ops.scrape import metrics_blp
+from app.stats.routes import stats_blp
 from app.views import recorder
-from app.views.routes import stats_blp
 
 
 def create_app(config: Config | None = None) -> Flask:

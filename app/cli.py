@@ -17,7 +17,7 @@ from app.accounts import service as accounts
 from app.accounts.passwords import MIN_PASSWORD_LENGTH
 from app.core import dialect
 from app.core.errors import RuleError
-from app.core.extensions import db
+from app.core.unit_of_work import unit_of_work
 from app.notifications import outbox
 from app.views import rollups
 from app.worker import Worker
@@ -77,10 +77,9 @@ def create_admin(email: str, password: str | None, fullname: str, username: str 
             f"must be at least {MIN_PASSWORD_LENGTH} characters", param_hint="--password"
         )
     try:
-        user = accounts.make_admin(email, password, fullname=fullname, username=username)
-        db.session.commit()
+        with unit_of_work():
+            user = accounts.make_admin(email, password, fullname=fullname, username=username)
     except RuleError as exc:
-        db.session.rollback()
         raise click.ClickException(exc.message) from exc
     click.echo(f"Admin {user.email} (id {user.id}) is ready.")
 
@@ -102,10 +101,9 @@ def ensure_admin() -> None:
             "admin; in production no password is generated or printed."
         )
     try:
-        first = accounts.ensure_first_admin(config.get("ADMIN_EMAIL"), password)
-        db.session.commit()
+        with unit_of_work():
+            first = accounts.ensure_first_admin(config.get("ADMIN_EMAIL"), password)
     except RuleError as exc:
-        db.session.rollback()
         raise click.ClickException(f"ADMIN_EMAIL {exc.message}") from exc
     if first is None:
         click.echo("An admin account exists already.")

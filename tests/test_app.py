@@ -405,7 +405,7 @@ def test_errors_and_config_import_nothing_that_touches_the_database():
     assert graph["app.core.config"] == set()
 
 
-FEATURES = ("accounts", "catalog", "notifications", "views", "ops")
+FEATURES = ("accounts", "catalog", "notifications", "views", "stats", "ops")
 
 
 def test_core_imports_no_feature_and_only_the_factory_imports_routes():

@@ -14,7 +14,7 @@ from app.core import metrics
 from app.core.errors import ErrorSchema
 from app.core.extensions import db
 from app.core.openapi import Blueprint
-from app.core.unit_of_work import transaction
+from app.core.unit_of_work import commit, transaction
 
 account_blp = Blueprint(
     "account",
@@ -56,7 +56,7 @@ class Login(MethodView):
             abort(401, message="Wrong email or password.")
         limits.succeeded(address)
         if db.session.dirty:
-            db.session.commit()  # keeps a rehashed password, if argon2's parameters moved on
+            commit()  # keeps a rehashed password, if argon2's parameters moved on
         token = issue_token(user)
         lifetime = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
         return {

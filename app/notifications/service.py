@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from flask import current_app
 from sqlalchemy import func, select
 
 from app.accounts.models import Role, User
-from app.catalog.models import Product
 from app.core.columns import utcnow
 from app.core.dates import days
 from app.core.dialect import as_date
@@ -23,11 +23,19 @@ from app.core.unit_of_work import note_worker_work
 from app.notifications.models import Notification, NotificationStatus
 
 
+class Changed(Protocol):
+    """What an email needs of the product a change is about."""
+
+    id: int
+    sku: str
+    name: str
+
+
 @dataclass(frozen=True)
 class Change:
     """What happened to a product, by whom: the material of a notification."""
 
-    product: Product
+    product: Changed
     event: str  # "created" | "updated" | "deleted"
     actor: User | None
     changes: dict[str, list]  # field -> [old, new]

@@ -11,14 +11,14 @@ from app.catalog.models import Product
 from app.core.errors import ErrorSchema
 from app.core.openapi import Blueprint
 from app.core.spreadsheets import csv_document
-from app.views.schemas import (
+from app.stats.schemas import (
     CatalogStatsSchema,
     ProductStatsSchema,
     StatsQuerySchema,
     TopProductSchema,
     TopQuerySchema,
 )
-from app.views.stats import catalog_stats, product_stats, top_products
+from app.stats.service import catalog_stats, product_stats, top_products
 
 stats_blp = Blueprint(
     "stats",

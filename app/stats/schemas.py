@@ -1,4 +1,4 @@
-"""Statistics: the ranges asked for and the answers."""
+"""Statistics of product views: the ranges asked for and the answers."""
 
 from __future__ import annotations
 
