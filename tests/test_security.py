@@ -421,21 +421,22 @@ def test_a_stored_name_with_a_line_break_cannot_forge_an_email_header(app, make)
     """A row written before the API refused control characters: the email stays one
     header per line, one body line per value."""
     from app.core.columns import utcnow
+    from app.events.models import Event
     from app.notifications.mailers import mime_message
     from app.notifications.messages import render
     from app.notifications.models import Notification
 
-    now = utcnow()
-    row = Notification(
-        id=7,
-        recipient="admin@example.com",
+    forged = "shoes\r\nBcc: victim@evil.example"
+    event = Event(
+        type="product.created",
+        at=utcnow(),
         sku="abc",
-        product_name="shoes\r\nBcc: victim@evil.example",
-        event="created",
-        changes={"name": {"old": None, "new": "shoes\r\nBcc: victim@evil.example"}},
-        occurred_at=now,
+        changes={"name": {"old": None, "new": forged}},
+        snapshot={"name": forged},
     )
-    email = render(row)
+    row = Notification(id=7, recipient="admin@example.com", event=event)
+    with app.app_context():
+        email = render(row)
     raw = mime_message(email, "shop@example.com").decode()
     headers = raw.split("\r\n\r\n", 1)[0]
     assert "\r\nBcc:" not in headers
