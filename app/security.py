@@ -8,11 +8,12 @@ import threading
 import time
 from contextlib import contextmanager
 
+import click
 from flask import Flask, current_app, request
 from flask.sessions import SessionInterface
 from flask_cors import CORS
 from limits import parse
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,19 @@ class NoCookieSessions(SessionInterface):
 
 def init_app(app: Flask) -> None:
     app.session_interface = NoCookieSessions()
-    app.extensions["login_limits"] = LoginLimits(
+    limits = app.extensions["login_limits"] = LoginLimits(
         app.config["LOGIN_FAILURES_LIMIT"],
         app.config["LOGIN_ACCOUNT_FAILURES_LIMIT"],
         app.config["RATELIMIT_STORAGE_URI"],
     )
+    if limits.per_process and serves_requests():
+        log.info(
+            "login limits: counted in this process's memory (no REDIS_URL): %s per address "
+            "and %s per account in each process; set REDIS_URL to share one count between "
+            "processes and containers",
+            limits.client,
+            limits.account,
+        )
     app.extensions["password_slots"] = VerificationSlots(app.config["LOGIN_CONCURRENCY"])
     origins = app.config["CORS_ORIGINS"]
     if origins:
@@ -51,6 +60,13 @@ def init_app(app: Flask) -> None:
             expose_headers=["X-Pagination", "Link", "Location"],
         )
     app.after_request(_security_headers)
+
+
+def serves_requests() -> bool:
+    """True in the web process (uWSGI, `flask run`), which builds the app once at start;
+    False in the other `flask` commands (the worker, migrations), which take no logins."""
+    command = click.get_current_context(silent=True)
+    return command is None or command.info_name == "run"
 
 
 ALWAYS = (
@@ -114,6 +130,8 @@ class LoginLimits:
         self.client = parse(per_client)
         self.account = parse(per_account)
         self.storage = storage_from_string(storage_uri)
+        # memory:// counts in this process alone; Redis shares one count.
+        self.per_process = isinstance(self.storage, MemoryStorage)
 
     def _add(self, limit, key: str, amount: int = 1) -> int:
         """Add to the count of ``key`` in its window (atomically); the new count."""
