@@ -45,9 +45,10 @@ def init_app(app: Flask) -> None:
     )
     if limits.per_process and serves_requests():
         log.info(
-            "login limits: counted in this process's memory (no REDIS_URL): %s per address "
-            "and %s per account in each process; set REDIS_URL to share one count between "
-            "processes and containers",
+            "login limits: counted in this process's memory (%s): %s per address and %s per "
+            "account in each process; set REDIS_URL to share one count between processes "
+            "and containers",
+            "RATELIMIT_STORAGE_URI" if app.config["REDIS_URL"] else "no REDIS_URL",
             limits.client,
             limits.account,
         )
@@ -108,8 +109,8 @@ def headers_for(path: str, hsts_max_age: int, authorized: bool) -> list[tuple[st
 class LoginLimits:
     """Failed logins per client address and per account.
 
-    Counted with the ``limits`` library's storage (Flask-Limiter's engine; in Redis in
-    production, so every process and instance shares one count), from the login view
+    Counted with the ``limits`` library's storage (Flask-Limiter's engine; in Redis when
+    REDIS_URL is set, so every process and instance shares one count), from the login view
     alone: Flask-Limiter's own hook runs on every request (0.6 ms of each product read).
 
     - **Per address** (``LOGIN_FAILURES_LIMIT``): each attempt takes a slot *before* its

@@ -143,7 +143,7 @@ def production(clean_env):
     clean_env.setenv("SECRET_KEY", secrets.token_urlsafe(48))
 
 
-PER_PROCESS = "login limits: counted in this process's memory (no REDIS_URL)"
+PER_PROCESS = "login limits: counted in this process's memory"
 
 
 def per_process_lines(caplog) -> list[str]:
@@ -165,8 +165,9 @@ def test_production_without_redis_counts_login_failures_per_process_and_says_so_
 
     assert app.config["RATELIMIT_STORAGE_URI"] == "memory://"
     assert per_process_lines(caplog) == [
-        f"{PER_PROCESS}: 10 per 1 minute per address and 50 per 1 minute per account in "
-        "each process; set REDIS_URL to share one count between processes and containers"
+        f"{PER_PROCESS} (no REDIS_URL): 10 per 1 minute per address and 50 per 1 minute per "
+        "account in each process; set REDIS_URL to share one count between processes and "
+        "containers"
     ]
 
 
@@ -195,12 +196,15 @@ def test_production_counts_login_failures_in_the_views_redis_by_default(clean_en
     assert per_process_lines(caplog) == []
 
 
-def test_ratelimit_storage_uri_overrides_the_views_redis(clean_env):
+def test_ratelimit_storage_uri_overrides_the_views_redis(clean_env, caplog):
     production(clean_env)
     clean_env.setenv("REDIS_URL", "redis://cache.example:6379/0")
     clean_env.setenv("RATELIMIT_STORAGE_URI", "memory://")
+    caplog.set_level(logging.INFO)
 
     assert create_app().extensions["login_limits"].per_process
+    [line] = per_process_lines(caplog)
+    assert line.startswith(f"{PER_PROCESS} (RATELIMIT_STORAGE_URI): ")
 
 
 def test_an_unknown_app_env_is_refused(clean_env):
