@@ -35,11 +35,16 @@ RUN apt-get update \
 # Built with Debian's python3: the one uWSGI's python3 plugin embeds at run time.
 RUN python3 -m venv /opt/venv
 # The requirements alone first: this layer is rebuilt only when they change, not with
-# the code. The locked tree only (every package pinned, each file checked against its
-# hash), and wheels only: no compiler in this image or the next.
-COPY requirements.txt /tmp/requirements.txt
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --require-hashes --only-binary=:all: -r /tmp/requirements.txt
+# the code. Installed as `make` does: Debian's pip installs only the pinned uv
+# (requirements-bootstrap.txt) into a venv that stays in this stage, and uv the locked
+# tree (every package pinned, each file checked against its hash), wheels only: no
+# compiler in this image or the next.
+COPY requirements-bootstrap.txt requirements.txt /tmp/
+RUN python3 -m venv /opt/bootstrap \
+    && /opt/bootstrap/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
+        --require-hashes --only-binary=:all: -r /tmp/requirements-bootstrap.txt \
+    && /opt/bootstrap/bin/uv pip install --no-cache --python /opt/venv/bin/python \
+        --require-hashes --only-binary :all: -r /tmp/requirements.txt
 
 # ---------------------------------------------------------------- runtime
 FROM debian:bookworm-20260824-slim

@@ -303,8 +303,6 @@ def production_runner(database, monkeypatch):
         "DATABASE_URL": database,
         "SECRET_KEY": secrets.token_urlsafe(48),
         "MAIL_BACKEND": "console",
-        "RATELIMIT_STORAGE_URI": "memory://",
-        "LOGIN_LIMITS_PER_PROCESS": "true",
     }.items():
         monkeypatch.setenv(name, value)
     for name in ("ADMIN_EMAIL", "ADMIN_PASSWORD", "REDIS_URL"):

@@ -219,6 +219,9 @@ def test_requirements_are_installed_before_the_code_is_copied(dockerfile):
     assert requirements.line < install.line < min(i.line for i in code)
     assert "--no-cache-dir" in install.args
     assert "--require-hashes" in install.args  # the locked tree, each file checked
+    # As `make` installs it: the stock pip only installs the pinned uv, uv the lock.
+    assert "-r /tmp/requirements-bootstrap.txt" in install.args
+    assert "uv pip install" in install.args
 
 
 def test_apt_installs_are_lean_and_clean_up(dockerfile):

@@ -3,17 +3,22 @@ body and every log record of the request; LOG_FORMAT=json as one object a line."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
 
 import boto3
 import pytest
 from moto import mock_aws
+from werkzeug.serving import make_server
 
 from app.core import config, logs
 from app.worker import Worker
@@ -101,13 +106,44 @@ def test_every_log_record_of_a_request_carries_its_id_route_and_user(client, adm
     assert not hasattr(line, "user_id"), "an anonymous read has no user"
 
 
-def test_probes_and_scrapes_get_no_request_line(client, caplog):
+@pytest.mark.parametrize(
+    ("log_probes", "logged"), [(False, {"list"}), (True, {"probe", "scrape", "list"})]
+)
+def test_probes_and_scrapes_get_a_request_line_only_without_nginx(
+    app, client, caplog, log_probes, logged
+):
+    """Behind nginx (production: LOG_PROBES false) nginx logs them; `make run` logs all."""
+    app.config["LOG_PROBES"] = log_probes
     caplog.set_level(logging.INFO)
     client.get("/healthz", headers={"X-Request-ID": "probe"})
     client.get("/metrics", headers={"X-Request-ID": "scrape"})
     client.get("/api/products", headers={"X-Request-ID": "list"})
     lines = {r.request_id for r in caplog.records if r.name == "app.requests"}
-    assert lines == {"list"}
+    assert lines == logged
+
+
+def test_production_leaves_probes_to_nginx(monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "x")
+    monkeypatch.delenv("LOG_PROBES", raising=False)
+    assert config.ProductionConfig().LOG_PROBES is False
+    assert config.Config().LOG_PROBES is True
+
+
+def test_the_development_server_logs_each_request_once(app, caplog):
+    """`make run` (Flask's development server): the app's line, not the server's too."""
+    caplog.set_level(logging.INFO)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for path in ("/api/products", "/healthz", "/nope"):
+            request = Request(f"http://127.0.0.1:{server.port}{path}")
+            with contextlib.suppress(HTTPError):
+                urlopen(request, timeout=10).close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = [r.getMessage() for r in caplog.records if r.name in ("app.requests", "werkzeug")]
+    assert lines == ["GET /api/products 200", "GET /healthz 200", "GET /nope 404"]
 
 
 def test_json_lines_parse_and_carry_the_fields(client, admin, caplog):

@@ -271,14 +271,18 @@ def test_swagger_ui_is_served_without_a_cdn(client):
         assert script.status_code == 200 and len(script.data) > 100_000
 
 
-def test_with_redis_storage_every_process_shares_the_limit(database, admin, monkeypatch, redis_url):
-    """Two app instances (two uWSGI processes, say) count failures in one Redis."""
+@pytest.mark.parametrize("variable", ["REDIS_URL", "RATELIMIT_STORAGE_URI"])
+def test_with_redis_storage_every_process_shares_the_limit(
+    database, admin, monkeypatch, redis_url, variable
+):
+    """Two app instances (two uWSGI processes, say) count failures in one Redis: the
+    views stream's (REDIS_URL, nothing else to set) or one of its own."""
     import uuid
 
     from app import create_app
     from app.core import config
 
-    monkeypatch.setenv("RATELIMIT_STORAGE_URI", redis_url)
+    monkeypatch.setenv(variable, redis_url)
     monkeypatch.setenv("LOGIN_FAILURES_LIMIT", "4 per minute")
     first = create_app(config.TestConfig(database)).test_client()
     second = create_app(config.TestConfig(database)).test_client()

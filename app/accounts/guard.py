@@ -10,27 +10,44 @@ import threading
 import time
 from contextlib import contextmanager
 
+import click
 from flask import Flask
 from limits import parse
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 
 log = logging.getLogger(__name__)
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["login_limits"] = LoginLimits(
+    limits = app.extensions["login_limits"] = LoginLimits(
         app.config["LOGIN_FAILURES_LIMIT"],
         app.config["LOGIN_ACCOUNT_FAILURES_LIMIT"],
         app.config["RATELIMIT_STORAGE_URI"],
     )
+    if limits.per_process and serves_requests():
+        log.info(
+            "login limits: counted in this process's memory (%s): %s per address and %s per "
+            "account in each process; set REDIS_URL to share one count between processes "
+            "and containers",
+            "RATELIMIT_STORAGE_URI" if app.config["REDIS_URL"] else "no REDIS_URL",
+            limits.client,
+            limits.account,
+        )
     app.extensions["password_slots"] = VerificationSlots(app.config["LOGIN_CONCURRENCY"])
+
+
+def serves_requests() -> bool:
+    """True in the web process (uWSGI, `flask run`), which builds the app once at start;
+    False in the other `flask` commands (the worker, migrations), which take no logins."""
+    command = click.get_current_context(silent=True)
+    return command is None or command.info_name == "run"
 
 
 class LoginLimits:
     """Failed logins per client address and per account.
 
-    Counted with the ``limits`` library's storage (Flask-Limiter's engine; in Redis in
-    production, so every process and instance shares one count), from the login view
+    Counted with the ``limits`` library's storage (Flask-Limiter's engine; in Redis when
+    REDIS_URL is set, so every process and instance shares one count), from the login view
     alone: Flask-Limiter's own hook runs on every request (0.6 ms of each product read).
 
     - **Per address** (``LOGIN_FAILURES_LIMIT``): each attempt takes a slot *before* its
@@ -51,6 +68,8 @@ class LoginLimits:
         self.client = parse(per_client)
         self.account = parse(per_account)
         self.storage = storage_from_string(storage_uri)
+        # memory:// counts in this process alone; Redis shares one count.
+        self.per_process = isinstance(self.storage, MemoryStorage)
 
     def _add(self, limit, key: str, amount: int = 1) -> int:
         """Add to the count of ``key`` in its window (atomically); the new count."""

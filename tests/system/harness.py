@@ -598,10 +598,15 @@ class FaultProxy:
 
 def debian_venv(source: Path = ROOT, cache: Path = VENV_CACHE) -> Path:
     """The app's virtualenv for Debian's uWSGI: Debian's python3 and requirements.txt, as
-    in the image. One per (requirements, Python) in ``cache``, built once under a lock and
-    never rebuilt, so that runs from other trees at the same time are not disturbed."""
+    in the image, installed by the Makefile's own step (its stock pip installs only the
+    pinned uv of requirements-bootstrap.txt; uv installs the lock). One per (locks, Python)
+    in ``cache``, built once under a lock and never rebuilt, so that runs from other trees
+    at the same time are not disturbed."""
     version = run([SYSTEM_PYTHON, "--version"]).stdout
-    stamp = hashlib.sha256((source / "requirements.txt").read_bytes() + version.encode())
+    locks = b"".join(
+        (source / name).read_bytes() for name in ("requirements-bootstrap.txt", "requirements.txt")
+    )
+    stamp = hashlib.sha256(locks + version.encode())
     venv = cache / f"venv-{stamp.hexdigest()[:16]}"
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f"{venv.name}.lock", "w") as lock:
@@ -609,12 +614,10 @@ def debian_venv(source: Path = ROOT, cache: Path = VENV_CACHE) -> Path:
         if (venv / ".complete").exists():
             return venv
         shutil.rmtree(venv, ignore_errors=True)  # a build that was interrupted
-        subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, timeout=300)
-        pip = [venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check"]
-        locked = ["--require-hashes", "--only-binary=:all:", "-r", source / "requirements.txt"]
-        done = run([*pip, *locked], timeout=900)
+        install = ["make", "-C", source, "--no-print-directory", f"PYTHON={SYSTEM_PYTHON}"]
+        done = run([*install, f"VENV={venv}", f"{venv}/.runtime"], timeout=900)
         if done.returncode != 0:
-            raise HarnessError(f"pip install into {venv} failed:\n{done.stderr[-3000:]}")
+            raise HarnessError(f"installing {venv} failed:\n{done.stderr[-3000:]}")
         (venv / ".complete").touch()
     return venv
 

@@ -212,7 +212,6 @@ def edge(deployment, mariadb, moto, reaper):
         ADMIN_EMAIL=email,
         ADMIN_PASSWORD=password,
         TRUSTED_PROXIES=TRUSTED,
-        LOGIN_LIMITS_PER_PROCESS="true",  # nginx's limits are the subject here
     )
     stack = h.Stack(deployment, "edge", env, entrypoint=True)
     try:
@@ -442,7 +441,6 @@ def test_the_image_runs_unprivileged_on_a_read_only_root_and_port_80(
         f"mysql://root@localhost/{name}?unix_socket={mysql_socket}",
         moto.url,
         REDIS_URL="",
-        LOGIN_LIMITS_PER_PROCESS="true",
         ADMIN_EMAIL=email,
         ADMIN_PASSWORD=password,
         HOME=str(deployment.app_dir),  # the image's: /app, read-only
