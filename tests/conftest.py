@@ -26,7 +26,7 @@ from app.accounts.models import Role, User
 from app.accounts.passwords import hash_password
 from app.accounts.tokens import issue_token
 from app.catalog.models import Product
-from app.core.config import database_url, TestConfig
+from app.core.config import TestConfig, database_url
 from app.core.extensions import db
 
 PASSWORD = "correct-horse-42"

@@ -11,7 +11,7 @@ import pytest
 
 import app.core.config as settings
 from app import create_app
-from app.core.config import Config, ConfigError, database_url, ProductionConfig
+from app.core.config import Config, ConfigError, ProductionConfig, database_url
 from app.core.extensions import db
 from tests.conftest import PASSWORD
 

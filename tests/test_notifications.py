@@ -24,7 +24,7 @@ from app.catalog.models import Product
 from app.core.columns import utcnow
 from app.core.extensions import db
 from app.notifications import outbox
-from app.notifications.mailers import build_mailer, NOTIFICATION_HEADER, SESMailer
+from app.notifications.mailers import NOTIFICATION_HEADER, SESMailer, build_mailer
 from app.notifications.models import Notification
 from app.worker import Worker
 
