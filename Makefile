@@ -62,9 +62,15 @@ run: $(VENV)/.runtime
 test: $(VENV)/.installed
 	$(BIN)/pytest -m "not system" --cov=app --cov-branch --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
+## make lint: ruff (Python), hadolint (Dockerfile), shellcheck (the entrypoint, CI's script)
+## and `terraform fmt` (terraform/), all offline
+TERRAFORM ?= terraform
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint --no-color Dockerfile
+	$(BIN)/shellcheck docker/entrypoint.sh terraform/run_migration.sh .ci/run
+	TF_CLI_CONFIG_FILE=/dev/null $(TERRAFORM) fmt -check -recursive -diff terraform
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format .
