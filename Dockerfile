@@ -6,6 +6,7 @@
 #
 #   docker build -t marketplace .
 #   docker run -d --name marketplace -p 80:80 --stop-timeout 30 \
+#       --read-only --tmpfs /run --tmpfs /tmp \
 #       -e DATABASE_URL=mysql://user:password@dbhost:3306/marketplace -e SECRET_KEY=... \
 #       -e EMAIL_SOURCE=noreply@example.com -e REGION_NAME=us-east-1 \
 #       -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... \
@@ -18,8 +19,7 @@
 # It runs as the unprivileged user app (uid 10001), nginx included: nginx binds port 80
 # because Docker >= 20.10 sets net.ipv4.ip_unprivileged_port_start=0 in every container
 # (podman and others: `--sysctl net.ipv4.ip_unprivileged_port_start=0`, or the pod's
-# sysctls). --read-only with a tmpfs on /run and /tmp works: everything it writes is in
-# /run/marketplace and /tmp. Give it 30 s to stop (--stop-timeout, the ECS task's
+# sysctls). --read-only is optional: everything it writes is in /run/marketplace and /tmp. Give it 30 s to stop (--stop-timeout, the ECS task's
 # stopTimeout; Docker's default is 10 s): requests in flight finish, the worker its email.
 # No secret is baked in: every one comes from the environment at run time.
 #

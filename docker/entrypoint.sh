@@ -83,6 +83,15 @@ else
     unset APP_USER # already unprivileged: nothing to drop to (app.ini's uid/gid stay off)
 fi
 
+# The HEALTHCHECK: the API through nginx where this container serves it; a worker's or
+# a migration's container is healthy while its process runs.
+if [[ $role == healthcheck ]]; then
+    if [[ -e $RUN_DIR/nginx.conf ]]; then
+        exec python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1/healthz", timeout=4)'
+    fi
+    exit 0
+fi
+
 # DATABASE_CA_PEM: the certificate(s) of the CA that signs the database server's (for
 # RDS, its region's bundle), written where DATABASE_URL's ssl_ca names them:
 # mysql://...?ssl_ca=/run/marketplace/database-ca.pem. The server's certificate and name
@@ -97,14 +106,6 @@ case $role in
 web | all) ;;
 worker) exec "${as_app_user[@]}" "${FLASK[@]}" worker "$@" ;;
 migrate) exec "${as_app_user[@]}" "${FLASK[@]}" deploy upgrade "$@" ;;
-healthcheck)
-    # The HEALTHCHECK: the API through nginx where this container serves it; a worker's
-    # or migration's container is healthy while its process runs.
-    if [[ -e $RUN_DIR/nginx.conf ]]; then
-        exec python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1/healthz", timeout=4)'
-    fi
-    exit 0
-    ;;
 *) exec "${as_app_user[@]}" "$role" "$@" ;;
 esac
 

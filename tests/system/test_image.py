@@ -367,6 +367,7 @@ def test_the_single_host_line_serves_the_seeds_flow_and_stops_losing_nothing(
     [single_host] = runs_of("all")  # the Dockerfile's header and docs/deployment.md
     name, port, _ = containers.run(single_host)
     http = containers.wait_healthy(name, port)
+    assert podman("healthcheck", "run", name, check=False).returncode == 0  # the HEALTHCHECK
     use_the_catalog(http, reads=5)
     h.wait_until("the two emails", lambda: len(moto.emails()) >= 2, 60)
     code, took = containers.stop(name)
@@ -389,6 +390,10 @@ def test_the_three_roles_as_three_containers_share_mariadb_and_redis(
     worker_name, _, _ = containers.run(worker)
     web_name, port, _ = containers.run(web)
     http = containers.wait_healthy(web_name, port)
+    for name in (web_name, worker_name):
+        assert podman("healthcheck", "run", name, check=False).returncode == 0, name
+        users = podman("top", name, "user").stdout.split()[1:]
+        assert users and set(users) == {"app"}, (name, users)  # nginx's workers too
     use_the_catalog(http, reads=7)
     h.wait_until("the two emails", lambda: len(moto.emails()) >= 2, 60)
     h.wait_until(
@@ -419,3 +424,13 @@ def test_a_container_whose_nginx_cannot_bind_exits_non_zero_within_10_s(image, c
     began = datetime.fromisoformat(nginx_started.replace("Z", "+00:00"))
     ended = datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", state["FinishedAt"]))
     assert (ended - began).total_seconds() < 10, (began, ended)
+
+
+def test_the_image_runs_as_its_unprivileged_user_and_holds_no_secret_nor_stray_file(image):
+    [config] = json.loads(podman("image", "inspect", image).stdout)
+    assert config["Config"]["User"] == "10001:10001"  # numeric: runAsNonRoot can check it
+    names = [item.split("=", 1)[0] for item in config["Config"]["Env"]]
+    assert not [n for n in names if re.search(r"SECRET|PASSWORD|TOKEN|KEY|CREDENTIAL", n)]
+    assert "APP_ENV=production" in config["Config"]["Env"]
+    listing = podman("run", "--rm", *ULIMITS, image, "ls", "-A", "/app").stdout.split()
+    assert sorted(listing) == ["__pycache__", "app", "app.ini", "migrations", "wsgi.py"], listing
