@@ -390,7 +390,7 @@ def answer_of(conn: socket.socket) -> int | None:
     """The status nginx answers on a trickling connection (None: closed without one)."""
     received = b""
     with contextlib.suppress(OSError):
-        while chunk := conn.recv(65536):
+        while b"\r\n" not in received and (chunk := conn.recv(65536)):
             received += chunk
     conn.close()
     return int(received.split()[1]) if received.startswith(b"HTTP/") else None
@@ -420,14 +420,15 @@ def test_two_slow_login_bodies_from_one_address_leave_other_logins_alone(edge, b
         for _ in range(3):
             answer = other()
             assert answer.status == 200, answer
-            time.sleep(1)
+            time.sleep(0.5)
         assert time.monotonic() - started < 5, "the slow bodies were still open"
         closed = [answer_of(conn) for conn in tricklers]
         took = time.monotonic() - started
     finally:
         for conn in tricklers:
             conn.close()
-    assert closed == [408, 408] and took < 9, (closed, took)
+    # Closed by nginx (client_body_timeout: no answer, the connection ends).
+    assert closed == [None, None] and took < 9, (closed, took)
 
 
 def test_password_changes_are_capped_with_logins_but_reading_your_account_is_not(edge):
