@@ -82,7 +82,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## make smoke: the fast system tests (tests/system): the deployment's own files with Debian's
-## nginx and uWSGI, a private MariaDB and Redis, moto as SES (root; see docs/testing.md)
+## nginx and uWSGI, the image itself under podman, a private MariaDB and Redis, moto as SES
+## (root; see docs/testing.md)
 smoke: $(VENV)/.installed
 	$(BIN)/pytest tests/system -m "system and not reliability and not browser" $(PYTEST_ARGS)
 
