@@ -1,4 +1,4 @@
-"""Request ids (X-Request-ID) and log lines (app/logs.py): kept, replaced, in every error
+"""Request ids (X-Request-ID) and log lines (app/core/logs.py): kept, replaced, in every error
 body and every log record of the request; LOG_FORMAT=json as one object a line."""
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from werkzeug.serving import make_server
 
 from app.core import config, logs
 from app.worker import Worker
-from tests.test_dockerfile import NGINX_CONF, nginx_directives
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_ID = re.compile(r"[0-9a-f]{32}")
@@ -221,24 +220,6 @@ def test_an_unknown_log_format_is_refused(monkeypatch):
     monkeypatch.setenv("LOG_FORMAT", "xml")
     with pytest.raises(config.ConfigError, match="LOG_FORMAT"):
         config.TestConfig().validate()
-
-
-def test_nginx_passes_the_request_id_on_and_logs_it():
-    text = NGINX_CONF.read_text()
-    locations = re.findall(r"location [^{]+\{(.*?)\n        \}", text, re.S)
-    proxied = [block for block in locations if "uwsgi_pass" in block]
-    assert len(proxied) >= 3  # every location that passes to uWSGI, below
-    for block in proxied:
-        assert ("uwsgi_param", ["HTTP_X_REQUEST_ID", "$marketplace_request_id"]) in (
-            nginx_directives(block)
-        )
-    [log_format] = re.findall(r"log_format marketplace (.*?);", text, re.S)
-    assert "request_id=$marketplace_request_id" in log_format
-    mapping = re.search(
-        r"map \$http_x_request_id \$marketplace_request_id \{(.*?)\n    \}", text, re.S
-    )
-    assert mapping and '"~^[A-Za-z0-9_-]{1,128}$" $http_x_request_id;' in mapping.group(1)
-    assert "default $request_id;" in mapping.group(1)
 
 
 def test_a_path_cannot_forge_a_log_line(client, caplog):

@@ -49,8 +49,8 @@ APP_FILES = ("app", "migrations", "wsgi.py")  # what the Dockerfile copies into 
 APP_USER = "www-data"  # the image's user is `app`; this machine has www-data
 EMAIL_SOURCE = "noreply@marketplace.test"
 NOTIFICATION_HEADER = "X-Marketplace-Notification-Id"
-# The attached daemon that sends the emails (and, later, consumes the views stream).
-DAEMON_PATTERN = re.compile(r"flask --app wsgi (notifications )?worker")
+# The worker process (the image's worker role): the emails and the views stream.
+DAEMON_PATTERN = re.compile(r"flask --app wsgi worker")
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -723,12 +723,15 @@ class Deployment:
 
 
 class Stack:
-    """nginx in front of one or more uWSGI instances (the shipped app.ini and nginx.conf).
+    """nginx in front of one or more uWSGI instances (the shipped app.ini and nginx.conf),
+    each with its worker (`flask worker`).
 
-    With ``entrypoint=True`` (one instance) docker/entrypoint.sh runs it all, as in the
-    container: migration, uWSGI, nginx, and the graceful stop on SIGTERM. Otherwise uWSGI
-    and nginx are started here (run ``migrate()`` first) and ``stop()`` stops nginx
-    (SIGQUIT) and then each uWSGI (``q`` into its master FIFO, or SIGTERM).
+    With ``entrypoint=True`` (one instance) docker/entrypoint.sh runs it all, as the
+    image's ``all`` role: migration, uWSGI, nginx, the worker, and the ordered stop on
+    SIGTERM. Otherwise uWSGI, nginx and the workers are started here as the ``web`` and
+    ``worker`` roles run them (run ``migrate()`` first), and ``stop()`` stops nginx
+    (SIGQUIT), then each uWSGI (``q`` into its master FIFO, or SIGTERM), then the workers
+    (SIGTERM).
     """
 
     def __init__(
@@ -750,6 +753,7 @@ class Stack:
         self.env = env
         self.http = Http(self.port)
         self.uwsgi: list[subprocess.Popen] = []
+        self.workers_: list[subprocess.Popen] = []
         self.nginx: subprocess.Popen | None = None
         self.main: subprocess.Popen | None = None  # the entrypoint
 
@@ -800,8 +804,28 @@ class Stack:
             self.nginx = self.d.reaper.start(
                 [NGINX, "-c", self.conf, "-g", "daemon off;"], self.log.name, {"PATH": SYSTEM_PATH}
             )
+            for n in range(len(self.runs)):
+                self.start_worker(n)
         wait_until(f"{self.name}: /healthz through nginx", self._healthy, timeout)
         return self
+
+    def worker_log(self, n: int = 0) -> Path:
+        return self.d.reaper.workdir / f"{self.name}-worker-{n}.log"
+
+    def start_worker(self, n: int = 0) -> subprocess.Popen:
+        """The worker of instance ``n`` (again, after a kill: what the orchestrator does
+        with a worker container that exited)."""
+        process = self.d.reaper.start(
+            [self.d.venv / "bin" / "flask", "--app", "wsgi", "worker"],
+            self.worker_log(n).name,
+            self.instance_env(n),
+            cwd=self.d.app_dir,
+        )
+        if n < len(self.workers_):
+            self.workers_[n] = process
+        else:
+            self.workers_.append(process)
+        return process
 
     def _sockets_ready(self) -> bool:
         for process in self.uwsgi:
@@ -814,7 +838,7 @@ class Stack:
         )
 
     def _healthy(self) -> bool:
-        for process in [self.main, self.nginx, *self.uwsgi]:
+        for process in [self.main, self.nginx, *self.uwsgi, *self.workers_]:
             if process is not None and process.poll() is not None:
                 raise HarnessError(f"{self.name} exited ({process.returncode}):\n{tail(self.log)}")
         return self.http.status("/healthz") == 200
@@ -822,7 +846,9 @@ class Stack:
     # ---- the processes
 
     def root_pids(self) -> list[int]:
-        return [p.pid for p in [self.main, self.nginx, *self.uwsgi] if p is not None]
+        return [
+            p.pid for p in [self.main, self.nginx, *self.uwsgi, *self.workers_] if p is not None
+        ]
 
     def processes(self) -> list[int]:
         return [
@@ -839,14 +865,11 @@ class Stack:
         return [p for p in self.d.reaper.descendants(master) if "uWSGI worker" in cmdline(p)]
 
     def daemons(self, instance: int | None = None) -> list[int]:
-        """The attached worker daemon (the email sender) of each or of one instance."""
-        roots = self.masters() if instance is None else [self.masters()[instance]]
-        return [
-            p
-            for m in roots
-            for p in self.d.reaper.descendants(m)
-            if DAEMON_PATTERN.search(cmdline(p))
-        ]
+        """The running worker (`flask worker`) of each or of one instance."""
+        if self.main is not None:
+            return [p for p in self.processes() if DAEMON_PATTERN.search(cmdline(p))]
+        chosen = self.workers_ if instance is None else self.workers_[instance : instance + 1]
+        return [p.pid for p in chosen if p.poll() is None]
 
     def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
         if pid not in self.processes():
@@ -882,6 +905,8 @@ class Stack:
                 process.terminate()
         for n, process in enumerate(self.uwsgi):
             statuses[f"uwsgi-{n}"] = self._wait(process, None, timeout)
+        for n, process in enumerate(self.workers_):
+            statuses[f"worker-{n}"] = self._wait(process, signal.SIGTERM, timeout)
         reaper.reap_orphans()
         return statuses
 
