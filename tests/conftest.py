@@ -32,6 +32,17 @@ PASSWORD = "correct-horse-42"
 BACKENDS = ["sqlite"] + (["mariadb"] if os.environ.get("TEST_DATABASE_URL") else [])
 
 
+def login(client, email: str, password: str = PASSWORD, *, path="/users/login", address=None):
+    """Log in as a user would (``path``: another spelling of the route; ``address``: the
+    client's IP, for the limits); the answer."""
+    environ = {"REMOTE_ADDR": address} if address else {}
+    return client.post(path, json={"email": email, "password": password}, environ_base=environ)
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def drop_everything(url: str) -> None:
     """Empty the test database completely, migrations' bookkeeping included."""
     engine = create_engine(database_url(url))
@@ -134,7 +145,7 @@ class Factory:
 
     @staticmethod
     def headers(user: User) -> dict:
-        return {"Authorization": f"Bearer {issue_token(user)}"}
+        return bearer(issue_token(user))
 
     def expired_headers(self, user_id: int) -> dict:
         with self.app.app_context():
@@ -146,7 +157,7 @@ class Factory:
                 additional_claims={"ver": user.token_version},
                 expires_delta=timedelta(seconds=-10),
             )
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(token)
 
     def product(self, sku: str | None = None, **fields) -> dict:
         """A product already in the catalog: no change announced, so no admin is emailed."""
