@@ -7,16 +7,11 @@ each test then starts from empty tables.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 from datetime import timedelta
 from decimal import Decimal
 from unittest.mock import patch
 
 import pytest
-import redis
 from flask_migrate import upgrade
 from sqlalchemy import MetaData, create_engine, select, text
 
@@ -27,6 +22,7 @@ from app.extensions import db
 from app.models import Product, Role, User
 from app.services import accounts
 from app.services.passwords import hash_password
+from tests.system import harness as h
 
 PASSWORD = "correct-horse-42"
 BACKENDS = ["sqlite"] + (["mariadb"] if os.environ.get("TEST_DATABASE_URL") else [])
@@ -220,36 +216,17 @@ def admin_headers(admin) -> dict:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    """A Redis of the suite's own (TEST_REDIS_URL, or a redis-server it starts on a free
-    loopback port and stops at the end): tests empty it, so never the machine's."""
+    """A Redis of the suite's own (TEST_REDIS_URL, or the system tests' private
+    redis-server on a free loopback port, stopped at the end): tests empty it, so never
+    the machine's."""
     if url := os.environ.get("TEST_REDIS_URL"):
         yield url
         return
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is needed (apt-get install redis-server)"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
-    options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    server = subprocess.Popen(
-        [binary, "--port", str(port), *options],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    probe = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            probe.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield url
-    server.terminate()
-    server.wait(10)
+    assert not h.missing_binaries(h.REDIS_SERVER), "redis-server is needed (apt-get install)"
+    reaper = h.Reaper(tmp_path_factory.mktemp("redis"), adopt_orphans=False)
+    server = h.Redis(reaper, reaper.workdir)
+    yield server.url
+    reaper.stop(server.process, timeout=10)
 
 
 @pytest.fixture

@@ -127,13 +127,15 @@ class Reaper:
     """Starts processes, each in its own session, and ends only those and what they started.
 
     This process becomes a child subreaper, so a daemon orphaned below it (a uWSGI worker
-    whose master was killed, say) stays its descendant and is still found and ended.
+    whose master was killed, say) stays its descendant and is still found and ended;
+    ``adopt_orphans=False`` leaves that alone (for a few servers that do not daemonize, in
+    a process that runs other things too: the unit tests' Redis).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, adopt_orphans: bool = True) -> None:
         self.workdir = workdir
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        if adopt_orphans and libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
         self.started: list[subprocess.Popen] = []
         self.services: set[int] = set()  # long-lived helpers: MariaDB, Redis, moto
