@@ -123,6 +123,16 @@ def describe(pid: int) -> str:
     return f"{pid} (uid {uid_of(pid)}): {cmdline(pid)[:120]}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Reaper:
     """Starts processes, each in its own session, and ends only those and what they started.
 
@@ -621,8 +631,9 @@ def debian_venv(source: Path = ROOT, cache: Path = VENV_CACHE) -> Path:
     return venv
 
 
-def stage_app(source: Path, workdir: Path) -> Path:
-    """The app's files as the Dockerfile lays them out in /app, readable by APP_USER."""
+def stage_app(source: Path, workdir: Path, wsgi: Path | None = None) -> Path:
+    """The app's files as the Dockerfile lays them out in /app, readable by APP_USER;
+    ``wsgi``: another WSGI file served in place of wsgi.py (the benchmarks' bare Flask)."""
     workdir.chmod(0o755)
     app_dir = workdir / "app"
     app_dir.mkdir()
@@ -633,6 +644,8 @@ def stage_app(source: Path, workdir: Path) -> Path:
             )
         else:
             shutil.copy2(source / name, app_dir / name)
+    if wsgi is not None:
+        shutil.copy2(wsgi, app_dir / "wsgi.py")
     home = workdir / "home"
     home.mkdir()
     shutil.chown(home, APP_USER, APP_USER)
@@ -692,6 +705,19 @@ class Deployment:
         shutil.chown(path, APP_USER, "www-data")
         return path
 
+    def app_ini(self, worker: bool = True) -> Path:
+        """app.ini, or (``worker=False``) a copy without its attached `flask worker`."""
+        source = self.source / "app.ini"
+        if worker:
+            return source
+        lines = source.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not line.startswith("attach-daemon2 =")]
+        if len(kept) != len(lines) - 1:
+            raise HarnessError("app.ini: expected one attach-daemon2 line")
+        path = self.workdir / "app-without-worker.ini"
+        path.write_text("".join(kept))
+        return path
+
     def nginx_conf(self, name: str, port: int, sockets: list[Path], trust_loopback=False) -> Path:
         """nginx.conf with only what a shared machine needs changed: the listen address,
         the pid file and the upstream's socket(s), and optionally loopback as a trusted
@@ -728,6 +754,9 @@ class Stack:
     container: migration, uWSGI, nginx, and the graceful stop on SIGTERM. Otherwise uWSGI
     and nginx are started here (run ``migrate()`` first) and ``stop()`` stops nginx
     (SIGQUIT) and then each uWSGI (``q`` into its master FIFO, or SIGTERM).
+    ``nginx=False`` (one instance): uWSGI answers HTTP on ``port`` itself (an http-socket
+    beside app.ini's socket; the benchmarks compare apps under it); ``worker=False``:
+    app.ini without its attached `flask worker`.
     """
 
     def __init__(
@@ -739,13 +768,19 @@ class Stack:
         instances: int = 1,
         entrypoint: bool = False,
         trust_loopback: bool = False,
+        nginx: bool = True,
+        worker: bool = True,
     ) -> None:
+        if not nginx and (entrypoint or instances != 1):
+            raise HarnessError("without nginx, one uWSGI instance and no entrypoint")
         self.d, self.name, self.entrypoint = deployment, name, entrypoint
         self.runs = [deployment.runtime_dir(f"run-{name}-{n}") for n in range(instances)]
         self.port = free_port()
-        self.conf = deployment.nginx_conf(
-            f"nginx-{name}", self.port, [r / "uwsgi.sock" for r in self.runs], trust_loopback
-        )
+        self.with_nginx, self.ini = nginx, deployment.app_ini(worker)
+        if nginx:
+            self.conf = deployment.nginx_conf(
+                f"nginx-{name}", self.port, [r / "uwsgi.sock" for r in self.runs], trust_loopback
+            )
         self.env = env
         self.http = Http(self.port)
         self.uwsgi: list[subprocess.Popen] = []
@@ -764,6 +799,9 @@ class Stack:
     def log(self) -> Path:
         """The entrypoint's output (nginx's access log included), or nginx's."""
         return self.d.reaper.workdir / f"{self.name}.log"
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
 
     def uwsgi_log(self, n: int = 0) -> Path:
         return self.d.reaper.workdir / (
@@ -787,18 +825,22 @@ class Stack:
                 [self.d.source / "docker" / "entrypoint.sh"], self.log.name, env
             )
         else:
+            http = [] if self.with_nginx else ["--http-socket", f"{HOST}:{self.port}"]
             for n in range(len(self.runs)):
                 self.uwsgi.append(
                     self.d.reaper.start(
-                        [UWSGI, "--ini", self.d.source / "app.ini"],
+                        [UWSGI, "--ini", self.ini, *http],
                         self.uwsgi_log(n).name,
                         self.instance_env(n),
                     )
                 )
             wait_until("uWSGI's sockets", self._sockets_ready, timeout)
-            self.nginx = self.d.reaper.start(
-                [NGINX, "-c", self.conf, "-g", "daemon off;"], self.log.name, {"PATH": SYSTEM_PATH}
-            )
+            if self.with_nginx:
+                self.nginx = self.d.reaper.start(
+                    [NGINX, "-c", self.conf, "-g", "daemon off;"],
+                    self.log.name,
+                    {"PATH": SYSTEM_PATH},
+                )
         wait_until(f"{self.name}: /healthz through nginx", self._healthy, timeout)
         return self
 
@@ -827,6 +869,10 @@ class Stack:
         return [
             pid for root in self.root_pids() for pid in [root, *self.d.reaper.descendants(root)]
         ]
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the stack's live processes (nginx, uWSGI, the worker)."""
+        return sum(map(cpu_seconds, self.processes()))
 
     def masters(self) -> list[int]:
         """uWSGI master of each instance (the entrypoint's is its setsid child)."""
@@ -910,14 +956,16 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def in_process_app(database: Path, secret_key: str, **settings: str):
-    """The app on a migrated SQLite file of its own, without Redis (the browser tests'
-    server); ``settings`` are more environment variables, set only while it is made."""
+def in_process_app(database: Path | str, secret_key: str, **settings: str):
+    """The app on a migrated SQLite file of its own (or a database URL), without Redis
+    (the browser tests' server, the benchmarks' in-process app); ``settings`` are more
+    environment variables, set only while it is made."""
     from flask_migrate import upgrade
 
     from app import create_app
 
-    env = {"DATABASE_URL": f"sqlite:///{database}", "SECRET_KEY": secret_key, **settings}
+    url = database if isinstance(database, str) else f"sqlite:///{database}"
+    env = {"DATABASE_URL": url, "SECRET_KEY": secret_key, **settings}
     saved = {name: os.environ.get(name) for name in [*env, "REDIS_URL"]}
     os.environ.update(env)
     os.environ.pop("REDIS_URL", None)
