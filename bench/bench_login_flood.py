@@ -1,4 +1,5 @@
-"""Reads while logins flood: the product-read median through nginx, idle and under a flood.
+"""Reads while passwords are guessed: the product-read median through nginx, idle and while
+clients hammer a route that checks a password.
 
 The deployment's own files run as in the container (the harness's Stack): the shipped
 nginx.conf in front of the shipped app.ini with Debian's nginx and uWSGI (app.ini's
@@ -9,15 +10,19 @@ flood client can carry an address of its own.
 
 One bystander reads `GET /api/products/<sku>` one request after the other (a new
 connection each) and times every answer. Its median while nothing else runs (idle) is
-compared with its median while a flood of `POST /users/login` runs, half the clients with
-a read-only (rol 2) account's correct password and half with a wrong one, each client
-sending its next attempt as soon as the last is answered:
+compared with its median during each flood, each client sending its next attempt as soon
+as the last is answered:
 
-- ``addresses``: 50 clients, each with an address of its own (X-Forwarded-For), as 8 or
-  more attackers with their own addresses would be;
-- ``rotating``: 50 clients, a new address for every attempt (past every per-address
-  limit: only the per-instance cap and the app's verification slots hold);
-- ``one address``: 250 clients from one address (no X-Forwarded-For).
+- ``addresses``: `POST /users/login`, 50 clients, each with an address of its own
+  (X-Forwarded-For), as 8 or more attackers with their own addresses would be; half with
+  a read-only (rol 2) account's correct password, half with a wrong one;
+- ``rotating``: the same, a new address for every attempt (past every per-address limit:
+  only the per-instance caps and the app's verification slots hold);
+- ``one``: 250 clients from one address (no X-Forwarded-For), half right, half wrong;
+- ``slash``: `POST /users/login/` (the trailing slash, which the app also serves as the
+  login), 50 clients with an address each, half right, half wrong;
+- ``me``: `PATCH /users/me` with another rol 2 account's token (a stolen one) and a
+  wrong `current_password` (a new guess each time), 50 clients with an address each.
 
 Idle and each flood alternate within every round (idle first in even rounds, last in odd
 ones). The flood starts a second before the reads are timed and stops after them. A side's
@@ -64,13 +69,21 @@ READER = {
     "password": "flood-reader-password-1",
     "rol": 2,
 }
+# Whose token the PATCH /users/me flood holds: its guesses do not touch READER's counts.
+STOLEN = {
+    "fullname": "Flood Owner",
+    "username": "floodowner",
+    "email": "flood-owner@example.com",
+    "password": "flood-owner-password-1",
+    "rol": 2,
+}
 PRODUCTS = 20
 RAMP_SECONDS = 1.0
 SETTLE_SECONDS = 1.0
 REQUEST_TIMEOUT = 15.0
 MAX_READS_PER_PHASE = 20_000
 FLOOD_NICE = 10
-LOGIN = "login"
+LOGIN, ME = "login", "me"
 STATUS_NAMES = {None: "no answer", h.TIMEOUT: "timeout", h.NO_ANSWER: "no answer"}
 
 
@@ -87,6 +100,16 @@ FLOODS = (
     Flood("addresses", "login flood (50 clients, one address each)", 50, "own"),
     Flood("rotating", "login flood (50 clients, a new address per attempt)", 50, "rotating"),
     Flood("one", "login flood (250 clients from one address)", 250, "one"),
+    Flood(
+        "slash", "/users/login/ flood (50 clients, one address each)", 50, "own", "/users/login/"
+    ),
+    Flood(
+        "me",
+        "PATCH /users/me wrong current_password flood (50 clients, one address each)",
+        50,
+        "own",
+        "/users/me",
+    ),
 )
 
 
@@ -116,6 +139,14 @@ def attempts(flood: Flood, client: int, creds: dict, rotating) -> Callable[[int]
             found["X-Forwarded-For"] = address(1000 + next(rotating) % 60_000)
         return found
 
+    if flood.route == "/users/me":
+        token = {"Authorization": f"Bearer {creds['token']}"}
+
+        def guess(n: int) -> h.Request:
+            body = {"password": "whatever-new-1", "current_password": f"wrong-{client}-{n}"}
+            return h.Request("PATCH", flood.route, json.dumps(body), headers() | token, ME)
+
+        return guess
     body = json.dumps(creds["right"] if client % 2 == 0 else creds["wrong"])  # half right
     return lambda _n: h.Request("POST", flood.route, body, headers(), LOGIN)
 
@@ -180,7 +211,8 @@ def setup() -> tuple[h.Stack, list[str], dict]:
     stack.start()
     say(f"nginx + uWSGI (app.ini) on {h.HOST}:{stack.port}, log {stack.log}")
     token = stack.http.login(*ADMIN)
-    call(stack, "POST", "/api/users", READER, token=token, expect=201)
+    for user in (READER, STOLEN):
+        call(stack, "POST", "/api/users", user, token=token, expect=201)
     skus = [f"flood-{n:02d}" for n in range(PRODUCTS)]
     for sku in skus:
         product = {"sku": sku, "name": sku, "price": 100, "mark": "m", "quantity": 1}
@@ -188,6 +220,7 @@ def setup() -> tuple[h.Stack, list[str], dict]:
     creds = {
         "right": {"email": READER["email"], "password": READER["password"]},
         "wrong": {"email": READER["email"], "password": "not-the-password-at-all"},
+        "token": stack.http.login(STOLEN["email"], STOLEN["password"]),
     }
     call(stack, "POST", "/users/login", creds["right"])  # the rol 2 account logs in
     return stack, skus, creds
