@@ -1082,6 +1082,7 @@ class Load:
         self.halt = threading.Event()
         self.prices = iter(range(1_000_000, 10**9))
         self.threads: list[threading.Thread] = []
+        self.live: list[list[Req]] = []  # each client's requests so far
         self.apart = None  # (process, its stop event, its answer queue) with start(nice=)
         self.cpu_seconds = 0.0  # the clients' own CPU, when they ran apart
         self.seconds = 0.0  # from start() to the end of stop()
@@ -1174,8 +1175,14 @@ class Load:
                 headers = {"If-None-Match": etags[sku]}
         return kind, method, path, body, headers, sku, price, admin
 
+    def sent(self) -> int:
+        """Requests made so far (clients running in this process)."""
+        return sum(len(mine) for mine in list(self.live))
+
     def _client(self, n: int, role: Role, deadline: float) -> None:
         rng, conn, mine, etags = random.Random(n), None, [], {}
+        with self.lock:
+            self.live.append(mine)
         try:
             while not self.halt.is_set() and time.monotonic() < deadline and len(mine) < 100_000:
                 if role.script is None:
@@ -1258,6 +1265,22 @@ class Load:
             if values
             else 0.0
         )
+
+
+def at_once(calls: list[Callable[[], object]]) -> list:
+    """Run the calls in threads released together (a barrier); their results in order."""
+    barrier, out = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def go(n: int) -> None:
+        barrier.wait()
+        out[n] = calls[n]()
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return out
 
 
 def timed_requests(
