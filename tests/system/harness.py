@@ -1228,10 +1228,10 @@ class Load:
                 req.end = time.monotonic()
                 mine.append(req)
                 if req.status not in (200, 304) and not req.json_503:
-                    with self.lock:
-                        self.samples.setdefault(
-                            f"{method} {kind} -> {req.status}", raw[:600].decode(errors="replace")
-                        )
+                    sample = f"{method} {kind} -> {req.status}"
+                    if sample not in self.samples:  # the first answer of each kind is kept
+                        with self.lock:
+                            self.samples.setdefault(sample, raw[:600].decode(errors="replace"))
                 if role.think:
                     time.sleep(role.think)
         finally:
