@@ -1,5 +1,6 @@
-"""The parts the system tests and the benchmarks run: processes, HTTP, a private MariaDB and
-Redis, moto's server as SES, a TCP fault proxy, and the nginx + uWSGI stack.
+"""The parts the system tests, the benchmarks (and the unit tests' Redis) run: processes,
+HTTP, a private MariaDB and Redis, moto's server as SES, a TCP fault proxy, the nginx +
+uWSGI stack, and the load put on it (client threads, wrk).
 
 Everything listens on 127.0.0.1 and every process is started through a Reaper, which ends
 only what it started (by process group and by descendance), never anything by name.
