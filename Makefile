@@ -76,8 +76,9 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## make bench: throughput and latency ratios under uWSGI on MariaDB, with a private Redis,
-## moto as SES and `flask worker` beside the servers (see bench/README); BENCH_ARGS="--only views"
+## make bench: throughput and latency ratios under Debian's uWSGI with app.ini on MariaDB, with
+## a private Redis, moto as SES and app.ini's `flask worker` (root, like make smoke; see
+## bench/README); BENCH_ARGS="--only views"
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

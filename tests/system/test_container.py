@@ -113,14 +113,14 @@ def test_admins_log_in_create_and_read_a_product(instance, create_admins):
 
 
 def test_each_read_reaches_the_database_through_the_views_stream(instance):
-    """The reads went to Redis; the worker daemon writes them, each with its entry id."""
+    """The reads went to Redis; the worker writes them, each with its view's id."""
     h.wait_until(
         "the worker to write the views",
         lambda: h.view_counts(instance.db, instance.name) == {"smoke-1": instance.reads},
         30,
     )
     rows = instance.db.query(
-        instance.name, "SELECT COUNT(*) FROM product_views WHERE stream_id IS NOT NULL"
+        instance.name, "SELECT COUNT(*) FROM product_views WHERE view_id IS NOT NULL"
     )
     assert rows == [(instance.reads,)]
 

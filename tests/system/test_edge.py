@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import socket
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -303,23 +302,6 @@ def test_x_forwarded_for_is_believed_from_trusted_proxies_only(edge):
         assert line.startswith(f"{seen} "), (n, line)
 
 
-def concurrently(calls: list) -> list:
-    """Run the calls at the same moment, one thread each; their results in order."""
-    results: list = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(n: int) -> None:
-        barrier.wait()
-        results[n] = calls[n]()
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return results
-
-
 def login_from(port: int, client: str):
     email, password = ADMINS[0]
     body = {"email": email, "password": password}
@@ -334,20 +316,11 @@ def assert_nginx_429(answer: Answer) -> None:
 
 def test_a_burst_of_logins_from_one_client_gets_json_429s_while_reads_answer(edge):
     port, client = edge.port, "198.51.100.20"
-    reads: list[int] = []
-    stop = threading.Event()
-
-    def read() -> None:
-        while not stop.is_set():
-            reads.append(get(port, "/api/products/edge-1").status)
-
-    reader = threading.Thread(target=read)
-    reader.start()
+    reader = h.Load(port, ["edge-1"], []).start([h.Role(put=0, list=0)])
     try:
-        logins = concurrently([login_from(port, client)] * 30)
+        logins = h.at_once([login_from(port, client)] * 30)
     finally:
-        stop.set()
-        reader.join(60)
+        reader.stop()
     statuses = Counter(a.status for a in logins)
     assert set(statuses) == {200, 429}, statuses
     # 1 + a burst of 10 at most, whatever the timing: the rest are refused.
@@ -355,7 +328,7 @@ def test_a_burst_of_logins_from_one_client_gets_json_429s_while_reads_answer(edg
     for answer in logins:
         if answer.status == 429:
             assert_nginx_429(answer)
-    assert reads and set(reads) == {200}, Counter(reads)
+    assert reader.reads() and set(reader.statuses()) == {200}, reader.statuses()
     refused = [line for line in log_lines(edge, f'xff="{client}"') if '" 429 ' in line]
     assert len(refused) == statuses[429]
     assert all("upstream=- " in line for line in refused), "nginx answered them itself"
@@ -453,7 +426,7 @@ def test_password_changes_are_capped_with_logins_but_reading_your_account_is_not
 
 
 def test_logins_from_many_clients_at_once_are_capped_per_instance(edge):
-    answers = concurrently([login_from(edge.port, f"198.51.100.{100 + n}") for n in range(16)])
+    answers = h.at_once([login_from(edge.port, f"198.51.100.{100 + n}") for n in range(16)])
     statuses = Counter(a.status for a in answers)
     # One login each, from fresh addresses: the 429s can only be the instance's cap (how
     # many get in depends on how many finish before the last arrive).

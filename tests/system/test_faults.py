@@ -15,7 +15,6 @@ import contextlib
 import http.client
 import json
 import random
-import threading
 import time
 from collections import Counter
 from types import SimpleNamespace
@@ -197,22 +196,6 @@ def single(stack, method: str, path: str, token: str, body=None, kind=f.PUT, **e
         conn.close()
         req.end = time.monotonic()
     return req
-
-
-def at_once(calls) -> list:
-    """Run the calls in threads released together; their results in order."""
-    barrier, out = threading.Barrier(len(calls)), [None] * len(calls)
-
-    def go(n, call):
-        barrier.wait()
-        out[n] = call()
-
-    threads = [threading.Thread(target=go, args=(n, c)) for n, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return out
 
 
 def sending_now(run) -> set[int]:
@@ -467,7 +450,7 @@ def test_concurrent_price_changes(serve, mode, fault_results):
     path = f"/api/products/{sku}"
     for _ in range(mode.pairs):
         pair = [(admin, next(prices)) for admin in (0, 1)]
-        puts += at_once(
+        puts += h.at_once(
             [
                 lambda a=a, p=p: single(
                     run.stack, "PUT", path, run.tokens[a], {"price": p}, sku=sku, price=p, admin=a
@@ -501,7 +484,7 @@ def test_concurrent_deletes(serve, mode, fault_results):
     deletes, rounds = [], []
     for n in range(mode.delete_rounds):
         sku = run.skus[n]
-        answers = at_once(
+        answers = h.at_once(
             [
                 lambda k=k, sku=sku: single(
                     run.stack,
