@@ -240,7 +240,7 @@ def tally(run, scenario: str, requests: list[Req], counted_sending_as_unknown: b
     view_rows = db.query(database, "SELECT COUNT(*) FROM product_views")[0][0]
 
     rows = db.query(
-        database, "SELECT id, recipient, sku, event, changes, status FROM notifications"
+        database, f"SELECT id, recipient, sku, event, changes, status FROM {h.EMAILS}"
     )
     admins = [
         a
