@@ -348,8 +348,7 @@ def test_ses_answering_after_20s(serve, mode, fault_results):
         dict(
             run.db.query(
                 run.database,
-                f"SELECT status, COUNT(*) FROM {h.EMAILS} WHERE event = 'updated'"
-                " GROUP BY status",
+                f"SELECT status, COUNT(*) FROM {h.EMAILS} WHERE event = 'updated' GROUP BY status",
             )
         )
     )
