@@ -21,6 +21,7 @@ from app.core.extensions import db
 from app.views import recorder, stream
 from app.views.models import ProductView
 from app.worker import Worker
+from tests.conftest import PASSWORD
 from tests.system.harness import FaultProxy
 
 ROUTE = "/api/products/<string:sku>"
@@ -199,13 +200,62 @@ def test_with_cors_a_cached_read_carries_its_headers(database, monkeypatch, redi
             db.session.commit()
 
 
-def test_a_token_read_is_the_routes_and_counted_for_its_reader(
-    client, product, reader, streamed, route_reads
+def test_a_token_read_is_answered_ahead_as_the_route_answers_and_counted_for_its_reader(
+    app, client, product, reader, streamed, route_reads
 ):
-    answer = client.get(f"/api/products/{product}", headers=reader["headers"])
-    assert answer.status_code == 200 and route_reads == [product]
-    _, fields = streamed.xrange(stream.VIEWS_STREAM)[-1]
-    assert fields["u"] == str(reader["id"])
+    headers = reader["headers"]
+    ahead = client.get(f"/api/products/{product}", headers=headers)
+    assert route_reads == [], "answered ahead of the route"
+    with route_only(app):
+        routed = client.get(f"/api/products/{product}", headers=headers)
+    assert route_reads == [product]
+    assert (ahead.status, ahead.get_data()) == (routed.status, routed.get_data())
+    same = lambda answer: [(k, v) for k, v in answer.headers if k != "X-Request-ID"]  # noqa: E731
+    assert same(ahead) == same(routed) and ahead.headers["Cache-Control"] == "no-store"
+    readers = [fields["u"] for _, fields in streamed.xrange(stream.VIEWS_STREAM)[-2:]]
+    assert readers == [str(reader["id"])] * 2
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda c, h, u: c.post("/users/logout", headers=h), id="logged out"),
+        pytest.param(
+            lambda c, h, u: c.patch(
+                "/users/me",
+                json={"password": "a-new-password-1", "current_password": PASSWORD},
+                headers=h,
+            ),
+            id="a new password",
+        ),
+        pytest.param(
+            lambda c, h, u: c.delete(f"/api/users/{u['id']}", headers=u["admin"]),
+            id="deleted",
+        ),
+    ],
+)
+def test_a_token_that_stopped_being_good_is_refused_at_once_ahead_too(
+    client, product, make, admin, streamed, spoil
+):
+    """The reader's token passed (its account's state cached in Redis); the write that ends
+    it answers only once no copy of that state can let it pass again."""
+    user = make.reader(email="going@example.com")
+    user["admin"] = admin["headers"]
+    assert client.get(f"/api/products/{product}", headers=user["headers"]).status_code == 200
+    assert streamed.exists("marketplace:account:v1:" + str(user["id"]))
+    assert spoil(client, user["headers"], user).status_code in (200, 204)
+    refused = client.get(f"/api/products/{product}", headers=user["headers"])
+    assert refused.status_code == 401 and refused.json["code"] == 401
+
+
+def test_a_token_read_without_redis_asks_the_database_and_refuses_a_revoked_token(
+    app, client, make
+):
+    make.product("abc")
+    user = make.reader(email="no-redis@example.com")
+    assert client.get("/api/products/abc", headers=user["headers"]).status_code == 200
+    assert client.post("/users/logout", headers=user["headers"]).status_code == 204
+    assert client.get("/api/products/abc", headers=user["headers"]).status_code == 401
 
 
 def test_with_views_off_a_cached_read_is_answered_and_no_view(app, client, product, streamed):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select
 
+from app.accounts.cache import note_changed
 from app.accounts.models import RevokedToken, Role, User
 from app.accounts.passwords import hash_password, verify_password
 from app.core.addresses import BadEmail, canonical_email
@@ -148,6 +149,7 @@ def revoke_token(jti: str, user_id: int, expires: int | None) -> None:
     expires_at = datetime.fromtimestamp(expires, UTC) if expires else utcnow() + timedelta(days=366)
     row = {"jti": jti, "user_id": user_id, "expires_at": expires_at, "created_at": utcnow()}
     db.session.execute(insert_ignore(RevokedToken.__table__), [row])
+    note_changed(db.session, [user_id])  # its token checks change: no copy may pass it
 
 
 def prune_revoked_tokens() -> int:

@@ -12,6 +12,7 @@ from flask import Flask, request
 from flask_jwt_extended import create_access_token, current_user, verify_jwt_in_request
 from flask_smorest import abort
 
+from app.accounts import cache as account_states
 from app.accounts.models import Role, User
 from app.accounts.service import is_revoked
 from app.core.errors import error_response
@@ -76,6 +77,7 @@ def token_optional(fn):
 
 def init_app(app: Flask) -> None:
     jwt.init_app(app)
+    account_states.init_app(app)  # what a token's check reads, kept exact by every write
     jwt.user_lookup_loader(_load_user)
     jwt.user_lookup_error_loader(_unknown_user)
     jwt.unauthorized_loader(_missing_token)

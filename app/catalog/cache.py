@@ -41,7 +41,7 @@ from sqlalchemy import event
 from app.catalog.models import Product
 from app.catalog.schemas import SKU_PATTERN
 from app.core import metrics, unit_of_work
-from app.core.cache import Script, seconds
+from app.core.cache import Miss, Script, cached, miss_of, seconds
 from app.core.extensions import db
 from app.views.stream import VIEWS_STREAM
 
@@ -153,13 +153,6 @@ class Unreadable(ValueError):
     """The entry found cannot be read (its view, if any, was added all the same)."""
 
 
-class Miss(NamedTuple):
-    """What a fill must present: the generation seen and the entry's deadline (ms)."""
-
-    generation: str
-    deadline_ms: int
-
-
 def init_app(app: Flask) -> None:
     # Every session of the app (Flask-SQLAlchemy's class) notes the products it changes.
     session_class = db.session.session_factory.class_
@@ -200,9 +193,7 @@ def _read(
     found = SCRIPTS["read"](keys, ["1", *view] if view else ["0", "", "", ""], client)
     if isinstance(found, str):
         return found
-    generation, secs, micros = found
-    now_ms = int(secs) * 1000 + int(micros) // 1000
-    return Miss(generation, now_ms + int((seconds() if lifetime is None else lifetime) * 1000))
+    return miss_of(found, seconds() if lifetime is None else lifetime)
 
 
 def _fill(keys: list[str], miss: Miss, entry: str, view: list | None) -> bool:
@@ -267,19 +258,4 @@ def page(query: str, answer: Callable[[], tuple[int, str]]) -> tuple[int, str]:
 def live_count(count: Callable[[], int]) -> int:
     """The number of live products: cached, else ``count()`` (then cached). Redis
     failing, ``count()`` answers."""
-    if not seconds():
-        return count()
-    keys = [*COUNT_KEYS, VIEWS_STREAM]
-    try:
-        found = _read(keys, None)
-    except redis.RedisError as exc:
-        log.warning("product cache unavailable, counting in the database: %s", exc)
-        return count()
-    if isinstance(found, str):
-        return int(found)
-    total = count()
-    try:
-        _fill(keys, found, str(total), None)
-    except redis.RedisError as exc:
-        log.warning("product cache: the total was not stored: %s", exc)
-    return total
+    return int(cached(COUNT_KEYS, lambda: str(count())))

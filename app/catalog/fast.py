@@ -1,14 +1,17 @@
-"""Anonymous product reads answered ahead of Flask: transport only.
+"""Product reads answered ahead of Flask: transport only.
 
-``GET /api/products/<sku>`` without a token, a query string or CORS is the catalog's
-busiest request. Flask's request context, routing, flask-smorest's wrappers and the token
-check cost such a read more CPU than answering it, so this WSGI layer takes it first and
-answers with what the route would: the one product read (app/catalog/reads.py: body,
-ETag, 304, the view) and the one response finisher (app/core/http.py: security headers,
-X-Request-ID, metrics, the log line). It decides nothing of its own.
+``GET /api/products/<sku>`` without a query string or CORS is the catalog's busiest
+request. Flask's request context, routing, flask-smorest's wrappers and the token loaders
+cost such a read more CPU than answering it, so this WSGI layer takes it first and answers
+with what the route would: the token checked as the route checks it (flask-jwt-extended's
+decoding, the account's state from app/accounts/cache.py), the one product read
+(app/catalog/reads.py: body, ETag, 304, the view, registered or anonymous) and the one
+response finisher (app/core/http.py: security headers, X-Request-ID, metrics, the log
+line). It decides nothing of its own.
 
 Everything else goes on to Flask, and so does a read this layer could not answer (no such
-product, or an error: the route then answers it, with its 404 or 503).
+product, a token it does not take, or an error: the route then answers it, with its 401,
+404 or 503).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import logging
 import time
 
 from flask import Flask
+from flask_jwt_extended import decode_token
 from werkzeug.datastructures import Headers
 
+from app.accounts.cache import token_holder
 from app.catalog.cache import CACHEABLE_SKU
 from app.catalog.reads import read_product
 from app.core import http, logs
@@ -39,7 +44,7 @@ class FastReads:
         self.prefix = self.route.split("<", 1)[0]
 
     def __call__(self, environ, start_response):
-        sku = self._anonymous_read(environ)
+        sku = self._product_read(environ)
         if sku is None:
             return self.flask(environ, start_response)
         started = time.perf_counter()
@@ -56,9 +61,13 @@ class FastReads:
 
     def _answer(self, sku: str, environ, request_id: str, started: float):
         """(status, headers, body) of the read, finished; None for the route to answer."""
+        header = environ.get("HTTP_AUTHORIZATION")
+        reader = None if header is None else _token_holder(header)
+        if reader is False:
+            return None
         try:
             read = read_product(
-                sku, None, environ.get("REMOTE_ADDR"), environ.get("HTTP_IF_NONE_MATCH")
+                sku, reader, environ.get("REMOTE_ADDR"), environ.get("HTTP_IF_NONE_MATCH")
             )
         except Exception:
             with logs.bind(request_id=request_id, method="GET", route=self.route):
@@ -74,22 +83,38 @@ class FastReads:
             route=self.route,
             status=read.status,
             secure=environ.get("wsgi.url_scheme") == "https",
-            authorized=False,
+            authorized=header is not None,
             request_id=request_id,
             started=started,
+            user_id=reader,
         )
         return read.status, headers, read.body
 
-    def _anonymous_read(self, environ) -> str | None:
-        """The sku of an anonymous read this layer may answer, else None."""
+    def _product_read(self, environ) -> str | None:
+        """The sku of a read this layer may answer, else None."""
         path = environ.get("PATH_INFO", "")
         if (
             environ.get("REQUEST_METHOD") != "GET"  # HEAD is not a consultation
             or not path.startswith(self.prefix)
             or environ.get("QUERY_STRING")  # the route refuses unknown parameters
-            or "HTTP_AUTHORIZATION" in environ
             or self.app.config["CORS_ORIGINS"]  # flask-cors adds its headers
         ):
             return None
         sku = path[len(self.prefix) :]
         return sku if CACHEABLE_SKU.fullmatch(sku) else None
+
+
+def _token_holder(header: str) -> int | bool:
+    """The reader behind ``Authorization: Bearer <token>``: their id when the token is good,
+    False for anything else (the route then answers with its own 401)."""
+    scheme, _, token = header.partition(" ")
+    if scheme != "Bearer" or not token or " " in token:
+        return False
+    try:
+        claims = decode_token(token)
+    except Exception:
+        return False
+    if claims.get("type") != "access":
+        return False
+    holder = token_holder(claims)
+    return False if holder is None else holder

@@ -16,7 +16,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import redis
 from flask import current_app
@@ -77,7 +78,69 @@ class Script:
             return conn.read_response()
 
 
+# KEYS: entry, generation. A hit returns the entry; a miss {generation or "", seconds, micros}.
+READ_ENTRY = """
+local entry = redis.call('GET', KEYS[1])
+if entry then
+  return entry
+end
+local now = redis.call('TIME')
+return {redis.call('GET', KEYS[2]) or '', now[1], now[2]}
+"""
+
+# KEYS: entry, generation. ARGV: the generation the miss saw, the entry's deadline (ms,
+# Redis's clock), the entry. Returns 1 if stored.
+FILL_ENTRY = """
+if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
+  local now = redis.call('TIME')
+  local ttl = tonumber(ARGV[2]) - (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+  if ttl > 0 then
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
+    return 1
+  end
+end
+return 0
+"""
+
 _invalidate = Script(INVALIDATE)
+_read_entry = Script(READ_ENTRY)
+_fill_entry = Script(FILL_ENTRY)
+
+
+class Miss(NamedTuple):
+    """What a fill must present: the generation seen and the entry's deadline (ms)."""
+
+    generation: str
+    deadline_ms: int
+
+
+def miss_of(found: list, lifetime: float) -> Miss:
+    """A script's answer to a miss (generation, Redis's seconds and micros) as a Miss."""
+    generation, secs, micros = found
+    return Miss(generation, int(secs) * 1000 + int(micros) // 1000 + int(lifetime * 1000))
+
+
+def cached(pair: tuple[str, str], compute: Callable[[], str]) -> str:
+    """The entry under ``pair`` (entry key, generation key), else ``compute()``'s value,
+    then stored unless the generation moved meanwhile (a write invalidated it). Redis
+    failing, ``compute()`` answers."""
+    lifetime = seconds()
+    if not lifetime:
+        return compute()
+    try:
+        found = _read_entry(list(pair), [])
+    except redis.RedisError as exc:
+        log.warning("cache unavailable, reading the database: %s", exc)
+        return compute()
+    if isinstance(found, str):
+        return found
+    value = compute()
+    try:
+        miss = miss_of(found, lifetime)
+        _fill_entry(list(pair), [miss.generation, miss.deadline_ms, value])
+    except redis.RedisError as exc:
+        log.warning("cache: an entry was not stored: %s", exc)
+    return value
 
 
 def invalidate(pairs: Iterable[tuple[str, str]]) -> None:

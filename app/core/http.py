@@ -91,6 +91,7 @@ def finish(
     authorized: bool,
     request_id: str,
     started: float | None,
+    user_id: int | None = None,
 ) -> None:
     """What every answer gets before it leaves: the security headers its view did not set,
     its X-Request-ID, no body headers on a 204 or 304 (RFC 9110 15.3.5, 15.4.5), its
@@ -106,7 +107,10 @@ def finish(
     seconds = time.perf_counter() - started if started is not None else None
     metrics.count(route, method, status, seconds)
     if config["LOG_REQUESTS"] and (config["LOG_PROBES"] or route not in logs.QUIET_ROUTES):
-        with logs.bind(request_id=request_id, method=method, route=route):
+        fields = {"request_id": request_id, "method": method, "route": route}
+        if user_id is not None:
+            fields["user_id"] = user_id
+        with logs.bind(**fields):
             logs.request_line(method, path, status, seconds)
 
 
