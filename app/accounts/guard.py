@@ -15,6 +15,8 @@ from flask import Flask
 from limits import parse
 from limits.storage import MemoryStorage, storage_from_string
 
+from app.core.text import key
+
 log = logging.getLogger(__name__)
 
 
@@ -101,7 +103,7 @@ class LoginLimits:
     def failed(self, address: str | None, email: str) -> int:
         """Count a failure against the account (the address's slot stays taken); 0, or
         the seconds the address must now wait when the account is over its limit."""
-        account = f"account:{email.strip().lower()}"
+        account = f"account:{key(email)}"
         try:
             count = self._add(self.account, account)
             if count <= self.account.amount:

@@ -53,8 +53,8 @@ class User(db.Model):
 
     @validates("email")
     def _derive_email_key(self, _key: str, email: str) -> str:
-        email = email.lower()
-        self.email_key = self.key_of(email)
+        email = self.key_of(email)  # stored as looked up: canonical (app/core/addresses.py)
+        self.email_key = email
         return email
 
     @validates("username")

@@ -17,6 +17,8 @@ import unicodedata
 
 import idna
 
+from app.core.text import key
+
 LOCAL_PART = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 # Scripts that are written together (Japanese, Korean): one script for this rule.
 HAN_FAMILY = {"CJK", "HIRAGANA", "KATAKANA", "HANGUL"}
@@ -74,4 +76,4 @@ def lookup_email(value: str) -> str:
     try:
         return canonical_email(value)
     except BadEmail:
-        return value.strip().lower()
+        return key(value)
