@@ -8,6 +8,8 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
+import limits
+
 INSTANCE_DIR = Path(__file__).resolve().parents[2] / "instance"
 MIN_SECRET_BYTES = 32
 MIN_SECRET_DISTINCT = 10
@@ -229,12 +231,16 @@ class Config:
         self.LOGIN_ACCOUNT_FAILURES_LIMIT = (
             env_str("LOGIN_ACCOUNT_FAILURES_LIMIT") or "50 per minute"
         )
-        # Password hashing (argon2id) and how many logins one process verifies at once:
-        # past that a login is answered 503 at once instead of queueing CPU-bound work.
+        # Wrong current passwords (PATCH /users/me) per token, from any address.
+        self.LOGIN_TOKEN_FAILURES_LIMIT = env_str("LOGIN_TOKEN_FAILURES_LIMIT") or "5 per minute"
+        # Password hashing (argon2id) and how many passwords one process verifies at once:
+        # past that an attempt is answered 503 at once instead of queueing CPU-bound work.
+        # Fewer than uWSGI's request threads per worker (WEB_THREADS, 2), so that a thread
+        # is always left for the reads.
         self.ARGON2_MEMORY_KIB = env_int("ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB)
         self.ARGON2_TIME_COST = env_int("ARGON2_TIME_COST", ARGON2_TIME_COST)
         self.ARGON2_PARALLELISM = env_int("ARGON2_PARALLELISM", ARGON2_PARALLELISM)
-        self.LOGIN_CONCURRENCY = env_int("LOGIN_CONCURRENCY", 2)
+        self.LOGIN_CONCURRENCY = env_int("LOGIN_CONCURRENCY", 1)
         self.LOGIN_LIMITS_PER_PROCESS = env_bool("LOGIN_LIMITS_PER_PROCESS", False)
         self.RATELIMIT_STORAGE_URI = (
             env_str("RATELIMIT_STORAGE_URI") or self.REDIS_URL or "memory://"
@@ -275,6 +281,19 @@ class Config:
             raise ConfigError("VIEW_DEDUP_SECONDS must be 0 (off) or more.")
         if not 0 <= self.PRODUCT_CACHE_SECONDS <= 3600:
             raise ConfigError("PRODUCT_CACHE_SECONDS must be 0 (off) to 3600.")
+        if self.LOGIN_CONCURRENCY < 1:
+            raise ConfigError("LOGIN_CONCURRENCY must be 1 or more.")
+        for name in (
+            "LOGIN_FAILURES_LIMIT",
+            "LOGIN_ACCOUNT_FAILURES_LIMIT",
+            "LOGIN_TOKEN_FAILURES_LIMIT",
+        ):
+            try:
+                limits.parse(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{name} must be a limit such as '10 per minute', got {getattr(self, name)!r}."
+                ) from exc
         if self.MAIL_BACKEND not in {"console", "ses"}:
             raise ConfigError(
                 f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."

@@ -213,6 +213,9 @@ def edge(deployment, mariadb, moto, reaper):
         ADMIN_PASSWORD=password,
         TRUSTED_PROXIES=TRUSTED,
         LOGIN_LIMITS_PER_PROCESS="true",  # nginx's limits are the subject here
+        # A slot per request thread: a 503 from the app's own slot count (1 by default,
+        # tests/test_password_guard.py) is not nginx's cap.
+        LOGIN_CONCURRENCY="2",
     )
     stack = h.Stack(deployment, "edge", env, entrypoint=True)
     try:
