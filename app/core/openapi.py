@@ -112,6 +112,9 @@ def load_json_body(raw: bytes):
         data = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise ValueError("The JSON body is nested too deeply.") from exc
+    except ArithmeticError as exc:
+        # decimal.InvalidOperation: an exponent no decimal can hold (1e9999999999999999999).
+        raise ValueError("The body holds a number too large to read.") from exc
     except ValueError as exc:
         raise ValueError(f"The body is not valid JSON: {str(exc).rstrip('.')}.") from exc
     if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
