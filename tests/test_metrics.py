@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +175,39 @@ def test_metrics_are_not_for_the_public(app, client):
     assert client.get("/metrics", environ_base=public, headers=token).status_code == 200
     wrong = {"Authorization": "Bearer not-it"}
     assert client.get("/metrics", environ_base=public, headers=wrong).status_code == 404
+
+
+def test_made_up_methods_and_paths_cannot_grow_the_metrics(client):
+    """Labels come from closed sets: 1,000 requests with random methods (to real routes and
+    to made-up paths) add no series; only the counts' digits change."""
+    rng = random.Random(20261206)
+
+    def made_up() -> str:
+        return "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 20)))
+
+    # From here on, the series of the "other" method and of the scrape itself exist.
+    client.open("/x", method=made_up())  # 404
+    client.open("/api/products", method=made_up())  # 405
+    client.get("/metrics")
+    before = client.get("/metrics").get_data(as_text=True)
+    for n in range(1000):
+        path = rng.choice(["/api/products", "/users/login", f"/{made_up().lower()}-{n}"])
+        assert client.open(path, method=made_up()).status_code in (404, 405)
+    after = client.get("/metrics").get_data(as_text=True)
+
+    def series(text: str) -> set:
+        return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line[:1] != "#"}
+
+    assert series(after) == series(before)
+    assert len(after) - len(before) < 1000, (len(before), len(after))
+    counted = samples(client)
+    assert (
+        value(
+            counted,
+            "marketplace_http_requests_total",
+            route="unmatched",
+            method="other",
+            status="404",
+        )
+        >= 1
+    )
