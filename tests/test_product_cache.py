@@ -308,3 +308,37 @@ def test_no_read_after_a_writes_answer_shows_the_old_price(
                 stale.append((began, price, current))
     assert stale == []
     assert sum(len(r["seen"]) for r in results) > len(answered)
+
+
+def test_list_pages_take_one_entry_per_query_and_no_more_than_their_budget(
+    app, client, make, streamed
+):
+    """However a query string is spelt, one query is one entry; and distinct queries (each
+    a full page of 100 products, about 40 KB) store at most PRODUCT_PAGE_CACHE_BYTES in a
+    window of PRODUCT_CACHE_SECONDS: the rest are answered from the database."""
+    for n in range(100):
+        make.product(f"p{n:03}", name=f"{n} " + "n" * 300)
+    app.config["PRODUCT_CACHE_SECONDS"] = 60  # one window for the whole test
+    spellings = [
+        "page=1&page_size=100",
+        "page_size=100&page=1",
+        "page=01&page_size=0100",
+        "page_size=100&sort=created",
+        "page_size=100&page=1&page=1",
+    ]
+    first = client.get("/api/products?" + spellings[0])
+    for query in spellings:
+        answer = client.get("/api/products?" + query)
+        assert answer.get_data() == first.get_data()
+    assert len(streamed.keys(cache.PAGE_PREFIX + "*")) == 1
+
+    budget = app.config["PRODUCT_PAGE_CACHE_BYTES"]
+    for n in range(300):
+        answer = client.get(f"/api/products?page_size=100&max_price={100 + n}")
+        assert answer.status_code == 200 and len(answer.json) == 100
+    entries = streamed.keys(cache.PAGE_PREFIX + "*")
+    stored = sum(streamed.strlen(key) for key in entries)
+    assert 0 < stored <= budget, (stored, budget)
+    assert len(first.get_data()) * 300 > 5 * budget  # without the budget: far more
+    # a page past the budget is still answered, from the database
+    assert client.get("/api/products?page_size=100&max_price=999").json == first.json

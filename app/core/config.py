@@ -234,6 +234,9 @@ class Config:
         # With Redis, product answers are cached this long at most (app/cache.py; 0: off).
         # A write that cannot invalidate them (Redis unreachable) answers that much later.
         self.PRODUCT_CACHE_SECONDS = env_float("PRODUCT_CACHE_SECONDS", 5.0)
+        # Bytes of list pages stored per PRODUCT_CACHE_SECONDS (pages past it are read
+        # from the database): distinct queries cannot fill Redis.
+        self.PRODUCT_PAGE_CACHE_BYTES = env_int("PRODUCT_PAGE_CACHE_BYTES", 2 * 1024 * 1024)
 
         # The worker process (`flask worker`, app/worker.py).
         self.WORKER_NAME = env_str("WORKER_NAME")
@@ -327,6 +330,8 @@ class Config:
                 raise ConfigError(
                     f"{name} must be a limit such as '10 per minute', got {getattr(self, name)!r}."
                 ) from exc
+        if self.PRODUCT_PAGE_CACHE_BYTES < 0:
+            raise ConfigError("PRODUCT_PAGE_CACHE_BYTES must be 0 (no pages cached) or more.")
         if self.MAIL_BACKEND not in {"console", "ses"}:
             raise ConfigError(
                 f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."
