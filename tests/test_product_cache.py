@@ -4,6 +4,7 @@ product older than the last write that has answered, while every read is still a
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import socket
 import time
@@ -342,3 +343,31 @@ def test_list_pages_take_one_entry_per_query_and_no_more_than_their_budget(
     assert len(first.get_data()) * 300 > 5 * budget  # without the budget: far more
     # a page past the budget is still answered, from the database
     assert client.get("/api/products?page_size=100&max_price=999").json == first.json
+
+
+def test_a_server_with_a_thread_per_request_keeps_using_redis(app, make, streamed, caplog):
+    """`flask run` (a new thread for each request) with REDIS_URL: each thread takes a
+    connection from the client's pool and gives it back when it ends, so 300 requests
+    hold no more connections than threads alive, and the 300th is still a cache hit."""
+    import threading
+    import urllib.request
+
+    from werkzeug.serving import make_server
+
+    make.product("abc")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    hits = REGISTRY.get_sample_value("marketplace_product_cache_total", {"outcome": "hit"}) or 0
+    try:
+        for n in range(150):
+            for path in ("/api/products/abc", "/api/products?page_size=5"):
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}") as answer:
+                    assert answer.status == 200, (n, path)
+    finally:
+        server.shutdown()
+        thread.join(10)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    now = REGISTRY.get_sample_value("marketplace_product_cache_total", {"outcome": "hit"})
+    assert now - hits >= 2 * 150 - 2  # all but the two first reads
+    assert len(streamed.client_list()) <= 4  # this test's own, and the server's one or two
