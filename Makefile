@@ -62,21 +62,29 @@ run: $(VENV)/.runtime
 test: $(VENV)/.installed
 	$(BIN)/pytest -m "not system" --cov=app --cov-branch --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
+## make lint: ruff (Python), hadolint (Dockerfile), shellcheck (the entrypoint, CI's script)
+## and `terraform fmt` (terraform/), all offline
+TERRAFORM ?= terraform
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint --no-color Dockerfile
+	$(BIN)/shellcheck docker/entrypoint.sh terraform/run_migration.sh .ci/run
+	TF_CLI_CONFIG_FILE=/dev/null $(TERRAFORM) fmt -check -recursive -diff terraform
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## make bench: throughput and latency ratios under uWSGI on MariaDB, with a private Redis,
-## moto as SES and `flask worker` beside the servers (see bench/README); BENCH_ARGS="--only views"
+## make bench: throughput and latency ratios under Debian's uWSGI with app.ini on MariaDB, with
+## a private Redis, moto as SES and app.ini's `flask worker` (root, like make smoke; see
+## bench/README); BENCH_ARGS="--only views"
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## make smoke: the fast system tests (tests/system): the deployment's own files with Debian's
-## nginx and uWSGI, a private MariaDB and Redis, moto as SES (root; see docs/testing.md)
+## nginx and uWSGI, the image itself under podman, a private MariaDB and Redis, moto as SES
+## (root; see docs/testing.md)
 smoke: $(VENV)/.installed
 	$(BIN)/pytest tests/system -m "system and not reliability and not browser" $(PYTEST_ARGS)
 

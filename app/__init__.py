@@ -15,6 +15,8 @@ from app.catalog.routes import products_blp
 from app.core import database, errors, http, logs, redis_client
 from app.core.config import INSTANCE_DIR, Config, config_for_environment
 from app.core.extensions import openapi
+from app.events import journal
+from app.notifications.feed_routes import events_blp
 from app.notifications.routes import notifications_blp
 from app.ops.dashboard import dashboard_blp
 from app.ops.docs import docs_blp
@@ -46,6 +48,7 @@ def register_extensions(app: Flask) -> None:
     guard.init_app(app)
     redis_client.init_app(app)
     cache.init_app(app)
+    journal.init_app(app)
     recorder.init_app(app)
 
 
@@ -57,6 +60,7 @@ def register_blueprints(app: Flask) -> None:
         catalog_blp,
         users_blp,
         notifications_blp,
+        events_blp,
         stats_blp,
         health_blp,
     ):

@@ -4,9 +4,9 @@ It answers ``GET /api/products/<sku>`` with the same JSON the service returns, f
 and nothing else (no database, schema, auth or extensions). BENCH_BARE_PRODUCTS holds the
 JSON object ``{sku: product}`` to serve; without it, one sample product is served.
 ``GET /api/products`` answers BENCH_BARE_LIST (``{"items": [...], "headers": {...}}``:
-one page of the list and its pagination headers), whatever the query.
-
-    .venv/bin/uwsgi --http-socket 127.0.0.1:8001 --wsgi-file bench/bare_app.py --callable app
+one page of the list and its pagination headers), whatever the query; ``GET /healthz``
+is the harness's readiness check. The benchmarks serve it as the service is served: the
+harness stages it as the app's wsgi.py, under the same app.ini (bench/common.py, serve).
 """
 
 from __future__ import annotations
@@ -51,3 +51,8 @@ def product(sku: str):
 @app.get("/api/products")
 def products():
     return jsonify(LIST["items"]), LIST["headers"]
+
+
+@app.get("/healthz")
+def healthz():
+    return jsonify(status="ok")

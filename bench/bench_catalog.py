@@ -1,5 +1,5 @@
-"""Catalog reads under uWSGI on MariaDB, the service as deployed: ``REDIS_URL`` set (a
-database of the run's private Redis) and `flask worker` beside uWSGI, writing the views.
+"""Catalog reads under uWSGI (app.ini) on MariaDB, the service as deployed: ``REDIS_URL``
+set (a database of the run's private Redis) and app.ini's `flask worker`, writing the views.
 
 1. ``GET /api/products/<sku>`` throughput (its view recorded), divided by a bare Flask route
    that returns the same JSON from memory under the same uWSGI options (target >= 0.5).
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from urllib.parse import quote
 
 from common import (
@@ -23,14 +22,17 @@ from common import (
     Latencies,
     Result,
     Target,
-    UwsgiServer,
     alternate,
     app_environment,
+    bare_environment,
     build_catalog,
     drop_databases,
+    get,
+    h,
     redis,
     say,
     sequential_latencies,
+    serve,
     throughput,
 )
 
@@ -54,7 +56,7 @@ def run(ctx: Context) -> list[Result]:
     catalogs: list[Catalog] = []
     try:
         for database, size in (SMALL, LARGE):
-            env = app_environment(database, ctx.app_env)
+            env = app_environment(database, **ctx.app_env)
             catalogs.append(build_catalog(database, size, marks=MARKS, env=env))
         small, large = catalogs
         with contextlib.ExitStack() as servers:
@@ -72,32 +74,29 @@ def run(ctx: Context) -> list[Result]:
             drop_databases(SMALL[0], LARGE[0])
 
 
-def serve_app(name: str, catalog: Catalog, ctx: Context) -> UwsgiServer:
-    env = app_environment(catalog.database, {"REDIS_URL": redis().new_database(), **ctx.app_env})
-    # The readiness check is the list, which records no view.
-    return UwsgiServer(name, "wsgi.py", env, "/api/products", worker=True)
+def serve_app(name: str, catalog: Catalog, ctx: Context):
+    env = app_environment(catalog.database, redis_url=redis().new_database(), **ctx.app_env)
+    return serve(name, env, worker=True)
 
 
-def serve_bare(app: UwsgiServer, sku: str) -> UwsgiServer:
+def serve_bare(app: h.Stack, sku: str):
     """The bare routes, loaded with exactly the product JSON the service returns for
     ``sku`` and the page (and its pagination headers) it returns for PAGE_PATH."""
-    product = app.get(f"/api/products/{sku}").json
-    page = app.get(PAGE_PATH)
+    product = get(app, f"/api/products/{sku}").json
+    page = get(app, PAGE_PATH)
     listed = {
         "items": page.json,
         "headers": {name: page.headers[name] for name in PAGE_HEADERS if name in page.headers},
     }
-    env = {
-        **os.environ,
-        "BENCH_BARE_PRODUCTS": json.dumps({sku: product}),
-        "BENCH_BARE_LIST": json.dumps(listed),
-    }
-    return UwsgiServer("bare", "bench/bare_app.py", env, ready_path=f"/api/products/{sku}")
+    env = bare_environment(
+        BENCH_BARE_PRODUCTS=json.dumps({sku: product}), BENCH_BARE_LIST=json.dumps(listed)
+    )
+    return serve("bare", env, bare=True)
 
 
-def product_throughput(ctx: Context, app: UwsgiServer, bare: UwsgiServer, sku: str) -> Result:
+def product_throughput(ctx: Context, app: h.Stack, bare: h.Stack, sku: str) -> Result:
     path = f"/api/products/{quote(sku)}"
-    app_body, bare_body = app.get(path).body, bare.get(path).body
+    app_body, bare_body = get(app, path).body, get(bare, path).body
     if json.loads(app_body) != json.loads(bare_body):
         raise BenchError(f"The bare route answers differently:\n{app_body!r}\n{bare_body!r}")
     measured = throughput(ctx, [app, bare], path, rounds=ctx.rounds, seconds=ctx.seconds)
@@ -126,9 +125,9 @@ def product_throughput(ctx: Context, app: UwsgiServer, bare: UwsgiServer, sku: s
     )
 
 
-def page_throughput(ctx: Context, app: UwsgiServer, bare: UwsgiServer) -> Result:
+def page_throughput(ctx: Context, app: h.Stack, bare: h.Stack) -> Result:
     """One page of the whole catalog (the default sort), service / bare route."""
-    app_page, bare_page = app.get(PAGE_PATH), bare.get(PAGE_PATH)
+    app_page, bare_page = get(app, PAGE_PATH), get(bare, PAGE_PATH)
     if len(app_page.json) != PAGE_SIZE:
         raise BenchError(f"{PAGE_PATH} lists {len(app_page.json)} products, not {PAGE_SIZE}.")
     if app_page.json != bare_page.json or any(
@@ -160,7 +159,7 @@ def page_throughput(ctx: Context, app: UwsgiServer, bare: UwsgiServer) -> Result
 
 
 def listing_latency(
-    ctx: Context, app_small: UwsgiServer, app_large: UwsgiServer, small: Catalog, large: Catalog
+    ctx: Context, app_small: h.Stack, app_large: h.Stack, small: Catalog, large: Catalog
 ) -> Result:
     marks = small.marks
     for server, catalog in ((app_small, small), (app_large, large)):
@@ -204,10 +203,10 @@ def listing_latency(
     )
 
 
-def check_listing(server: UwsgiServer, catalog: Catalog) -> None:
+def check_listing(server: h.Stack, catalog: Catalog) -> None:
     """Every mark's page 2 is full and its total matches what was inserted."""
     for mark in catalog.marks:
-        answer = server.get(LIST_PATH.format(mark=mark))
+        answer = get(server, LIST_PATH.format(mark=mark))
         items, pagination = answer.json, json.loads(answer.headers.get("X-Pagination") or "{}")
         expected = catalog.live_per_mark[mark]
         if pagination.get("total") != expected or len(items) != min(

@@ -12,13 +12,19 @@ Measured in-process (the test client, no HTTP) on MariaDB, in alternating rounds
 
 from __future__ import annotations
 
-import logging
-import os
 import statistics
-import sys
 import time
 
-from common import MARIADB, REPO_ROOT, Result, Target, drop_databases, recreate_database, say
+from common import (
+    MARIADB,
+    Result,
+    Target,
+    close_in_process_app,
+    drop_databases,
+    in_process_app,
+    recreate_database,
+    say,
+)
 
 DATABASE = "bench_import"
 LARGE, SMALL, SINGLES = 10_000, 1_000, 300
@@ -30,33 +36,8 @@ def csv_file(prefix: str, rows: int, cents: int) -> bytes:
 
 
 def run(ctx) -> list[Result]:
-    sys.path.insert(0, str(REPO_ROOT))
     recreate_database(DATABASE)
-    os.environ["DATABASE_URL"] = MARIADB.url(DATABASE)
-    os.environ.setdefault("SECRET_KEY", "bench-import-secret-key-long-enough-0123456789")
-    from flask_migrate import upgrade
-
-    from app import create_app
-    from app.accounts import service as accounts
-    from app.accounts.tokens import issue_token
-    from app.core.extensions import db
-
-    app = create_app()
-    # The app runs in this process: its request log and the migrations' would fill the report.
-    for name in ("app.requests", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with app.app_context():
-        upgrade()
-        admin = accounts.create_user(
-            fullname="Bench",
-            username="bench",
-            email="bench@example.com",
-            password="the-right-password",
-            role=1,
-        )
-        db.session.commit()
-        headers = {"Authorization": f"Bearer {issue_token(admin)}"}
-    client = app.test_client()
+    app, client, headers = in_process_app(MARIADB.url(DATABASE))
 
     def imported(body: bytes, expect: str, rows: int) -> float:
         began = time.perf_counter()
@@ -90,8 +71,7 @@ def run(ctx) -> list[Result]:
         body = csv_file("batch-", SINGLES, 0)
         batch = imported(body, "created", SINGLES)
     finally:
-        with app.app_context():
-            db.engine.dispose()
+        close_in_process_app(app)
         if not ctx.keep_databases:
             drop_databases(DATABASE)
     say(

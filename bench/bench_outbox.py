@@ -34,7 +34,6 @@ from common import (
     Latencies,
     Result,
     Target,
-    UwsgiServer,
     alternate,
     app_environment,
     build_catalog,
@@ -45,6 +44,7 @@ from common import (
     redis,
     say,
     scalar,
+    serve,
     start_moto,
 )
 
@@ -78,20 +78,18 @@ def measure(ctx: Context) -> list[Result]:
         stack.callback(reaper().stop, moto.process)
         proxy = h.FaultProxy(moto.port)
         stack.callback(proxy.close)
-        aws = {
-            "AWS_ENDPOINT_URL": f"http://{HOST}:{proxy.port}",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "EMAIL_SOURCE": h.EMAIL_SOURCE,
-            "REGION_NAME": "us-east-1",
-        }
+        # The harness's environment points SES (AWS_ENDPOINT_URL) at the proxy, with
+        # moto's test credentials, the verified sender and the region; each side its own
+        # Redis database (the worker's wake-up list).
         envs = {
-            backend: app_environment(database, {**ctx.app_env, **aws, "MAIL_BACKEND": backend})
+            backend: app_environment(
+                database,
+                redis_url=redis().new_database(),
+                ses_url=f"http://{HOST}:{proxy.port}",
+                **{**ctx.app_env, "AWS_EC2_METADATA_DISABLED": "true", "MAIL_BACKEND": backend},
+            )
             for backend, database in DATABASES.items()
         }
-        for env in envs.values():
-            env["REDIS_URL"] = redis().new_database()  # the worker's wake-up list, per side
         catalogs = {b: build_catalog(DATABASES[b], PRODUCTS, marks=20, env=envs[b]) for b in envs}
         admins = [(f"bench-admin{n}@example.com", secrets.token_urlsafe(16)) for n in range(ADMINS)]
         with ThreadPoolExecutor(3) as pool:  # `flask` processes spend their time starting
@@ -103,9 +101,7 @@ def measure(ctx: Context) -> list[Result]:
                 done.result()
         editors = {}
         for backend, env in envs.items():
-            server = stack.enter_context(
-                UwsgiServer(f"outbox-{backend}", "wsgi.py", env, "/api/products", worker=True)
-            )
+            server = stack.enter_context(serve(f"outbox-{backend}", env, worker=True))
             sku = catalogs[backend].sample_skus[0]
             editors[backend] = Editor(
                 server, DATABASES[backend], server.http.login(*admins[0]), sku
@@ -150,7 +146,7 @@ def ses_round_trip(proxy: h.FaultProxy) -> float:
 class Editor:
     """An admin changing one product on one side: every PUT changes the price."""
 
-    def __init__(self, server: UwsgiServer, database: str, token: str, sku: str) -> None:
+    def __init__(self, server: h.Stack, database: str, token: str, sku: str) -> None:
         self.server, self.database, self.token, self.sku = server, database, token, sku
         self.path = f"/api/products/{quote(sku)}"
         self.price = Decimal(

@@ -1,7 +1,8 @@
-"""Product views under uWSGI on MariaDB: what counting them costs, and what reading them costs.
+"""Product views under uWSGI (app.ini) on MariaDB: what counting them costs, and what reading
+them costs.
 
 1. ``GET /api/products/<sku>`` throughput with the views going through the Redis stream
-   (``REDIS_URL`` to a private redis-server, `flask worker` beside uWSGI writing them to
+   (``REDIS_URL`` to a private redis-server, app.ini's `flask worker` writing them to
    MariaDB) divided by the same with ``VIEW_RECORDING=off`` (target >= 0.9); for reference,
    the same server with its worker paused during the rounds (what the web side alone pays),
    and direct writes (no Redis: the view written by the read itself).
@@ -30,19 +31,23 @@ from common import (
     Latencies,
     Result,
     Target,
-    ThreadedClient,
-    UwsgiServer,
     alternate,
     app_environment,
     build_catalog,
+    call,
     connect,
     create_admin,
     drop_databases,
+    get,
+    h,
+    reaper,
     redis,
     say,
     scalar,
     sequential_latencies,
+    serve,
     throughput,
+    worker_pid,
 )
 
 READS_DB = "bench_views_reads"
@@ -107,36 +112,35 @@ class Stream:
 
 
 def reads(ctx: Context) -> list[Result]:
-    env = app_environment(READS_DB, ctx.app_env)
-    catalog = build_catalog(READS_DB, READ_PRODUCTS, marks=20, env=env)
+    catalog = build_catalog(
+        READS_DB, READ_PRODUCTS, marks=20, env=app_environment(READS_DB, **ctx.app_env)
+    )
     middle = len(catalog.sample_skus) // 2
     sku, exact_sku = catalog.sample_skus[middle], catalog.sample_skus[middle + 1]
     path = f"/api/products/{quote(sku)}"
     stream_url = redis().new_database()
-    # What each side adds to the same environment (which has no REDIS_URL: without it, a
-    # read writes its view directly).
+    # What each side adds to the same environment (without a Redis URL, a read writes its
+    # view directly).
     # "off-cached": recording off, but Redis there for the product cache as on the stream
     # side, so the two differ by the views alone.
     sides = {
         "off": {"VIEW_RECORDING": "off"},
-        "stream": {"REDIS_URL": stream_url},
+        "stream": {"redis_url": stream_url},
         "direct": {},
-        "off-cached": {"VIEW_RECORDING": "off", "REDIS_URL": redis().new_database()},
+        "off-cached": {"VIEW_RECORDING": "off", "redis_url": redis().new_database()},
     }
     with contextlib.ExitStack() as stack:
         servers = {
             side: stack.enter_context(
-                UwsgiServer(
+                serve(
                     f"views-{side}",
-                    "wsgi.py",
-                    {**env, **extra},
-                    ready_path="/api/products",  # the list records no view
+                    app_environment(READS_DB, **extra, **ctx.app_env),
                     worker=side == "stream",
                 )
             )
             for side, extra in sides.items()
         }
-        answers = {side: server.get(path).json for side, server in servers.items()}
+        answers = {side: get(server, path).json for side, server in servers.items()}
         if any(answer != answers["off"] for answer in answers.values()):
             raise BenchError(f"The three sides answer differently: {answers}")
         stream = Stream(stream_url)
@@ -149,8 +153,8 @@ class PausedWorker:
     """The stream server again, its worker stopped (SIGSTOP) during each round and let go
     after it: what the web side alone pays for the stream (information)."""
 
-    def __init__(self, server: UwsgiServer) -> None:
-        self.server, self.name, self.log_path = server, f"{server.name}-paused", server.log_path
+    def __init__(self, server: h.Stack) -> None:
+        self.server, self.name, self.env = server, f"{server.name}-paused", server.env
 
     def url(self, path: str) -> str:
         return self.server.url(path)
@@ -158,12 +162,16 @@ class PausedWorker:
     def cpu_seconds(self) -> float:
         return self.server.cpu_seconds()
 
+    def uwsgi_log(self):
+        return self.server.uwsgi_log()
+
 
 def read_throughput(
-    ctx: Context, servers: dict[str, UwsgiServer], path: str, stream: Stream
+    ctx: Context, servers: dict[str, h.Stack], path: str, stream: Stream
 ) -> list[Result]:
     live = servers["stream"]
     paused = PausedWorker(live)
+    worker = worker_pid(live)
     sides = [servers["off"], live, paused, servers["direct"], servers["off-cached"]]
     catch_up: dict[str, list[float]] = {live.name: [], paused.name: []}
     cpu = {live.name: 0.0, paused.name: 0.0}
@@ -171,18 +179,18 @@ def read_throughput(
 
     def before_round(server) -> None:
         if server in (live, paused):
-            began_cpu[server.name] = live.worker_cpu_seconds()
+            began_cpu[server.name] = h.cpu_seconds(worker)
         if server is paused:
-            os.kill(live.worker.pid, signal.SIGSTOP)
+            os.kill(worker, signal.SIGSTOP)
 
     def after_round(server) -> None:
         # The worker's writes belong to the stream side's rounds: the next round (another
         # side's) starts only once it has caught up, so it does not carry them.
         if server is paused:
-            os.kill(live.worker.pid, signal.SIGCONT)
+            os.kill(worker, signal.SIGCONT)
         if server in (live, paused):
             catch_up[server.name].append(round(stream.drain(f"after {server.name}"), 2))
-            cpu[server.name] += live.worker_cpu_seconds() - began_cpu[server.name]
+            cpu[server.name] += h.cpu_seconds(worker) - began_cpu[server.name]
 
     # Twice the rounds, half as long: the same time per server, but other work on the
     # machine (it comes in bursts) is less likely to land on one side only.
@@ -197,10 +205,10 @@ def read_throughput(
         after_round=after_round,
         tolerate_errors=(servers["direct"],),
     )
-    worker = {}
+    worker_figures = {}
     for side in (live, paused):
         views = measured[side.name].total.requests
-        worker[side.name] = {
+        worker_figures[side.name] = {
             "catch_up_seconds": catch_up[side.name][1:],  # the warm-up's left out
             "cpu_seconds": round(cpu[side.name], 2),
             "cpu_us_per_view": round(cpu[side.name] / max(views, 1) * 1e6),
@@ -209,7 +217,7 @@ def read_throughput(
             f"{side.name}: the worker caught up in "
             f"{', '.join(f'{s:.2f}' for s in catch_up[side.name][1:])} s after each round; "
             f"{cpu[side.name]:.1f} s of its CPU for about {views:,} views "
-            f"({worker[side.name]['cpu_us_per_view']} us a view, the warm-up included)"
+            f"({worker_figures[side.name]['cpu_us_per_view']} us a view, the warm-up included)"
         )
     results = []
     for side, baseline, name in (
@@ -231,7 +239,7 @@ def read_throughput(
             "errors": {side.name: got.total.errors, baseline: off.total.errors},
             "seconds_per_round": seconds,
             "catalog_products": READ_PRODUCTS,
-            **({"worker": worker[side.name]} if side.name in worker else {}),
+            **({"worker": worker_figures[side.name]} if side.name in worker_figures else {}),
         }
         details |= {"cpu_ms_per_request": round(got.cpu_ms, 3), "off_cpu_ms": round(off.cpu_ms, 3)}
         measured_text = (
@@ -241,21 +249,30 @@ def read_throughput(
     return results
 
 
-def exact_views(ctx: Context, server: UwsgiServer, sku: str, stream: Stream) -> Result:
+def exact_views(ctx: Context, server: h.Stack, sku: str, stream: Stream) -> Result:
     """Reads counted by the client against the rows the worker wrote."""
     product_id = scalar(READS_DB, "SELECT id FROM products WHERE sku_key = %s", sku.lower())
     before = count_views(product_id)
     if before != (0, 0):
         raise BenchError(f"{sku} has views before its reads: {before}")
-    # The Python client counts every answer it waits for; wrk abandons the requests in
+    # The harness's Load counts every answer it waits for; wrk abandons the requests in
     # flight when its time is up, which the server may still answer (and count).
-    client = ThreadedClient(getattr(ctx.load, "connections", 4))
-    load = client.run(server.url(f"/api/products/{quote(sku)}"), ctx.seconds)
-    answered = load.requests - load.errors
-    say(f"{server.name}: {answered:,} reads answered 200 ({load.errors} others), {client.name}")
+    clients = ctx.load.connections
+    load = h.Load(server.port, [sku], [], keepalive=False)
+    load.run([h.Role(put=0, list=0)] * clients, ctx.seconds)
+    answered = load.reads()[sku]
+    others = len(load.requests) - answered
+    client = f"the harness's Load, {clients} threads"
+    say(f"{server.name}: {answered:,} reads answered 200 ({others} others), {client}")
     drained = stream.drain("after the counted reads")
     recorded, rolled_up = count_views(product_id)
-    server.stop_worker()  # a graceful stop writes nothing twice
+    # A graceful stop of the server (its worker finishes its batch) writes nothing twice.
+    worker = worker_pid(server)
+    stopped = server.stop(timeout=60)
+    h.wait_until("the worker's stop", lambda: worker not in reaper().descendants(), 60)
+    say(f"{server.name}: stopped gracefully, the worker with it {stopped}")
+    if set(stopped.values()) != {0}:
+        raise BenchError(f"{server.name} did not stop gracefully: {stopped}")
     after_stop = count_views(product_id)
     raw_total = scalar(READS_DB, "SELECT COUNT(*) FROM product_views")
     rollup_total = scalar(
@@ -275,14 +292,14 @@ def exact_views(ctx: Context, server: UwsgiServer, sku: str, stream: Stream) -> 
         target=EXACT_TARGET,
         details={
             "answered_200": answered,
-            "other_answers": load.errors,
+            "other_answers": others,
             "recorded": recorded,
             "rolled_up": rolled_up,
             "after_worker_stop": list(after_stop),
             "drain_seconds_after_last_read": round(drained, 2),
             "table_raw_rows": raw_total,
             "table_rolled_up": int(rollup_total or 0),
-            "load_generator": client.name,
+            "load_generator": client,
             "seconds": round(load.seconds, 1),
         },
     )
@@ -311,7 +328,7 @@ def statistics_latency(ctx: Context) -> Result:
     built = {}
     skus = {}
     for database, rows in (SMALL, LARGE):
-        env = app_environment(database, ctx.app_env)
+        env = app_environment(database, **ctx.app_env)
         catalog = build_catalog(database, STATS_PRODUCTS, marks=20, env=env)
         create_admin(env, *ADMIN, "Stats Admin")
         built[database] = fill_views(database, rows, first_day)
@@ -322,20 +339,18 @@ def statistics_latency(ctx: Context) -> Result:
     path = f"/api/products/{quote(sku)}/stats?from={start}&to={end}"
 
     with contextlib.ExitStack() as stack:
-        servers = []
-        for database, rows in (SMALL, LARGE):
-            env = app_environment(database, ctx.app_env)
-            servers.append(
-                stack.enter_context(
-                    UwsgiServer(f"stats-{label(rows)}", "wsgi.py", env, ready_path="/api/products")
-                )
+        servers = [
+            stack.enter_context(
+                serve(f"stats-{label(rows)}", app_environment(database, **ctx.app_env))
             )
+            for database, rows in (SMALL, LARGE)
+        ]
         headers = {}
         checked = {}
         for server, (database, _rows) in zip(servers, (SMALL, LARGE), strict=True):
             token = server.http.login(*ADMIN)
             headers[server.name] = {"Authorization": f"Bearer {token}"}
-            answer = server.json("GET", path, token=token)
+            answer = call(server, "GET", path, token=token).json
             checked[server.name] = check_stats(database, sku, start, end, answer)
 
         per_round = max(1, ctx.latency_requests // LATENCY_ROUNDS)
@@ -352,7 +367,7 @@ def statistics_latency(ctx: Context) -> Result:
         f"{small.median_ms:.2f} ms ({label(SMALL[1])} rows)"
     )
 
-    def summary(server: UwsgiServer, database: str, lat: Latencies) -> dict:
+    def summary(server: h.Stack, database: str, lat: Latencies) -> dict:
         return {
             **built[database],
             "answer": checked[server.name],

@@ -1,31 +1,29 @@
-"""Shared pieces of the benchmarks: MariaDB catalogs, uWSGI servers and the worker beside
-them, load and latency.
+"""Shared pieces of the benchmarks: MariaDB catalogs, the servers compared, results.
 
-Processes, ports, HTTP, MariaDB, Redis and moto come from the system tests' harness
-(tests/system/harness.py); what is here is what only the benchmarks need. Every server
-listens on 127.0.0.1 only; every loop is bounded by a count and a deadline.
+Processes, servers, HTTP, load, MariaDB, Redis and moto are the system tests' harness
+(tests/system/harness.py): every server is its Stack (Debian's uWSGI with the shipped
+app.ini, as in the image), every process goes through its one Reaper, the load is its wrk
+runner or its client threads. What is here is what only the benchmarks need. Every
+server listens on 127.0.0.1 only; every loop is bounded by a count and a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import operator
 import os
 import random
 import re
-import secrets
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -43,11 +41,12 @@ MARIADB = h.MariaDB(
     os.environ.get("BENCH_MARIADB_PASSWORD", ""),
 )
 
-# Identical for every server a benchmark compares, so only the application differs.
-UWSGI_PROCESSES = 2
+# Identical for every server a benchmark compares, so only the application differs
+# (app.ini's own defaults are 4 processes of 2 threads).
+SERVER_SETTINGS = {"WEB_PROCESSES": "2", "WEB_THREADS": "1"}
 SERVER_START_SECONDS = 60
-SERVER_STOP_SECONDS = 15
-HTTP_TIMEOUT_SECONDS = 10
+SERVER_STOP_SECONDS = 30
+NO_SES = f"http://{HOST}:9"  # console mailer: nothing is sent
 
 
 class BenchError(RuntimeError):
@@ -57,6 +56,8 @@ class BenchError(RuntimeError):
 def say(message: str) -> None:
     print(f"  {message}", flush=True)
 
+
+# ---------------------------------------------------------------- the run's shared parts
 
 _parts: dict[str, object] = {}
 
@@ -83,6 +84,36 @@ def start_moto() -> h.Moto:
     moto = h.Moto(reaper(), str(VENV_BIN / "moto_server"))
     say(f"moto-ses: pid {moto.process.pid} on {HOST}:{moto.port}")
     return moto
+
+
+def deployment(bare: bool = False) -> h.Deployment:
+    """The app staged as in the image, with its Debian-Python virtualenv (built once and
+    kept, like the system tests'); ``bare``: the same with bench/bare_app.py as wsgi.py."""
+    key = "bare" if bare else "deployment"
+    if key not in _parts:
+        if os.geteuid() != 0:
+            raise BenchError("make bench runs as root: uWSGI drops to www-data, as in the image")
+        if missing := h.missing_binaries(h.UWSGI, h.PYTHON_PLUGIN, h.SYSTEM_PYTHON):
+            raise BenchError(f"Missing (Debian's uWSGI is a prerequisite): {missing}")
+        if "workdir" not in _parts:
+            _parts["workdir"] = Path(tempfile.mkdtemp(prefix="marketplace-bench-"))
+            _parts["workdir"].chmod(0o755)  # the app user reads the app copies below it
+        workdir = _parts["workdir"] / key
+        workdir.mkdir()
+        wsgi = BENCH_DIR / "bare_app.py" if bare else None
+        app_dir = h.stage_app(REPO_ROOT, workdir, wsgi)
+        venv = h.debian_venv(REPO_ROOT)
+        _parts[key] = h.Deployment(REPO_ROOT, venv, app_dir, workdir, reaper(), None)
+    return _parts[key]
+
+
+def finish() -> list[str]:
+    """End what is left of the run's processes (and say what it was); remove the staged
+    app."""
+    left = reaper().kill_all() if "reaper" in _parts else []
+    if "workdir" in _parts:
+        shutil.rmtree(_parts["workdir"], ignore_errors=True)
+    return left
 
 
 # ---------------------------------------------------------------- results
@@ -135,7 +166,7 @@ class Result:
 class Context:
     """Options shared by every benchmark module in a run."""
 
-    load: LoadGenerator
+    load: h.Wrk | h.Hammer
     rounds: int = 3
     seconds: float = 5.0
     latency_requests: int = 300
@@ -172,30 +203,30 @@ def scalar(database: str, sql: str, *params):
     return rows[0][0] if rows else None
 
 
-def app_environment(database: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment the service runs with in production, pointed at ``database``;
-    without Redis unless ``extra`` names one (REDIS_URL)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "REDIS_"))}
-    env.update(
-        {
-            "APP_ENV": "production",
-            "DATABASE_URL": MARIADB.url(database),
-            "FLASK_APP": "wsgi.py",
-            "MAIL_BACKEND": "console",  # notifications are logged, never sent
-        }
-    )
-    if len(env.get("SECRET_KEY", "").encode()) < 32:
-        env["SECRET_KEY"] = secrets.token_urlsafe(48)
-    env.update(extra or {})
-    if not env.get("RATELIMIT_STORAGE_URI") and not env.get("REDIS_URL"):
+def app_environment(
+    database: str, *, redis_url: str = "", ses_url: str = NO_SES, **extra: str
+) -> dict[str, str]:
+    """The container's environment (the harness's Deployment.env) pointed at ``database``,
+    with the benchmarks' server settings and the console mailer unless ``extra`` says
+    otherwise; without Redis unless ``redis_url`` names a database of the run's."""
+    settings = {"MAIL_BACKEND": "console", "REDIS_URL": redis_url, **SERVER_SETTINGS, **extra}
+    env = deployment().env(MARIADB.url(check_database_name(database)), ses_url, **settings)
+    if not redis_url:
         # One server on one machine: login limits per process are what is measured here.
-        env.update(RATELIMIT_STORAGE_URI="memory://", LOGIN_LIMITS_PER_PROCESS="true")
+        env.update(RATELIMIT_STORAGE_URI="memory://")
     return env
 
 
-def flask_command(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
-    """Run ``.venv/bin/flask <args>`` (an operator command) and return its output."""
-    done = h.run([VENV_BIN / "flask", *args], timeout, cwd=REPO_ROOT, env=env)
+def bare_environment(**extra: str) -> dict[str, str]:
+    """The same environment for bench/bare_app.py (which reads no database, no Redis)."""
+    return deployment(bare=True).env(
+        "mysql://nobody@127.0.0.1:9/none", NO_SES, REDIS_URL="", **SERVER_SETTINGS, **extra
+    )
+
+
+def flask_command(env: dict[str, str], *args: str) -> str:
+    """``flask <args>`` (an operator command) in the staged app; its output."""
+    done = deployment().flask(env, *args, timeout=120)
     if done.returncode != 0:
         raise BenchError(
             f"flask {' '.join(args[:2])} failed (exit {done.returncode}):\n"
@@ -207,7 +238,7 @@ def flask_command(args: list[str], env: dict[str, str], timeout: float = 120) ->
 def create_admin(env: dict[str, str], email: str, password: str, fullname: str) -> None:
     """An admin account made the operator's way: ``flask users create-admin``."""
     args = ["--email", email, "--password", password, "--fullname", fullname]
-    flask_command(["users", "create-admin", *args], env)
+    flask_command(env, "users", "create-admin", *args)
 
 
 ADJECTIVES = ("red", "blue", "light", "classic", "urban", "sport", "leather", "linen", "suede")
@@ -243,6 +274,7 @@ def product_rows(
         is_dead = i in dead
         yield (
             sku,
+            sku.lower(),
             None if is_dead else sku.lower(),
             f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {i}",
             f"{rng.randint(100, 2_000_000) / 100:.2f}",
@@ -255,8 +287,8 @@ def product_rows(
 
 
 INSERT_PRODUCT = (
-    "INSERT INTO products (sku, sku_key, name, price, mark, quantity, created_at, updated_at,"
-    " deleted_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "INSERT INTO products (sku, sku_lower, sku_key, name, price, mark, quantity, created_at,"
+    " updated_at, deleted_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 
@@ -283,7 +315,7 @@ def build_catalog(
     """Recreate ``database``, migrate it and fill it with ``size`` live products."""
     started = time.monotonic()
     recreate_database(database)
-    flask_command(["db", "upgrade"], env)  # the schema by the service's migrations
+    flask_command(env, "db", "upgrade")  # the schema by the service's migrations
     mark_names = [f"brand{n:02d}" for n in range(marks)]
     rng = random.Random(seed)
     live_per_mark = dict.fromkeys(mark_names, 0)
@@ -304,147 +336,91 @@ def build_catalog(
     return Catalog(database, size, mark_names, live_per_mark, sample_skus, elapsed)
 
 
-# ---------------------------------------------------------------- uWSGI and the worker
+# ---------------------------------------------------------------- servers
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU a live process has used (0 once it is gone)."""
+@contextlib.contextmanager
+def serve(name: str, env: dict[str, str], *, worker: bool = False, bare: bool = False):
+    """A server (the harness's Stack without nginx): Debian's uWSGI with the shipped
+    app.ini, answering HTTP on a free loopback port itself; app.ini's attached `flask
+    worker` with ``worker=True``; ``bare``: bench/bare_app.py in place of the service.
+    Stopped gracefully at the end."""
+    stack = h.Stack(deployment(bare), name, env, nginx=False, worker=worker)
+    stack.uwsgi_log().unlink(missing_ok=True)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        stack.start(SERVER_START_SECONDS)
+        pids = f"uWSGI pid {stack.uwsgi[0].pid}" + (
+            f", flask worker pid {worker_pid(stack)}" if worker else ""
+        )
+        say(f"{name}: {pids} on {HOST}:{stack.port} (log {stack.uwsgi_log().name})")
+        yield stack
+    finally:
+        stack.stop(timeout=SERVER_STOP_SECONDS)
 
 
-def uwsgi_command(wsgi_file: str, port: int, processes: int = UWSGI_PROCESSES) -> list[str]:
-    """The one uWSGI command line every benchmarked server is started with."""
-    return [
-        str(VENV_BIN / "uwsgi"),
-        "--http-socket", f"{HOST}:{port}",
-        "--chdir", str(REPO_ROOT),
-        "--wsgi-file", wsgi_file,
-        "--callable", "app",
-        "--master",
-        "--processes", str(processes),
-        "--die-on-term",
-        "--need-app",
-        "--disable-logging",
-        "--ignore-sigpipe",
-        "--ignore-write-errors",
-        "--disable-write-exception",
-    ]  # fmt: skip
+def worker_pid(server: h.Stack) -> int:
+    """The server's attached `flask worker`."""
+    return h.wait_until(f"{server.name}'s worker", server.daemons, 30)[0]
 
 
-class UwsgiServer:
-    """A uWSGI server for one WSGI file on a free loopback port, stopped on exit; with
-    ``worker=True``, `flask worker` (views stream, emails) runs beside it, with the same
-    environment, as uWSGI's attached daemon does in production."""
+def cpu_seconds(server) -> float:
+    """CPU used so far by a server's own processes: uWSGI's master and workers, its
+    attached worker, and the run's redis-server if it uses it (MariaDB is shared with
+    everything else on the machine: not counted)."""
+    used = server.cpu_seconds()
+    if "redis" in _parts and server.env.get("REDIS_URL"):
+        used += h.cpu_seconds(_parts["redis"].process.pid)
+    return used
 
-    def __init__(
-        self,
-        name: str,
-        wsgi_file: str,
-        env: dict[str, str],
-        ready_path: str = "/",
-        *,
-        worker: bool = False,
-    ) -> None:
-        self.name, self.wsgi_file, self.env, self.ready_path = name, wsgi_file, env, ready_path
-        self.port = h.free_port()
-        self.http = h.Http(self.port, timeout=HTTP_TIMEOUT_SECONDS)
-        self.log_path = RESULTS_DIR / f"uwsgi-{name}.log"
-        self.proc: subprocess.Popen | None = None
-        self.with_worker = worker
-        self.worker: subprocess.Popen | None = None
 
-    def __enter__(self) -> UwsgiServer:
-        self.start()
-        return self
+def call(server: h.Stack, method: str, path: str, payload=None, *, token=None, expect=200):
+    """Send JSON (if any) with an optional bearer token; the answer, which must be
+    ``expect``."""
+    answer = server.http.request(method, path, payload, token=token)
+    if answer.status != expect:
+        raise BenchError(
+            f"{method} {path} on {server.name}: HTTP {answer.status}: {answer.body[:300]!r}"
+        )
+    return answer
 
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
-    def url(self, path: str) -> str:
-        return f"http://{HOST}:{self.port}{path}"
+def get(server: h.Stack, path: str) -> h.Response:
+    return call(server, "GET", path)
 
-    def start(self) -> None:
-        self.log_path.unlink(missing_ok=True)
-        command = uwsgi_command(self.wsgi_file, self.port)
-        self.proc = reaper().start(command, self.log_path.name, self.env, cwd=REPO_ROOT)
-        try:
-            h.wait_until(f"uWSGI for {self.name}", self._ready, SERVER_START_SECONDS)
-            if self.with_worker:
-                self.start_worker()
-        except BaseException:
-            self.stop()
-            raise
-        say(f"{self.name}: uWSGI pid {self.proc.pid} on {HOST}:{self.port}")
 
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise BenchError(
-                f"uWSGI for {self.name} exited with {self.proc.returncode}:\n"
-                f"{h.tail(self.log_path)}"
-            )
-        return self.http.status(self.ready_path) == 200
+# ---------------------------------------------------------------- the app in this process
 
-    def start_worker(self) -> None:
-        log = RESULTS_DIR / f"worker-{self.name}.log"
-        log.unlink(missing_ok=True)
-        command = [VENV_BIN / "flask", "worker"]
-        self.worker = reaper().start(command, log.name, self.env, cwd=REPO_ROOT)
-        say(f"{self.name}: flask worker pid {self.worker.pid} (log {log.name})")
+IN_PROCESS_SECRET = "bench-in-process-secret-key-long-enough-0123456789"
+IN_PROCESS_ADMIN = ("bench@example.com", "the-right-password")
 
-    def stop_worker(self) -> int | None:
-        """SIGTERM, the worker's graceful stop (it writes what the stream still holds)."""
-        worker, self.worker = self.worker, None
-        if worker is None:
-            return None
-        code = reaper().stop(worker, signal.SIGTERM, SERVER_STOP_SECONDS)
-        say(f"{self.name}: worker stopped (exit {code})")
-        return code
 
-    def worker_cpu_seconds(self) -> float:
-        return cpu_seconds(self.worker.pid) if self.worker is not None else 0.0
+def in_process_app(database_url: str, **settings: str):
+    """The service in this process (Flask's test client, no HTTP) on a migrated database,
+    with an admin made by `flask users create-admin`: the app, its client and the admin's
+    Authorization header. The one place the benchmarks run the app's code themselves."""
+    quiet = ("app.requests", "alembic")  # its request log, the migrations': not the report
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    app = h.in_process_app(database_url, IN_PROCESS_SECRET, **settings)
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    email, password = IN_PROCESS_ADMIN
+    made = app.test_cli_runner().invoke(
+        args=["users", "create-admin", "--email", email, "--password", password]
+    )
+    if made.exit_code != 0:
+        raise BenchError(f"flask users create-admin: {made.output}")
+    client = app.test_client()
+    answer = client.post("/users/login", json={"email": email, "password": password})
+    if answer.status_code != 200:
+        raise BenchError(f"POST /users/login: {answer.status_code} {answer.get_json()}")
+    return app, client, {"Authorization": f"Bearer {answer.get_json()['Token']}"}
 
-    def cpu_seconds(self) -> float:
-        """CPU used so far by the server's own processes: uWSGI's master and workers, the
-        worker beside it, and the run's redis-server if the server uses it (MariaDB is
-        shared with everything else on the machine: not counted)."""
-        if self.proc is None:
-            return 0.0
-        pids = [self.proc.pid, *reaper().descendants(self.proc.pid)]
-        if "redis" in _parts and self.env.get("REDIS_URL"):
-            pids.append(_parts["redis"].process.pid)
-        return sum(map(cpu_seconds, pids)) + self.worker_cpu_seconds()
 
-    def stop(self) -> None:
-        self.stop_worker()
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            reaper().stop(proc, signal.SIGTERM, SERVER_STOP_SECONDS)
-            # Workers outliving their master would keep the port: end what is left of it.
-            reaper().kill_tree(proc.pid)
-
-    # ---- requests
-
-    def json(self, method: str, path: str, payload: object = None, *, token=None, expect=200):
-        """Send JSON (if any) with an optional bearer token; the decoded answer."""
-        answer = self.http.request(method, path, payload, token=token)
-        if answer.status != expect:
-            raise BenchError(
-                f"{method} {path} on {self.name}: HTTP {answer.status}: {answer.body[:300]!r}"
-            )
-        return answer.json
-
-    def get(self, path: str) -> h.Response:
-        answer = self.http.get(path)
-        if answer.status != 200:
-            raise BenchError(
-                f"GET {path} on {self.name}: HTTP {answer.status}: {answer.body[:300]!r}"
-            )
-        return answer
+def close_in_process_app(app) -> None:
+    """Close the app's database connections (before its database is dropped)."""
+    with app.app_context():
+        app.extensions["sqlalchemy"].engine.dispose()
 
 
 # ---------------------------------------------------------------- latency
@@ -476,151 +452,39 @@ class Latencies:
 
 
 def sequential_latencies(
-    server: UwsgiServer,
+    server: h.Stack,
     paths: list[str],
     *,
     budget_seconds: float = 60.0,
     headers: dict[str, str] | None = None,
 ) -> Latencies:
-    """Request each path once, one after the other on one client; time each round trip
-    (a new connection each: uWSGI's http-socket closes it after every answer anyway)."""
-    result = Latencies()
-    deadline = time.monotonic() + budget_seconds
-    for path in paths:
-        if time.monotonic() > deadline:
-            raise BenchError(f"{server.name}: latency run passed {budget_seconds:.0f}s")
-        began = time.perf_counter()
-        answer = server.http.get(path, headers=headers)
-        result.samples.append(time.perf_counter() - began)
-        if answer.status != 200:
-            raise BenchError(
-                f"GET {path} on {server.name}: HTTP {answer.status}: {answer.body[:300]!r}"
-            )
-    return result
+    """Each path once, one after the other on one client (the harness's timed requests: a
+    new connection each; uWSGI's http-socket closes it after every answer anyway)."""
+    timed = h.timed_requests(server.http, paths, seconds=budget_seconds, headers=headers)
+    if len(timed) < len(paths):
+        raise BenchError(f"{server.name}: latency run passed {budget_seconds:.0f}s")
+    answers = zip(paths, timed, strict=True)
+    if bad := [(path, status) for path, (_seconds, status) in answers if status != 200]:
+        raise BenchError(f"{server.name}: {len(bad)} answers not 200, e.g. {bad[0]}")
+    return Latencies([seconds for seconds, _status in timed])
 
 
-# ---------------------------------------------------------------- load generators
+# ---------------------------------------------------------------- load rounds
 
 MAX_ERROR_SHARE = 0.01
 
 
-@dataclass
-class Load:
-    """What one load run achieved against one URL."""
-
-    requests: int
-    seconds: float
-    errors: int
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
-
-
-class LoadGenerator:
-    name = "none"
-
-    def run(self, url: str, seconds: float) -> Load:
-        raise NotImplementedError
-
-
-class Wrk(LoadGenerator):
-    """wrk with one thread (the second core stays with the server) and a few connections."""
-
-    def __init__(self, path: str, connections: int = 4, threads: int = 1) -> None:
-        self.path = path
-        self.connections = connections
-        self.threads = threads
-        version = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-        lines = (version.stdout + version.stderr).strip().splitlines()
-        release = lines[0].split(" [")[0] if lines else "wrk"
-        self.name = f"{release}, {threads} thread, {connections} connections"
-
-    def run(self, url: str, seconds: float) -> Load:
-        done = subprocess.run(
-            [
-                self.path,
-                f"-t{self.threads}",
-                f"-c{self.connections}",
-                f"-d{max(1, round(seconds))}s",
-                "--timeout",
-                "5s",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"wrk failed (exit {done.returncode}): {done.stderr.strip()}")
-        return parse_wrk(done.stdout)
-
-
-def parse_wrk(output: str) -> Load:
-    found = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", output)
-    if not found:
-        raise BenchError(f"Could not read wrk's output:\n{output}")
-    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[found.group(3)]
-    errors = 0
-    if non_2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
-        errors += int(non_2xx.group(1))
-    if sock := re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    ):
-        connect, _read, write, timeout = (int(n) for n in sock.groups())
-        # uWSGI's http-socket closes the connection after every answer, which wrk counts as
-        # a read error; the answer itself was complete and is counted in the requests.
-        errors += connect + write + timeout
-    return Load(int(found.group(1)), float(found.group(2)) * unit, errors)
-
-
-class ThreadedClient(LoadGenerator):
-    """Python threads, one request at a time each: weaker than wrk, same for both sides."""
-
-    def __init__(self, connections: int = 4, max_requests: int = 1_000_000) -> None:
-        self.connections = connections
-        self.max_requests = max_requests
-        self.name = f"python http.client, {connections} threads"
-
-    def run(self, url: str, seconds: float) -> Load:
-        parts = urlsplit(url)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        lock = threading.Lock()
-        totals = {"requests": 0, "errors": 0}
-        per_thread = self.max_requests // self.connections
-        deadline = time.monotonic() + seconds
-
-        def worker() -> None:
-            client, done, errors = h.Http(parts.port, parts.hostname, timeout=5), 0, 0
-            while done < per_thread and time.monotonic() < deadline:
-                errors += client.status(path, timeout=5) != 200
-                done += 1
-            with lock:
-                totals["requests"] += done
-                totals["errors"] += errors
-
-        began = time.monotonic()
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(self.connections)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(seconds + 30)
-        return Load(totals["requests"], time.monotonic() - began, totals["errors"])
-
-
-def choose_load_generator(kind: str = "auto", connections: int = 4) -> LoadGenerator:
-    """``wrk`` (a prerequisite: docs/testing.md, .ci/run), else the threaded Python client."""
+def choose_load_generator(kind: str = "auto", connections: int = 4) -> h.Wrk | h.Hammer:
+    """``wrk`` (a prerequisite: docs/testing.md, .ci/run), else the harness's client
+    threads."""
     if kind == "python":
-        return ThreadedClient(connections)
-    if path := shutil.which("wrk"):
-        return Wrk(path, connections)
+        return h.Hammer(connections)
+    if not h.missing_binaries(h.WRK):
+        return h.Wrk(connections)
     if kind == "wrk":
         raise BenchError("wrk is not installed (apt-get install wrk).")
     say("wrk unavailable; using the Python load generator")
-    return ThreadedClient(connections)
+    return h.Hammer(connections)
 
 
 def alternate(rounds: int, sides: list) -> Iterator[tuple[int, object]]:
@@ -634,9 +498,9 @@ def alternate(rounds: int, sides: list) -> Iterator[tuple[int, object]]:
 class Throughput:
     """One server's load rounds: their sum and each round's requests per second."""
 
-    total: Load = field(default_factory=lambda: Load(0, 0.0, 0))
+    total: h.Counted = field(default_factory=lambda: h.Counted(0, 0.0, 0))
     rounds_rps: list[float] = field(default_factory=list)
-    cpu_seconds: float = 0.0  # the server's own processes' (UwsgiServer.cpu_seconds)
+    cpu_seconds: float = 0.0  # the server's own processes' (cpu_seconds above)
 
     @property
     def rps(self) -> float:
@@ -655,7 +519,7 @@ class Throughput:
 
 def throughput(
     ctx: Context,
-    servers: list[UwsgiServer],
+    servers: list,
     path: str,
     *,
     rounds: int,
@@ -663,19 +527,19 @@ def throughput(
     warmup: float = 2.0,
     before_round=None,
     after_round=None,
-    tolerate_errors: tuple[UwsgiServer, ...] = (),
+    tolerate_errors: tuple = (),
 ) -> dict[str, Throughput]:
     """Warm each server up, then alternating load rounds of ``path``; ``before_round(server)``
     and ``after_round(server)`` run around each round (outside the timed part)."""
 
-    def one_round(server: UwsgiServer, seconds: float) -> tuple[Load, float]:
-        cpu = server.cpu_seconds()
+    def one_round(server, seconds: float) -> tuple[h.Counted, float]:
+        cpu = cpu_seconds(server)
         if before_round:
             before_round(server)
         load = ctx.load.run(server.url(path), seconds)
         if after_round:
             after_round(server)
-        return load, server.cpu_seconds() - cpu
+        return load, cpu_seconds(server) - cpu
 
     for server in servers:
         one_round(server, warmup)
@@ -687,10 +551,10 @@ def throughput(
         if load.errors > load.requests * MAX_ERROR_SHARE:
             message = f"{server.name}: {load.errors} errors in {load.requests} requests"
             if server not in tolerate_errors:
-                raise BenchError(f"{message} (see {server.log_path}).")
-            say(f"{message} (see {server.log_path})")
+                raise BenchError(f"{message} (see {server.uwsgi_log()}).")
+            say(f"{message} (see {server.uwsgi_log()})")
         got = measured[server.name]
-        got.total = Load(
+        got.total = h.Counted(
             got.total.requests + load.requests,
             got.total.seconds + load.seconds,
             got.total.errors + load.errors,

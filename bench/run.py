@@ -19,7 +19,7 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import RESULTS_DIR, Context, Result, choose_load_generator, reaper
+from common import RESULTS_DIR, Context, Result, choose_load_generator, finish
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--load-generator",
         choices=("auto", "wrk", "python"),
         default="auto",
-        help="auto: wrk (a prerequisite) if installed, else Python threads",
+        help="auto: wrk (a prerequisite) if installed, else the harness's Python threads",
     )
     parser.add_argument(
         "--connections",
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nInterrupted.", file=sys.stderr)
         return 130
     finally:
-        if left := reaper().kill_all():
+        if left := finish():
             print(f"ended what was left running: {left}", flush=True)
 
     elapsed = time.monotonic() - started

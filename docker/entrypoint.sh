@@ -1,38 +1,43 @@
 #!/usr/bin/env bash
-# The container's entrypoint (under tini, the image's PID 1): migrate, then serve with
-# uWSGI (app.ini) behind nginx (nginx.conf) on port 80.
+# The container's entrypoint (under tini, the image's PID 1). One image, one role per
+# process, chosen by the first argument:
 #
-#   1. `flask deploy upgrade`: migrations and the first admin. Safe when several containers
-#      start at once against one database (a MySQL named lock). A failure stops here.
-#   2. uWSGI, then nginx once uWSGI's socket is there.
-#   3. On SIGTERM or SIGINT: nginx stops gracefully first (no new requests; the current
-#      ones finish), then uWSGI gets SIGTERM, which app.ini makes a graceful shutdown
-#      (workers finish their requests, the worker daemon its current email). Exit 0.
-#      If uWSGI or nginx dies by itself, the other is stopped the same way and the exit
-#      status is non-zero, so the orchestrator restarts the container.
+#   web      nginx (port 80) in front of uWSGI (app.ini): the API
+#   worker   `flask worker`: the emails, the views stream, the SES events
+#   migrate  `flask deploy upgrade`: the migrations and the first admin, then exit
+#   all      (the default) migrate, then web and worker in one container: one host
+#   <other>  that command, e.g. `flask users create-admin ...`
 #
-# Runs as the image's unprivileged user (USER app): everything it and its children write
+# web and all supervise their servers: if one of them exits by itself, the others are
+# stopped and the container exits non-zero within seconds (nginx failing to bind its port
+# included), so the orchestrator restarts it. SIGTERM or SIGINT stops them in order:
+# nginx first (no new requests; the current ones finish), then uWSGI (its graceful
+# shutdown, app.ini), then the worker (its current email and batch of views); exit 0 when
+# each stopped cleanly. worker and migrate exec their command: tini hands it the signal.
+#
+# Runs as the image's unprivileged user (USER app); everything it and its children write
 # is under the runtime directory (/run/marketplace: uWSGI's socket and FIFO, the metrics,
 # nginx's rendered configuration and pid file) and /tmp (nginx's temporary files), so the
 # root filesystem may be read-only with a tmpfs on /run and /tmp. nginx binds port 80
 # unprivileged where net.ipv4.ip_unprivileged_port_start is 0 (Docker >= 20.10 sets it in
-# every container). Started as root instead (`docker run --user 0`), the runtime
-# directory is made for APP_USER, the migration runs as APP_USER, uWSGI drops to APP_USER
-# itself (app.ini) and nginx's workers run as www-data. `docker run IMAGE <command>` runs
-# that command (as APP_USER when started as root).
+# every container; podman: --sysctl). Started as root instead (`--user 0`), the runtime
+# directory is made for APP_USER, the commands run as APP_USER, uWSGI drops to APP_USER
+# itself (app.ini) and nginx's workers run as www-data.
 #
-# nginx.conf is rendered at each start into the runtime directory: one set_real_ip_from
-# per entry of TRUSTED_PROXIES (comma-separated addresses or CIDR blocks: the load
-# balancer's subnets) at the marker line; unset or empty, no proxy is trusted and
-# X-Forwarded-For is only logged. Also: the pid file beside the socket, and no `user`
-# line when not root.
+# nginx.conf is a template rendered at each start into the runtime directory: one
+# set_real_ip_from per entry of TRUSTED_PROXIES (comma-separated addresses or CIDR blocks:
+# the load balancer's subnets) at the marker line; unset or empty, no proxy is trusted.
+# Also: paths under /run/marketplace moved to the runtime directory, and no `user` line
+# when not root.
 #
-# Environment (besides the app's own, see app/config.py, and app.ini's):
+# Environment (besides the app's own, see app/core/config.py, and app.ini's):
 #   APP_DIR /app, APP_VENV /opt/venv, APP_USER app (when root), WEB_INI $APP_DIR/app.ini,
 #   NGINX_CONF /etc/nginx/nginx.conf (the template), TRUSTED_PROXIES (none),
 #   WEB_SOCKET and WEB_FIFO as in app.ini (the runtime directory is the socket's),
-#   START_TIMEOUT 120 (seconds uWSGI may take to open its socket),
-#   PROMETHEUS_MULTIPROC_DIR (next to the socket: every process's metrics, emptied here).
+#   START_TIMEOUT 120 (seconds uWSGI may take to open its socket), STOP_TIMEOUT 25 (seconds
+#   each server may take to stop before it is killed: under a 30 s stop timeout),
+#   DATABASE_CA_PEM (below),
+#   PROMETHEUS_MULTIPROC_DIR (in the runtime directory: every process's metrics).
 set -Eeuo pipefail
 
 # Its own lines as the app's: one JSON object each with LOG_FORMAT=json (the image's).
@@ -53,6 +58,9 @@ fail() {
     exit 1
 }
 
+role=${1:-all}
+if [[ $# -gt 0 ]]; then shift; fi
+
 # Empty means unset: uWSGI's `if-env` would take an empty value as set.
 for name in APP_DIR APP_VENV APP_USER WEB_PROCESSES WEB_THREADS WEB_SOCKET WEB_FIFO; do
     if [[ -z ${!name:-} ]]; then unset "$name"; fi
@@ -63,8 +71,9 @@ export WEB_FIFO=${WEB_FIFO:-/run/marketplace/uwsgi.fifo}
 WEB_INI=${WEB_INI:-$APP_DIR/app.ini}
 NGINX_CONF=${NGINX_CONF:-/etc/nginx/nginx.conf}
 START_TIMEOUT=${START_TIMEOUT:-120}
-
+STOP_TIMEOUT=${STOP_TIMEOUT:-25}
 RUN_DIR=$(dirname "$WEB_SOCKET")
+FLASK=("$APP_VENV/bin/flask" --app wsgi)
 
 as_app_user=()
 if [[ $(id -u) == 0 ]]; then
@@ -74,7 +83,39 @@ else
     unset APP_USER # already unprivileged: nothing to drop to (app.ini's uid/gid stay off)
 fi
 
-# An address or CIDR block (IPv4 or IPv6), not /0: nothing else reaches nginx.conf.
+# The HEALTHCHECK: the API through nginx where this container serves it; a worker's or
+# a migration's container is healthy while its process runs.
+if [[ $role == healthcheck ]]; then
+    if [[ -e $RUN_DIR/nginx.conf ]]; then
+        exec python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1/healthz", timeout=4)'
+    fi
+    exit 0
+fi
+
+# DATABASE_CA_PEM: the certificate(s) of the CA that signs the database server's (for
+# RDS, its region's bundle), written where DATABASE_URL's ssl_ca names them:
+# mysql://...?ssl_ca=/run/marketplace/database-ca.pem. The server's certificate and name
+# are then verified on every connection (pymysql: CERT_REQUIRED, check_hostname).
+if [[ -n ${DATABASE_CA_PEM:-} ]]; then
+    mkdir -p "$RUN_DIR"
+    printf '%s\n' "$DATABASE_CA_PEM" >"$RUN_DIR/database-ca.pem"
+fi
+
+cd "$APP_DIR"
+case $role in
+web | all) ;;
+worker) exec "${as_app_user[@]}" "${FLASK[@]}" worker "$@" ;;
+migrate) exec "${as_app_user[@]}" "${FLASK[@]}" deploy upgrade "$@" ;;
+*) exec "${as_app_user[@]}" "$role" "$@" ;;
+esac
+
+# ---------------------------------------------------------------- web and all
+
+# TRUSTED_PROXIES: addresses or CIDR blocks (IPv4 or IPv6), none wider than a /12 (IPv4)
+# or a /29 (IPv6), together at most 2^22 IPv4 addresses and 64 IPv6 /32s: load balancer
+# subnets and CDN ranges, never "anyone" split into pieces (0.0.0.0/1,128.0.0.0/1).
+MIN_PREFIX_V4=12 MIN_PREFIX_V6=29 MAX_TOTAL_V4=$((1 << 22)) MAX_TOTAL_V6=64
+total_v4=0 total_v6=0
 valid_proxy() {
     local address=${1%/*} prefix="" max octet
     if [[ $1 == */* ]]; then prefix=${1#*/}; fi
@@ -88,8 +129,24 @@ valid_proxy() {
     else
         return 1
     fi
-    if [[ $1 != */* ]]; then return 0; fi
-    [[ $prefix =~ ^[0-9]{1,3}$ ]] && ((10#$prefix >= 1 && 10#$prefix <= max))
+    if [[ $1 == */* ]]; then
+        [[ $prefix =~ ^[0-9]{1,3}$ ]] || return 1
+    else
+        prefix=$max
+    fi
+    prefix=$((10#$prefix))
+    ((prefix >= 1 && prefix <= max)) || return 1
+    if ((max == 32)); then
+        ((prefix >= MIN_PREFIX_V4)) || return 2
+        total_v4=$((total_v4 + (1 << (32 - prefix))))
+    else
+        ((prefix >= MIN_PREFIX_V6)) || return 2
+        if ((prefix < 32)); then
+            total_v6=$((total_v6 + (1 << (32 - prefix))))
+        else
+            total_v6=$((total_v6 + 1))
+        fi
+    fi
 }
 
 trusted=()
@@ -97,43 +154,30 @@ IFS=',' read -ra proxies <<<"${TRUSTED_PROXIES:-}"
 for proxy in "${proxies[@]}"; do
     proxy=${proxy//[[:space:]]/}
     if [[ -z $proxy ]]; then continue; fi
-    if ! valid_proxy "$proxy"; then
+    why=0
+    valid_proxy "$proxy" || why=$?
+    if ((why == 1)); then
         fail "TRUSTED_PROXIES: '$proxy' is not an IP address or a CIDR block (e.g. 10.0.1.0/24,10.0.2.0/24; /0 would believe anyone)"
+    elif ((why == 2)); then
+        fail "TRUSTED_PROXIES: '$proxy' is too wide to be a proxy's range (at most /$MIN_PREFIX_V4 for IPv4, /$MIN_PREFIX_V6 for IPv6): list the load balancer's subnets"
     fi
     trusted+=("$proxy")
 done
-
-# uWSGI refuses a listen queue (app.ini: 1024) longer than the kernel allows.
-uwsgi_options=()
-somaxconn=$(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo 0)
-if ((somaxconn > 0 && somaxconn < 1024)); then
-    log "net.core.somaxconn is $somaxconn: uWSGI's listen queue shortened to it"
-    uwsgi_options=(--listen "$somaxconn")
-fi
-
-cd "$APP_DIR"
-if [[ $# -gt 0 ]]; then
-    exec "${as_app_user[@]}" "$@"
+if ((total_v4 > MAX_TOTAL_V4 || total_v6 > MAX_TOTAL_V6)); then
+    fail "TRUSTED_PROXIES: the blocks together cover too many addresses to be proxies (at most $MAX_TOTAL_V4 IPv4 addresses, $MAX_TOTAL_V6 IPv6 /32s): list the load balancer's subnets"
 fi
 
 alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
 
-child="" uwsgi_pid="" nginx_pid="" stopping=""
+stopping=""
 # shellcheck disable=SC2329  # invoked by the traps
 on_signal() {
+    if [[ -z $stopping ]]; then log "$1 received: stopping"; fi
     stopping=$1
-    log "$1 received: stopping"
-    if alive "$child"; then kill -TERM "$child"; fi
+    if alive "${migration:-}"; then kill -TERM "$migration"; fi
 }
 trap 'on_signal SIGTERM' TERM
 trap 'on_signal SIGINT' INT
-
-# Wait for a child until it has really exited (a trapped signal interrupts `wait`).
-status=0
-reap() {
-    status=0
-    while alive "$1"; do wait "$1" 2>/dev/null && status=0 || status=$?; done
-}
 
 # Every process's metrics (app/metrics.py), started afresh with each start.
 export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$RUN_DIR/metrics}
@@ -163,67 +207,133 @@ render_nginx_conf() {
             ;;
         "pid "*) printf '%spid %s;\n' "$indent" "$RUN_DIR/nginx.pid" ;;
         "user "*) if [[ $(id -u) == 0 ]]; then printf '%s\n' "$line"; fi ;;
-        *) printf '%s\n' "$line" ;;
+        *) printf '%s\n' "${line//\/run\/marketplace\//$RUN_DIR/}" ;;
         esac
     done <"$NGINX_CONF"
     if [[ -z $found ]]; then fail "$NGINX_CONF has no line '$TRUSTED_MARKER'"; fi
 }
 nginx_conf=$RUN_DIR/nginx.conf
-render_nginx_conf >"$nginx_conf"
+render_nginx_conf >"$nginx_conf.new"
+mv "$nginx_conf.new" "$nginx_conf"
 log "X-Forwarded-For believed from: ${trusted[*]:-no proxy (TRUSTED_PROXIES is empty)}"
 
-log "flask deploy upgrade"
-"${as_app_user[@]}" "$APP_VENV/bin/flask" --app wsgi deploy upgrade &
-child=$!
-reap "$child"
-if [[ -n $stopping ]]; then
-    log "stopped during the migration"
-    exit 143
+if [[ $role == all ]]; then
+    log "flask deploy upgrade"
+    status=0
+    "${as_app_user[@]}" "${FLASK[@]}" deploy upgrade &
+    migration=$!
+    # A trapped signal interrupts `wait`: wait again until the migration has exited.
+    while alive "$migration"; do wait "$migration" && status=0 || status=$?; done
+    if [[ -n $stopping ]]; then
+        log "stopped during the migration"
+        exit 143
+    fi
+    if ((status != 0)); then fail "flask deploy upgrade failed ($status)"; fi
 fi
-if [[ $status != 0 ]]; then
-    log "flask deploy upgrade failed"
-    exit 1
+
+# uWSGI refuses a listen queue (app.ini: 1024) longer than the kernel allows.
+uwsgi_options=()
+somaxconn=$(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo 0)
+if ((somaxconn > 0 && somaxconn < 1024)); then
+    log "net.core.somaxconn is $somaxconn: uWSGI's listen queue shortened to it"
+    uwsgi_options=(--listen "$somaxconn")
 fi
+
+# The servers, each in a session of its own (setsid), so that a Ctrl-C on a terminal
+# (docker run -it) reaches only this script, which stops them in order.
+declare -A name_of=() status_of=()
+started=()
+start() {
+    local name=$1
+    shift
+    setsid "$@" &
+    name_of[$!]=$name
+    started+=("$!")
+    log "started $name ($!)"
+}
+pid_of() {
+    local pid
+    for pid in "${started[@]}"; do
+        if [[ ${name_of[$pid]} == "$1" ]]; then
+            echo "$pid"
+            return
+        fi
+    done
+}
+
+# Wait for a server to exit and keep its status (a trapped signal interrupts `wait`).
+reap() {
+    local pid=$1 code
+    [[ -n $pid && -z ${status_of[$pid]:-} ]] || return 0
+    while true; do
+        code=0
+        wait "$pid" 2>/dev/null || code=$?
+        # 127: already reaped by `wait -n`, whose status was kept; else a signal came.
+        if ! alive "$pid" || ((code == 127)); then break; fi
+    done
+    status_of[$pid]=${status_of[$pid]:-$code}
+}
 
 # A killed container may leave a stale socket: nginx must not start on it.
 rm -f "$WEB_SOCKET" "$WEB_FIFO"
-log "starting uWSGI ($WEB_INI)"
-# setsid: sessions of their own, so a Ctrl-C on a terminal (docker run -it) reaches only
-# this script, which stops them gracefully, not uWSGI's brutal SIGINT exit.
-setsid uwsgi --ini "$WEB_INI" "${uwsgi_options[@]}" &
-uwsgi_pid=$!
+start uwsgi uwsgi --ini "$WEB_INI" "${uwsgi_options[@]}"
+uwsgi_pid=$(pid_of uwsgi)
 deadline=$((SECONDS + START_TIMEOUT))
-until [[ -S $WEB_SOCKET ]] || [[ -n $stopping ]]; do
+# The master FIFO appears once uWSGI's master runs its loop, its SIGTERM handler in place
+# (a SIGTERM before that would be lost); the socket, once it can take connections.
+until [[ -S $WEB_SOCKET && -p $WEB_FIFO ]] || [[ -n $stopping ]]; do
     if ! alive "$uwsgi_pid" || ((SECONDS > deadline)); then
-        log "uWSGI did not open $WEB_SOCKET"
-        kill -TERM "$uwsgi_pid" 2>/dev/null || true
-        reap "$uwsgi_pid"
-        exit 1
+        level=ERROR log "uWSGI did not open $WEB_SOCKET"
+        break
     fi
     sleep 0.2
 done
-
-if [[ -z $stopping ]]; then
-    log "starting nginx ($nginx_conf, from $NGINX_CONF)"
+if [[ -S $WEB_SOCKET && -p $WEB_FIFO && -z $stopping ]]; then
     # -e: errors to stderr from the start, not to /var/log/nginx (not writable here).
-    setsid nginx -c "$nginx_conf" -e stderr -g 'daemon off;' &
-    nginx_pid=$!
-    # Returns when either exits, or when a trapped signal arrives.
-    wait -n "$uwsgi_pid" "$nginx_pid" || true
+    start nginx nginx -c "$nginx_conf" -e stderr -g 'daemon off;'
+    if [[ $role == all ]]; then
+        start worker "${as_app_user[@]}" "${FLASK[@]}" worker
+    fi
+    # Until one of them exits, or a signal arrives.
+    while [[ -z $stopping ]]; do
+        exited="" code=0
+        wait -n -p exited "${started[@]}" || code=$?
+        if [[ -n ${exited:-} ]]; then
+            status_of[$exited]=$code
+            level=ERROR log "${name_of[$exited]} exited ($code): stopping the others"
+            break
+        fi
+    done
 fi
 
-if alive "$nginx_pid"; then
-    log "nginx: graceful stop"
-    kill -QUIT "$nginx_pid" # what `nginx -s quit` sends
-fi
-reap "$nginx_pid"
-nginx_status=$status
-if alive "$uwsgi_pid"; then
-    log "uWSGI: graceful shutdown"
-    kill -TERM "$uwsgi_pid"
-fi
-reap "$uwsgi_pid"
-uwsgi_status=$status
-log "stopped (nginx $nginx_status, uWSGI $uwsgi_status)"
-if [[ -n $stopping && $nginx_status == 0 && $uwsgi_status == 0 ]]; then exit 0; fi
+# In order: nginx lets its requests finish, then uWSGI, then the worker. One that has not
+# stopped after STOP_TIMEOUT seconds is killed with whatever it started (its session).
+stop() {
+    local pid timer=""
+    pid=$(pid_of "$1")
+    if [[ -z $pid ]]; then return; fi
+    if alive "$pid" && [[ -z ${status_of[$pid]:-} ]]; then
+        log "$1: graceful stop"
+        kill "-$2" "$pid" 2>/dev/null || true
+        # shellcheck disable=SC2016  # the inner bash expands them
+        setsid bash -c 'sleep "$1" && kill -KILL -- "-$2"' _ "$STOP_TIMEOUT" "$pid" &
+        timer=$!
+    fi
+    reap "$pid"
+    if [[ -n $timer ]]; then
+        kill -- "-$timer" 2>/dev/null || true
+        wait "$timer" 2>/dev/null || true
+    fi
+}
+stop nginx QUIT # what `nginx -s quit` sends
+stop uwsgi TERM # a graceful shutdown (app.ini)
+stop worker TERM
+
+summary="" clean=1
+for pid in "${started[@]}"; do
+    summary+=" ${name_of[$pid]} ${status_of[$pid]}"
+    if [[ ${status_of[$pid]} != 0 ]]; then clean=""; fi
+done
+log "stopped:${summary}"
+if [[ -n $stopping && -n $clean ]]; then exit 0; fi
 exit 1

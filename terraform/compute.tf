@@ -1,15 +1,44 @@
-# The application instances: a launch template that runs the ECR image under Docker, an
-# Auto Scaling group across the two private subnets, and target-tracking scaling.
+# The instances: one image, one role per Auto Scaling group.
+#   web     the API behind the load balancer (nginx -> uWSGI), scaled on CPU and requests
+#   worker  `flask worker`: the emails and the views stream, scaled on their backlog
+# Each group's launch template runs the ECR image under Docker in its role
+# (user_data.sh.tftpl). The migrations run once per release before either group rolls
+# onto a new image (release.tf).
 
 resource "aws_cloudwatch_log_group" "app" {
   name              = "/${var.name}/${var.environment}/app"
   retention_in_days = var.log_retention_days
 }
 
+locals {
+  # What both roles' user data is given: names and addresses only (secrets.tf).
+  user_data_values = {
+    region                       = var.region
+    registry                     = split("/", aws_ecr_repository.app.repository_url)[0]
+    image                        = local.image
+    log_group                    = aws_cloudwatch_log_group.app.name
+    database_url_parameter       = aws_ssm_parameter.database_url.name
+    stats_database_url_parameter = var.create_read_replica ? aws_ssm_parameter.stats_database_url[0].name : ""
+    database_ca_parameter        = aws_ssm_parameter.database_ca.name
+    secret_key_parameter         = aws_ssm_parameter.secret_key.name
+    redis_url_parameter          = aws_ssm_parameter.redis_url.name
+    trusted_proxies              = local.trusted_proxies
+    email_source                 = var.email_source
+    metrics_namespace            = local.metrics_namespace
+  }
+
+  roles = {
+    web    = { instance_type = var.instance_type }
+    worker = { instance_type = var.worker_instance_type }
+  }
+}
+
 resource "aws_launch_template" "app" {
-  name_prefix   = "${local.prefix}-"
+  for_each = local.roles
+
+  name_prefix   = "${local.prefix}-${each.key}-"
   image_id      = local.ami_id
-  instance_type = var.instance_type
+  instance_type = each.value.instance_type
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.app.arn
@@ -36,41 +65,25 @@ resource "aws_launch_template" "app" {
     }
   }
 
-  # Only names and addresses go into the user data; the secrets are read from SSM at boot.
-  user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", {
-    region                     = var.region
-    registry                   = split("/", aws_ecr_repository.app.repository_url)[0]
-    image                      = local.image
-    log_group                  = aws_cloudwatch_log_group.app.name
-    db_password_parameter      = aws_ssm_parameter.db_password.name
-    secret_key_parameter       = aws_ssm_parameter.secret_key.name
-    redis_auth_token_parameter = aws_ssm_parameter.redis_auth_token.name
-    admin_password_parameter   = aws_ssm_parameter.admin_password.name
-    db_username                = var.db_username
-    db_name                    = var.db_name
-    db_host                    = aws_db_instance.main.address
-    db_port                    = aws_db_instance.main.port
-    stats_db_host              = var.create_read_replica ? aws_db_instance.replica[0].address : ""
-    redis_host                 = aws_elasticache_replication_group.redis.primary_endpoint_address
-    redis_port                 = aws_elasticache_replication_group.redis.port
-    trusted_proxies            = local.trusted_proxies
-    email_source               = var.email_source
-    admin_email                = var.admin_email
-    migrate_command            = var.migrate_command
-  }))
+  user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", merge(local.user_data_values, { role = each.key })))
 
   tag_specifications {
     resource_type = "instance"
-    tags          = { Name = "${local.prefix}-app" }
+    tags          = { Name = "${local.prefix}-${each.key}", Role = each.key }
   }
 
   tag_specifications {
     resource_type = "volume"
-    tags          = { Name = "${local.prefix}-app" }
+    tags          = { Name = "${local.prefix}-${each.key}" }
   }
 }
 
-resource "aws_autoscaling_group" "app" {
+moved {
+  from = aws_launch_template.app
+  to   = aws_launch_template.app["web"]
+}
+
+resource "aws_autoscaling_group" "web" {
   name                = "${local.prefix}-app"
   vpc_zone_identifier = aws_subnet.private[*].id
   target_group_arns   = [aws_lb_target_group.app.arn]
@@ -81,13 +94,13 @@ resource "aws_autoscaling_group" "app" {
   # here would reset the group to that size on every apply.
 
   # Replace instances that the load balancer finds unhealthy, not only those EC2 finds
-  # stopped. The grace period covers boot: Docker install, image pull, migrations.
+  # stopped. The grace period covers boot: Docker install, image pull, start.
   health_check_type         = "ELB"
   health_check_grace_period = 300
 
   launch_template {
-    id      = aws_launch_template.app.id
-    version = aws_launch_template.app.latest_version
+    id      = aws_launch_template.app["web"].id
+    version = aws_launch_template.app["web"].latest_version
   }
 
   # A new launch template version (a new image_tag, AMI or setting) replaces the instances
@@ -101,26 +114,77 @@ resource "aws_autoscaling_group" "app" {
   }
 
   # The instances' first boot needs the NAT gateways (packages, ECR, SSM), the database and
-  # Redis.
+  # Redis; a new image's first, its migrations (expand, then contract: docs/deployment.md).
   depends_on = [
     aws_route_table_association.private,
     aws_nat_gateway.main,
     aws_db_instance.main,
     aws_elasticache_replication_group.redis,
+    terraform_data.migrate,
   ]
 
   tag {
     key                 = "Name"
-    value               = "${local.prefix}-app"
+    value               = "${local.prefix}-web"
     propagate_at_launch = true
   }
 }
 
-# Two target-tracking policies: the group scales out when either metric is above its
-# target, and scales in only when both are below theirs.
+moved {
+  from = aws_autoscaling_group.app
+  to   = aws_autoscaling_group.web
+}
+
+resource "aws_autoscaling_group" "worker" {
+  name                = "${local.prefix}-worker"
+  vpc_zone_identifier = aws_subnet.private[*].id
+
+  min_size = var.worker_min_size
+  max_size = var.worker_max_size
+  # The scaling alarms divide the backlog by the workers in service.
+  enabled_metrics     = ["GroupInServiceInstances"]
+  metrics_granularity = "1Minute"
+
+  # No load balancer: EC2's own health checks. A worker container that exits is started
+  # again by Docker (--restart unless-stopped).
+  health_check_type         = "EC2"
+  health_check_grace_period = 300
+  # A stopping worker finishes its email and batch of views (docker stop, 30 s) and gives
+  # back what it had claimed: scale-in loses nothing.
+
+  launch_template {
+    id      = aws_launch_template.app["worker"].id
+    version = aws_launch_template.app["worker"].latest_version
+  }
+
+  instance_refresh {
+    strategy = "Rolling"
+    preferences {
+      min_healthy_percentage = 50
+      instance_warmup        = 180
+    }
+  }
+
+  depends_on = [
+    aws_route_table_association.private,
+    aws_nat_gateway.main,
+    aws_db_instance.main,
+    aws_elasticache_replication_group.redis,
+    terraform_data.migrate,
+  ]
+
+  tag {
+    key                 = "Name"
+    value               = "${local.prefix}-worker"
+    propagate_at_launch = true
+  }
+}
+
+# The web group: two target-tracking policies; it scales out when either metric is above
+# its target, and scales in only when both are below theirs.
 resource "aws_autoscaling_policy" "cpu" {
   name                   = "${local.prefix}-cpu"
-  autoscaling_group_name = aws_autoscaling_group.app.name
+  autoscaling_group_name = aws_autoscaling_group.web.name
   policy_type            = "TargetTrackingScaling"
 
   target_tracking_configuration {
@@ -133,7 +197,7 @@ resource "aws_autoscaling_policy" "cpu" {
 
 resource "aws_autoscaling_policy" "requests" {
   name                   = "${local.prefix}-requests"
-  autoscaling_group_name = aws_autoscaling_group.app.name
+  autoscaling_group_name = aws_autoscaling_group.web.name
   policy_type            = "TargetTrackingScaling"
 
   target_tracking_configuration {
@@ -146,4 +210,31 @@ resource "aws_autoscaling_policy" "requests" {
 
   # The resource label names the listener's target group, which must be attached first.
   depends_on = [aws_lb_listener.http]
+}
+
+# The worker group: one more worker while the backlog (emails waiting, or views not yet
+# read from the stream) is over a worker's share, one fewer once both are well under
+# (monitoring.tf's worker_backlog_high and worker_backlog_low alarms).
+resource "aws_autoscaling_policy" "worker_out" {
+  name                   = "${local.prefix}-worker-out"
+  autoscaling_group_name = aws_autoscaling_group.worker.name
+  policy_type            = "StepScaling"
+  adjustment_type        = "ChangeInCapacity"
+
+  step_adjustment {
+    metric_interval_lower_bound = 0
+    scaling_adjustment          = 1
+  }
+}
+
+resource "aws_autoscaling_policy" "worker_in" {
+  name                   = "${local.prefix}-worker-in"
+  autoscaling_group_name = aws_autoscaling_group.worker.name
+  policy_type            = "StepScaling"
+  adjustment_type        = "ChangeInCapacity"
+
+  step_adjustment {
+    metric_interval_upper_bound = 0
+    scaling_adjustment          = -1
+  }
 }

@@ -1,5 +1,9 @@
-# RDS MySQL 8 in the private subnets, reachable only from the application instances
-# (security_groups.tf), encrypted at rest, never public.
+# RDS MariaDB in the private subnets, reachable only from the application instances
+# (security_groups.tf), encrypted at rest, never public. MariaDB is what every test and
+# fault run uses (the service relies on its per-statement timeout, max_statement_time).
+# TLS is required of every client (require_secure_transport); the service verifies the
+# server's certificate against the region's RDS CA bundle (DATABASE_CA_PEM, secrets.tf)
+# and its name (DATABASE_URL's ssl_ca).
 
 resource "aws_db_subnet_group" "main" {
   name       = local.prefix
@@ -8,11 +12,25 @@ resource "aws_db_subnet_group" "main" {
   tags = { Name = local.prefix }
 }
 
+resource "aws_db_parameter_group" "main" {
+  name        = "${local.prefix}-mariadb"
+  family      = "mariadb${var.db_engine_version}"
+  description = "MariaDB of ${local.prefix}: TLS required"
+
+  parameter {
+    name  = "require_secure_transport"
+    value = "1"
+  }
+}
+
 resource "aws_db_instance" "main" {
   identifier     = local.prefix
-  engine         = "mysql"
+  engine         = "mariadb"
   engine_version = var.db_engine_version
   instance_class = var.db_instance_class
+
+  parameter_group_name = aws_db_parameter_group.main.name
+  ca_cert_identifier   = var.db_ca_cert_identifier
 
   db_name  = var.db_name
   username = var.db_username
@@ -56,6 +74,9 @@ resource "aws_db_instance" "replica" {
   max_allocated_storage = var.db_max_allocated_storage_gb
   storage_type          = "gp3"
   storage_encrypted     = true
+
+  parameter_group_name = aws_db_parameter_group.main.name
+  ca_cert_identifier   = var.db_ca_cert_identifier
 
   vpc_security_group_ids = [aws_security_group.db.id]
   publicly_accessible    = false

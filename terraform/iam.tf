@@ -1,13 +1,17 @@
-# The application instances' identity. No static AWS keys exist anywhere: the instances
-# (and the container, through IMDSv2) get short-lived credentials for this role.
+# The instances' identity (web and worker alike). No static AWS keys exist anywhere: the
+# instances (and their containers, through IMDSv2) get short-lived credentials for this
+# role. (The migration task has its own, release.tf.)
 #
 # The role may do exactly this, each on its own resource only:
-#   ses:SendEmail, ses:SendRawEmail            the sender identity
+#   ses:SendEmail, ses:SendRawEmail            the sender's domain identity and its
+#                                              configuration set
 #   ecr:GetAuthorizationToken                  "*" (the action has no resource-level scope)
 #   ecr:BatchCheckLayerAvailability,
 #   ecr:GetDownloadUrlForLayer, ecr:BatchGetImage   the service's repository (pull only)
-#   ssm:GetParameter, ssm:GetParameters        the service's four SecureString parameters
+#   ssm:GetParameter, ssm:GetParameters        the parameters the boot script reads
 #   logs:CreateLogStream, logs:PutLogEvents    the service's log group (Docker's awslogs driver)
+#   cloudwatch:PutMetricData                   "*" (no resource-level scope), only into the
+#                                              service's namespace (a condition)
 # kms:Decrypt is not granted: the parameters use the AWS managed key alias/aws/ssm, whose
 # key policy lets the account's principals decrypt through SSM. (A customer managed key
 # would need kms:Decrypt on that key, with a kms:ViaService condition.)
@@ -30,10 +34,13 @@ data "aws_iam_policy_document" "app_assume_role" {
 
 data "aws_iam_policy_document" "app" {
   statement {
-    sid       = "SendEmailAsTheSender"
-    effect    = "Allow"
-    actions   = ["ses:SendEmail", "ses:SendRawEmail"]
-    resources = [aws_ses_email_identity.sender.arn]
+    sid     = "SendEmailAsTheSender"
+    effect  = "Allow"
+    actions = ["ses:SendEmail", "ses:SendRawEmail"]
+    resources = [
+      aws_sesv2_email_identity.domain.arn,
+      aws_sesv2_configuration_set.email.arn,
+    ]
   }
 
   statement {
@@ -58,12 +65,15 @@ data "aws_iam_policy_document" "app" {
     sid     = "ReadTheServiceSecrets"
     effect  = "Allow"
     actions = ["ssm:GetParameter", "ssm:GetParameters"]
-    resources = [
-      aws_ssm_parameter.db_password.arn,
-      aws_ssm_parameter.secret_key.arn,
-      aws_ssm_parameter.redis_auth_token.arn,
-      aws_ssm_parameter.admin_password.arn,
-    ]
+    resources = concat(
+      [
+        aws_ssm_parameter.database_url.arn,
+        aws_ssm_parameter.database_ca.arn,
+        aws_ssm_parameter.secret_key.arn,
+        aws_ssm_parameter.redis_url.arn,
+      ],
+      aws_ssm_parameter.stats_database_url[*].arn,
+    )
   }
 
   statement {
@@ -71,6 +81,19 @@ data "aws_iam_policy_document" "app" {
     effect    = "Allow"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.app.arn}:*"]
+  }
+
+  statement {
+    sid       = "PublishTheServiceMetrics"
+    effect    = "Allow"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [local.metrics_namespace]
+    }
   }
 }
 

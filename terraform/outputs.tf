@@ -29,12 +29,15 @@ output "redis_endpoint" {
 }
 
 output "ssm_parameter_names" {
-  description = "SSM SecureString parameters holding the generated secrets: database password, SECRET_KEY, Redis AUTH token and the first admin's password (read one with aws ssm get-parameter --with-decryption)."
+  description = "SSM parameters: the generated secrets (database password, SECRET_KEY, Redis AUTH token, the first admin's password) and what the containers are given (DATABASE_URL, REDIS_URL, the RDS CA bundle). Read one with aws ssm get-parameter --with-decryption."
   value = {
     db_password      = aws_ssm_parameter.db_password.name
     secret_key       = aws_ssm_parameter.secret_key.name
     redis_auth_token = aws_ssm_parameter.redis_auth_token.name
     admin_password   = aws_ssm_parameter.admin_password.name
+    database_url     = aws_ssm_parameter.database_url.name
+    redis_url        = aws_ssm_parameter.redis_url.name
+    database_ca      = aws_ssm_parameter.database_ca.name
   }
 }
 
@@ -49,6 +52,34 @@ output "log_group_name" {
 }
 
 output "autoscaling_group_name" {
-  description = "Name of the application Auto Scaling group (for aws autoscaling start-instance-refresh and the like)."
-  value       = aws_autoscaling_group.app.name
+  description = "Name of the web Auto Scaling group (for aws autoscaling start-instance-refresh and the like)."
+  value       = aws_autoscaling_group.web.name
+}
+
+output "worker_autoscaling_group_name" {
+  description = "Name of the worker Auto Scaling group."
+  value       = aws_autoscaling_group.worker.name
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic every alarm notifies: subscribe to it."
+  value       = aws_sns_topic.alarms.arn
+}
+
+output "alb_logs_bucket" {
+  description = "S3 bucket of the load balancer's access logs (prefix alb/)."
+  value       = aws_s3_bucket.alb_logs.id
+}
+
+output "ses_dkim_records" {
+  description = "The DKIM CNAME records to publish in email_source's domain: SES sends from it once they resolve."
+  value = [
+    for token in aws_sesv2_email_identity.domain.dkim_signing_attributes[0].tokens :
+    { name = "${token}._domainkey.${local.email_domain}", type = "CNAME", value = "${token}.dkim.amazonses.com" }
+  ]
+}
+
+output "migration_task_definition" {
+  description = "The migration task (the image's migrate role) terraform runs once per release."
+  value       = aws_ecs_task_definition.migrate.arn
 }

@@ -62,3 +62,62 @@ resource "aws_ssm_parameter" "admin_password" {
   type        = "SecureString"
   value       = random_password.admin.result
 }
+
+# What the containers are given, whole: DATABASE_URL and REDIS_URL with their secrets in
+# them (instances and the migration task read these, never the parts).
+# ssl_ca: the server's certificate and name are verified against DATABASE_CA_PEM, which
+# the image's entrypoint writes to that path.
+locals {
+  database_ca_path = "/run/marketplace/database-ca.pem"
+  database_url     = "mysql://${var.db_username}:${random_password.db.result}@${aws_db_instance.main.address}:${aws_db_instance.main.port}/${var.db_name}?ssl_ca=${local.database_ca_path}"
+  stats_database_url = (
+    var.create_read_replica
+    ? "mysql://${var.db_username}:${random_password.db.result}@${aws_db_instance.replica[0].address}:${aws_db_instance.main.port}/${var.db_name}?ssl_ca=${local.database_ca_path}"
+    : ""
+  )
+  redis_url = "rediss://:${random_password.redis_auth_token.result}@${aws_elasticache_replication_group.redis.primary_endpoint_address}:${aws_elasticache_replication_group.redis.port}/0"
+}
+
+resource "aws_ssm_parameter" "database_url" {
+  name        = "${local.ssm_prefix}/database_url"
+  description = "DATABASE_URL of the service (TLS, the RDS CA verified)"
+  type        = "SecureString"
+  value       = local.database_url
+}
+
+resource "aws_ssm_parameter" "stats_database_url" {
+  count = var.create_read_replica ? 1 : 0
+
+  name        = "${local.ssm_prefix}/stats_database_url"
+  description = "STATS_DATABASE_URL of the service: the read replica (TLS, the RDS CA verified)"
+  type        = "SecureString"
+  value       = local.stats_database_url
+}
+
+resource "aws_ssm_parameter" "redis_url" {
+  name        = "${local.ssm_prefix}/redis_url"
+  description = "REDIS_URL of the service (TLS and the AUTH token)"
+  type        = "SecureString"
+  value       = local.redis_url
+}
+
+# The region's RDS CA bundle (public certificates, not a secret), fetched once by
+# terraform from AWS's trust store and handed to the containers as DATABASE_CA_PEM.
+data "http" "rds_ca" {
+  url = "https://truststore.pki.rds.amazonaws.com/${var.region}/${var.region}-bundle.pem"
+
+  lifecycle {
+    postcondition {
+      condition     = self.status_code == 200 && strcontains(self.response_body, "BEGIN CERTIFICATE")
+      error_message = "The RDS CA bundle of the region could not be fetched."
+    }
+  }
+}
+
+resource "aws_ssm_parameter" "database_ca" {
+  name        = "${local.ssm_prefix}/database_ca"
+  description = "The RDS CA bundle of ${var.region} (DATABASE_CA_PEM)"
+  type        = "String"
+  tier        = "Advanced" # the bundle is over the standard tier's 4 KB
+  value       = data.http.rds_ca.response_body
+}

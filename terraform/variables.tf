@@ -108,10 +108,39 @@ variable "requests_per_target" {
   default     = 1000
 }
 
-variable "migrate_command" {
-  description = "Command run in a one-off container of the image before the service starts on each instance (migrations, first admin; it takes a database lock so instances take turns). Empty: skip, when the image's own entrypoint migrates."
+variable "worker_instance_type" {
+  description = "EC2 instance type of the worker instances (the worker role: emails, the views stream)."
   type        = string
-  default     = "flask deploy upgrade"
+  default     = "t3.small"
+}
+
+variable "worker_min_size" {
+  description = "Fewest worker instances; at least 1, or no email is sent and no view written."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.worker_min_size >= 1
+    error_message = "worker_min_size must be at least 1: without a worker no email is sent."
+  }
+}
+
+variable "worker_max_size" {
+  description = "Most worker instances the backlog alarms may scale out to."
+  type        = number
+  default     = 4
+}
+
+variable "worker_emails_per_instance" {
+  description = "A worker's share of the email backlog (emails pending): past it per worker, the group gets one more."
+  type        = number
+  default     = 200
+}
+
+variable "worker_views_per_instance" {
+  description = "A worker's share of the views stream's lag (views not yet read): past it per worker, the group gets one more."
+  type        = number
+  default     = 20000
 }
 
 variable "log_retention_days" {
@@ -206,14 +235,20 @@ variable "redis_maintenance_window" {
 # --- database ------------------------------------------------------------------------
 
 variable "db_engine_version" {
-  description = "RDS MySQL 8 engine version (major.minor, e.g. 8.4 or 8.0; minor upgrades are applied automatically)."
+  description = "RDS MariaDB engine version (major.minor; minor upgrades are applied automatically). 10.11, the long-term release Debian bookworm ships, is what the tests run."
   type        = string
-  default     = "8.4"
+  default     = "10.11"
 
   validation {
-    condition     = startswith(var.db_engine_version, "8.")
-    error_message = "The service is built for MySQL 8: db_engine_version must start with 8."
+    condition     = contains(["10.6", "10.11", "11.4"], var.db_engine_version)
+    error_message = "db_engine_version must be a MariaDB long-term release RDS offers: 10.6, 10.11 or 11.4."
   }
+}
+
+variable "db_ca_cert_identifier" {
+  description = "The RDS certificate authority that signs the database's TLS certificate; the service verifies it against the region's RDS CA bundle."
+  type        = string
+  default     = "rds-ca-rsa2048-g1"
 }
 
 variable "db_instance_class" {
@@ -296,7 +331,7 @@ variable "replica_instance_class" {
 # --- email ---------------------------------------------------------------------------
 
 variable "email_source" {
-  description = "Sender address of the product-change emails (EMAIL_SOURCE). Created as an SES email identity: AWS mails it a verification link that must be clicked before SES sends from it."
+  description = "Sender address of the product-change emails (EMAIL_SOURCE). Its domain becomes an SES domain identity with Easy DKIM: publish the records of output ses_dkim_records before SES sends from it."
   type        = string
 
   validation {
@@ -306,11 +341,55 @@ variable "email_source" {
 }
 
 variable "admin_email" {
-  description = "Email of the first admin account (ADMIN_EMAIL), created by migrate_command when the database has no admin. Its password is generated and kept in SSM (output ssm_parameter_names.admin_password)."
+  description = "Email of the first admin account (ADMIN_EMAIL), created by the release's migration task (release.tf) when the database has no admin. Its password is generated and kept in SSM (output ssm_parameter_names.admin_password)."
   type        = string
 
   validation {
     condition     = can(regex("^[^@\\s'\"]+@[^@\\s'\"]+\\.[^@\\s'\"]+$", var.admin_email))
     error_message = "admin_email must be an email address."
   }
+}
+
+# --- alarms and logs -------------------------------------------------------------------
+
+variable "alarm_email" {
+  description = "An address subscribed to the alarms' SNS topic (AWS mails it a confirmation link). Empty: subscribe to the topic (output alarm_topic_arn) yourself."
+  type        = string
+  default     = ""
+}
+
+variable "alarm_5xx_per_minute" {
+  description = "5xx answers a minute, for 3 minutes, that raise an alarm (the instances' and, separately, the load balancer's own)."
+  type        = number
+  default     = 5
+}
+
+variable "alarm_outbox_age_seconds" {
+  description = "Age in seconds of the oldest pending email that raises an alarm."
+  type        = number
+  default     = 600
+}
+
+variable "alarm_views_lag" {
+  description = "Views in the stream not yet read by a worker, for 5 minutes, that raise an alarm."
+  type        = number
+  default     = 100000
+}
+
+variable "alarm_rds_cpu_percent" {
+  description = "The primary database's average CPU, for 10 minutes, that raises an alarm."
+  type        = number
+  default     = 80
+}
+
+variable "alarm_rds_free_storage_gb" {
+  description = "Free storage of the primary database, in GiB, under which an alarm is raised."
+  type        = number
+  default     = 5
+}
+
+variable "alb_log_retention_days" {
+  description = "Days the load balancer's access logs are kept in their S3 bucket."
+  type        = number
+  default     = 90
 }

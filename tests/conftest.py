@@ -7,16 +7,11 @@ each test then starts from empty tables.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 from datetime import timedelta
 from decimal import Decimal
 from unittest.mock import patch
 
 import pytest
-import redis
 from flask_migrate import upgrade
 from sqlalchemy import MetaData, create_engine, select, text
 
@@ -28,9 +23,21 @@ from app.accounts.tokens import issue_token
 from app.catalog.models import Product
 from app.core.config import TestConfig, database_url
 from app.core.extensions import db
+from tests.system import harness as h
 
 PASSWORD = "correct-horse-42"
 BACKENDS = ["sqlite"] + (["mariadb"] if os.environ.get("TEST_DATABASE_URL") else [])
+
+
+def login(client, email: str, password: str = PASSWORD, *, path="/users/login", address=None):
+    """Log in as a user would (``path``: another spelling of the route; ``address``: the
+    client's IP, for the limits); the answer."""
+    environ = {"REMOTE_ADDR": address} if address else {}
+    return client.post(path, json={"email": email, "password": password}, environ_base=environ)
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def drop_everything(url: str) -> None:
@@ -135,7 +142,7 @@ class Factory:
 
     @staticmethod
     def headers(user: User) -> dict:
-        return {"Authorization": f"Bearer {issue_token(user)}"}
+        return bearer(issue_token(user))
 
     def expired_headers(self, user_id: int) -> dict:
         with self.app.app_context():
@@ -147,7 +154,7 @@ class Factory:
                 additional_claims={"ver": user.token_version},
                 expires_delta=timedelta(seconds=-10),
             )
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(token)
 
     def product(self, sku: str | None = None, **fields) -> dict:
         """A product already in the catalog: no change announced, so no admin is emailed."""
@@ -210,36 +217,17 @@ def admin_headers(admin) -> dict:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    """A Redis of the suite's own (TEST_REDIS_URL, or a redis-server it starts on a free
-    loopback port and stops at the end): tests empty it, so never the machine's."""
+    """A Redis of the suite's own (TEST_REDIS_URL, or the system tests' private
+    redis-server on a free loopback port, stopped at the end): tests empty it, so never
+    the machine's."""
     if url := os.environ.get("TEST_REDIS_URL"):
         yield url
         return
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is needed (apt-get install redis-server)"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
-    options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    server = subprocess.Popen(
-        [binary, "--port", str(port), *options],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    probe = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            probe.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield url
-    server.terminate()
-    server.wait(10)
+    assert not h.missing_binaries(h.REDIS_SERVER), "redis-server is needed (apt-get install)"
+    reaper = h.Reaper(tmp_path_factory.mktemp("redis"), adopt_orphans=False)
+    server = h.Redis(reaper, reaper.workdir)
+    yield server.url
+    reaper.stop(server.process, timeout=10)
 
 
 @pytest.fixture

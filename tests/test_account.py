@@ -8,13 +8,7 @@ from sqlalchemy import select
 
 from app.accounts.models import RevokedToken, User
 from app.core.extensions import db
-from tests.conftest import PASSWORD
-
-
-def login(client, email: str, password: str = PASSWORD) -> dict:
-    answer = client.post("/users/login", json={"email": email, "password": password})
-    assert answer.status_code == 200, answer.json
-    return {"Authorization": f"Bearer {answer.json['Token']}"}
+from tests.conftest import PASSWORD, bearer, login
 
 
 @pytest.mark.parametrize("who", ["admin", "reader"])
@@ -57,7 +51,7 @@ def test_a_new_password_needs_the_current_one(client, reader):
     answer = client.patch("/users/me", headers=reader["headers"], json={"password": "new-pass-123"})
     assert answer.status_code == 422
     assert "current_password" in answer.json["errors"]["json"]
-    login(client, reader["email"])  # the old password still works
+    assert login(client, reader["email"]).status_code == 200  # the old password still works
 
 
 def test_a_wrong_current_password_is_refused_and_nothing_changes(client, reader, rows):
@@ -97,7 +91,7 @@ def test_wrong_current_passwords_count_against_the_accounts_failed_logins(app, c
 
 
 def test_a_new_password_ends_every_session_and_the_new_one_logs_in(client, reader, rows):
-    other_session = login(client, reader["email"])
+    other_session = bearer(login(client, reader["email"]).json["Token"])
     answer = client.patch(
         "/users/me",
         headers=reader["headers"],
@@ -107,9 +101,8 @@ def test_a_new_password_ends_every_session_and_the_new_one_logs_in(client, reade
     for headers in (reader["headers"], other_session):
         refused = client.get("/users/me", headers=headers)
         assert refused.status_code == 401
-    wrong = client.post("/users/login", json={"email": reader["email"], "password": PASSWORD})
-    assert wrong.status_code == 401
-    fresh = login(client, reader["email"], "new-pass-123")
+    assert login(client, reader["email"]).status_code == 401
+    fresh = bearer(login(client, reader["email"], "new-pass-123").json["Token"])
     assert client.get("/users/me", headers=fresh).json["id"] == reader["id"]
 
 
@@ -124,8 +117,8 @@ def test_a_new_password_too_short_is_422(client, reader):
 
 
 def test_logout_revokes_only_the_token_sent(client, admin):
-    first = login(client, admin["email"])
-    second = login(client, admin["email"])
+    first = bearer(login(client, admin["email"]).json["Token"])
+    second = bearer(login(client, admin["email"]).json["Token"])
     answer = client.post("/users/logout", headers=first)
     assert answer.status_code == 204
     assert answer.data == b""
@@ -186,4 +179,4 @@ def test_a_token_without_a_jti_is_refused(app, client, admin):
             identity=str(user.id),
             additional_claims={"ver": user.token_version, "rol": 1, "jti": None},
         )
-    assert client.get("/users/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert client.get("/users/me", headers=bearer(token)).status_code == 401

@@ -2,6 +2,7 @@
 
 import ast
 import base64
+import logging
 import os
 import re
 import secrets
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import jwt
 import pytest
 
@@ -36,7 +38,6 @@ def clean_env(monkeypatch, tmp_path):
         "ADMIN_PASSWORD",
         "REDIS_URL",
         "RATELIMIT_STORAGE_URI",
-        "LOGIN_LIMITS_PER_PROCESS",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'app.db'}")
@@ -69,7 +70,6 @@ def test_production_starts_with_a_strong_secret_key(clean_env):
     key = secrets.token_urlsafe(48)
     clean_env.setenv("APP_ENV", "production")
     clean_env.setenv("SECRET_KEY", key)
-    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # not connected at start-up
 
     app = create_app()
 
@@ -110,7 +110,6 @@ def test_production_starts_with_a_strong_secret_key(clean_env):
 )
 def test_production_refuses_a_low_entropy_secret_key(clean_env, secret):
     clean_env.setenv("SECRET_KEY", secret)
-    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
 
     with pytest.raises(ConfigError, match=r"SECRET_KEY .*: set it to a random string"):
         create_app(ProductionConfig())
@@ -131,7 +130,6 @@ KEY_GENERATORS = {
 
 @pytest.mark.parametrize("make_key", KEY_GENERATORS.values(), ids=KEY_GENERATORS)
 def test_production_takes_random_secret_keys(clean_env, make_key):
-    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     key = make_key()
     clean_env.setenv("SECRET_KEY", key)
     assert create_app(ProductionConfig()).config["SECRET_KEY"] == key
@@ -146,7 +144,6 @@ def test_the_documented_way_to_make_a_key_makes_one_production_takes(clean_env):
     text = "\n".join(p.read_text() for p in pages if p.is_file())
     commands = set(re.findall(r"python3? -c ['\"](import secrets; print\([^'\"]+\))['\"]", text))
     assert settings.MAKE_A_KEY.split(" -c ")[1].strip('"') in commands
-    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     for command in commands:
         key = subprocess.run(
             [sys.executable, "-c", command], capture_output=True, text=True, check=True
@@ -194,28 +191,68 @@ def production(clean_env):
     clean_env.setenv("SECRET_KEY", secrets.token_urlsafe(48))
 
 
-def test_production_refuses_per_process_login_limits(clean_env):
+PER_PROCESS = "login limits: counted in this process's memory"
+
+
+def per_process_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(PER_PROCESS)]
+
+
+def test_production_without_redis_counts_login_failures_per_process_and_says_so_once(
+    clean_env, caplog
+):
+    """One container, `docker run` with no Redis: it starts, and its log says how logins
+    are counted, once, however many requests follow."""
     production(clean_env)
-    with pytest.raises(ConfigError, match="RATELIMIT_STORAGE_URI must point at Redis"):
-        create_app()
-    clean_env.setenv("RATELIMIT_STORAGE_URI", "memory://")
-    with pytest.raises(ConfigError, match="LOGIN_LIMITS_PER_PROCESS=true"):
-        create_app()
+    caplog.set_level(logging.INFO)
+
+    app = create_app()
+    client = app.test_client()
+    for _ in range(3):
+        client.post("/users/login", json={"email": "nobody@example.com", "password": "wrong"})
+
+    assert app.config["RATELIMIT_STORAGE_URI"] == "memory://"
+    assert per_process_lines(caplog) == [
+        f"{PER_PROCESS} (no REDIS_URL): 10 per 1 minute per address and 50 per 1 minute per "
+        "account in each process; set REDIS_URL to share one count between processes and "
+        "containers"
+    ]
 
 
-def test_production_counts_login_failures_in_the_views_redis_by_default(clean_env):
+@pytest.mark.parametrize(("command", "lines"), [("run", 1), ("worker", 0), ("db", 0)])
+def test_only_the_web_process_logs_how_logins_are_counted(clean_env, caplog, command, lines):
+    """`flask run` (and uWSGI, which has no command) serve logins; the worker and the
+    migrations build the app too, and say nothing about logins."""
+    production(clean_env)
+    caplog.set_level(logging.INFO)
+
+    with click.Context(click.Command(command), info_name=command):
+        create_app()
+
+    assert len(per_process_lines(caplog)) == lines
+
+
+def test_production_counts_login_failures_in_the_views_redis_by_default(clean_env, caplog):
     production(clean_env)
     clean_env.setenv("REDIS_URL", "rediss://cache.example:6379/0")
+    caplog.set_level(logging.INFO)
 
-    assert create_app().config["RATELIMIT_STORAGE_URI"] == "rediss://cache.example:6379/0"
+    app = create_app()
+
+    assert app.config["RATELIMIT_STORAGE_URI"] == "rediss://cache.example:6379/0"
+    assert not app.extensions["login_limits"].per_process
+    assert per_process_lines(caplog) == []
 
 
-def test_production_per_process_login_limits_are_an_explicit_choice(clean_env):
+def test_ratelimit_storage_uri_overrides_the_views_redis(clean_env, caplog):
     production(clean_env)
+    clean_env.setenv("REDIS_URL", "redis://cache.example:6379/0")
     clean_env.setenv("RATELIMIT_STORAGE_URI", "memory://")
-    clean_env.setenv("LOGIN_LIMITS_PER_PROCESS", "true")
+    caplog.set_level(logging.INFO)
 
-    assert create_app().config["RATELIMIT_STORAGE_URI"] == "memory://"
+    assert create_app().extensions["login_limits"].per_process
+    [line] = per_process_lines(caplog)
+    assert line.startswith(f"{PER_PROCESS} (RATELIMIT_STORAGE_URI): ")
 
 
 def test_an_unknown_app_env_is_refused(clean_env):

@@ -3,16 +3,7 @@
 import jwt
 import pytest
 
-from tests.conftest import PASSWORD
-
-
-def login(client, email, password=PASSWORD, path="/users/login"):
-    return client.post(path, json={"email": email, "password": password})
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
-
+from tests.conftest import PASSWORD, bearer, login
 
 # ---------------------------------------------------------------- logging in
 

@@ -366,11 +366,11 @@ def test_one_summary_email_per_admin_with_the_first_changes(app, client, make, s
 
     with app.app_context():
         outbox = list(db.session.scalars(select(Notification).order_by(Notification.id)))
-        assert [(n.recipient, n.event, n.product_id) for n in outbox] == [
-            ("admin1@example.com", "imported", None),
-            ("admin2@example.com", "imported", None),
+        assert [(n.recipient, n.event_count) for n in outbox] == [
+            ("admin1@example.com", 31),
+            ("admin2@example.com", 31),
         ]
-        assert outbox[0].changes["created"] == 30 and outbox[0].changes["updated"] == 1
+        assert outbox[0].summary == {"created": 30, "updated": 1, "unchanged": 0}
     settle(app)
     mail = inbox(ses)
     assert set(mail) == {"admin1@example.com", "admin2@example.com"}

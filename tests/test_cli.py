@@ -6,10 +6,7 @@ import shlex
 import pytest
 
 from app.accounts.models import Role, User
-
-
-def login(client, email, password):
-    return client.post("/users/login", json={"email": email, "password": password})
+from tests.conftest import bearer, login
 
 
 def flask_users(runner, command: str):
@@ -36,7 +33,7 @@ def test_create_admin_makes_an_admin_who_can_log_in(runner, client, rows):
     assert user.role == Role.ADMIN
     response = login(client, "ops@example.com", "ops-password-1")
     assert response.status_code == 200
-    headers = {"Authorization": f"Bearer {response.get_json()['Token']}"}
+    headers = bearer(response.get_json()["Token"])
     assert client.get("/api/users", headers=headers).status_code == 200
 
 
@@ -303,8 +300,6 @@ def production_runner(database, monkeypatch):
         "DATABASE_URL": database,
         "SECRET_KEY": secrets.token_urlsafe(48),
         "MAIL_BACKEND": "console",
-        "RATELIMIT_STORAGE_URI": "memory://",
-        "LOGIN_LIMITS_PER_PROCESS": "true",
     }.items():
         monkeypatch.setenv(name, value)
     for name in ("ADMIN_EMAIL", "ADMIN_PASSWORD", "REDIS_URL"):

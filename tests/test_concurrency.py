@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from app.catalog.models import Product
 from app.core.extensions import db
+from app.events.models import Event
 from app.notifications.models import Notification
 
 
@@ -36,7 +37,8 @@ def emails_to(app, recipient: str, sku: str) -> list[Notification]:
         return list(
             db.session.scalars(
                 select(Notification)
-                .where(Notification.recipient == recipient, Notification.sku == sku)
+                .join(Notification.event)
+                .where(Notification.recipient == recipient, Event.sku == sku)
                 .order_by(Notification.id)
             )
         )
@@ -59,7 +61,7 @@ def test_concurrent_price_changes_chain_in_the_emails(app, make):
     assert [answer.json["price"] for answer in answers] == prices
     updates = emails_to(app, "admin0@example.com", "shoe")
     assert len(updates) == len(admins)
-    chain = [(n.changes["price"]["old"], n.changes["price"]["new"]) for n in updates]
+    chain = [(n.event.changes["price"]["old"], n.event.changes["price"]["new"]) for n in updates]
     assert chain[0][0] == 100
     assert all(earlier[1] == later[0] for earlier, later in itertools.pairwise(chain))
     with app.app_context():
@@ -80,7 +82,8 @@ def test_concurrent_deletes_of_one_product_delete_and_email_once(app, make):
     )
     assert sorted(answer.status_code for answer in answers) == [204] + [404] * 5
     for admin in admins:
-        deleted = [n for n in emails_to(app, admin["email"], "shoe") if n.event == "deleted"]
+        emails = emails_to(app, admin["email"], "shoe")
+        deleted = [n for n in emails if n.event.type == "product.deleted"]
         assert len(deleted) == 1
 
 

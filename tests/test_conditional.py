@@ -140,8 +140,8 @@ def test_a_retried_delete_and_update_do_nothing_twice(client, make, admin, rows)
     delete = {**admin["headers"], "Idempotency-Key": "delete-1"}
     assert client.delete("/api/products/abc", headers=delete).status_code == 204
     assert client.delete("/api/products/abc", headers=delete).status_code == 204
-    events = [n.event for n in rows(Notification)]
-    assert events == ["updated", "deleted"]
+    events = [n.event.type for n in rows(Notification)]
+    assert events == ["product.updated", "product.deleted"]
 
 
 def test_an_unusable_key_is_refused_naming_the_header(client, admin):

@@ -39,6 +39,11 @@ def test_the_spec_lists_every_route_with_bearer_security(client):
         ("PATCH", "/api/users/{user_id}"),
         ("DELETE", "/api/users/{user_id}"),
         ("GET", "/api/notifications"),
+        ("GET", "/api/notifications/{notification_id}"),
+        ("GET", "/api/events"),
+        ("GET", "/api/products/{sku}/history"),
+        ("POST", "/api/products/{sku}/revert"),
+        ("GET", "/api/users/{user_id}/history"),
         ("POST", "/api/catalog/import"),
         ("GET", "/api/catalog/export"),
         ("GET", "/api/notifications/summary"),
@@ -69,7 +74,7 @@ def operations(spec: dict):
 
 
 def concrete(path: str) -> str:
-    return path.replace("{sku}", "abc").replace("{user_id}", "1")
+    return path.replace("{sku}", "abc").replace("{user_id}", "1").replace("{notification_id}", "1")
 
 
 def test_the_document_says_where_to_send_and_how_to_authorize(client):

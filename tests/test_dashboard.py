@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import update
 
 from app.core.extensions import db
+from app.events.models import Event
 from app.notifications.models import Notification
 from app.ops.dashboard import POLICY
 from app.views import rollups
@@ -172,7 +173,10 @@ def emails_on(app, client, admin, sku: str, day: date, statuses: list[str]) -> N
     at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=23, minutes=59)
     with app.app_context():
         ids = db.session.scalars(
-            db.select(Notification.id).where(Notification.sku == sku).order_by(Notification.id)
+            db.select(Notification.id)
+            .join(Notification.event)
+            .where(Event.sku == sku)
+            .order_by(Notification.id)
         ).all()
         assert len(ids) == len(statuses)
         for row_id, status in zip(ids, statuses, strict=True):

@@ -45,7 +45,11 @@ def test_every_operation_refuses_a_query_parameter_it_does_not_declare(client, a
     for method, path, operation in operations(spec):
         declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
         assert "nosuch" not in declared
-        url = path.replace("{sku}", "abc").replace("{user_id}", str(admin["id"]))
+        url = (
+            path.replace("{sku}", "abc")
+            .replace("{user_id}", str(admin["id"]))
+            .replace("{notification_id}", "1")
+        )
         response = getattr(client, method)(f"{url}?nosuch=1", json={}, headers=admin["headers"])
         label = f"{method.upper()} {path}"
         assert response.status_code == 422, label

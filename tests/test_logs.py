@@ -1,23 +1,27 @@
-"""Request ids (X-Request-ID) and log lines (app/logs.py): kept, replaced, in every error
+"""Request ids (X-Request-ID) and log lines (app/core/logs.py): kept, replaced, in every error
 body and every log record of the request; LOG_FORMAT=json as one object a line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
 
 import boto3
 import pytest
 from moto import mock_aws
+from werkzeug.serving import make_server
 
 from app.core import config, logs
 from app.worker import Worker
-from tests.test_dockerfile import NGINX_CONF, nginx_directives
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_ID = re.compile(r"[0-9a-f]{32}")
@@ -101,13 +105,44 @@ def test_every_log_record_of_a_request_carries_its_id_route_and_user(client, adm
     assert not hasattr(line, "user_id"), "an anonymous read has no user"
 
 
-def test_probes_and_scrapes_get_no_request_line(client, caplog):
+@pytest.mark.parametrize(
+    ("log_probes", "logged"), [(False, {"list"}), (True, {"probe", "scrape", "list"})]
+)
+def test_probes_and_scrapes_get_a_request_line_only_without_nginx(
+    app, client, caplog, log_probes, logged
+):
+    """Behind nginx (production: LOG_PROBES false) nginx logs them; `make run` logs all."""
+    app.config["LOG_PROBES"] = log_probes
     caplog.set_level(logging.INFO)
     client.get("/healthz", headers={"X-Request-ID": "probe"})
     client.get("/metrics", headers={"X-Request-ID": "scrape"})
     client.get("/api/products", headers={"X-Request-ID": "list"})
     lines = {r.request_id for r in caplog.records if r.name == "app.requests"}
-    assert lines == {"list"}
+    assert lines == logged
+
+
+def test_production_leaves_probes_to_nginx(monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "x")
+    monkeypatch.delenv("LOG_PROBES", raising=False)
+    assert config.ProductionConfig().LOG_PROBES is False
+    assert config.Config().LOG_PROBES is True
+
+
+def test_the_development_server_logs_each_request_once(app, caplog):
+    """`make run` (Flask's development server): the app's line, not the server's too."""
+    caplog.set_level(logging.INFO)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for path in ("/api/products", "/healthz", "/nope"):
+            request = Request(f"http://127.0.0.1:{server.port}{path}")
+            with contextlib.suppress(HTTPError):
+                urlopen(request, timeout=10).close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = [r.getMessage() for r in caplog.records if r.name in ("app.requests", "werkzeug")]
+    assert lines == ["GET /api/products 200", "GET /healthz 200", "GET /nope 404"]
 
 
 def test_json_lines_parse_and_carry_the_fields(client, admin, caplog):
@@ -185,24 +220,6 @@ def test_an_unknown_log_format_is_refused(monkeypatch):
     monkeypatch.setenv("LOG_FORMAT", "xml")
     with pytest.raises(config.ConfigError, match="LOG_FORMAT"):
         config.TestConfig().validate()
-
-
-def test_nginx_passes_the_request_id_on_and_logs_it():
-    text = NGINX_CONF.read_text()
-    locations = re.findall(r"location [^{]+\{(.*?)\n        \}", text, re.S)
-    proxied = [block for block in locations if "uwsgi_pass" in block]
-    assert len(proxied) >= 3  # every location that passes to uWSGI, below
-    for block in proxied:
-        assert ("uwsgi_param", ["HTTP_X_REQUEST_ID", "$marketplace_request_id"]) in (
-            nginx_directives(block)
-        )
-    [log_format] = re.findall(r"log_format marketplace (.*?);", text, re.S)
-    assert "request_id=$marketplace_request_id" in log_format
-    mapping = re.search(
-        r"map \$http_x_request_id \$marketplace_request_id \{(.*?)\n    \}", text, re.S
-    )
-    assert mapping and '"~^[A-Za-z0-9_-]{1,128}$" $http_x_request_id;' in mapping.group(1)
-    assert "default $request_id;" in mapping.group(1)
 
 
 def test_a_path_cannot_forge_a_log_line(client, caplog):

@@ -369,6 +369,7 @@ def test_admins_read_the_delivery_log_filtered_by_status_and_sku(app, client, ma
         "last_error",
         "created_at",
         "sent_at",
+        "event_id",
     }
     assert newest["event"] == "updated"
     assert newest["changes"] == {"price": {"old": 300, "new": 500}}

@@ -51,3 +51,12 @@ def test_every_page_in_docs_is_linked_from_the_readme():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     unlinked = [p.name for p in PAGES[1:] if f"docs/{p.name}" not in text]
     assert unlinked == []
+
+
+def test_the_readmes_newman_command_is_the_one_docs_check_runs():
+    """`npx --yes` (no prompt outside a terminal) and the newman `make docs-check` runs."""
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    docs_check = (ROOT / "tests" / "system" / "test_docs.py").read_text(encoding="utf-8")
+    newman = re.search(r'^NEWMAN = "(newman@[\d.]+)"$', docs_check, re.M)
+    assert newman, "tests/system/test_docs.py pins newman"
+    assert f"npx --yes {newman[1]} run marketplace.postman_collection.json" in readme

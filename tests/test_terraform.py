@@ -1,18 +1,13 @@
-"""The deployment in terraform/ keeps its security rules.
+"""What only a test can say about terraform/ (the text itself is `make lint`'s:
+`terraform fmt`): who can reach whom, what each role may do and read, that secrets reach
+the instances through SSM only, the boot script rendered by terraform and run by bash
+against moto for each role, the release's migration script, variable validation by the
+real `terraform`, and the facts that tie the files to the service: the metrics the
+instances publish are the service's own and every alarm the operators need exists, the
+database is the engine and version the tests run, and TLS to it is required and verified.
 
-The .tf files are parsed with python-hcl2: the database and Redis are private and
-encrypted, only the app reaches MySQL and Redis, Redis never evicts, only the load balancer
-is open to the internet and port 80 redirects to HTTPS, the instance role grants exactly
-the allowed actions and reads exactly the parameters the boot script reads, no static AWS
-keys exist, the state is in S3, the target group checks /readyz.
-
-The real `terraform` runs too (offline: no provider, no state of the deployment):
-`terraform fmt -check`, a plan of variables.tf alone (a certificate is required unless
-allow_plain_http), and the boot script rendered by templatefile() and run by bash against
-moto's SSM and ECR, with docker, dnf and systemctl stood in for on PATH (no Docker engine
-here), to see the environment each container gets.
-
-None of these tests uses the database fixtures of conftest.py, so each runs once.
+The .tf files are parsed with python-hcl2; the real `terraform` runs offline (no
+provider, no state). None of these tests uses the database fixtures of conftest.py.
 """
 
 from __future__ import annotations
@@ -32,35 +27,46 @@ import hcl2
 import pytest
 from hcl2 import SerializationOptions
 
-TERRAFORM_DIR = Path(__file__).resolve().parent.parent / "terraform"
+ROOT = Path(__file__).resolve().parent.parent
+TERRAFORM_DIR = ROOT / "terraform"
 USER_DATA_TEMPLATE = TERRAFORM_DIR / "user_data.sh.tftpl"
 
-# Everything the application instances' role may do, and on what: the one list, kept in
-# step with terraform/iam.tf (a grant added there must be added here too, knowingly).
-# Each action maps to the pattern every Resource of a statement granting it must match.
+# What each role may do, and on what: the lists kept in step with terraform/iam.tf and
+# release.tf (a grant added there must be added here too, knowingly). Each action maps to
+# the pattern every Resource of a statement granting it must match.
 ANY = r"\*"  # only for actions that have no resource-level scope
-SES_IDENTITY = r"\$\{aws_ses_email_identity\.\w+\.arn\}"
+SES_SENDER = r"\$\{aws_sesv2_(email_identity|configuration_set)\.\w+\.arn\}"
 ECR_REPOSITORY = r"\$\{aws_ecr_repository\.\w+\.arn\}"
-SSM_PARAMETER = r"\$\{aws_ssm_parameter\.\w+\.arn\}"
+SSM_PARAMETER = r"\$\{aws_ssm_parameter\.\w+(\[\*\])?\.arn\}"
 LOG_GROUP_STREAMS = r"\$\{aws_cloudwatch_log_group\.\w+\.arn\}:\*"
-ALLOWED_GRANTS = {
-    "ses:SendEmail": SES_IDENTITY,
-    "ses:SendRawEmail": SES_IDENTITY,
+ECR_PULL = {
     "ecr:GetAuthorizationToken": ANY,
     "ecr:BatchGetImage": ECR_REPOSITORY,
     "ecr:GetDownloadUrlForLayer": ECR_REPOSITORY,
     "ecr:BatchCheckLayerAvailability": ECR_REPOSITORY,
-    "ssm:GetParameter": SSM_PARAMETER,
-    "ssm:GetParameters": SSM_PARAMETER,
-    "logs:CreateLogStream": LOG_GROUP_STREAMS,
-    "logs:PutLogEvents": LOG_GROUP_STREAMS,
 }
-ALLOWED_ACTIONS = frozenset(ALLOWED_GRANTS)
+LOGS = {"logs:CreateLogStream": LOG_GROUP_STREAMS, "logs:PutLogEvents": LOG_GROUP_STREAMS}
+ALLOWED_GRANTS = {
+    # the web and worker instances
+    "app": {
+        "ses:SendEmail": SES_SENDER,
+        "ses:SendRawEmail": SES_SENDER,
+        **ECR_PULL,
+        "ssm:GetParameter": SSM_PARAMETER,
+        "ssm:GetParameters": SSM_PARAMETER,
+        **LOGS,
+        "cloudwatch:PutMetricData": ANY,
+    },
+    # ECS starting the release's migration task
+    "migrate_execution": {**ECR_PULL, "ssm:GetParameters": SSM_PARAMETER, **LOGS},
+}
+# Who may assume each role.
+TRUSTED_SERVICES = {"app": "ec2.amazonaws.com", "migrate_execution": "ecs-tasks.amazonaws.com"}
 
-# Arguments of the aws provider and the s3 backend that take static keys.
 CREDENTIAL_ARGUMENTS = frozenset({"access_key", "secret_key", "token"})
 OPEN_CIDRS = frozenset({"0.0.0.0/0", "::/0"})
 MYSQL_PORT = 3306
+REDIS_PORT = 6379
 
 # Plain Python values: strings without their quotes, expressions as "${...}".
 HCL_OPTIONS = SerializationOptions(
@@ -242,322 +248,6 @@ def covers_port(rule: dict, port: int) -> bool:
         return True  # a port range that is not a literal: assume the worst
 
 
-# --- IAM policies ---------------------------------------------------------------------
-
-
-def trust_documents() -> set[str]:
-    """Names of the aws_iam_policy_document data sources used as assume-role policies."""
-    names = set()
-    for body in resources("aws_iam_role").values():
-        name = ref_name(body.get("assume_role_policy"), "data.aws_iam_policy_document", "json")
-        assert name, f"assume_role_policy must be an aws_iam_policy_document: {body!r}"
-        names.add(name)
-    return names
-
-
-def policy_json_statements(text: str) -> list[dict]:
-    """Statements of a policy written as jsonencode({...}) or a JSON string."""
-    statements = []
-    for match in re.finditer(
-        r'"?(Not)?Action"?\s*[=:]\s*(\[[^\]]*\]|"[^"]*")', text, flags=re.IGNORECASE
-    ):
-        actions = re.findall(r'"([^"]+)"', match.group(2))
-        statements.append({"actions": actions, "not": bool(match.group(1))})
-    return statements
-
-
-def permission_statements() -> list[dict]:
-    """Every Allow statement that grants permissions (trust policies aside), as
-    {where, actions, resources, not}."""
-    trust = trust_documents()
-    statements = []
-    for _, name, body in blocks("data", "aws_iam_policy_document"):
-        if name in trust:
-            continue
-        for statement in nested(body, "statement"):
-            if statement.get("effect", "Allow") != "Allow":
-                continue
-            statements.append(
-                {
-                    "where": f"data.aws_iam_policy_document.{name}",
-                    "actions": as_list(statement.get("actions"))
-                    + as_list(statement.get("not_actions")),
-                    "not": bool(statement.get("not_actions"))
-                    or bool(statement.get("not_resources")),
-                    "resources": as_list(statement.get("resources")),
-                }
-            )
-    # Policies written inline as JSON rather than as a policy document.
-    for type_ in ("aws_iam_role_policy", "aws_iam_policy", "aws_iam_user_policy"):
-        for name, body in resources(type_).items():
-            policy = str(body.get("policy", ""))
-            if ref_name(policy, "data.aws_iam_policy_document", "json"):
-                continue
-            for statement in policy_json_statements(policy):
-                statements.append({"where": f"{type_}.{name}", "resources": None, **statement})
-    for name, body in resources("aws_iam_role").items():
-        for inline in nested(body, "inline_policy"):
-            for statement in policy_json_statements(str(inline.get("policy", ""))):
-                statements.append(
-                    {"where": f"aws_iam_role.{name} inline", "resources": None, **statement}
-                )
-    return statements
-
-
-# --- the tests ------------------------------------------------------------------------
-
-
-def test_backend_is_s3_with_a_bucket_and_aws_pinned_to_a_major_version():
-    text = (TERRAFORM_DIR / "terraform.tf").read_text()
-    (settings,) = hcl2.loads(text, serialization_options=HCL_OPTIONS)["terraform"]
-    (backend,) = settings["backend"]
-    assert list(backend) == ["s3"], f"the backend must be s3, got {list(backend)}"
-    s3 = backend["s3"]
-    bucket = s3.get("bucket")
-    assert isinstance(bucket, str) and re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket), (
-        f"the S3 backend needs a literal bucket name in terraform/terraform.tf, got {bucket!r}"
-    )
-    assert s3.get("key"), "the S3 backend needs a state key"
-    assert s3.get("encrypt") is True, "the state holds secrets: the S3 backend must encrypt it"
-
-    (providers,) = settings["required_providers"]
-    aws = providers["aws"]
-    assert aws["source"] == "hashicorp/aws"
-    assert re.fullmatch(r"~>\s*\d+\.\d+", aws["version"]), (
-        f"pin the aws provider to a major version (~> N.0), got {aws['version']!r}"
-    )
-
-
-def test_databases_are_private_and_encrypted():
-    instances = db_instances()
-    assert "main" in instances, "the primary database is aws_db_instance.main"
-    for name, body in instances.items():
-        assert body.get("publicly_accessible") is False, f"aws_db_instance.{name} is public"
-        assert body.get("storage_encrypted") is True, f"aws_db_instance.{name} is not encrypted"
-        assert "${random_password." in str(body.get("password", "${random_password.")), (
-            f"aws_db_instance.{name}: the password must be generated, not written down"
-        )
-
-    primary = instances["main"]
-    assert primary["engine"] == "mysql" and str(primary["engine_version"]).startswith(
-        ("8", "${var.")
-    )
-    assert primary.get("db_subnet_group_name"), "the primary must be placed in a subnet group"
-    assert primary.get("backup_retention_period") not in (None, 0), "backups must be on"
-    assert primary.get("multi_az") == "${var.db_multi_az}"
-    assert primary.get("deletion_protection") == "${var.db_deletion_protection}"
-
-    replicas = {n: b for n, b in instances.items() if b.get("replicate_source_db")}
-    assert set(replicas) == {"replica"}, "one optional read replica, aws_db_instance.replica"
-    assert replicas["replica"].get("count") == "${var.create_read_replica ? 1 : 0}"
-
-
-def test_everything_stored_is_encrypted():
-    for name, body in db_instances().items():
-        assert body.get("storage_encrypted") is True, f"aws_db_instance.{name}"
-    for name, body in resources("aws_launch_template").items():
-        volumes = [
-            ebs
-            for mapping in nested(body, "block_device_mappings")
-            for ebs in nested(mapping, "ebs")
-        ]
-        assert volumes, f"aws_launch_template.{name} must declare its (encrypted) root volume"
-        for ebs in volumes:
-            assert ebs.get("encrypted") is True, f"aws_launch_template.{name}: EBS not encrypted"
-    for type_ in ("aws_ebs_volume", "aws_instance"):
-        for name, body in resources(type_).items():
-            volume_blocks = (
-                [body] if type_ == "aws_ebs_volume" else nested(body, "root_block_device")
-            )
-            for volume in volume_blocks:
-                assert volume.get("encrypted") is True, f"{type_}.{name}: not encrypted"
-    parameters = resources("aws_ssm_parameter")
-    assert parameters, "the secrets must be kept in SSM Parameter Store"
-    for name, body in parameters.items():
-        assert body.get("type") == "SecureString", f"aws_ssm_parameter.{name} is not encrypted"
-        assert str(body.get("value", "")).startswith("${random_password."), (
-            f"aws_ssm_parameter.{name}: the secret must be generated by random_password"
-        )
-
-
-def test_only_the_app_security_group_reaches_mysql():
-    app, db = app_group(), db_group()
-    assert app != db
-    db_rules = [rule for rule in ingress_rules() if rule["group"] == db]
-    assert db_rules, "the database security group admits nothing: the app could not connect"
-    for rule in db_rules:
-        assert not rule["cidrs"], f"{rule['where']}: the database must not admit CIDR blocks"
-        assert not rule["other"], f"{rule['where']}: the database admits {rule['other']}"
-        assert rule["sources"] == {app}, (
-            f"{rule['where']}: the database must admit only the app security group "
-            f"({app}), got {rule['sources']}"
-        )
-        assert (rule["from"], rule["to"]) == (MYSQL_PORT, MYSQL_PORT), (
-            f"{rule['where']}: the database rule must open port {MYSQL_PORT} only"
-        )
-    # No other group (the database has only db) opens MySQL to anyone else either.
-    for rule in ingress_rules():
-        if rule["group"] != db and covers_port(rule, MYSQL_PORT):
-            assert not rule["cidrs"], f"{rule['where']} opens port {MYSQL_PORT} to {rule['cidrs']}"
-
-
-def test_nothing_but_the_load_balancer_is_open_to_the_internet():
-    alb, app = alb_group(), app_group()
-    rules = ingress_rules()
-    open_rules = [rule for rule in rules if rule["cidrs"] & OPEN_CIDRS]
-    assert open_rules, "the load balancer must be reachable from the internet"
-    for rule in open_rules:
-        assert rule["group"] == alb, (
-            f"{rule['where']} admits {sorted(rule['cidrs'])}: only the load balancer's "
-            f"security group ({alb}) may"
-        )
-        assert (rule["from"], rule["to"]) in {(80, 80), (443, 443)}, (
-            f"{rule['where']}: the load balancer is open on 80 and 443 only"
-        )
-    for rule in rules:
-        if rule["cidrs"] - OPEN_CIDRS and rule["group"] != alb:
-            raise AssertionError(f"{rule['where']} admits CIDR blocks {sorted(rule['cidrs'])}")
-    for rule in rules:
-        if rule["group"] == app:
-            assert rule["sources"] == {alb} and not rule["cidrs"] and not rule["other"], (
-                f"{rule['where']}: the app instances admit traffic only from the load balancer"
-            )
-            assert (rule["from"], rule["to"]) == (80, 80), f"{rule['where']}: port 80 only"
-        assert rule["group"] is not None or not (rule["cidrs"] or rule["sources"]), (
-            f"{rule['where']} opens a security group this test cannot identify"
-        )
-
-
-def test_app_instances_have_no_public_address():
-    (group,) = resources("aws_autoscaling_group").values()
-    subnets = as_list(group.get("vpc_zone_identifier"))
-    assert subnets == ["${aws_subnet.private[*].id}"], (
-        f"the app instances must run in the private subnets, got {subnets}"
-    )
-    subnets = resources("aws_subnet")
-    assert subnets["private"].get("map_public_ip_on_launch") is False
-    (template,) = resources("aws_launch_template").values()
-    for interface in nested(template, "network_interfaces"):
-        assert interface.get("associate_public_ip_address") is not True
-    (metadata,) = nested(template, "metadata_options")
-    assert metadata.get("http_tokens") == "required", "the instances must require IMDSv2"
-
-
-def test_instance_role_grants_only_the_allowed_actions():
-    statements = permission_statements()
-    assert statements, "no IAM permissions found"
-    for statement in statements:
-        assert not statement["not"], f"{statement['where']}: no NotAction / NotResource"
-    granted = {action for statement in statements for action in statement["actions"]}
-    assert granted == ALLOWED_ACTIONS, (
-        f"not allowed: {sorted(granted - ALLOWED_ACTIONS)}; "
-        f"allowed but not granted: {sorted(ALLOWED_ACTIONS - granted)}"
-    )
-
-    for statement in statements:
-        where, actions, targets = statement["where"], statement["actions"], statement["resources"]
-        assert targets, f"{where}: write the policy as an aws_iam_policy_document with resources"
-        for action in actions:
-            for target in targets:
-                assert re.fullmatch(ALLOWED_GRANTS[action], target), (
-                    f"{where}: {action} on {target!r}, allowed only on {ALLOWED_GRANTS[action]}"
-                )
-
-    # Managed policies would grant actions that this test cannot see.
-    for type_ in ("aws_iam_role_policy_attachment", "aws_iam_policy_attachment"):
-        assert not resources(type_), f"{type_}: attach no managed policy to the instance role"
-    for name, body in resources("aws_iam_role").items():
-        assert not body.get("managed_policy_arns"), f"aws_iam_role.{name}: managed policies"
-
-    (trust_name,) = trust_documents()
-    (trust,) = [b for _, n, b in blocks("data", "aws_iam_policy_document") if n == trust_name]
-    (statement,) = nested(trust, "statement")
-    assert statement["actions"] == ["sts:AssumeRole"]
-    (principal,) = nested(statement, "principals")
-    assert (principal["type"], principal["identifiers"]) == ("Service", ["ec2.amazonaws.com"])
-
-
-def test_no_static_aws_keys():
-    sources = [*sorted(TERRAFORM_DIR.glob("*.tf")), USER_DATA_TEMPLATE]
-    key_id = re.compile(r"\b(AKIA|ASIA|ABIA|ACCA|AIDA)[A-Z0-9]{16}\b")
-    credential_names = re.compile(
-        r"aws_access_key_id|aws_secret_access_key|aws_session_token", re.IGNORECASE
-    )
-    for path in sources:
-        text = path.read_text()
-        assert not key_id.search(text), f"{path.name} contains an AWS access key id"
-        assert not credential_names.search(text), f"{path.name} sets AWS credentials"
-    for _, doc in parsed():
-        for provider in as_list(doc.get("provider")):
-            for name, body in provider.items():
-                for body_ in as_list(body):
-                    assert not CREDENTIAL_ARGUMENTS & set(body_), f"provider {name} sets keys"
-        for settings in as_list(doc.get("terraform")):
-            for backend in as_list(settings.get("backend")):
-                for body in backend.values():
-                    assert not CREDENTIAL_ARGUMENTS & set(body), "the backend sets credentials"
-    assert not resources("aws_iam_access_key"), "no IAM access keys: the instances use a role"
-    assert not resources("aws_iam_user"), "no IAM users: the instances use a role"
-
-
-def test_target_group_health_check_is_readyz():
-    groups = resources("aws_lb_target_group")
-    assert groups, "no target group"
-    for name, body in groups.items():
-        (check,) = nested(body, "health_check")
-        assert check.get("path") == "/readyz", f"aws_lb_target_group.{name} checks {check}"
-        assert check.get("enabled", True) is True
-
-
-def test_https_listener_exists_only_with_a_certificate():
-    listeners = resources("aws_lb_listener")
-    assert listeners["https"].get("count") == "${local.https_enabled ? 1 : 0}"
-    locals_ = [body for _, doc in parsed() for body in as_list(doc.get("locals"))]
-    assert any(body.get("https_enabled") == '${var.certificate_arn != ""}' for body in locals_), (
-        "https_enabled must follow var.certificate_arn"
-    )
-    assert "count" not in listeners["http"], "port 80 always answers (serves or redirects)"
-
-
-def test_port_80_redirects_to_https_under_a_modern_tls_policy():
-    listeners = resources("aws_lb_listener")
-    http, https = listeners["http"], listeners["https"]
-    assert (http.get("port"), http.get("protocol")) == (80, "HTTP")
-    (action,) = nested(http, "default_action")
-    assert action.get("type") == '${local.https_enabled ? "redirect" : "forward"}', (
-        "with a certificate, port 80 must redirect (and forward only without one)"
-    )
-    (dynamic,) = nested(action, "dynamic")
-    redirect = dynamic["redirect"]
-    assert redirect.get("for_each") == "${local.https_enabled ? [1] : []}"
-    (content,) = nested(redirect, "content")
-    assert (content.get("protocol"), str(content.get("port")), content.get("status_code")) == (
-        "HTTPS",
-        "443",
-        "HTTP_301",
-    ), f"port 80 must answer 301 to https on 443, got {content}"
-
-    assert (https.get("port"), https.get("protocol")) == (443, "HTTPS")
-    assert https.get("certificate_arn") == "${var.certificate_arn}"
-    assert https.get("ssl_policy") == "${var.ssl_policy}"
-    policy = variable("ssl_policy")
-    assert re.fullmatch(r"ELBSecurityPolicy-TLS13-1-[23]-.+", policy["default"]), (
-        f"the default TLS policy must allow TLS 1.2 and 1.3 only, got {policy['default']}"
-    )
-
-
-# --- Redis (ElastiCache) --------------------------------------------------------------
-
-REDIS_PORT = 6379
-
-
-def redis_group() -> tuple[str, dict]:
-    groups = resources("aws_elasticache_replication_group")
-    assert list(groups) == ["redis"], f"expected aws_elasticache_replication_group.redis: {groups}"
-    assert not resources("aws_elasticache_cluster"), "Redis is the replication group only"
-    return "redis", groups["redis"]
-
-
 def literal_port(value) -> int | None:
     """The port a from_port/to_port names: a number, or local.redis_port."""
     if value == "${local.redis_port}":
@@ -574,156 +264,33 @@ def literal_port(value) -> int | None:
         return None
 
 
-def test_redis_is_private_encrypted_and_admits_only_the_app():
-    _, redis = redis_group()
-    assert redis.get("engine") == "redis"
-    assert redis.get("at_rest_encryption_enabled") is True, "Redis must be encrypted at rest"
-    assert redis.get("transit_encryption_enabled") is True, "Redis must require TLS"
-    assert redis.get("transit_encryption_mode", "required") == "required"
-    assert redis.get("auth_token") == "${random_password.redis_auth_token.result}", (
-        "Redis needs a generated AUTH token"
-    )
-    assert literal_port(redis.get("port")) == REDIS_PORT
-
-    subnet_group = ref_name(redis.get("subnet_group_name"), "aws_elasticache_subnet_group", "name")
-    assert subnet_group, "Redis must be placed in a subnet group of this configuration"
-    subnets = resources("aws_elasticache_subnet_group")[subnet_group].get("subnet_ids")
-    assert subnets == "${aws_subnet.private[*].id}", (
-        f"Redis must be in the private subnets: {subnets}"
-    )
-
-    app, db, alb = app_group(), db_group(), alb_group()
-    group = one_group(redis.get("security_group_ids"), "Redis replication group")
-    assert group not in {app, db, alb}, "Redis needs a security group of its own"
-    rules = [rule for rule in ingress_rules() if rule["group"] == group]
-    assert rules, "the Redis security group admits nothing: the app could not connect"
-    for rule in rules:
-        assert not rule["cidrs"] and not rule["other"], (
-            f"{rule['where']}: Redis must admit the app security group only, not "
-            f"{rule['cidrs'] or rule['other']}"
-        )
-        assert rule["sources"] == {app}, f"{rule['where']}: Redis admits {rule['sources']}"
-        assert (literal_port(rule["from"]), literal_port(rule["to"])) == (REDIS_PORT, REDIS_PORT)
-    egress = [
-        body
-        for body in resources("aws_vpc_security_group_egress_rule").values()
-        if ref_name(body.get("security_group_id"), "aws_security_group") == app
-        and ref_name(body.get("referenced_security_group_id"), "aws_security_group") == group
-    ]
-    assert [literal_port(body.get("from_port")) for body in egress] == [REDIS_PORT], (
-        "the app security group needs one egress rule to Redis on 6379"
-    )
+# --- IAM policies ---------------------------------------------------------------------
 
 
-def test_redis_never_evicts_and_keeps_snapshots():
-    _, redis = redis_group()
-    name = ref_name(redis.get("parameter_group_name"), "aws_elasticache_parameter_group", "name")
-    assert name, "Redis must use a parameter group of this configuration (maxmemory-policy)"
-    parameters = {
-        item["name"]: item["value"]
-        for item in nested(resources("aws_elasticache_parameter_group")[name], "parameter")
-    }
-    assert parameters.get("maxmemory-policy") == "noeviction", (
-        "the views stream must never be evicted: maxmemory-policy must be noeviction, "
-        f"got {parameters.get('maxmemory-policy')!r}"
-    )
-
-    assert redis.get("snapshot_retention_limit") == "${var.redis_snapshot_retention_days}"
-    retention = variable("redis_snapshot_retention_days")
-    assert retention["default"] >= 1, "daily snapshots must be on by default"
-    assert redis.get("final_snapshot_identifier"), "a destroy must keep a last snapshot"
-    assert redis.get("num_cache_clusters") == "${var.redis_multi_az ? 2 : 1}"
-    for setting in ("automatic_failover_enabled", "multi_az_enabled"):
-        assert redis.get(setting) == "${var.redis_multi_az}", f"{setting} follows redis_multi_az"
+def role_documents() -> dict[str, tuple[str, str]]:
+    """role -> (its trust document, its permission document), every one a policy document."""
+    roles = {}
+    for name, body in resources("aws_iam_role").items():
+        trust = ref_name(body.get("assume_role_policy"), "data.aws_iam_policy_document", "json")
+        assert trust, f"aws_iam_role.{name}: assume_role_policy must be a policy document"
+        assert not body.get("managed_policy_arns") and not nested(body, "inline_policy"), name
+        [policy] = [
+            b for b in resources("aws_iam_role_policy").values()
+            if ref_name(b.get("role"), "aws_iam_role") == name
+        ]  # fmt: skip
+        permissions = ref_name(policy.get("policy"), "data.aws_iam_policy_document", "json")
+        assert permissions, f"aws_iam_role_policy of {name}: write it as a policy document"
+        roles[name] = (trust, permissions)
+    return roles
 
 
-# --- what the instances are given -----------------------------------------------------
+def document(name: str) -> dict:
+    [body] = [b for _, n, b in blocks("data", "aws_iam_policy_document") if n == name]
+    return body
 
 
-def template_arguments() -> dict[str, str]:
-    """The variables compute.tf passes to user_data.sh.tftpl, as name -> expression."""
-    (template,) = resources("aws_launch_template").values()
-    user_data = str(template.get("user_data", ""))
-    call = re.fullmatch(
-        r"\$\{base64encode\(templatefile\(\"\$\{path\.module\}/user_data\.sh\.tftpl\", "
-        r"\{(.*)\}\)\)\}",
-        user_data,
-        flags=re.S,
-    )
-    assert call, f"the user data must be templatefile(user_data.sh.tftpl, {{...}}): {user_data}"
-    pairs = re.findall(r"(?:^|, )(\w+) = (.*?)(?=, \w+ = |$)", call.group(1), flags=re.S)
-    assert pairs, "the template is given no variables"
-    return dict(pairs)
-
-
-def test_secrets_reach_the_instances_only_through_ssm():
-    arguments = template_arguments()
-    for name, expression in arguments.items():
-        for leak in ("random_password", ".result", ".value", ".auth_token", "password ="):
-            assert leak not in expression, f"the user data is given a secret: {name} = {expression}"
-        if "aws_ssm_parameter." in expression:
-            assert re.fullmatch(r"aws_ssm_parameter\.\w+\.name", expression), (
-                f"{name}: the user data may hold a parameter's name only, got {expression}"
-            )
-
-    script = USER_DATA_TEMPLATE.read_text()
-    assert "aws ssm get-parameter" in script and "--with-decryption" in script
-    assert "aws ecr get-login-password" in script
-    assert re.search(r"%\{ if stats_db_host != \"\" ~\}.*-e STATS_DATABASE_URL", script, re.S), (
-        "STATS_DATABASE_URL is given when (and only when) the read replica exists"
-    )
-    assert "replica" in arguments["stats_db_host"]
-
-
-def test_instance_role_reads_exactly_the_parameters_the_instances_read():
-    parameters = set(resources("aws_ssm_parameter"))
-    assert {"db_password", "secret_key", "redis_auth_token", "admin_password"} <= parameters
-    read = {
-        match.group(1)
-        for expression in template_arguments().values()
-        if (match := re.fullmatch(r"aws_ssm_parameter\.(\w+)\.name", expression))
-    }
-    assert read == parameters, (
-        f"parameters the instances are not told about: {sorted(parameters - read)}"
-    )
-    granted = {
-        ref_name(target, "aws_ssm_parameter", "arn")
-        for statement in permission_statements()
-        if any(action.startswith("ssm:") for action in statement["actions"])
-        for target in statement["resources"] or []
-    }
-    assert granted == read, (
-        f"the role must read exactly the parameters the boot script reads: granted "
-        f"{sorted(map(str, granted))}, read {sorted(read)}"
-    )
-
-
-def test_admin_password_is_generated_and_kept_in_ssm():
-    passwords = resources("random_password")
-    assert "admin" in passwords and int(passwords["admin"]["length"]) >= 16
-    parameter = resources("aws_ssm_parameter")["admin_password"]
-    assert parameter["value"] == "${random_password.admin.result}"
-    assert parameter["type"] == "SecureString"
-    assert template_arguments()["admin_password_parameter"] == (
-        "aws_ssm_parameter.admin_password.name"
-    )
-    assert template_arguments()["admin_email"] == "var.admin_email"
-
-
-def test_trusted_proxies_are_the_load_balancer_subnets():
-    (alb,) = resources("aws_lb").values()
-    subnets = re.fullmatch(r"\$\{aws_subnet\.(\w+)\[\*\]\.id\}", str(alb.get("subnets")))
-    assert subnets, f"the load balancer's subnets: {alb.get('subnets')}"
-    (trusted,) = {
-        body["trusted_proxies"]
-        for _, doc in parsed()
-        for body in as_list(doc.get("locals"))
-        if "trusted_proxies" in body
-    }
-    assert trusted == f'${{join(",", aws_subnet.{subnets.group(1)}[*].cidr_block)}}', (
-        f"TRUSTED_PROXIES must be the CIDR blocks of the load balancer's subnets, got {trusted}"
-    )
-    assert template_arguments()["trusted_proxies"] == "local.trusted_proxies"
+def statements(name: str) -> list[dict]:
+    return nested(document(name), "statement")
 
 
 # --- running the real terraform (offline: no provider, no state) -----------------------
@@ -784,58 +351,9 @@ def plan_variables(tmp_path: Path, **values) -> subprocess.CompletedProcess:
     return terraform(workdir, "plan", "-input=false", "-lock=false", "-refresh=false")
 
 
-def test_a_certificate_is_required_unless_plain_http_is_allowed(tmp_path):
-    refused = plan_variables(tmp_path)
-    assert refused.returncode != 0, "a plan without certificate_arn must fail"
-    assert "certificate_arn must be set" in refused.stderr, refused.stderr
-    assert "allow_plain_http = true" in refused.stderr, "the error must say how to opt out"
-
-    with_certificate = plan_variables(tmp_path, certificate_arn=CERTIFICATE)
-    assert with_certificate.returncode == 0, with_certificate.stderr
-    plain = plan_variables(tmp_path, allow_plain_http=True)
-    assert plain.returncode == 0, plain.stderr
-
-    not_an_arn = plan_variables(tmp_path, certificate_arn="my-certificate")
-    assert not_an_arn.returncode != 0 and "ACM certificate ARN" in not_an_arn.stderr
-    old_tls = plan_variables(
-        tmp_path, certificate_arn=CERTIFICATE, ssl_policy="ELBSecurityPolicy-2016-08"
-    )
-    assert old_tls.returncode != 0 and "ssl_policy must be" in old_tls.stderr, old_tls.stderr
-
-
-# --- the boot script, rendered by terraform and run against moto -----------------------
-
-SCRIPT_VALUES = {
-    "region": "us-east-1",
-    "registry": "123456789012.dkr.ecr.us-east-1.amazonaws.com",
-    "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/marketplace:release-1",
-    "log_group": "/marketplace/production/app",
-    "db_password_parameter": "/marketplace/production/db_password",
-    "secret_key_parameter": "/marketplace/production/secret_key",
-    "redis_auth_token_parameter": "/marketplace/production/redis_auth_token",
-    "admin_password_parameter": "/marketplace/production/admin_password",
-    "db_username": "marketplace",
-    "db_name": "marketplace",
-    "db_host": "marketplace-production.abc.us-east-1.rds.amazonaws.com",
-    "db_port": "3306",
-    "stats_db_host": "",
-    "redis_host": "master.marketplace-production-redis.abc.use1.cache.amazonaws.com",
-    "redis_port": "6379",
-    "trusted_proxies": "10.20.0.0/24,10.20.1.0/24",
-    "email_source": "notifications@example.com",
-    "admin_email": "admin@example.com",
-    "migrate_command": "flask deploy upgrade",
-}
-SECRETS = {
-    "db_password_parameter": "dbpass" + "D" * 26,
-    "secret_key_parameter": "secret" + "S" * 58,
-    "redis_auth_token_parameter": "token" + "T" * 59,
-    "admin_password_parameter": "admin" + "A" * 19,
-}
-
 # The two AWS CLI calls the boot script makes, through boto3 (against moto's server).
 AWS_CLI = """#!{python}
-import base64, sys
+import base64, json, os, sys
 import boto3
 args = sys.argv[1:]
 region = args[args.index("--region") + 1]
@@ -846,6 +364,9 @@ if args[:2] == ["ssm", "get-parameter"]:
         Name=args[args.index("--name") + 1], WithDecryption="--with-decryption" in args
     )
     print(answer["Parameter"]["Value"])
+elif args[:2] == ["cloudwatch", "put-metric-data"]:
+    with open(os.environ["AWS_CALLS"], "a") as calls:
+        calls.write(json.dumps(args) + "\\n")
 elif args[:2] == ["ecr", "get-login-password"]:
     data = boto3.client("ecr", region_name=region).get_authorization_token()
     token = data["authorizationData"][0]["authorizationToken"]
@@ -910,17 +431,398 @@ def moto_aws(monkeypatch):
         ).close()
         ssm = boto3.client("ssm", region_name="us-east-1")
         for key, secret in SECRETS.items():
-            ssm.put_parameter(Name=SCRIPT_VALUES[key], Value=secret, Type="SecureString")
+            name = SCRIPT_VALUES[key] or f"/marketplace/production/{key[: -len('_parameter')]}"
+            ssm.put_parameter(Name=name, Value=secret, Type="SecureString")
         boto3.client("ecr", region_name="us-east-1").create_repository(repositoryName="marketplace")
         yield env
     finally:
         server.stop()
 
 
+# --- who can reach whom ---------------------------------------------------------------
+
+
+def test_only_the_instances_reach_the_database_and_redis():
+    """The web and worker instances and the migration task share one security group: the
+    only one the database (3306) and Redis (6379) admit, and no CIDR block reaches them."""
+    app, db, alb = app_group(), db_group(), alb_group()
+    [redis] = resources("aws_elasticache_replication_group").values()
+    redis_sg = one_group(redis.get("security_group_ids"), "Redis")
+    assert len({app, db, alb, redis_sg}) == 4, "each tier its own security group"
+    [migration] = resources("terraform_data").values()
+    [provisioner] = nested(migration, "provisioner")
+    assert provisioner["local-exec"]["environment"]["SECURITY_GROUP"] == (
+        f"${{aws_security_group.{app}.id}}"
+    )
+    for group, port in ((db, MYSQL_PORT), (redis_sg, REDIS_PORT)):
+        rules = [rule for rule in ingress_rules() if rule["group"] == group]
+        assert rules, f"{group} admits nothing: the service could not connect"
+        for rule in rules:
+            assert not rule["cidrs"] and not rule["other"], rule["where"]
+            assert rule["sources"] == {app}, (rule["where"], rule["sources"])
+            assert (literal_port(rule["from"]), literal_port(rule["to"])) == (port, port)
+        for rule in ingress_rules():
+            if rule["group"] != group and covers_port(rule, port):
+                assert not rule["cidrs"], f"{rule['where']} opens {port} to {rule['cidrs']}"
+
+
+def test_nothing_but_the_load_balancer_is_open_to_the_internet():
+    alb, app = alb_group(), app_group()
+    rules = ingress_rules()
+    open_rules = [rule for rule in rules if rule["cidrs"] & OPEN_CIDRS]
+    assert open_rules, "the load balancer must be reachable from the internet"
+    for rule in open_rules:
+        assert rule["group"] == alb, f"{rule['where']} admits {sorted(rule['cidrs'])}"
+        assert (rule["from"], rule["to"]) in {(80, 80), (443, 443)}, rule["where"]
+    for rule in rules:
+        if rule["cidrs"] - OPEN_CIDRS:
+            raise AssertionError(f"{rule['where']} admits CIDR blocks {sorted(rule['cidrs'])}")
+        if rule["group"] == app:
+            assert rule["sources"] == {alb} and not rule["other"], rule["where"]
+            assert (rule["from"], rule["to"]) == (80, 80), f"{rule['where']}: port 80 only"
+        assert rule["group"] is not None or not (rule["cidrs"] or rule["sources"]), rule["where"]
+    for group in resources("aws_autoscaling_group").values():
+        assert group.get("vpc_zone_identifier") == "${aws_subnet.private[*].id}"
+    assert resources("aws_subnet")["private"].get("map_public_ip_on_launch") is False
+    [template] = resources("aws_launch_template").values()
+    assert not nested(template, "network_interfaces")
+    [metadata] = nested(template, "metadata_options")
+    assert metadata.get("http_tokens") == "required", "IMDSv2 only"
+
+
+def test_everything_stored_is_encrypted_and_nothing_is_public():
+    for name, body in db_instances().items():
+        assert body.get("storage_encrypted") is True, f"aws_db_instance.{name}"
+        assert body.get("publicly_accessible") is False, f"aws_db_instance.{name}"
+    [template] = resources("aws_launch_template").values()
+    volumes = [e for m in nested(template, "block_device_mappings") for e in nested(m, "ebs")]
+    assert volumes and all(ebs.get("encrypted") is True for ebs in volumes)
+    [redis] = resources("aws_elasticache_replication_group").values()
+    assert redis.get("at_rest_encryption_enabled") is True
+    assert redis.get("transit_encryption_enabled") is True
+    assert redis.get("transit_encryption_mode", "required") == "required"
+    for name, body in resources("aws_ssm_parameter").items():
+        if name != "database_ca":  # public certificates
+            assert body.get("type") == "SecureString", f"aws_ssm_parameter.{name}"
+    buckets = resources("aws_s3_bucket")
+    assert buckets, "the access logs' bucket"
+    for name in buckets:
+        [blocked] = [
+            b for b in resources("aws_s3_bucket_public_access_block").values()
+            if b["bucket"] == f"${{aws_s3_bucket.{name}.id}}"
+        ]  # fmt: skip
+        assert all(blocked[k] is True for k in ("block_public_acls", "block_public_policy",
+                   "ignore_public_acls", "restrict_public_buckets")), name  # fmt: skip
+        assert any(
+            e["bucket"] == f"${{aws_s3_bucket.{name}.id}}"
+            for e in resources("aws_s3_bucket_server_side_encryption_configuration").values()
+        ), name
+
+
+def test_no_static_aws_keys():
+    sources = [*sorted(TERRAFORM_DIR.glob("*.tf")), USER_DATA_TEMPLATE]
+    key_id = re.compile(r"\b(AKIA|ASIA|ABIA|ACCA|AIDA)[A-Z0-9]{16}\b")
+    credential_names = re.compile(
+        r"aws_access_key_id|aws_secret_access_key|aws_session_token", re.IGNORECASE
+    )
+    for path in sources:
+        text = path.read_text()
+        assert not key_id.search(text) and not credential_names.search(text), path.name
+    for _, doc in parsed():
+        for provider in as_list(doc.get("provider")):
+            for body in provider.values():
+                for body_ in as_list(body):
+                    assert not CREDENTIAL_ARGUMENTS & set(body_)
+    assert not resources("aws_iam_access_key") and not resources("aws_iam_user")
+
+
+# --- what each role may do and read -----------------------------------------------------
+
+
+def test_each_role_grants_only_its_allowed_actions_on_its_own_resources():
+    roles = role_documents()
+    assert set(roles) == set(ALLOWED_GRANTS), sorted(roles)
+    for role, (trust, permissions) in roles.items():
+        [statement] = statements(trust)
+        assert statement["actions"] == ["sts:AssumeRole"]
+        [principal] = nested(statement, "principals")
+        assert principal["identifiers"] == [TRUSTED_SERVICES[role]], role
+        allowed, granted = ALLOWED_GRANTS[role], set()
+        for statement in statements(permissions):
+            assert statement.get("effect", "Allow") == "Allow", (role, statement)
+            assert not statement.get("not_actions") and not statement.get("not_resources")
+            targets = as_list(statement.get("resources"))
+            if isinstance(statement.get("resources"), str):  # concat(...) of parameters
+                targets = re.findall(r"aws_ssm_parameter\.\w+(?:\[\*\])?\.arn", targets[0])
+                targets = [f"${{{t}}}" for t in targets]
+            assert targets, (role, statement)
+            for action in statement["actions"]:
+                granted.add(action)
+                assert action in allowed, f"{role}: {action} is not allowed"
+                for target in targets:
+                    assert re.fullmatch(allowed[action], target), (role, action, target)
+        assert granted == set(allowed), (role, sorted(set(allowed) - granted))
+    for type_ in ("aws_iam_role_policy_attachment", "aws_iam_policy_attachment"):
+        assert not resources(type_), f"{type_}: no managed policy"
+
+
+def granted_parameters(role: str) -> set[str]:
+    _, permissions = role_documents()[role]
+    return {
+        name
+        for statement in statements(permissions)
+        if any(a.startswith("ssm:") for a in statement["actions"])
+        for name in re.findall(r"aws_ssm_parameter\.(\w+)", str(statement["resources"]))
+    }
+
+
+def user_data_values() -> dict[str, str]:
+    [values] = [b["user_data_values"] for _, doc in parsed()
+                for b in as_list(doc.get("locals")) if "user_data_values" in b]  # fmt: skip
+    return values
+
+
+def test_the_instances_read_exactly_the_parameters_they_may_and_no_secret_is_in_user_data():
+    read = set()
+    for name, expression in user_data_values().items():
+        for leak in ("random_password", ".result", ".value", "auth_token", "password"):
+            assert leak not in expression, f"the user data is given a secret: {name}"
+        read |= set(re.findall(r"aws_ssm_parameter\.(\w+)(?:\[0\])?\.name", expression))
+    assert read == granted_parameters("app"), (read, granted_parameters("app"))
+
+
+def migration_container() -> dict:
+    [task] = resources("aws_ecs_task_definition").values()
+    text = task["container_definitions"]
+    secrets = dict(
+        re.findall(r'\{name = "(\w+)", valueFrom = aws_ssm_parameter\.(\w+)\.arn\}', text)
+    )
+    environment = dict(re.findall(r'\{name = "(\w+)", value = ([^}]+)\}', text))
+    command = re.search(r"command = \[(.*?)\]", text).group(1)
+    return {"secrets": secrets, "environment": environment, "command": command}
+
+
+def test_the_migration_task_is_the_migrate_role_and_reads_exactly_what_it_may():
+    container = migration_container()
+    assert container["command"] == '"migrate"'
+    assert set(container["secrets"].values()) == granted_parameters("migrate_execution")
+    assert {"DATABASE_URL", "DATABASE_CA_PEM", "SECRET_KEY", "ADMIN_PASSWORD"} <= set(
+        container["secrets"]
+    )
+
+
+def test_every_variable_the_containers_are_given_is_one_the_service_reads():
+    service = (ROOT / "app" / "core" / "config.py").read_text()
+    entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
+    script = re.sub(r"(?m)^\s*#.*$", "", USER_DATA_TEMPLATE.read_text())
+    given = set(re.findall(r"-e (\w+)", script)) | set(migration_container()["secrets"])
+    given |= set(migration_container()["environment"])
+    assert {"DATABASE_URL", "DATABASE_CA_PEM", "REDIS_URL", "SECRET_KEY"} <= given
+    for name in given:
+        assert re.search(rf"\b{name}\b", service + entrypoint), f"{name}: nothing reads it"
+
+
+# --- the database: the engine the tests run, TLS required and verified -------------------
+
+
+def test_the_database_is_the_mariadb_release_the_tests_run():
+    primary = db_instances()["main"]
+    assert primary["engine"] == "mariadb"
+    default = variable("db_engine_version")["default"]
+    tested = re.search(r"(\d+\.\d+)\.\d+-MariaDB", h_run(["/usr/sbin/mariadbd", "--version"]))
+    assert tested and tested.group(1) == default, (default, tested)
+
+
+def h_run(args: list[str]) -> str:
+    return subprocess.run(args, capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def test_tls_to_the_database_is_required_and_the_service_verifies_it():
+    groups = resources("aws_db_parameter_group")
+    for name, body in db_instances().items():
+        group = ref_name(body.get("parameter_group_name"), "aws_db_parameter_group", "name")
+        parameters = {p["name"]: str(p["value"]) for p in nested(groups[group], "parameter")}
+        assert parameters.get("require_secure_transport") == "1", name
+    # DATABASE_URL's ssl_ca is where the entrypoint writes DATABASE_CA_PEM (the RDS CA).
+    [secrets_locals] = [b for _, doc in parsed() for b in as_list(doc.get("locals"))
+                        if "database_ca_path" in b]  # fmt: skip
+    path = secrets_locals["database_ca_path"]
+    assert "?ssl_ca=${local.database_ca_path}" in secrets_locals["database_url"]
+    entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
+    assert path == "/run/marketplace/database-ca.pem"
+    assert (
+        '"$RUN_DIR/database-ca.pem"' in entrypoint and "/run/marketplace/uwsgi.sock" in entrypoint
+    )
+    assert resources("aws_ssm_parameter")["database_ca"]["value"] == (
+        "${data.http.rds_ca.response_body}"
+    )
+
+
+# --- what the operators are told, and what scales the workers ----------------------------
+
+# Every alarm issue-level operations asked for: (namespace, metric) -> what it watches.
+REQUIRED_ALARMS = {
+    ("AWS/ApplicationELB", "HTTPCode_Target_5XX_Count"): "the instances' 5xx",
+    ("AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count"): "the load balancer's own 5xx",
+    ("AWS/ApplicationELB", "UnHealthyHostCount"): "unhealthy targets",
+    ("${local.metrics_namespace}", "OutboxOldestPendingSeconds"): "the oldest pending email",
+    ("${local.metrics_namespace}", "EmailsUnknown"): "emails whose outcome is unknown",
+    ("${local.metrics_namespace}", "ViewsStreamLag"): "the views stream's lag",
+    ("AWS/RDS", "CPUUtilization"): "the database's CPU",
+    ("AWS/RDS", "FreeStorageSpace"): "the database's storage",
+}
+
+
+def published_metrics() -> dict[str, str]:
+    """CloudWatch metric -> the service's own metric the web instances publish it from."""
+    script = USER_DATA_TEMPLATE.read_text()
+    return dict(re.findall(r"MetricName=(\w+),Value=\$\(value '?([^)']+)'?\)", script))
+
+
+def test_every_needed_alarm_exists_and_notifies_the_topic():
+    alarms = resources("aws_cloudwatch_metric_alarm")
+    found = {(a.get("namespace"), a.get("metric_name")): a for a in alarms.values()}
+    for key, what in REQUIRED_ALARMS.items():
+        assert key in found, f"no alarm on {what}"
+        assert found[key]["alarm_actions"] == "${local.alarm_actions}", key
+    assert "${aws_sns_topic.alarms.arn}" in str(
+        [
+            b["alarm_actions"]
+            for _, d in parsed()
+            for b in as_list(d.get("locals"))
+            if "alarm_actions" in b
+        ]
+    )
+
+
+def test_the_published_metrics_are_the_services_own_and_feed_the_alarms_and_scaling():
+    published = published_metrics()
+    assert set(published) == {
+        "OutboxPending", "OutboxOldestPendingSeconds", "EmailsUnknown", "ViewsStreamLag"
+    }  # fmt: skip
+    source = "".join(p.read_text() for p in (ROOT / "app").rglob("*.py"))
+    for metric in published.values():
+        assert f'"{metric.split("{")[0]}"' in source, f"the service exports no {metric}"
+    used = {
+        m["metric_name"]
+        for alarm in resources("aws_cloudwatch_metric_alarm").values()
+        for query in nested(alarm, "metric_query")
+        for m in nested(query, "metric")
+        if m.get("namespace") == "${local.metrics_namespace}"
+    } | {
+        a["metric_name"]
+        for a in resources("aws_cloudwatch_metric_alarm").values()
+        if a.get("namespace") == "${local.metrics_namespace}"
+    }
+    assert used <= set(published), used - set(published)
+    scaling = {
+        ref_name(a["alarm_actions"][0], "aws_autoscaling_policy", "arn")
+        for a in resources("aws_cloudwatch_metric_alarm").values()
+        if isinstance(a.get("alarm_actions"), list)
+    }
+    policies = resources("aws_autoscaling_policy")
+    assert {n for n in scaling if n} == {"worker_out", "worker_in"}
+    for name in ("worker_out", "worker_in"):
+        assert policies[name]["autoscaling_group_name"] == "${aws_autoscaling_group.worker.name}"
+
+
+def test_the_load_balancer_logs_to_a_bucket_it_may_write_and_checks_a_route_of_the_app():
+    [alb] = resources("aws_lb").values()
+    [logs] = nested(alb, "access_logs")
+    assert logs["enabled"] is True and logs["bucket"] == "${aws_s3_bucket.alb_logs.id}"
+    [write] = [s for s in statements("alb_logs") if s.get("effect") == "Allow"]
+    assert write["actions"] == ["s3:PutObject"]
+    assert write["resources"][0].startswith(f"${{aws_s3_bucket.alb_logs.arn}}/{logs['prefix']}/")
+    from app import create_app
+    from app.core.config import TestConfig
+
+    routes = {rule.rule for rule in create_app(TestConfig("sqlite://")).url_map.iter_rules()}
+    for group in resources("aws_lb_target_group").values():
+        [check] = nested(group, "health_check")
+        assert check["path"] in routes, check["path"]
+
+
+def test_migrations_run_once_per_release_before_either_group_rolls():
+    [migration] = resources("terraform_data").values()
+    assert "${var.image_tag}" in migration["triggers_replace"]
+    for name, group in resources("aws_autoscaling_group").items():
+        assert "${terraform_data.migrate}" in group["depends_on"], name
+    # The instances never migrate: each runs its role (the boot script's tests below).
+    assert "deploy upgrade" not in USER_DATA_TEMPLATE.read_text()
+
+
+def test_views_in_redis_survive_a_node_failure_by_default():
+    [redis] = resources("aws_elasticache_replication_group").values()
+    assert redis["num_cache_clusters"] == "${var.redis_multi_az ? 2 : 1}"
+    assert redis["automatic_failover_enabled"] == "${var.redis_multi_az}"
+    assert variable("redis_multi_az")["default"] is True
+    group = ref_name(redis["parameter_group_name"], "aws_elasticache_parameter_group", "name")
+    parameters = {
+        p["name"]: p["value"]
+        for p in nested(resources("aws_elasticache_parameter_group")[group], "parameter")
+    }
+    assert parameters["maxmemory-policy"] == "noeviction", "the stream must never be evicted"
+
+
+def test_trusted_proxies_are_the_load_balancer_subnets():
+    [alb] = resources("aws_lb").values()
+    subnets = re.fullmatch(r"\$\{aws_subnet\.(\w+)\[\*\]\.id\}", str(alb.get("subnets")))
+    [trusted] = [b["trusted_proxies"] for _, doc in parsed()
+                 for b in as_list(doc.get("locals")) if "trusted_proxies" in b]  # fmt: skip
+    assert trusted == f'${{join(",", aws_subnet.{subnets.group(1)}[*].cidr_block)}}'
+    assert user_data_values()["trusted_proxies"] == "${local.trusted_proxies}"
+
+
+# --- variables, checked by the real terraform --------------------------------------------
+
+
+def test_variables_refuse_what_cannot_work(tmp_path):
+    refused = plan_variables(tmp_path)
+    assert refused.returncode != 0 and "certificate_arn must be set" in refused.stderr
+    assert "allow_plain_http = true" in refused.stderr, "the error says how to opt out"
+    assert plan_variables(tmp_path, certificate_arn=CERTIFICATE).returncode == 0
+    assert plan_variables(tmp_path, allow_plain_http=True).returncode == 0
+    for values, message in [
+        ({"certificate_arn": "my-certificate"}, "ACM certificate ARN"),
+        ({"ssl_policy": "ELBSecurityPolicy-2016-08"}, "ssl_policy must be"),
+        ({"db_engine_version": "8.4"}, "db_engine_version must be"),
+        ({"worker_min_size": 0}, "worker_min_size must be at least 1"),
+    ]:
+        done = plan_variables(tmp_path, **{"certificate_arn": CERTIFICATE, **values})
+        assert done.returncode != 0 and message in done.stderr, (values, done.stderr)
+
+
+# --- the boot script, rendered by terraform and run against moto -------------------------
+
+SCRIPT_VALUES = {
+    "region": "us-east-1",
+    "registry": "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+    "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/marketplace:release-1",
+    "log_group": "/marketplace/production/app",
+    "database_url_parameter": "/marketplace/production/database_url",
+    "stats_database_url_parameter": "",
+    "database_ca_parameter": "/marketplace/production/database_ca",
+    "secret_key_parameter": "/marketplace/production/secret_key",
+    "redis_url_parameter": "/marketplace/production/redis_url",
+    "trusted_proxies": "10.20.0.0/24,10.20.1.0/24",
+    "email_source": "notifications@example.com",
+    "metrics_namespace": "Marketplace/marketplace-production",
+}
+SECRETS = {
+    "database_url_parameter": "mysql://marketplace:"
+    + "D" * 32
+    + "@db.example:3306/marketplace?ssl_ca=/run/marketplace/database-ca.pem",
+    "database_ca_parameter": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+    "secret_key_parameter": "secret" + "S" * 58,
+    "redis_url_parameter": "rediss://:" + "T" * 64 + "@redis.example:6379/0",
+    "stats_database_url_parameter": "mysql://marketplace:" + "D" * 32 + "@replica.example/m",
+}
+
+
 def run_user_data(tmp_path: Path, **overrides) -> tuple[str, list[dict]]:
-    """Render the boot script and run it with bash: AWS is moto, docker/dnf/systemctl
-    are stand-ins on PATH. Returns the script and the docker calls, with the environment
-    each got."""
+    """Render the boot script and run it with bash: AWS is moto, docker/dnf/systemctl are
+    stand-ins on PATH, files go under tmp_path. Returns the script and the docker calls,
+    with the environment each got."""
     script = render_user_data(tmp_path, {**SCRIPT_VALUES, **overrides})
     syntax = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert syntax.returncode == 0, f"the rendered boot script is not valid bash: {syntax.stderr}"
@@ -937,7 +839,13 @@ def run_user_data(tmp_path: Path, **overrides) -> tuple[str, list[dict]]:
         (bin_dir / name).chmod(0o755)
     calls = tmp_path / "docker-calls.jsonl"
     calls.unlink(missing_ok=True)
-    (tmp_path / "user_data.sh").write_text(script)
+    root = tmp_path / "root"  # where the script's absolute paths land
+    (root / "usr/local/bin").mkdir(parents=True, exist_ok=True)
+    (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
+    rooted = script.replace(" >/usr/local/bin/", f" >{root}/usr/local/bin/")
+    rooted = rooted.replace(" /usr/local/bin/marketplace", f" {root}/usr/local/bin/marketplace")
+    rooted = rooted.replace(" >/etc/systemd/", f" >{root}/etc/systemd/")
+    (tmp_path / "user_data.sh").write_text(rooted)
     ran = subprocess.run(
         ["bash", str(tmp_path / "user_data.sh")],
         capture_output=True,
@@ -949,95 +857,126 @@ def run_user_data(tmp_path: Path, **overrides) -> tuple[str, list[dict]]:
     return script, [json.loads(line) for line in calls.read_text().splitlines()]
 
 
-def docker_runs(calls: list[dict]) -> dict[str, dict]:
-    runs = {}
-    for call in calls:
-        if call["args"][:1] == ["run"]:
-            name = call["args"][call["args"].index("--name") + 1]
-            runs[name] = call
-    return runs
+def docker_runs(calls: list[dict]) -> list[dict]:
+    return [call for call in calls if call["args"][:1] == ["run"]]
 
 
-def test_boot_script_gives_the_service_its_environment_from_ssm(tmp_path, moto_aws):
-    script, calls = run_user_data(tmp_path)
-    runs = docker_runs(calls)
-    assert set(runs) == {"marketplace-migrate", "marketplace"}, f"docker runs: {sorted(runs)}"
-    service, migrate = runs["marketplace"]["env"], runs["marketplace-migrate"]["env"]
-    token = SECRETS["redis_auth_token_parameter"]
-    redis_url = f"rediss://:{token}@{SCRIPT_VALUES['redis_host']}:6379/0"
+@pytest.mark.parametrize("role", ["web", "worker"])
+def test_each_instance_runs_one_container_in_its_role_with_its_environment_from_ssm(
+    tmp_path, moto_aws, role
+):
+    script, calls = run_user_data(tmp_path, role=role)
+    [run] = docker_runs(calls)
+    assert run["args"][-2:] == [SCRIPT_VALUES["image"], role]
+    assert ("-p" in run["args"]) == (role == "web"), "only the web role serves port 80"
     expected = {
-        "DATABASE_URL": (
-            f"mysql://marketplace:{SECRETS['db_password_parameter']}@{SCRIPT_VALUES['db_host']}"
-            ":3306/marketplace"
-        ),
+        "DATABASE_URL": SECRETS["database_url_parameter"],
+        "DATABASE_CA_PEM": SECRETS["database_ca_parameter"],
         "SECRET_KEY": SECRETS["secret_key_parameter"],
-        "REDIS_URL": redis_url,
-        "RATELIMIT_STORAGE_URI": redis_url,
+        "REDIS_URL": SECRETS["redis_url_parameter"],
         "TRUSTED_PROXIES": "10.20.0.0/24,10.20.1.0/24",
         "EMAIL_SOURCE": "notifications@example.com",
         "REGION_NAME": "us-east-1",
-        "APP_ENV": "production",
     }
-    for env in (service, migrate):
-        assert {name: env.get(name) for name in expected} == expected
-    assert "STATS_DATABASE_URL" not in service, "no replica, no STATS_DATABASE_URL"
-
-    # The first admin's password reaches the migration (which creates the admin) only.
-    assert migrate["ADMIN_EMAIL"] == "admin@example.com"
-    assert migrate["ADMIN_PASSWORD"] == SECRETS["admin_password_parameter"]
-    assert "ADMIN_PASSWORD" not in service, "the long-running container needs no admin password"
-    assert runs["marketplace-migrate"]["args"][-4:] == [
-        SCRIPT_VALUES["image"],
-        *SCRIPT_VALUES["migrate_command"].split(),
-    ], "the migration container runs migrate_command"
-
+    assert {name: run["env"].get(name) for name in expected} == expected
+    assert "STATS_DATABASE_URL" not in run["env"] and "ADMIN_PASSWORD" not in run["env"]
     # No secret on any command line (`ps` shows those) nor in the user data itself.
     for secret in SECRETS.values():
         assert secret not in script
         for call in calls:
-            assert not any(secret in arg for arg in call["args"]), f"{secret[:6]}... in {call}"
-    (login,) = [call for call in calls if call["args"][:1] == ["login"]]
+            assert not any(secret in arg for arg in call["args"]), call["args"][:3]
+    [login] = [call for call in calls if call["args"][:1] == ["login"]]
     assert login["stdin"].strip(), "docker login gets the ECR password on stdin"
+    assert ("marketplace-metrics" in script) == (role == "web")
 
 
-def test_boot_script_without_a_migration_container(tmp_path, moto_aws):
+def test_with_a_replica_the_statistics_read_from_it(tmp_path, moto_aws):
     _, calls = run_user_data(
-        tmp_path, migrate_command="", stats_db_host="replica.abc.us-east-1.rds.amazonaws.com"
+        tmp_path,
+        role="worker",
+        stats_database_url_parameter="/marketplace/production/stats_database_url",
     )
-    runs = docker_runs(calls)
-    assert set(runs) == {"marketplace"}, f"docker runs: {sorted(runs)}"
-    service = runs["marketplace"]["env"]
-    # The image's entrypoint migrates and creates the first admin, so it gets the password.
-    assert service["ADMIN_PASSWORD"] == SECRETS["admin_password_parameter"]
-    assert service["STATS_DATABASE_URL"] == (
-        f"mysql://marketplace:{SECRETS['db_password_parameter']}"
-        "@replica.abc.us-east-1.rds.amazonaws.com:3306/marketplace"
-    )
-    assert service["REDIS_URL"].startswith("rediss://:")
+    [run] = docker_runs(calls)
+    assert run["env"]["STATS_DATABASE_URL"] == SECRETS["stats_database_url_parameter"]
 
 
-# --- formatting -----------------------------------------------------------------------
+EXPOSITION = """# HELP marketplace_notifications Emails in the outbox, by status.
+# TYPE marketplace_notifications gauge
+marketplace_notifications{status="pending"} 17.0
+marketplace_notifications{status="sent"} 400.0
+marketplace_notifications{status="unknown"} 2.0
+marketplace_notifications_oldest_pending_seconds 93.5
+marketplace_views_stream_length 1500.0
+marketplace_views_stream_lag 1234.0
+"""
 
 
-def test_terraform_fmt():
-    """`terraform fmt -check -recursive terraform`: the files are as terraform writes them."""
-    result = subprocess.run(
-        [
-            terraform_binary(),
-            "fmt",
-            "-check",
-            "-recursive",
-            "-diff",
-            "-no-color",
-            str(TERRAFORM_DIR),
-        ],
+def test_the_web_instances_publish_the_outbox_and_stream_gauges_every_minute(tmp_path, moto_aws):
+    run_user_data(tmp_path, role="web")
+    publisher = tmp_path / "root/usr/local/bin/marketplace-metrics"
+    timer = (tmp_path / "root/etc/systemd/system/marketplace-metrics.timer").read_text()
+    assert "OnUnitActiveSec=1min" in timer
+    curl = tmp_path / "bin" / "curl"
+    curl.write_text(f"#!/bin/sh\ncat <<'EOF'\n{EXPOSITION}EOF\n")
+    curl.chmod(0o755)
+    aws_calls = tmp_path / "aws-calls.jsonl"
+    done = subprocess.run(
+        ["bash", str(publisher)],
         capture_output=True,
         text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull},
+        timeout=60,
+        env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+             "AWS_CALLS": str(aws_calls)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [call] = [json.loads(line) for line in aws_calls.read_text().splitlines()]
+    assert call[call.index("--namespace") + 1] == SCRIPT_VALUES["metrics_namespace"]
+    data = call[call.index("--metric-data") + 1 :]
+    values = {
+        re.search(r"MetricName=(\w+)", d).group(1): float(re.search(r"Value=([\d.]+)", d).group(1))
+        for d in data
+    }
+    assert values == {
+        "OutboxPending": 17,
+        "OutboxOldestPendingSeconds": 93.5,
+        "EmailsUnknown": 2,
+        "ViewsStreamLag": 1234,
+    }
+
+
+# --- the release's migration ------------------------------------------------------------
+
+ECS_CLI = """#!/bin/sh
+echo "$*" >> "$ECS_CALLS"
+case "$2" in
+run-task) echo arn:aws:ecs:us-east-1:123456789012:task/release/abc ;;
+wait) exit 0 ;;
+describe-tasks) printf '%s\\tEssential container in task exited\\n' "$EXIT_CODE" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("exit_code", ["0", "1"])
+def test_the_release_fails_when_its_migration_does(tmp_path, exit_code):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(ECS_CLI)
+    (bin_dir / "aws").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "ECS_CALLS": str(calls),
+        "EXIT_CODE": exit_code,
+        "REGION": "us-east-1",
+        "CLUSTER": "marketplace-production-release",
+        "TASK_DEFINITION": "arn:aws:ecs:us-east-1:123456789012:task-definition/m:3",
+        "SUBNETS": "subnet-a,subnet-b",
+        "SECURITY_GROUP": "sg-app",
+    }
+    done = subprocess.run(
+        [str(TERRAFORM_DIR / "run_migration.sh")], env=env, capture_output=True, text=True
     )
-    assert result.returncode == 0, (
-        "terraform fmt would change these files; run `terraform fmt -recursive terraform`:\n"
-        f"{result.stdout}{result.stderr}"
-    )
+    assert done.returncode == int(exit_code), done.stdout + done.stderr
+    [run, *_] = calls.read_text().splitlines()
+    assert "subnets=[subnet-a,subnet-b],securityGroups=[sg-app],assignPublicIp=DISABLED" in run

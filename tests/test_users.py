@@ -6,7 +6,7 @@ import pytest
 
 from app.accounts.models import Role, User
 from app.core.addresses import BadEmail, canonical_email
-from tests.conftest import PASSWORD
+from tests.conftest import bearer, login
 
 SEED_USER = {
     "fullname": "arnoldo",
@@ -26,10 +26,6 @@ def public(user: dict) -> dict:
 
 def create(client, admin, **changes):
     return client.post("/api/users", json=SEED_USER | changes, headers=admin["headers"])
-
-
-def login(client, email, password):
-    return client.post("/users/login", json={"email": email, "password": password})
 
 
 def live_users(rows):
@@ -91,7 +87,7 @@ def test_the_created_reader_can_log_in_and_only_read(client, admin):
     response = login(client, "josuecevedo@xd.com", "cheutere")
 
     assert response.status_code == 200
-    headers = {"Authorization": f"Bearer {response.get_json()['Token']}"}
+    headers = bearer(response.get_json()["Token"])
     assert client.get("/api/products", headers=headers).status_code == 200
     assert client.get("/api/users", headers=headers).status_code == 403
 
@@ -200,9 +196,7 @@ def test_put_rol_1_promotes_a_reader_who_can_then_create_a_product(client, admin
 
     token = login(client, "reader@example.com", "correct-horse-42").get_json()["Token"]
     product = {"sku": "zap-1", "name": "zapatos", "price": 300, "mark": "chabelo", "quantity": 5}
-    created = client.post(
-        "/api/products", json=product, headers={"Authorization": f"Bearer {token}"}
-    )
+    created = client.post("/api/products", json=product, headers=bearer(token))
     assert created.status_code == 201
 
 
@@ -428,10 +422,7 @@ def test_emails_are_stored_in_one_canonical_form(client, admin):
         headers=admin["headers"],
     )
     assert again.status_code == 409
-    login = client.post(
-        "/users/login", json={"email": "JO@bücher.example", "password": "long-enough-1"}
-    )
-    assert login.status_code == 200
+    assert login(client, "JO@bücher.example", "long-enough-1").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -452,9 +443,8 @@ def test_a_domain_in_idna_form_is_checked_as_what_it_spells(email, why):
 
 def test_a_lookalike_email_at_login_is_just_a_wrong_email(client, admin):
     for email in (CYRILLIC_A_DOMAIN, "admin@[127.0.0.1]"):
-        response = client.post("/users/login", json={"email": email, "password": PASSWORD})
-        assert response.status_code == 401
-    fullwidth = client.post("/users/login", json={"email": FULLWIDTH_ADMIN, "password": PASSWORD})
+        assert login(client, email).status_code == 401
+    fullwidth = login(client, FULLWIDTH_ADMIN)
     assert fullwidth.status_code == 200  # the same account, written in fullwidth letters
 
 

@@ -2,6 +2,7 @@
 
 from flask import url_for
 from flask.views import MethodView
+from flask_jwt_extended import current_user
 from flask_smorest import abort
 from sqlalchemy import select
 
@@ -10,9 +11,12 @@ from app.accounts.models import User
 from app.accounts.schemas import UserCreateSchema, UserSchema, UserUpdateSchema
 from app.accounts.tokens import admin_required
 from app.core.errors import ErrorSchema
+from app.core.extensions import db
 from app.core.openapi import Blueprint
 from app.core.pagination import page_of
 from app.core.unit_of_work import transaction
+from app.events import journal
+from app.events.schemas import EventSchema
 
 users_blp = Blueprint(
     "users",
@@ -46,7 +50,7 @@ def lock_or_404(user_id: int) -> User:
 
 def update(user_id: int, data: dict) -> User:
     user = lock_or_404(user_id)
-    service.update_user(user, data)
+    service.update_user(user, data, actor=current_user)
     return user
 
 
@@ -67,7 +71,7 @@ class Users(MethodView):
     @users_blp.alt_response(409, schema=ErrorSchema, description="Email or username taken.")
     def post(self, data):
         """Create a user (admin); rol 1 makes an admin, rol 2 a read-only account."""
-        user = service.create_user(**data)
+        user = service.create_user(**data, actor=current_user)
         return user, {"Location": url_for("users.UsersById", user_id=user.id)}
 
 
@@ -104,4 +108,17 @@ class UsersById(MethodView):
     @users_blp.alt_response(409, schema=ErrorSchema, description="The last active admin.")
     def delete(self, user_id):
         """Delete a user (admin); their tokens stop working at once."""
-        service.delete_user(lock_or_404(user_id))
+        service.delete_user(lock_or_404(user_id), actor=current_user)
+
+
+@users_blp.route("/<int(max=2147483647):user_id>/history")
+class UserHistory(MethodView):
+    @admin_required
+    @users_blp.response(200, EventSchema(many=True))
+    @users_blp.paginate()
+    def get(self, pagination_parameters, user_id):
+        """The changes of an account, newest first, a deleted one's too (admin)."""
+        if db.session.get(User, user_id) is None:
+            abort(404, message=f"No user with id {user_id}, ever.")
+        found = page_of(journal.of_user(user_id), pagination_parameters)
+        return [event.public() for event in found]

@@ -33,10 +33,11 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import TypeVar
 
+import click
 from flask import Flask, current_app
 from flask_smorest import abort
 from limits import parse
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 
 from app.accounts import passwords
 from app.core import metrics
@@ -47,13 +48,29 @@ T = TypeVar("T")
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["login_limits"] = LoginLimits(
+    limits = app.extensions["login_limits"] = LoginLimits(
         app.config["LOGIN_FAILURES_LIMIT"],
         app.config["LOGIN_ACCOUNT_FAILURES_LIMIT"],
         app.config["RATELIMIT_STORAGE_URI"],
         per_token=app.config["LOGIN_TOKEN_FAILURES_LIMIT"],
     )
+    if limits.per_process and serves_requests():
+        log.info(
+            "login limits: counted in this process's memory (%s): %s per address and %s per "
+            "account in each process; set REDIS_URL to share one count between processes "
+            "and containers",
+            "RATELIMIT_STORAGE_URI" if app.config["REDIS_URL"] else "no REDIS_URL",
+            limits.client,
+            limits.account,
+        )
     app.extensions["password_slots"] = VerificationSlots(app.config["LOGIN_CONCURRENCY"])
+
+
+def serves_requests() -> bool:
+    """True in the web process (uWSGI, `flask run`), which builds the app once at start;
+    False in the other `flask` commands (the worker, migrations), which take no logins."""
+    command = click.get_current_context(silent=True)
+    return command is None or command.info_name == "run"
 
 
 def verify(
@@ -101,9 +118,9 @@ def too_many(wait: int):
 class LoginLimits:
     """Failed password attempts per client address, per token and per account.
 
-    Counted with the ``limits`` library's storage (Flask-Limiter's engine; in Redis in
-    production, so every process and instance shares one count), from the guard alone:
-    Flask-Limiter's own hook runs on every request (0.6 ms of each product read).
+    Counted with the ``limits`` library's storage (Flask-Limiter's engine; in Redis when
+    REDIS_URL is set, so every process and instance shares one count), from the guard
+    alone: Flask-Limiter's own hook runs on every request (0.6 ms of each product read).
 
     - **Per address** (``LOGIN_FAILURES_LIMIT``) and **per token**
       (``LOGIN_TOKEN_FAILURES_LIMIT``): each attempt takes a slot *before* its password
@@ -126,6 +143,8 @@ class LoginLimits:
         self.account = parse(per_account)
         self.token = parse(per_token)
         self.storage = storage_from_string(storage_uri)
+        # memory:// counts in this process alone; Redis shares one count.
+        self.per_process = isinstance(self.storage, MemoryStorage)
 
     def _add(self, limit, key: str, amount: int = 1) -> int:
         """Add to the count of ``key`` in its window (atomically); the new count."""

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, validates
 from app.core.columns import TABLE_ARGS, UTCDateTime, key_string, utcnow
 from app.core.dialect import locked
 from app.core.extensions import db
+from app.core.text import key
 
 
 class Role(enum.IntEnum):
@@ -47,10 +48,8 @@ class User(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
-    @staticmethod
-    def key_of(value: str) -> str:
-        """The lookup key of an email or a username: case never tells two accounts apart."""
-        return value.strip().lower()
+    # The lookup key of an email or a username: case never tells two accounts apart.
+    key_of = staticmethod(key)
 
     @validates("email")
     def _derive_email_key(self, _key: str, email: str) -> str:

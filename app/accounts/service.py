@@ -16,6 +16,8 @@ from app.core.columns import utcnow
 from app.core.dialect import insert_ignore, locked_rows
 from app.core.errors import RuleError
 from app.core.extensions import db
+from app.events import journal
+from app.events.models import EventType
 
 
 def _ensure_free(email: str | None, username: str | None, exclude: User | None = None) -> None:
@@ -30,8 +32,28 @@ def _ensure_free(email: str | None, username: str | None, exclude: User | None =
             raise RuleError(409, f"A user with this {label} already exists.", label)
 
 
+# An account's fields as its events name them (the API's names: ``rol`` for the role).
+SHOWN = {"fullname": "fullname", "username": "username", "email": "email", "role": "rol"}
+
+
+def _shown(user: User) -> dict:
+    """The account as its events keep it (never the password or its hash)."""
+    return {"id": user.id, **{name: getattr(user, field) for field, name in SHOWN.items()}}
+
+
+def _changed(user: User, type_: str, actor: User | None, changes: dict) -> None:
+    snapshot = None if user.deleted_at else _shown(user)
+    journal.record(type_, journal.actor_of(actor), changes, user_id=user.id, snapshot=snapshot)
+
+
 def create_user(
-    *, fullname: str, username: str, email: str, password: str, role: int = Role.READER
+    *,
+    fullname: str,
+    username: str,
+    email: str,
+    password: str,
+    role: int = Role.READER,
+    actor: User | None = None,
 ) -> User:
     _ensure_free(email, username)
     user = User(
@@ -43,6 +65,8 @@ def create_user(
     )
     db.session.add(user)
     db.session.flush()
+    changes = {name: {"old": None, "new": getattr(user, f)} for f, name in SHOWN.items()}
+    _changed(user, EventType.USER_CREATED, actor, changes)
     return user
 
 
@@ -60,26 +84,33 @@ def _guard_last_admin(user: User, action: str) -> None:
         raise RuleError(409, f"The last active admin cannot be {action}.")
 
 
-def update_user(user: User, changes: dict) -> User:
+def update_user(user: User, changes: dict, actor: User | None = None) -> User:
     _ensure_free(changes.get("email"), changes.get("username"), exclude=user)
     if "role" in changes and changes["role"] != user.role:
         if changes["role"] != Role.ADMIN:
             _guard_last_admin(user, "demoted")
         user.token_version += 1
+    diff = {}
     if "password" in changes:
         user.password_hash = hash_password(changes["password"])
         user.token_version += 1
-    for field in ("fullname", "role", "username", "email"):
-        if field in changes:
+        diff["password"] = {"changed": True}
+    for field, name in SHOWN.items():
+        if field in changes and changes[field] != getattr(user, field):
+            diff[name] = {"old": getattr(user, field), "new": changes[field]}
             setattr(user, field, changes[field])
     db.session.flush()  # the answer is built from the flushed row (updated_at)
+    if diff:
+        _changed(user, EventType.USER_UPDATED, actor, diff)
     return user
 
 
-def delete_user(user: User) -> None:
+def delete_user(user: User, actor: User | None = None) -> None:
     """Soft delete: the row stays for history, its email and username become free again."""
     _guard_last_admin(user, "deleted")
+    changes = {name: {"old": getattr(user, f), "new": None} for f, name in SHOWN.items()}
     user.soft_delete()
+    _changed(user, EventType.USER_DELETED, actor, changes)
 
 
 class WrongPassword(RuleError):
@@ -99,7 +130,7 @@ def change_own_account(user: User, changes: dict) -> User:
     """The user's own changes: a name, or a new password once the current one was checked
     (check_password). A new password revokes every token of the account."""
     allowed = {key: changes[key] for key in ("fullname", "password") if key in changes}
-    return update_user(user, allowed)
+    return update_user(user, allowed, actor=user)
 
 
 # ---------------------------------------------------------------- revoked tokens

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import BinaryIO
 
 from marshmallow import ValidationError
@@ -29,15 +30,16 @@ from sqlalchemy import and_, insert, or_, select
 from app.accounts.models import User
 from app.catalog import cache
 from app.catalog.models import Product
-from app.catalog.schemas import CATALOG_COLUMNS, ProductImportSchema
-from app.catalog.service import EDITABLE, SORT_COLUMNS, product_filters
+from app.catalog.schemas import CATALOG_COLUMNS, ProductImportSchema, dump_product
+from app.catalog.service import EDITABLE, SORT_COLUMNS, plain, product_filters
 from app.core import dialect
 from app.core.columns import utcnow
 from app.core.extensions import db
-from app.core.fields import json_number
 from app.core.openapi import NotAnArray, NotUnicode, json_array_items
 from app.core.spreadsheets import csv_document, plain_cell
-from app.notifications.service import ImportSummary, notify_import
+from app.events import journal
+from app.events.models import EventType
+from app.notifications.service import notify_import
 
 REQUIRED_COLUMNS = ("sku", "name", "price", "mark")
 # The answer lists this many skus of each kind (the counts cover them all) ...
@@ -290,10 +292,6 @@ def _row_errors(number: int, messages) -> Iterator[RowError]:
 # ---------------------------------------------------------------- writing
 
 
-def _plain(value):
-    return json_number(value) if isinstance(value, Decimal) else value
-
-
 def _chunks(items: list, size: int | None = None) -> Iterator[list]:
     size = size or CHUNK
     for start in range(0, len(items), size):
@@ -304,7 +302,13 @@ def _current(keys: list[str], lock: bool) -> dict:
     """The live products with these sku keys (locked unless a dry run), by key. Locks are
     taken in sku order, so that two imports of overlapping files wait for each other
     rather than deadlock."""
-    columns = (Product.id, Product.sku_key, Product.sku, *(getattr(Product, f) for f in EDITABLE))
+    columns = (
+        Product.id,
+        Product.sku_key,
+        Product.sku,
+        Product.created_at,
+        *(getattr(Product, f) for f in EDITABLE),
+    )
     found = {}
     for chunk in _chunks(sorted(keys)):
         query = select(*columns, Product.version).where(Product.sku_key.in_(chunk))
@@ -330,12 +334,11 @@ def import_products(valid: list[tuple[int, dict]], actor: User | None, dry_run: 
             values = {field: data.get(field, 0) for field in EDITABLE}
             inserts.append(Product.new_row(data["sku"], values, now))
             created.append(data["sku"])
-            changes.append(
-                (data["sku"], "created", {f: [None, _plain(v)] for f, v in values.items()})
-            )
+            diff = {f: {"old": None, "new": plain(v)} for f, v in values.items()}
+            changes.append((EventType.PRODUCT_CREATED, inserts[-1], diff))
             continue
         diff = {
-            field: [_plain(getattr(product, field)), _plain(data[field])]
+            field: {"old": plain(getattr(product, field)), "new": plain(data[field])}
             for field in EDITABLE
             if field in data and data[field] != getattr(product, field)
         }
@@ -345,12 +348,14 @@ def import_products(valid: list[tuple[int, dict]], actor: User | None, dry_run: 
         values = {field: data.get(field, getattr(product, field)) for field in EDITABLE}
         updates.append(Product.changed_row(product, values, now))
         updated.append(product.sku)
-        changes.append((product.sku, "updated", diff))
+        changes.append((EventType.PRODUCT_UPDATED, updates[-1], diff))
     if not dry_run and changes:
         _insert(inserts)
         _update(updates)
         cache.note_changed(db.session, [row["sku_key"] for row in (*inserts, *updates)])
-        notify_import(ImportSummary(actor, len(created), len(updated), len(unchanged), changes))
+        counts = {"created": len(created), "updated": len(updated), "unchanged": len(unchanged)}
+        first = journal.record_many(journal.actor_of(actor), _events(inserts, changes, current))
+        notify_import(first, len(changes), counts)
     return {
         "dry_run": dry_run,
         "rows": len(valid),
@@ -358,6 +363,30 @@ def import_products(valid: list[tuple[int, dict]], actor: User | None, dry_run: 
         "updated": _listed(updated),
         "unchanged": _listed(unchanged),
     }
+
+
+def _events(inserts: list[dict], changes: list[tuple], current: dict) -> list[dict]:
+    """The import's events, in file order, each with its product as it now is."""
+    ids = {}
+    for chunk in _chunks([row["sku_key"] for row in inserts]):
+        query = select(Product.id, Product.sku_key).where(Product.sku_key.in_(chunk))
+        ids.update((key, id_) for id_, key in db.session.execute(query))
+    found = []
+    for type_, row, diff in changes:
+        product_id = row.get("id") or ids[row["sku_key"]]
+        created_at = row.get("created_at") or current[row["sku_key"]].created_at
+        shown = SimpleNamespace(**{**row, "created_at": created_at})
+        found.append(
+            {
+                "type": type_,
+                "changes": diff,
+                "product_id": product_id,
+                "sku": row["sku"],
+                "version": row["version"],
+                "snapshot": dump_product(shown),
+            }
+        )
+    return found
 
 
 def _listed(skus: list[str]) -> dict:
@@ -415,7 +444,7 @@ def exported(filters: dict) -> Iterator[list]:
 
 
 def product_values(row) -> dict:
-    return {"sku": row.sku, **{field: _plain(getattr(row, field)) for field in EDITABLE}}
+    return {"sku": row.sku, **{field: plain(getattr(row, field)) for field in EDITABLE}}
 
 
 def csv_text(chunks: Iterable[list], bom: bool) -> Iterator[str]:

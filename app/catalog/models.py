@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, validates
 from app.core.columns import TABLE_ARGS, UTCDateTime, key_string, text_column, utcnow
 from app.core.dialect import locked
 from app.core.extensions import db
+from app.core.text import key
 
 
 class Product(db.Model):
@@ -49,10 +50,8 @@ class Product(db.Model):
 
     # ------------------------------------------------------------ rules
 
-    @staticmethod
-    def key_of(sku: str) -> str:
-        """The one case-insensitive rule for skus: every lookup compares this form."""
-        return sku.strip().lower()
+    # The one case-insensitive rule for skus: every lookup compares this form.
+    key_of = staticmethod(key)
 
     @staticmethod
     def etag_of(product_id: int, version: int) -> str:
@@ -107,6 +106,12 @@ class Product(db.Model):
     def touch(self) -> None:
         """A change: a new version (``updated_at`` follows at the flush)."""
         self.version = self.next_version(self.version)
+
+    def restore(self) -> None:
+        """A deleted product live again, under its own sku (a revert)."""
+        self.deleted_at = None
+        self.sku_key = self.sku_lower
+        self.touch()
 
     def soft_delete(self) -> None:
         """The row keeps its history; the sku can be used again."""

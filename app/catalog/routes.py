@@ -5,21 +5,28 @@ from flask.views import MethodView
 from flask_jwt_extended import current_user
 from flask_smorest import abort
 
+from app.accounts.models import Role
 from app.accounts.tokens import admin_required, optional_user, token_optional
 from app.catalog import service
 from app.catalog.models import Product
 from app.catalog.reads import JSON, read_product
 from app.catalog.schemas import (
+    AsOfQuerySchema,
     ProductCreateSchema,
     ProductQuerySchema,
     ProductSchema,
     ProductUpdateSchema,
+    RevertSchema,
     dump_product,
     products_json,
 )
 from app.core.errors import ErrorSchema
+from app.core.extensions import db
 from app.core.openapi import Blueprint
+from app.core.pagination import page_of
 from app.core.unit_of_work import transaction
+from app.events import journal
+from app.events.schemas import EventSchema
 
 products_blp = Blueprint(
     "products",
@@ -103,7 +110,7 @@ class Products(MethodView):
     @products_blp.alt_response(409, schema=ErrorSchema, description="The sku is taken.")
     def post(self, data):
         """Create a product (admin)."""
-        product = service.create_product(data, current_user).product
+        product = service.create_product(data, current_user)
         location = url_for("products.ProductsBySku", sku=product.sku)
         return product_response(product, 201, Location=location)
 
@@ -111,12 +118,15 @@ class Products(MethodView):
 @products_blp.route("/<string:sku>")
 class ProductsBySku(MethodView):
     @token_optional
+    @products_blp.arguments(AsOfQuerySchema, location="query")
     @products_blp.response(200, ProductSchema, headers=ETAG_HEADER)
     @products_blp.alt_response(304, description="Not modified (If-None-Match): still a view.")
     @products_blp.alt_response(404, schema=ErrorSchema, description="No such product.")
-    def get(self, sku):
+    def get(self, query, sku):
         """Read one product (each read, 200 or 304, is counted in its statistics)."""
         reader = optional_user()
+        if "as_of" in query:
+            return as_of(sku, query["as_of"], reader)
         read = read_product(
             sku,
             reader.id if reader is not None else None,
@@ -165,3 +175,55 @@ class ProductsBySku(MethodView):
     def delete(self, sku):
         """Delete a product (admin); its history is kept."""
         service.delete_product(lock_or_404(sku), current_user)
+
+
+def as_of(sku: str, moment, reader) -> Response:
+    """The product as it was at ``moment`` (admin): an admin's look back, not a view."""
+    if reader is None:
+        abort(401, message="as_of needs an admin's token.")
+    if reader.role != Role.ADMIN:
+        abort(403, message="as_of needs an admin account (rol 1).")
+    shown = service.as_of(sku, moment)
+    if shown is None:
+        abort(404, message=f"No product with sku {sku!r} at {moment.isoformat()}.")
+    return Response(products_json(shown), mimetype=JSON)
+
+
+@products_blp.route("/<string:sku>/history")
+class ProductHistory(MethodView):
+    @admin_required
+    @products_blp.response(200, EventSchema(many=True))
+    @products_blp.paginate()
+    def get(self, pagination_parameters, sku):
+        """The changes of a product, newest first, a deleted one's too (admin)."""
+        found = page_of(journal.of_products(Product.ever_named(sku)), pagination_parameters)
+        never = not pagination_parameters.item_count and (
+            db.session.scalar(Product.ever_named(sku).limit(1)) is None
+        )
+        if never:
+            abort(404, message=f"No product with sku {sku!r}, ever.")
+        return [event.public() for event in found]
+
+
+@products_blp.route("/<string:sku>/revert")
+class ProductRevert(MethodView):
+    @products_blp.doc(parameters=[IF_MATCH])
+    @admin_required
+    @transaction
+    @products_blp.arguments(RevertSchema, example={"to": 42})
+    @products_blp.response(200, ProductSchema, headers=ETAG_HEADER)
+    @products_blp.alt_response(201, schema=ProductSchema, description="A deleted product restored.")
+    @products_blp.alt_response(
+        409, schema=ErrorSchema, description="The sku is another product's now."
+    )
+    @products_blp.alt_response(
+        412, schema=ErrorSchema, description="If-Match names another version."
+    )
+    @products_blp.alt_response(422, schema=ErrorSchema, description="Not an event of this product.")
+    def post(self, data, sku):
+        """Set a product back to its values right after one of its events (admin): one
+        ordinary change, emailed; a deleted product is restored."""
+        if "If-Match" in request.headers:
+            lock_or_404(sku)
+        product, restored = service.revert_product(sku, data["to"], current_user)
+        return product_response(product, 201 if restored else 200)

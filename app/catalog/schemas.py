@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from flask import current_app
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
@@ -41,6 +43,27 @@ def products_json(value) -> str:
     if (provider.compact is None and current_app.debug) or provider.compact is False:
         return provider.dumps(value, indent=2) + "\n"
     return provider.dumps(value, separators=(",", ":")) + "\n"
+
+
+class AsOfQuerySchema(Schema):
+    as_of = fields.AwareDateTime(
+        format="iso",
+        default_timezone=UTC,
+        metadata={
+            "description": "Admin only: the product as it was at this moment (ISO 8601; UTC "
+            "when no offset is given). Not counted as a view.",
+            "example": "2026-12-01T12:00:00Z",
+        },
+    )
+
+
+class RevertSchema(Schema):
+    to = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=1, max=2**63 - 1),
+        metadata={"description": "One of this product's events: its values right after it."},
+    )
 
 
 class ProductCreateSchema(Schema):

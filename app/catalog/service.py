@@ -1,8 +1,14 @@
-"""Products: create, change (with the diff of what changed), delete, list."""
+"""Products: create, change (with the diff of what changed), delete, revert, list, and a
+product as it was at a moment.
+
+Every change writes its event (app/events/) and its emails (app/notifications/) in the
+change's own transaction.
+"""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import func, select
@@ -15,56 +21,153 @@ from app.catalog.schemas import dump_product, products_json
 from app.core.errors import RuleError
 from app.core.extensions import db
 from app.core.fields import json_number
-from app.notifications.service import Change, notify
+from app.events import journal
+from app.events.models import Event, EventType
+from app.notifications.service import notify
 
 EDITABLE = ("name", "price", "mark", "quantity")
 
 
-def _plain(value):
-    """A field's value as the change log and the email show it (prices as numbers)."""
+def plain(value):
+    """A field's value as events and emails show it (prices as numbers)."""
     return json_number(value) if isinstance(value, Decimal) else value
 
 
-def create_product(data: dict, actor: User | None) -> Change:
+def _changed(product: Product, type_: str, actor: User | None, changes: dict, **fields) -> Event:
+    """The change's event and its emails, in the change's transaction."""
+    event = journal.record(
+        type_,
+        journal.actor_of(actor),
+        changes,
+        product_id=product.id,
+        sku=product.sku,
+        version=product.version,
+        snapshot=None if product.deleted_at else dump_product(product),
+        **fields,
+    )
+    notify(event)
+    return event
+
+
+def create_product(data: dict, actor: User | None) -> Product:
     if Product.by_sku(data["sku"]) is not None:
         raise RuleError(409, f"A product with sku {data['sku']!r} already exists.", "sku")
     product = Product(sku=data["sku"], **{field: data[field] for field in EDITABLE})
     db.session.add(product)
     db.session.flush()
-    snapshot = {field: [None, _plain(getattr(product, field))] for field in EDITABLE}
-    return _notify_admins(Change(product, "created", actor, snapshot))
+    changes = {field: {"old": None, "new": plain(getattr(product, field))} for field in EDITABLE}
+    _changed(product, EventType.PRODUCT_CREATED, actor, changes)
+    return product
 
 
-def update_product(product: Product, data: dict, actor: User | None) -> Change | None:
-    """Apply the fields that differ; None when nothing changed. ``product`` was read
-    locked (``Product.by_sku(..., lock=True)``), so the old values are the last committed
-    ones."""
+def update_product(
+    product: Product, data: dict, actor: User | None, reverted_to: int | None = None
+) -> Event | None:
+    """Apply the fields that differ; the change's event, or None when nothing changed.
+    ``product`` was read locked (``Product.by_sku(..., lock=True)``), so the old values
+    are the last committed ones."""
     if "sku" in data and Product.key_of(data["sku"]) != product.sku_key:
         raise RuleError(422, "The sku cannot be changed.", "sku")
-    diff = {}
+    changes = {}
     for field in EDITABLE:
         if field in data and data[field] != getattr(product, field):
-            diff[field] = [_plain(getattr(product, field)), _plain(data[field])]
+            changes[field] = {"old": plain(getattr(product, field)), "new": plain(data[field])}
             setattr(product, field, data[field])
-    if not diff:
+    if not changes:
         return None
     product.touch()
     db.session.flush()
-    return _notify_admins(Change(product, "updated", actor, diff))
+    return _changed(product, EventType.PRODUCT_UPDATED, actor, changes, reverted_to=reverted_to)
 
 
-def delete_product(product: Product, actor: User | None) -> Change:
+def delete_product(product: Product, actor: User | None) -> Event:
     """Soft delete: the row keeps its history; the sku can be used again."""
-    snapshot = {field: [_plain(getattr(product, field)), None] for field in EDITABLE}
+    changes = {field: {"old": plain(getattr(product, field)), "new": None} for field in EDITABLE}
     product.soft_delete()
     db.session.flush()
-    return _notify_admins(Change(product, "deleted", actor, snapshot))
+    return _changed(product, EventType.PRODUCT_DELETED, actor, changes)
 
 
-def _notify_admins(change: Change) -> Change:
-    """Every committed change emails the admins: the rows join the change's transaction."""
-    notify(change)
-    return change
+# ---------------------------------------------------------------- history
+
+
+def values_after(event: Event) -> dict | None:
+    """The product's fields right after ``event`` (None: it was deleted then)."""
+    if event.type == EventType.PRODUCT_DELETED:
+        return None
+    if event.snapshot is not None:
+        return {field: event.snapshot[field] for field in EDITABLE}
+    # Recorded without the values after it: the row's values now, each later change undone.
+    product = db.session.get(Product, event.product_id)
+    values = {field: plain(getattr(product, field)) for field in EDITABLE}
+    later = select(Event).where(Event.product_id == product.id, Event.id > event.id)
+    for change in db.session.scalars(later.order_by(Event.id.desc())):
+        for field, values_of in change.changes.items():
+            if field in values:
+                values[field] = values_of["old"]
+    return values
+
+
+def as_of(sku: str, moment: datetime) -> dict | None:
+    """The product with this sku as the API showed it at ``moment``; None if none was
+    live then."""
+    rows = db.session.scalars(select(Product).where(Product.sku_lower == Product.key_of(sku)))
+    live = [
+        p
+        for p in rows
+        if p.created_at <= moment and (p.deleted_at is None or p.deleted_at > moment)
+    ]
+    if not live:
+        return None
+    product = max(live, key=lambda p: p.created_at)
+    last = db.session.scalar(
+        select(Event)
+        .where(Event.product_id == product.id, Event.at <= moment)
+        .order_by(Event.id.desc())
+        .limit(1)
+    )
+    if last is not None and last.snapshot is not None:
+        return last.snapshot
+    shown = dump_product(product)
+    later = select(Event).where(Event.product_id == product.id, Event.at > moment)
+    for change in db.session.scalars(later.order_by(Event.id.desc())):
+        for field, values_of in change.changes.items():
+            if field in EDITABLE:
+                shown[field] = values_of["old"]
+    shown["updated_at"] = (last.at if last is not None else product.created_at).isoformat()
+    return shown
+
+
+def revert_product(sku: str, event_id: int, actor: User | None) -> tuple[Product, bool]:
+    """Set the product's fields to their values right after event ``event_id``, as one
+    ordinary change (its event names ``reverted_to``). A deleted product is restored.
+    (The product, whether it was restored.)"""
+    event = journal.by_id(event_id)
+    if event is None or event.product_id is None:
+        raise RuleError(422, f"No product event with id {event_id}.", "to")
+    if Product.key_of(event.sku) != Product.key_of(sku):
+        raise RuleError(422, f"Event {event_id} is about another product ({event.sku}).", "to")
+    values = values_after(event)
+    if values is not None:
+        values["price"] = Decimal(str(values["price"])).quantize(Decimal("0.01"))
+    if values is None:
+        raise RuleError(
+            422, f"The product was deleted by event {event_id}: nothing to restore.", "to"
+        )
+    live = Product.by_sku(sku, lock=True)
+    if live is not None and live.id != event.product_id:
+        raise RuleError(409, f"The sku {sku!r} is now another product's.", "to")
+    if live is not None:
+        update_product(live, values, actor, reverted_to=event.id)
+        return live, False
+    product = db.session.get(Product, event.product_id)
+    product.restore()
+    for field, value in values.items():
+        setattr(product, field, value)
+    db.session.flush()
+    changes = {field: {"old": None, "new": plain(getattr(product, field))} for field in EDITABLE}
+    _changed(product, EventType.PRODUCT_CREATED, actor, changes, reverted_to=event.id)
+    return product, True
 
 
 SORT_COLUMNS = {

@@ -260,9 +260,9 @@ class Config:
             else {}
         )
 
-        # Failed logins per client address, and per account from any address; memory://
-        # counts per process, so production requires Redis (the views stream's by default)
-        # unless LOGIN_LIMITS_PER_PROCESS says a per-process count is meant.
+        # Failed logins per client address, and per account from any address: in the
+        # views stream's Redis when REDIS_URL is set (one count for every process and
+        # container), else in each process's memory (app/security.py says so at start-up).
         self.LOGIN_FAILURES_LIMIT = env_str("LOGIN_FAILURES_LIMIT") or "10 per minute"
         self.LOGIN_ACCOUNT_FAILURES_LIMIT = (
             env_str("LOGIN_ACCOUNT_FAILURES_LIMIT") or "50 per minute"
@@ -277,7 +277,6 @@ class Config:
         self.ARGON2_TIME_COST = env_int("ARGON2_TIME_COST", ARGON2_TIME_COST)
         self.ARGON2_PARALLELISM = env_int("ARGON2_PARALLELISM", ARGON2_PARALLELISM)
         self.LOGIN_CONCURRENCY = env_int("LOGIN_CONCURRENCY", 1)
-        self.LOGIN_LIMITS_PER_PROCESS = env_bool("LOGIN_LIMITS_PER_PROCESS", False)
         self.RATELIMIT_STORAGE_URI = (
             env_str("RATELIMIT_STORAGE_URI") or self.REDIS_URL or "memory://"
         )
@@ -288,6 +287,8 @@ class Config:
         self.LOG_FORMAT = (env_str("LOG_FORMAT") or "text").lower()
         self.LOG_LEVEL = (env_str("LOG_LEVEL") or "INFO").upper()
         self.LOG_REQUESTS = env_bool("LOG_REQUESTS", True)
+        # /healthz, /readyz and /metrics too; production's nginx logs them instead.
+        self.LOG_PROBES = env_bool("LOG_PROBES", self.APP_ENV != "production")
         # GET /metrics answers loopback and private addresses, or this bearer token.
         self.METRICS_TOKEN = env_str("METRICS_TOKEN")
         self.CORS_ORIGINS = [
@@ -367,14 +368,6 @@ class ProductionConfig(Config):
                 f"{MAKE_A_KEY})."
             )
         super().validate()
-        shared = self.RATELIMIT_STORAGE_URI.split("://", 1)[0].startswith("redis")
-        if not shared and not self.LOGIN_LIMITS_PER_PROCESS:
-            raise ConfigError(
-                "RATELIMIT_STORAGE_URI must point at Redis in production so every process "
-                "shares the login limits (set it, or REDIS_URL, to redis://host:6379/0); "
-                "to count per process on purpose, set RATELIMIT_STORAGE_URI=memory:// and "
-                "LOGIN_LIMITS_PER_PROCESS=true."
-            )
         if self.MAIL_BACKEND == "ses" and not self.EMAIL_SOURCE:
             raise ConfigError(
                 "EMAIL_SOURCE must be set to the SES-verified sender address when "

@@ -76,12 +76,12 @@ def _bound(name: str):
 # ---------------------------------------------------------------- locks
 
 
-def _take_sqlite_write_lock(model) -> None:
+def _take_sqlite_write_lock(model, session: Session) -> None:
     """SQLite has no row locks and pysqlite begins a transaction at the first write: a
     write that changes nothing takes the database's write lock, so what follows is read
     by one writer at a time."""
-    if is_sqlite():
-        db.session.execute(
+    if is_sqlite(session):
+        session.execute(
             update(model)
             .where(model.id == -1)
             .values(id=model.id)
@@ -89,18 +89,20 @@ def _take_sqlite_write_lock(model) -> None:
         )
 
 
-def locked(query):
+def locked(query, session: Session | None = None):
     """The one row ``query`` selects, read as committed now and locked until the
     transaction ends, so that concurrent changes of it take turns (MariaDB: FOR UPDATE;
     SQLite: the database's write lock)."""
-    _take_sqlite_write_lock(query.column_descriptions[0]["entity"])
-    return db.session.scalar(query.with_for_update().execution_options(populate_existing=True))
+    session = session or db.session
+    _take_sqlite_write_lock(query.column_descriptions[0]["entity"], session)
+    return session.scalar(query.with_for_update().execution_options(populate_existing=True))
 
 
-def locked_rows(query):
+def locked_rows(query, session: Session | None = None):
     """Every row ``query`` selects (entities or columns), locked as ``locked`` locks one."""
-    _take_sqlite_write_lock(query.column_descriptions[0]["entity"])
-    return db.session.execute(query.with_for_update())
+    session = session or db.session
+    _take_sqlite_write_lock(query.column_descriptions[0]["entity"], session)
+    return session.execute(query.with_for_update())
 
 
 def claim(model, due, order, limit: int, values: dict) -> list[int]:

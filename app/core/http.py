@@ -105,7 +105,7 @@ def finish(
         headers.pop("Content-Length", None)
     seconds = time.perf_counter() - started if started is not None else None
     metrics.count(route, method, status, seconds)
-    if route not in logs.QUIET_ROUTES and config["LOG_REQUESTS"]:
+    if config["LOG_REQUESTS"] and (config["LOG_PROBES"] or route not in logs.QUIET_ROUTES):
         with logs.bind(request_id=request_id, method=method, route=route):
             logs.request_line(method, path, status, seconds)
 

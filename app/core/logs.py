@@ -7,7 +7,8 @@ its method and route and the user's id; the worker binds the notification id or 
 views stream entries it is working on (``bind``). ``LOG_FORMAT=json`` (the image's
 default) writes one JSON object a line (python-json-logger), ``text`` (the default of
 ``make run``) a readable line with the same fields at its end. One line per answered
-request (``app.requests``: status and duration_ms) unless ``LOG_REQUESTS=false``.
+request (``app.requests``: status and duration_ms) unless ``LOG_REQUESTS=false``; under
+Flask's development server (``make run``) it replaces the server's own access line.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from app.core.text import printable
 
 HEADER = "X-Request-ID"
 VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-# Probes and scrapes, every few seconds: no line of their own (nginx logs them).
+# Probes and scrapes, every few seconds: behind nginx (LOG_PROBES false, production's
+# default) no line of their own, since nginx logs them.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 # The fields a record may carry beyond the message, in the order lines show them.
 FIELDS = (
@@ -38,6 +40,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _bound: ContextVar[dict | None] = ContextVar("log_fields", default=None)
 requests_log = logging.getLogger("app.requests")
+_dev_server = logging.getLogger("werkzeug")
 
 
 def configure(app: Flask) -> None:
@@ -54,6 +57,17 @@ def configure(app: Flask) -> None:
         if not ours:
             root.addHandler(handler)
     root.setLevel(app.config["LOG_LEVEL"])
+    if not any(isinstance(f, DevServerAccessLines) for f in _dev_server.filters):
+        _dev_server.addFilter(DevServerAccessLines())
+
+
+class DevServerAccessLines(logging.Filter):
+    """Drop the access line of Flask's development server: the app's own request line
+    (with its request id) is the one line of each request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # werkzeug.serving.WSGIRequestHandler.log_request: '<address> - - [<date>] "%s" %s %s'
+        return not (isinstance(record.msg, str) and record.msg.endswith('] "%s" %s %s'))
 
 
 def formatter(kind: str) -> logging.Formatter:

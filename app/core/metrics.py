@@ -93,7 +93,7 @@ COMMITS_UNCONFIRMED = Counter(
 
 # Every known label value from the start: a series at 0 rather than none, so that rate()
 # and the dashboard's panels show 0 before the first event instead of "no data".
-for _path in ("stream", "direct", "stream-unconfirmed"):
+for _path in ("stream", "direct"):
     VIEWS_RECORDED.labels(_path)
 for _outcome in ("sent", "pending", "failed", "unknown", "lost"):
     EMAILS.labels(_outcome)

@@ -13,6 +13,12 @@ CONTROL_CHARACTERS = re.compile(f"[{CONTROL_RANGES}]")
 _CONTROL_RUNS = re.compile(f"[{CONTROL_RANGES}]+")
 
 
+def key(value: str) -> str:
+    """The one case rule for lookup keys (skus, emails, usernames): case and surrounding
+    spaces never tell two apart."""
+    return value.strip().lower()
+
+
 def one_line(value) -> str:
     """``value`` as one line: each run of control characters becomes a space (rows written
     before the API refused them could hold some)."""

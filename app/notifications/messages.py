@@ -1,124 +1,134 @@
-"""What a product-change email says: subject, plain text and HTML, from its outbox row."""
+"""What a product-change email says: its subject, plain text and HTML, rendered from the
+change's event with the templates in app/templates/email/ (Jinja: the HTML is escaped).
+
+Rendered by the worker after it has claimed the row, outside the claim's transaction.
+"""
 
 from __future__ import annotations
 
-import html
+from dataclasses import dataclass
 
+from flask import render_template
+from sqlalchemy import select
+
+from app.accounts.models import User
+from app.core.extensions import db
 from app.core.text import one_line
+from app.events.models import Event
 from app.notifications.mailers import Email
 from app.notifications.models import Notification
 
-# What the body lists for each event: the new values, old -> new, or the last values.
+# What the body lists for each kind of change: the new values, old -> new, or the last ones.
 HEADINGS = {"created": "Values", "updated": "Changes", "deleted": "Last values"}
 MAX_SUBJECT = 200
+# How many product changes an import's summary lists (its counts cover them all).
+SUMMARY_CHANGES = 20
+WHEN = "%Y-%m-%d %H:%M:%S UTC"
 
 
-def _lines(row: Notification, arrow: str) -> list[str]:
-    lines = []
-    for field, change in row.changes.items():
-        old, new = one_line(change["old"]), one_line(change["new"])
-        if row.event == "created":
-            lines.append(f"{field}: {new}")
-        elif row.event == "deleted":
-            lines.append(f"{field}: {old}")
-        else:
-            lines.append(f"{field}: {old} {arrow} {new}")
-    return lines
+@dataclass(frozen=True)
+class Line:
+    field: str
+    old: str
+    new: str
 
 
-def _actor(row: Notification) -> str:
-    if row.actor_email:
-        return one_line(f"{row.actor_name} <{row.actor_email}>")
-    return "an operator (command line)"
+def kind_of(event: Event) -> str:
+    """created, updated or deleted: the change an email and the delivery log name."""
+    return event.type.rsplit(".", 1)[-1]
 
 
-def _import_lines(row: Notification, arrow: str) -> list[str]:
-    """One line per product of an import's summary: what changed, field old -> new."""
-    lines = []
-    for product in row.changes["products"]:
-        changes = product["changes"]
-        if product["event"] == "created":
-            values = [f"{field}: {one_line(c['new'])}" for field, c in changes.items()]
-        else:
-            values = [
-                f"{field}: {one_line(c['old'])} {arrow} {one_line(c['new'])}"
-                for field, c in changes.items()
-            ]
-        lines.append(f"{one_line(product['sku'])} {product['event']}: " + "; ".join(values))
-    return lines
+def _lines(changes: dict) -> list[Line]:
+    return [
+        Line(one_line(field), one_line(change.get("old")), one_line(change.get("new")))
+        for field, change in changes.items()
+    ]
 
 
-def render_import(row: Notification) -> Email:
-    """The summary email of one catalog import: counts, then the first changes."""
-    summary = row.changes
-    created, updated, unchanged = summary["created"], summary["updated"], summary["unchanged"]
-    counts = f"{created} created, {updated} updated, {unchanged} unchanged"
-    when = row.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-    changed = created + updated
-    listed = len(summary["products"])
-    noun = "product" if changed == 1 else "products"
-    heading = f"Changes (the first {listed} of {changed}):" if listed < changed else "Changes:"
-    lines = _import_lines(row, "->")
-    text = (
-        "\n".join(
-            [
-                f"A catalog import changed {changed} {noun}: {counts}.",
-                "",
-                f"By:   {_actor(row)}",
-                f"When: {when}",
-                "",
-                heading,
-                *(f"  {line}" for line in lines),
-                "",
-                f"Notification {row.id}",
-            ]
-        )
-        + "\n"
-    )
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in _import_lines(row, "\u2192"))
-    body = (
-        f"<p>A catalog import changed {changed} {noun}: {counts}.</p>"
-        f"<p>By: {html.escape(_actor(row))}<br>When: {when}</p>"
-        f"<p>{heading}</p><ul>{items}</ul>"
-    )
-    subject = f"[Marketplace] Catalog import: {counts}"
-    return Email(to=row.recipient, subject=subject, text=text, html=body, notification_id=row.id)
+def _actor(event: Event) -> str:
+    if event.actor_id is None:
+        return "an operator (command line)"
+    user = db.session.get(User, event.actor_id)
+    name = user.fullname if user is not None else "someone"
+    return one_line(f"{name} <{event.actor_email}>")
+
+
+def _name(event: Event) -> str:
+    """The product's name after the change (the last one, once deleted)."""
+    if event.snapshot:
+        return one_line(event.snapshot.get("name", ""))
+    return one_line((event.changes.get("name") or {}).get("old", ""))
 
 
 def render(row: Notification) -> Email:
-    """Plain text and HTML bodies from the row's snapshot of the change."""
-    if row.event == "imported":
-        return render_import(row)
-    actor = _actor(row)
-    sku, name = one_line(row.sku), one_line(row.product_name)
-    when = row.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-    lines = _lines(row, "->")
-    detail = "; ".join(lines) if row.event == "updated" else name
-    subject = f"[Marketplace] Product {sku} {row.event}: {detail}"
+    """The email of one outbox row."""
+    if row.summary is not None:
+        return _render_import(row)
+    event, kind = row.event, kind_of(row.event)
+    values = {
+        "sku": one_line(event.sku),
+        "name": _name(event),
+        "kind": kind,
+        "actor": _actor(event),
+        "when": event.at.strftime(WHEN),
+        "heading": HEADINGS[kind],
+        "lines": _lines(event.changes),
+        "reverted_to": event.reverted_to,
+        "notification_id": row.id,
+    }
+    return _email(row, "change", values)
+
+
+def _render_import(row: Notification) -> Email:
+    """The summary email of one catalog import: counts, then the first changes."""
+    first = row.event
+    events = db.session.scalars(
+        select(Event)
+        .where(Event.id >= first.id, Event.id < first.id + row.event_count)
+        .order_by(Event.id)
+        .limit(SUMMARY_CHANGES)
+    )
+    products = [
+        {"sku": one_line(e.sku), "kind": kind_of(e), "lines": _lines(e.changes)} for e in events
+    ]
+    created, updated = row.summary["created"], row.summary["updated"]
+    counts = f"{created} created, {updated} updated, {row.summary['unchanged']} unchanged"
+    values = {
+        "counts": counts,
+        "changed": created + updated,
+        "listed": len(products),
+        "products": products,
+        "actor": _actor(first),
+        "when": first.at.strftime(WHEN),
+        "notification_id": row.id,
+    }
+    return _email(row, "import", values)
+
+
+def _email(row: Notification, template: str, values: dict) -> Email:
+    subject = one_line(render_template(f"email/{template}_subject.txt", **values))
     if len(subject) > MAX_SUBJECT:
         subject = subject[: MAX_SUBJECT - 3] + "..."
-    heading = HEADINGS[row.event]
-    text = (
-        "\n".join(
-            [
-                f"Product {sku} ({name}) was {row.event}.",
-                "",
-                f"By:   {actor}",
-                f"When: {when}",
-                "",
-                f"{heading}:",
-                *(f"  {line}" for line in lines),
-                "",
-                f"Notification {row.id}",
-            ]
-        )
-        + "\n"
+    return Email(
+        to=row.recipient,
+        subject=subject,
+        text=render_template(f"email/{template}.txt", **values),
+        html=render_template(f"email/{template}.html", **values),
+        notification_id=row.id,
     )
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in _lines(row, "\u2192"))
-    body = (
-        f"<p>Product <b>{html.escape(sku)}</b> ({html.escape(name)}) "
-        f"was {html.escape(row.event)}.</p>"
-        f"<p>By: {html.escape(actor)}<br>When: {when}</p>"
-        f"<p>{heading}:</p><ul>{items}</ul>"
+
+
+def delivery_changes(row: Notification) -> dict:
+    """What the delivery log shows as a row's ``changes``: its event's, or for an import's
+    summary the counts and the first products changed (``products: [{sku, event,
+    changes}]``)."""
+    if row.summary is None:
+        return row.event.changes
+    events = db.session.scalars(
+        select(Event)
+        .where(Event.id >= row.event.id, Event.id < row.event.id + row.event_count)
+        .order_by(Event.id)
+        .limit(SUMMARY_CHANGES)
     )
-    return Email(to=row.recipient, subject=subject, text=text, html=body, notification_id=row.id)
+    products = [{"sku": e.sku, "event": kind_of(e), "changes": e.changes} for e in events]
+    return {**row.summary, "products": products}

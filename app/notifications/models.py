@@ -6,10 +6,11 @@ import enum
 from datetime import datetime
 
 from sqlalchemy import JSON, ForeignKey, Index, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.core.columns import TABLE_ARGS, UTCDateTime, text_column, utcnow
+from app.core.columns import TABLE_ARGS, UTCDateTime, utcnow
 from app.core.extensions import db
+from app.events.models import BIG_ID, Event
 
 
 class NotificationStatus(enum.StrEnum):
@@ -21,35 +22,30 @@ class NotificationStatus(enum.StrEnum):
 
 
 class Notification(db.Model):
-    """One email to one admin about one product change (or one catalog import): the
-    transactional outbox.
+    """One email to one admin about one change event (or, for a catalog import, about the
+    import's events): the transactional outbox.
 
-    Written in the same transaction as the change. A row is *claimed* by a sender for a
-    short lease (``claim_token``/``claimed_until``) while its email is handed to the mailer,
-    so two senders never send the same row; a lease left by a crashed process expires and
-    the row becomes due again.
+    Written in the same transaction as the change and its event. A row is *claimed* by a
+    sender for a short lease (``claim_token``/``claimed_until``) while its email is handed
+    to the mailer, so two senders never send the same row; a lease left by a crashed
+    process expires and the row becomes due again. Each try is kept (``tries``).
     """
 
     __tablename__ = "notifications"
     __table_args__ = (
         Index("ix_notifications_due", "status", "next_attempt_at"),
-        Index("ix_notifications_sku_id", "sku", "id"),
         TABLE_ARGS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # The change it tells of. An import's summary tells of ``event_count`` events: this
+    # one and those sealed right after it (one transaction's events have consecutive ids).
+    event_row_id: Mapped[int] = mapped_column(BIG_ID, ForeignKey("events.row_id"), index=True)
+    event_count: Mapped[int] = mapped_column(default=1)
+    # An import's summary: {"created", "updated", "unchanged"} (None for one change).
+    summary: Mapped[dict | None] = mapped_column(JSON)
     recipient: Mapped[str] = mapped_column(String(254))
     recipient_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    # None for a catalog import's summary (event "imported"), which is about many products.
-    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"), index=True)
-    sku: Mapped[str | None] = mapped_column(text_column(64))
-    product_name: Mapped[str | None] = mapped_column(String(200))
-    event: Mapped[str] = mapped_column(String(16))
-    changes: Mapped[dict] = mapped_column(JSON)
-    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    actor_name: Mapped[str | None] = mapped_column(String(120))
-    actor_email: Mapped[str | None] = mapped_column(String(254))
-    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(String(1000))
@@ -60,5 +56,28 @@ class Notification(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    event: Mapped[Event] = relationship(lazy="joined", innerjoin=True)
+    tries: Mapped[list[NotificationTry]] = relationship(
+        order_by="NotificationTry.id", lazy="select", viewonly=True
+    )
+
     def __repr__(self) -> str:
-        return f"<Notification {self.id} {self.event} {self.sku} -> {self.recipient}>"
+        return f"<Notification {self.id} event {self.event_row_id} -> {self.recipient}>"
+
+
+class NotificationTry(db.Model):
+    """One try at sending an email: when, what came of it, how long it took."""
+
+    __tablename__ = "notification_tries"
+    __table_args__ = (
+        Index("ix_notification_tries_notification", "notification_id", "id"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # sent, retry (refused, tried again later), failed (refused for good), unknown.
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(String(1000))
+    duration_ms: Mapped[int | None] = mapped_column()

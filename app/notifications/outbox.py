@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from app.core import dialect
@@ -44,7 +44,7 @@ from app.notifications.mailers import (
     OutcomeUnknown,
 )
 from app.notifications.messages import render
-from app.notifications.models import Notification, NotificationStatus
+from app.notifications.models import Notification, NotificationStatus, NotificationTry
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +160,31 @@ def _marked_by(row: Claimed) -> int:
     return marked
 
 
-def _finish(row: Claimed, **values) -> None:
+def _finish(row: Claimed, outcome: str, started: float, **values) -> None:
+    """Record the try's result on the row and keep the try itself (when, what, how long),
+    in one transaction, if the row is still this sender's."""
     statement = (
         update(Notification)
         .where(Notification.id == row.id, Notification.claim_token == row.token)
         .values(claim_token=None, claimed_until=None, **values)
+        .execution_options(synchronize_session=False)
     )
-    if _until_the_database_answers(lambda: _execute(statement), row.id, "recording") != 1:
+    kept = {
+        "notification_id": row.id,
+        "at": utcnow(),
+        "outcome": outcome,
+        "error": values.get("last_error"),
+        "duration_ms": round((time.monotonic() - started) * 1000),
+    }
+
+    def record() -> int:
+        changed = db.session.execute(statement).rowcount
+        if changed == 1:
+            db.session.execute(insert(NotificationTry), [kept])
+        db.session.commit()
+        return changed
+
+    if _until_the_database_answers(record, row.id, "recording") != 1:
         log.warning("notification %s: its row changed before its result was recorded", row.id)
 
 
@@ -181,6 +199,7 @@ def deliver(row: Claimed, mailer: Mailer) -> str:
         log.warning("notification %s: lease lost before sending; left to its new sender", row.id)
         return "lost"
     attempts = row.attempts + 1
+    started = time.monotonic()
     try:
         message_id = mailer.send(row.email)
     except NotAccepted as exc:
@@ -189,11 +208,13 @@ def deliver(row: Claimed, mailer: Mailer) -> str:
             log.error(
                 "notification %s failed for good after %s attempts: %s", row.id, attempts, error
             )
-            _finish(row, status=Status.FAILED, last_error=error)
+            _finish(row, "failed", started, status=Status.FAILED, last_error=error)
             return Status.FAILED
         log.warning("notification %s attempt %s failed: %s", row.id, attempts, error)
         _finish(
             row,
+            "retry",
+            started,
             status=Status.PENDING,
             last_error=error,
             next_attempt_at=utcnow() + backoff(attempts),
@@ -202,9 +223,17 @@ def deliver(row: Claimed, mailer: Mailer) -> str:
     except OutcomeUnknown as exc:
         error = f"outcome unknown: {exc}"[:1000]
         log.error("notification %s: %s; not resent (flask notifications retry)", row.id, error)
-        _finish(row, status=Status.UNKNOWN, last_error=error)
+        _finish(row, "unknown", started, status=Status.UNKNOWN, last_error=error)
         return Status.UNKNOWN
-    _finish(row, status=Status.SENT, sent_at=utcnow(), message_id=message_id, last_error=None)
+    _finish(
+        row,
+        "sent",
+        started,
+        status=Status.SENT,
+        sent_at=utcnow(),
+        message_id=message_id,
+        last_error=None,
+    )
     return Status.SENT
 
 

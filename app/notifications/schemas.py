@@ -5,26 +5,48 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from app.core.fields import Text
+from app.notifications.messages import delivery_changes, kind_of
 from app.notifications.models import NotificationStatus
 
 
 class NotificationSchema(Schema):
     id = fields.Integer()
     recipient = fields.String(metadata={"example": "admin@example.com"})
-    sku = fields.String(
-        allow_none=True,
-        metadata={"example": "d7iy6euiue", "description": "null for an import's summary."},
-    )
-    event = fields.String(
-        metadata={"example": "updated", "description": "created, updated, deleted or imported."}
-    )
-    changes = fields.Dict(
+    event_id = fields.Function(
+        lambda row: row.event.id,
         metadata={
+            "type": "integer",
+            "example": 42,
+            "description": "The change event it tells of (GET /api/events); for an import's "
+            "summary, the first of the import's events.",
+        },
+    )
+    sku = fields.Function(
+        lambda row: None if row.summary is not None else row.event.sku,
+        allow_none=True,
+        metadata={
+            "type": "string",
+            "example": "d7iy6euiue",
+            "description": "null for an import's summary.",
+        },
+    )
+    event = fields.Function(
+        lambda row: "imported" if row.summary is not None else kind_of(row.event),
+        metadata={
+            "type": "string",
+            "example": "updated",
+            "description": "created, updated, deleted or imported.",
+        },
+    )
+    changes = fields.Function(
+        delivery_changes,
+        metadata={
+            "type": "object",
             "example": {"price": {"old": 300, "new": 500}},
             "description": "Each changed field as {old, new}; for an import's summary, the "
             "counts (created, updated, unchanged) and the first products changed "
             "(products: [{sku, event, changes}]).",
-        }
+        },
     )
     status = fields.String(
         metadata={
@@ -37,6 +59,25 @@ class NotificationSchema(Schema):
     last_error = fields.String(allow_none=True)
     created_at = fields.DateTime(format="iso")
     sent_at = fields.DateTime(format="iso", allow_none=True)
+
+
+class TrySchema(Schema):
+    at = fields.DateTime(format="iso")
+    outcome = fields.String(
+        metadata={
+            "example": "sent",
+            "description": "sent, retry (refused, tried again later), failed (refused for "
+            "good) or unknown (SES may or may not have taken it).",
+        }
+    )
+    error = fields.String(allow_none=True)
+    duration_ms = fields.Integer(allow_none=True)
+
+
+class NotificationDetailSchema(NotificationSchema):
+    tries = fields.List(
+        fields.Nested(TrySchema), metadata={"description": "Every try, oldest first."}
+    )
 
 
 class NotificationQuerySchema(Schema):

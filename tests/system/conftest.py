@@ -189,7 +189,9 @@ def stacks(deployment):
 
     yield make
     for stack in made:
-        if any(p.poll() is None for p in [stack.main, stack.nginx, *stack.uwsgi] if p):
+        if any(
+            p.poll() is None for p in [stack.main, stack.nginx, *stack.uwsgi, *stack.workers_] if p
+        ):
             stack.stop(timeout=30)
 
 

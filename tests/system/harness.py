@@ -1,5 +1,6 @@
-"""The parts the system tests and the benchmarks run: processes, HTTP, a private MariaDB and
-Redis, moto's server as SES, a TCP fault proxy, and the nginx + uWSGI stack.
+"""The parts the system tests, the benchmarks (and the unit tests' Redis) run: processes,
+HTTP, a private MariaDB and Redis, moto's server as SES, a TCP fault proxy, the nginx +
+uWSGI stack, and the load put on it (client threads, wrk).
 
 Everything listens on 127.0.0.1 and every process is started through a Reaper, which ends
 only what it started (by process group and by descendance), never anything by name.
@@ -15,9 +16,12 @@ import hashlib
 import http.client
 import itertools
 import json
+import multiprocessing
 import os
+import queue
 import random
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -26,9 +30,10 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pymysql
 
@@ -41,6 +46,7 @@ NGINX = "/usr/sbin/nginx"
 MARIADBD = "/usr/sbin/mariadbd"
 MARIADB_INSTALL_DB = "/usr/bin/mariadb-install-db"
 REDIS_SERVER = "/usr/bin/redis-server"
+WRK = "/usr/bin/wrk"
 PYTHON_PLUGIN = "/usr/lib/uwsgi/plugins/python3_plugin.so"
 # Debian's uWSGI embeds Debian's Python: the app's virtualenv for it is built with that
 # Python, kept between runs outside the work tree so that www-data can read it.
@@ -49,8 +55,8 @@ APP_FILES = ("app", "migrations", "wsgi.py")  # what the Dockerfile copies into 
 APP_USER = "www-data"  # the image's user is `app`; this machine has www-data
 EMAIL_SOURCE = "noreply@marketplace.test"
 NOTIFICATION_HEADER = "X-Marketplace-Notification-Id"
-# The attached daemon that sends the emails (and, later, consumes the views stream).
-DAEMON_PATTERN = re.compile(r"flask --app wsgi (notifications )?worker")
+# The worker process (the image's worker role): the emails and the views stream.
+DAEMON_PATTERN = re.compile(r"flask --app wsgi worker")
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -123,17 +129,29 @@ def describe(pid: int) -> str:
     return f"{pid} (uid {uid_of(pid)}): {cmdline(pid)[:120]}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Reaper:
     """Starts processes, each in its own session, and ends only those and what they started.
 
     This process becomes a child subreaper, so a daemon orphaned below it (a uWSGI worker
-    whose master was killed, say) stays its descendant and is still found and ended.
+    whose master was killed, say) stays its descendant and is still found and ended;
+    ``adopt_orphans=False`` leaves that alone (for a few servers that do not daemonize, in
+    a process that runs other things too: the unit tests' Redis).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, adopt_orphans: bool = True) -> None:
         self.workdir = workdir
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        if adopt_orphans and libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
         self.started: list[subprocess.Popen] = []
         self.services: set[int] = set()  # long-lived helpers: MariaDB, Redis, moto
@@ -598,10 +616,15 @@ class FaultProxy:
 
 def debian_venv(source: Path = ROOT, cache: Path = VENV_CACHE) -> Path:
     """The app's virtualenv for Debian's uWSGI: Debian's python3 and requirements.txt, as
-    in the image. One per (requirements, Python) in ``cache``, built once under a lock and
-    never rebuilt, so that runs from other trees at the same time are not disturbed."""
+    in the image, installed by the Makefile's own step (its stock pip installs only the
+    pinned uv of requirements-bootstrap.txt; uv installs the lock). One per (locks, Python)
+    in ``cache``, built once under a lock and never rebuilt, so that runs from other trees
+    at the same time are not disturbed."""
     version = run([SYSTEM_PYTHON, "--version"]).stdout
-    stamp = hashlib.sha256((source / "requirements.txt").read_bytes() + version.encode())
+    locks = b"".join(
+        (source / name).read_bytes() for name in ("requirements-bootstrap.txt", "requirements.txt")
+    )
+    stamp = hashlib.sha256(locks + version.encode())
     venv = cache / f"venv-{stamp.hexdigest()[:16]}"
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f"{venv.name}.lock", "w") as lock:
@@ -609,18 +632,17 @@ def debian_venv(source: Path = ROOT, cache: Path = VENV_CACHE) -> Path:
         if (venv / ".complete").exists():
             return venv
         shutil.rmtree(venv, ignore_errors=True)  # a build that was interrupted
-        subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, timeout=300)
-        pip = [venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check"]
-        locked = ["--require-hashes", "--only-binary=:all:", "-r", source / "requirements.txt"]
-        done = run([*pip, *locked], timeout=900)
+        install = ["make", "-C", source, "--no-print-directory", f"PYTHON={SYSTEM_PYTHON}"]
+        done = run([*install, f"VENV={venv}", f"{venv}/.runtime"], timeout=900)
         if done.returncode != 0:
-            raise HarnessError(f"pip install into {venv} failed:\n{done.stderr[-3000:]}")
+            raise HarnessError(f"installing {venv} failed:\n{done.stderr[-3000:]}")
         (venv / ".complete").touch()
     return venv
 
 
-def stage_app(source: Path, workdir: Path) -> Path:
-    """The app's files as the Dockerfile lays them out in /app, readable by APP_USER."""
+def stage_app(source: Path, workdir: Path, wsgi: Path | None = None) -> Path:
+    """The app's files as the Dockerfile lays them out in /app, readable by APP_USER;
+    ``wsgi``: another WSGI file served in place of wsgi.py (the benchmarks' bare Flask)."""
     workdir.chmod(0o755)
     app_dir = workdir / "app"
     app_dir.mkdir()
@@ -631,6 +653,8 @@ def stage_app(source: Path, workdir: Path) -> Path:
             )
         else:
             shutil.copy2(source / name, app_dir / name)
+    if wsgi is not None:
+        shutil.copy2(wsgi, app_dir / "wsgi.py")
     home = workdir / "home"
     home.mkdir()
     shutil.chown(home, APP_USER, APP_USER)
@@ -720,12 +744,17 @@ class Deployment:
 
 
 class Stack:
-    """nginx in front of one or more uWSGI instances (the shipped app.ini and nginx.conf).
+    """nginx in front of one or more uWSGI instances (the shipped app.ini and nginx.conf),
+    each with its worker (`flask worker`).
 
-    With ``entrypoint=True`` (one instance) docker/entrypoint.sh runs it all, as in the
-    container: migration, uWSGI, nginx, and the graceful stop on SIGTERM. Otherwise uWSGI
-    and nginx are started here (run ``migrate()`` first) and ``stop()`` stops nginx
-    (SIGQUIT) and then each uWSGI (``q`` into its master FIFO, or SIGTERM).
+    With ``entrypoint=True`` (one instance) docker/entrypoint.sh runs it all, as the
+    image's ``all`` role: migration, uWSGI, nginx, the worker, and the ordered stop on
+    SIGTERM. Otherwise uWSGI, nginx and the workers are started here as the ``web`` and
+    ``worker`` roles run them (run ``migrate()`` first), and ``stop()`` stops nginx
+    (SIGQUIT), then each uWSGI (``q`` into its master FIFO, or SIGTERM), then the workers
+    (SIGTERM). ``nginx=False`` (one instance): uWSGI answers HTTP on ``port`` itself (an
+    http-socket beside app.ini's socket; the benchmarks compare apps under it);
+    ``worker=False``: no `flask worker`.
     """
 
     def __init__(
@@ -737,16 +766,23 @@ class Stack:
         instances: int = 1,
         entrypoint: bool = False,
         trust_loopback: bool = False,
+        nginx: bool = True,
+        worker: bool = True,
     ) -> None:
+        if not nginx and (entrypoint or instances != 1):
+            raise HarnessError("without nginx, one uWSGI instance and no entrypoint")
         self.d, self.name, self.entrypoint = deployment, name, entrypoint
         self.runs = [deployment.runtime_dir(f"run-{name}-{n}") for n in range(instances)]
         self.port = free_port()
-        self.conf = deployment.nginx_conf(
-            f"nginx-{name}", self.port, [r / "uwsgi.sock" for r in self.runs], trust_loopback
-        )
+        self.with_nginx, self.with_worker, self.ini = nginx, worker, deployment.source / "app.ini"
+        if nginx:
+            self.conf = deployment.nginx_conf(
+                f"nginx-{name}", self.port, [r / "uwsgi.sock" for r in self.runs], trust_loopback
+            )
         self.env = env
         self.http = Http(self.port)
         self.uwsgi: list[subprocess.Popen] = []
+        self.workers_: list[subprocess.Popen] = []
         self.nginx: subprocess.Popen | None = None
         self.main: subprocess.Popen | None = None  # the entrypoint
 
@@ -762,6 +798,9 @@ class Stack:
     def log(self) -> Path:
         """The entrypoint's output (nginx's access log included), or nginx's."""
         return self.d.reaper.workdir / f"{self.name}.log"
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
 
     def uwsgi_log(self, n: int = 0) -> Path:
         return self.d.reaper.workdir / (
@@ -785,20 +824,45 @@ class Stack:
                 [self.d.source / "docker" / "entrypoint.sh"], self.log.name, env
             )
         else:
+            http = [] if self.with_nginx else ["--http-socket", f"{HOST}:{self.port}"]
             for n in range(len(self.runs)):
                 self.uwsgi.append(
                     self.d.reaper.start(
-                        [UWSGI, "--ini", self.d.source / "app.ini"],
+                        [UWSGI, "--ini", self.ini, *http],
                         self.uwsgi_log(n).name,
                         self.instance_env(n),
                     )
                 )
             wait_until("uWSGI's sockets", self._sockets_ready, timeout)
-            self.nginx = self.d.reaper.start(
-                [NGINX, "-c", self.conf, "-g", "daemon off;"], self.log.name, {"PATH": SYSTEM_PATH}
-            )
+            if self.with_nginx:
+                self.nginx = self.d.reaper.start(
+                    [NGINX, "-c", self.conf, "-g", "daemon off;"],
+                    self.log.name,
+                    {"PATH": SYSTEM_PATH},
+                )
+            if self.with_worker:
+                for n in range(len(self.runs)):
+                    self.start_worker(n)
         wait_until(f"{self.name}: /healthz through nginx", self._healthy, timeout)
         return self
+
+    def worker_log(self, n: int = 0) -> Path:
+        return self.d.reaper.workdir / f"{self.name}-worker-{n}.log"
+
+    def start_worker(self, n: int = 0) -> subprocess.Popen:
+        """The worker of instance ``n`` (again, after a kill: what the orchestrator does
+        with a worker container that exited)."""
+        process = self.d.reaper.start(
+            [self.d.venv / "bin" / "flask", "--app", "wsgi", "worker"],
+            self.worker_log(n).name,
+            self.instance_env(n),
+            cwd=self.d.app_dir,
+        )
+        if n < len(self.workers_):
+            self.workers_[n] = process
+        else:
+            self.workers_.append(process)
+        return process
 
     def _sockets_ready(self) -> bool:
         for process in self.uwsgi:
@@ -811,7 +875,7 @@ class Stack:
         )
 
     def _healthy(self) -> bool:
-        for process in [self.main, self.nginx, *self.uwsgi]:
+        for process in [self.main, self.nginx, *self.uwsgi, *self.workers_]:
             if process is not None and process.poll() is not None:
                 raise HarnessError(f"{self.name} exited ({process.returncode}):\n{tail(self.log)}")
         return self.http.status("/healthz") == 200
@@ -819,12 +883,18 @@ class Stack:
     # ---- the processes
 
     def root_pids(self) -> list[int]:
-        return [p.pid for p in [self.main, self.nginx, *self.uwsgi] if p is not None]
+        return [
+            p.pid for p in [self.main, self.nginx, *self.uwsgi, *self.workers_] if p is not None
+        ]
 
     def processes(self) -> list[int]:
         return [
             pid for root in self.root_pids() for pid in [root, *self.d.reaper.descendants(root)]
         ]
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the stack's live processes (nginx, uWSGI, the worker)."""
+        return sum(map(cpu_seconds, self.processes()))
 
     def masters(self) -> list[int]:
         """uWSGI master of each instance (the entrypoint's is its setsid child)."""
@@ -836,14 +906,11 @@ class Stack:
         return [p for p in self.d.reaper.descendants(master) if "uWSGI worker" in cmdline(p)]
 
     def daemons(self, instance: int | None = None) -> list[int]:
-        """The attached worker daemon (the email sender) of each or of one instance."""
-        roots = self.masters() if instance is None else [self.masters()[instance]]
-        return [
-            p
-            for m in roots
-            for p in self.d.reaper.descendants(m)
-            if DAEMON_PATTERN.search(cmdline(p))
-        ]
+        """The running worker (`flask worker`) of each or of one instance."""
+        if self.main is not None:
+            return [p for p in self.processes() if DAEMON_PATTERN.search(cmdline(p))]
+        chosen = self.workers_ if instance is None else self.workers_[instance : instance + 1]
+        return [p.pid for p in chosen if p.poll() is None]
 
     def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
         if pid not in self.processes():
@@ -879,6 +946,8 @@ class Stack:
                 process.terminate()
         for n, process in enumerate(self.uwsgi):
             statuses[f"uwsgi-{n}"] = self._wait(process, None, timeout)
+        for n, process in enumerate(self.workers_):
+            statuses[f"worker-{n}"] = self._wait(process, signal.SIGTERM, timeout)
         reaper.reap_orphans()
         return statuses
 
@@ -908,14 +977,16 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def in_process_app(database: Path, secret_key: str, **settings: str):
-    """The app on a migrated SQLite file of its own, without Redis (the browser tests'
-    server); ``settings`` are more environment variables, set only while it is made."""
+def in_process_app(database: Path | str, secret_key: str, **settings: str):
+    """The app on a migrated SQLite file of its own (or a database URL), without Redis
+    (the browser tests' server, the benchmarks' in-process app); ``settings`` are more
+    environment variables, set only while it is made."""
     from flask_migrate import upgrade
 
     from app import create_app
 
-    env = {"DATABASE_URL": f"sqlite:///{database}", "SECRET_KEY": secret_key, **settings}
+    url = database if isinstance(database, str) else f"sqlite:///{database}"
+    env = {"DATABASE_URL": url, "SECRET_KEY": secret_key, **settings}
     saved = {name: os.environ.get(name) for name in [*env, "REDIS_URL"]}
     os.environ.update(env)
     os.environ.pop("REDIS_URL", None)
@@ -975,21 +1046,40 @@ class Req:
         return self.status == 503 and self.retry_after and body.get("code") == 503
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request of a scripted client, recorded as ``kind``."""
+
+    method: str
+    path: str
+    body: bytes | str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    kind: str = GET
+
+
 @dataclass
 class Role:
     """What one client thread does: shares of PUTs and list pages (the rest: product
-    reads), a pause after each request, and which admin's token it uses (None: any)."""
+    reads), a pause after each request, and which admin's token it uses (None: any).
+    ``script``: the client's n-th request, sent instead of that mix (a login flood, one
+    path again and again)."""
 
     put: float = 0.05
     list: float = 0.15
     think: float = 0.0
     admin: int | None = None
+    script: Callable[[int], Request] | None = None
 
 
 class Load:
     """Client threads on kept-alive connections, every answer timed and recorded. Each
     PUT carries a price of its own; ``conditional`` is the share of product reads sent
-    with ``If-None-Match`` (the ETag the client last saw)."""
+    with ``If-None-Match`` (the ETag the client last saw); ``keepalive=False``: a new
+    connection for each request (a server that closes each one, uWSGI's http-socket, would
+    otherwise fail every second request on a stale one). ``start(..., nice=10)`` runs
+    the clients in a process of their own at that CPU priority: they share no interpreter
+    lock with the caller (a bystander timing its own requests), and yield the cores to
+    the servers, as clients on other machines would."""
 
     def __init__(
         self,
@@ -998,31 +1088,74 @@ class Load:
         tokens: list[str],
         timeout: float = 10,
         conditional: float = 0.0,
+        keepalive: bool = True,
     ) -> None:
         self.port, self.skus, self.tokens, self.timeout = port, skus, tokens, timeout
-        self.conditional = conditional
+        self.conditional, self.keepalive = conditional, keepalive
         self.requests: list[Req] = []
         self.samples: dict[str, str] = {}
         self.lock = threading.Lock()
         self.halt = threading.Event()
         self.prices = iter(range(1_000_000, 10**9))
         self.threads: list[threading.Thread] = []
+        self.live: list[list[Req]] = []  # each client's requests so far
+        self.apart = None  # (process, its stop event, its answer queue) with start(nice=)
+        self.cpu_seconds = 0.0  # the clients' own CPU, when they ran apart
+        self.seconds = 0.0  # from start() to the end of stop()
 
-    def start(self, roles: list[Role], max_seconds: float = 600) -> Load:
+    def start(self, roles: list[Role], max_seconds: float = 600, nice: int | None = None):
+        self.started = time.monotonic()
+        if nice is None:
+            self._start_threads(roles, max_seconds)
+            return self
+        context = multiprocessing.get_context("fork")
+        halt, answers = context.Event(), context.Queue()
+        process = context.Process(
+            target=self._run_apart, args=(roles, max_seconds, nice, halt, answers), daemon=True
+        )
+        process.start()
+        self.apart = (process, halt, answers)
+        return self
+
+    def _start_threads(self, roles: list[Role], max_seconds: float) -> None:
         deadline = time.monotonic() + max_seconds
         for n, role in enumerate(roles):
             thread = threading.Thread(target=self._client, args=(n, role, deadline), daemon=True)
             self.threads.append(thread)
             thread.start()
-        self.started = time.monotonic()
-        return self
 
-    def stop(self) -> Load:
+    def _run_apart(self, roles, max_seconds, nice, halt, answers) -> None:
+        os.nice(nice)
+        self._start_threads(roles, max_seconds)
+        halt.wait(max_seconds)
+        self._stop_threads()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        answers.put((self.requests, self.samples, usage.ru_utime + usage.ru_stime))
+
+    def _stop_threads(self) -> None:
         self.halt.set()
         for thread in self.threads:
             thread.join(2 * self.timeout + 30)
         if any(t.is_alive() for t in self.threads):
             raise HarnessError("a load thread did not finish")
+
+    def stop(self) -> Load:
+        if self.apart is None:
+            self._stop_threads()
+        else:
+            process, halt, answers = self.apart
+            halt.set()
+            try:
+                self.requests, self.samples, self.cpu_seconds = answers.get(
+                    timeout=2 * self.timeout + 60
+                )
+            except queue.Empty:
+                raise HarnessError("the load's process did not answer") from None
+            finally:
+                process.join(10)
+                if process.is_alive():
+                    process.kill()
+        self.seconds = time.monotonic() - self.started
         self.requests.sort(key=lambda r: r.start)
         return self
 
@@ -1035,28 +1168,49 @@ class Load:
         with self.lock:
             return next(self.prices)
 
+    def _mixed(self, role: Role, rng: random.Random, etags: dict) -> tuple:
+        """The next request of the product mix: kind, method, path, body, headers, sku,
+        price, admin."""
+        sku, draw = rng.choice(self.skus), rng.random()
+        price, admin, body, headers = 0, None, None, {}
+        if draw < role.put:
+            kind, method, path = PUT, "PUT", f"/api/products/{sku}"
+            price = self.next_price()
+            admin = rng.randrange(len(self.tokens)) if role.admin is None else role.admin
+            body = json.dumps({"price": price})
+            headers = {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self.tokens[admin]}",
+            }
+        elif draw < role.put + role.list:
+            kind, method = LIST, "GET"
+            path = f"/api/products?page={rng.randint(1, 3)}&page_size=20"
+        else:
+            kind, method, path = GET, "GET", f"/api/products/{sku}"
+            if sku in etags and rng.random() < self.conditional:
+                headers = {"If-None-Match": etags[sku]}
+        return kind, method, path, body, headers, sku, price, admin
+
+    def sent(self) -> int:
+        """Requests made so far (clients running in this process)."""
+        return sum(len(mine) for mine in list(self.live))
+
     def _client(self, n: int, role: Role, deadline: float) -> None:
         rng, conn, mine, etags = random.Random(n), None, [], {}
+        with self.lock:
+            self.live.append(mine)
         try:
             while not self.halt.is_set() and time.monotonic() < deadline and len(mine) < 100_000:
-                sku, draw = rng.choice(self.skus), rng.random()
-                price, admin, body, headers = 0, None, None, {}
-                if draw < role.put:
-                    kind, method, path = PUT, "PUT", f"/api/products/{sku}"
-                    price = self.next_price()
-                    admin = rng.randrange(len(self.tokens)) if role.admin is None else role.admin
-                    body = json.dumps({"price": price})
-                    headers = {
-                        "Content-Type": "application/json",
-                        "Authorization": f"Bearer {self.tokens[admin]}",
-                    }
-                elif draw < role.put + role.list:
-                    kind, method = LIST, "GET"
-                    path = f"/api/products?page={rng.randint(1, 3)}&page_size=20"
+                if role.script is None:
+                    kind, method, path, body, headers, sku, price, admin = self._mixed(
+                        role, rng, etags
+                    )
                 else:
-                    kind, method, path = GET, "GET", f"/api/products/{sku}"
-                    if sku in etags and rng.random() < self.conditional:
-                        headers = {"If-None-Match": etags[sku]}
+                    sent = role.script(len(mine))
+                    kind, method, path, body, headers = (
+                        sent.kind, sent.method, sent.path, sent.body, sent.headers
+                    )  # fmt: skip
+                    sku, price, admin = "", 0, None
                 conn = conn or http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
                 req = Req(time.monotonic(), 0.0, kind, NO_ANSWER, sku, price, admin)
                 raw = b""
@@ -1076,7 +1230,7 @@ class Load:
                                 req.body = parsed
                     if kind == GET and req.status == 200 and answer.getheader("ETag"):
                         etags[sku] = answer.getheader("ETag")
-                    if answer.will_close:
+                    if answer.will_close or not self.keepalive:
                         conn.close()
                         conn = None
                 except TimeoutError:
@@ -1090,10 +1244,10 @@ class Load:
                 req.end = time.monotonic()
                 mine.append(req)
                 if req.status not in (200, 304) and not req.json_503:
-                    with self.lock:
-                        self.samples.setdefault(
-                            f"{method} {kind} -> {req.status}", raw[:600].decode(errors="replace")
-                        )
+                    sample = f"{method} {kind} -> {req.status}"
+                    if sample not in self.samples:  # the first answer of each kind is kept
+                        with self.lock:
+                            self.samples.setdefault(sample, raw[:600].decode(errors="replace"))
                 if role.think:
                     time.sleep(role.think)
         finally:
@@ -1127,6 +1281,116 @@ class Load:
             if values
             else 0.0
         )
+
+
+def at_once(calls: list[Callable[[], object]]) -> list:
+    """Run the calls in threads released together (a barrier); their results in order."""
+    barrier, out = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def go(n: int) -> None:
+        barrier.wait()
+        out[n] = calls[n]()
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return out
+
+
+def timed_requests(
+    client: Http,
+    paths: Iterable[str],
+    *,
+    seconds: float | None = None,
+    headers: dict | None = None,
+) -> list[tuple[float, int | None]]:
+    """One client, one GET after the other, a new connection each: the seconds and the
+    status (None: no answer) of each, until ``paths`` run out or ``seconds`` have passed."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    timed = []
+    for path in paths:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        began = time.perf_counter()
+        try:
+            status = client.get(path, headers=headers).status
+        except (OSError, http.client.HTTPException):
+            status = None
+        timed.append((time.perf_counter() - began, status))
+    return timed
+
+
+@dataclass
+class Counted:
+    """What a run of load against one URL got: requests answered, in how many seconds,
+    and how many of them were errors."""
+
+    requests: int
+    seconds: float
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+class Wrk:
+    """wrk (Debian's package) on one URL: ``connections`` connections on ``threads``
+    threads (the other core stays with the server), each sending its next GET as soon as
+    the last is answered."""
+
+    def __init__(self, connections: int = 4, threads: int = 1, path: str = WRK) -> None:
+        self.path, self.connections, self.threads = path, connections, threads
+        version = run([path, "--version"], 10)
+        lines = (version.stdout + version.stderr).strip().splitlines()
+        release = lines[0].split(" [")[0] if lines else "wrk"
+        self.name = f"{release}, {threads} thread, {connections} connections"
+
+    def run(self, url: str, seconds: float) -> Counted:
+        duration = f"-d{max(1, round(seconds))}s"
+        args = [self.path, f"-t{self.threads}", f"-c{self.connections}", duration]
+        done = run([*args, "--timeout", "5s", url], seconds + 60)
+        if done.returncode != 0:
+            raise HarnessError(f"wrk failed (exit {done.returncode}): {done.stderr.strip()}")
+        return self.parse(done.stdout)
+
+    @staticmethod
+    def parse(output: str) -> Counted:
+        found = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", output)
+        if not found:
+            raise HarnessError(f"Could not read wrk's output:\n{output}")
+        unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[found.group(3)]
+        errors = 0
+        if non_2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+            errors += int(non_2xx.group(1))
+        if sock := re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+        ):
+            connect, _read, write, timeout = (int(n) for n in sock.groups())
+            # uWSGI's http-socket closes the connection after every answer, which wrk counts
+            # as a read error; the answer itself was complete and is counted in the requests.
+            errors += connect + write + timeout
+        return Counted(int(found.group(1)), float(found.group(2)) * unit, errors)
+
+
+class Hammer:
+    """wrk's stand-in where wrk is missing: the Load's client threads (``connections``),
+    each sending GET of one path back to back; much weaker than wrk."""
+
+    def __init__(self, connections: int = 4) -> None:
+        self.connections = connections
+        self.name = f"python http.client, {connections} threads"
+
+    def run(self, url: str, seconds: float) -> Counted:
+        parts = urlsplit(url)
+        request = Request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        role = Role(script=lambda _n: request)
+        load = Load(parts.port, [], [], timeout=5, keepalive=False)
+        load.run([role] * self.connections, seconds)
+        ok = sum(1 for r in load.requests if r.status == 200)
+        return Counted(len(load.requests), load.seconds, len(load.requests) - ok)
 
 
 def view_counts(db: MariaDB, database: str) -> Counter:

@@ -1,6 +1,6 @@
-"""One instance as the container runs it: docker/entrypoint.sh started as the app user
-(the image's USER; migration, uWSGI with app.ini, nginx with nginx.conf), real HTTP through
-nginx, stopped with SIGTERM.
+"""One instance as the container's default role (all) runs it: docker/entrypoint.sh
+started as the app user (the image's USER; migration, uWSGI with app.ini, nginx with
+nginx.conf, the worker), real HTTP through nginx, stopped with SIGTERM.
 
 The tests of this module share one running instance, in file order; the last ones look
 at what its graceful stop left.
@@ -113,14 +113,14 @@ def test_admins_log_in_create_and_read_a_product(instance, create_admins):
 
 
 def test_each_read_reaches_the_database_through_the_views_stream(instance):
-    """The reads went to Redis; the worker daemon writes them, each with its entry id."""
+    """The reads went to Redis; the worker writes them, each with its view's id."""
     h.wait_until(
         "the worker to write the views",
         lambda: h.view_counts(instance.db, instance.name) == {"smoke-1": instance.reads},
         30,
     )
     rows = instance.db.query(
-        instance.name, "SELECT COUNT(*) FROM product_views WHERE stream_id IS NOT NULL"
+        instance.name, "SELECT COUNT(*) FROM product_views WHERE view_id IS NOT NULL"
     )
     assert rows == [(instance.reads,)]
 
@@ -130,13 +130,6 @@ def test_bodies_too_large_are_refused_by_nginx_and_by_the_app(instance):
     assert http.declared_body("/api/products", 2 * 1024 * 1024) == 413  # client_max_body_size
     big = http.request("POST", "/api/products", {"name": "x" * 100_000}, token=instance.tokens[0])
     assert big.status == 413  # MAX_BODY_BYTES
-
-
-def test_uwsgi_restarts_a_killed_worker_daemon(instance):
-    stack = instance.stack
-    [daemon] = stack.daemons()
-    stack.kill(daemon)
-    h.wait_until("a new worker daemon", lambda: [p for p in stack.daemons() if p != daemon], 30)
 
 
 def test_a_price_change_is_emailed_once_to_each_admin_saying_what_changed(instance, moto):
@@ -195,3 +188,17 @@ def test_after_the_stop_every_read_has_exactly_one_view(instance):
 
 def test_every_notification_was_sent(instance):
     assert h.notification_statuses(instance.db, instance.name) == {"sent": 4}
+
+
+def test_a_server_that_dies_ends_the_container_at_once_and_nothing_is_left(instance, reaper):
+    """The worker (or uWSGI, or nginx) exiting by itself stops the others: the container
+    exits non-zero, and the orchestrator starts a new one."""
+    stack = h.Stack(instance.stack.d, "container-again", instance.env, entrypoint=True)
+    start_unprivileged(stack)
+    [worker] = stack.daemons()
+    stack.kill(worker)
+    started = time.monotonic()
+    status = stack.main.wait(30)
+    assert status != 0 and time.monotonic() - started < 10, (status, h.tail(stack.log))
+    assert "worker exited" in stack.log.read_text()
+    assert not reaper.running()

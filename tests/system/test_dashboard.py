@@ -29,7 +29,7 @@ pytestmark = pytest.mark.browser
 ADMIN = ("dash.admin@example.com", "dashboard-admin-password")
 READER = ("dash.reader@example.com", "dashboard-reader-password")
 SCREENSHOT = h.ROOT / "docs" / "dashboard.png"
-MAX_SCREENSHOT_BYTES = 150_000
+MAX_SCREENSHOT_BYTES = 180_000
 PHONE = {"width": 390, "height": 844, "mobile": True}
 DESKTOP = {"width": 1024, "height": 800, "mobile": False}
 TODAY = datetime.now(UTC).date()
@@ -436,7 +436,7 @@ def test_at_a_phones_width_the_cards_stack_and_nothing_overflows(served, chromiu
     assert layout["width"] == PHONE["width"]
     assert layout["scroll"] <= layout["width"]  # no sideways scrolling
     lefts = {left for left, _width in layout["cards"]}
-    assert len(layout["cards"]) == 4 and len(lefts) == 1  # one column
+    assert len(layout["cards"]) == 5 and len(lefts) == 1  # one column
     assert all(width >= PHONE["width"] - 40 for _left, width in layout["cards"])
     assert layout["violations"] == []
     phone = page.screenshot(workdir / "dashboard-phone.png", PHONE["width"])
@@ -479,3 +479,42 @@ def test_a_wrong_password_is_said_on_the_form(served, chromium):
     assert page.evaluate("document.getElementById('board').hidden") is True
     assert page.evaluate("sessionStorage.length") == 0
     assert page.evaluate("location.search") == ""  # the password never went into the URL
+
+
+def test_a_products_history_lists_its_changes_and_revert_sets_one_back(served, chromium):
+    http, token, base, _workdir = served
+    assert http.request("PUT", "/api/products/cam-02", {"price": 150}, token=token).status == 200
+    page = chromium
+    page.size(**DESKTOP)
+    log_in(page, base)
+    page.evaluate("document.getElementById('sku').value = ''")
+    page.type_into("#sku", "cam-02")
+    page.click("#range-form button")
+    page.wait_for(
+        "cam-02's history",
+        "document.body?.dataset.state === 'ready' && "
+        "document.getElementById('history').dataset.sku === 'cam-02'",
+    )
+    history = api(served, "/api/products/cam-02/history?page_size=20").json
+    rows = page.evaluate(
+        "[...document.querySelectorAll('#history-table tbody tr')].map((tr) => ({...tr.dataset}))"
+    )
+    assert rows == [{"id": str(e["id"]), "type": e["type"]} for e in history]
+    assert [e["type"] for e in history] == ["product.updated", "product.created"]
+
+    created = history[-1]["id"]
+    button = f"#history-table button[data-revert='{created}']"
+    page.evaluate(
+        f"document.querySelector({json.dumps(button)}).scrollIntoView({{block: 'center'}})"
+    )
+    page.click(button)
+    page.wait_for(
+        "the revert",
+        f"document.querySelector('#history-table tbody tr')?.dataset.revertedTo === '{created}'",
+    )
+    assert api(served, "/api/products/cam-02").json["price"] == 120
+    assert page.evaluate("document.querySelector('#history .error').textContent") == ""
+    assert "Reverted to change" in page.evaluate(
+        "document.getElementById('history-figures').textContent"
+    )
+    assert page.evaluate("window.__violations") == []

@@ -9,13 +9,13 @@ other loopback addresses (127.0.0.2, 127.0.0.3) stand for a proxy and for a stra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import socket
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -97,11 +97,23 @@ def get(port: int, path: str, source: str = h.HOST, **headers: str) -> Answer:
     return request(port, "GET", path, source=source, headers=named)
 
 
+# What every answer carries, the app's (app/core/http.py) and nginx's own error pages alike.
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+    "referrer-policy": "no-referrer",
+}
+
+
 def assert_json_error(answer: Answer, code: int) -> dict:
     """The app's error shape: {"code", "status", "message", "request_id"}, the status as the
-    app words it, the request id the answer's X-Request-ID (nginx's own pages too)."""
+    app words it, the request id the answer's X-Request-ID (nginx's own pages too), and
+    the app's security headers."""
     assert answer.status == code, answer
     assert answer.headers.get("content-type") == "application/json", answer.headers
+    for name, value in SECURITY_HEADERS.items():
+        assert answer.headers.get(name) == value, (name, answer.headers)
     body = json.loads(answer.body)
     assert set(body) == {"code", "status", "message", "request_id"}, body
     assert body["request_id"] == answer.headers.get("x-request-id"), (body, answer.headers)
@@ -212,9 +224,9 @@ def edge(deployment, mariadb, moto, reaper):
         ADMIN_EMAIL=email,
         ADMIN_PASSWORD=password,
         TRUSTED_PROXIES=TRUSTED,
-        LOGIN_LIMITS_PER_PROCESS="true",  # nginx's limits are the subject here
-        # A slot per request thread: a 503 from the app's own slot count (1 by default,
-        # tests/test_password_guard.py) is not nginx's cap.
+        # nginx's limits are the subject here: a slot per request thread, so that a 503
+        # from the app's own slot count (1 by default, tests/test_password_guard.py) is
+        # not taken for nginx's cap.
         LOGIN_CONCURRENCY="2",
     )
     stack = h.Stack(deployment, "edge", env, entrypoint=True)
@@ -294,23 +306,6 @@ def test_x_forwarded_for_is_believed_from_trusted_proxies_only(edge):
         assert line.startswith(f"{seen} "), (n, line)
 
 
-def concurrently(calls: list) -> list:
-    """Run the calls at the same moment, one thread each; their results in order."""
-    results: list = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(n: int) -> None:
-        barrier.wait()
-        results[n] = calls[n]()
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return results
-
-
 def login_from(port: int, client: str):
     email, password = ADMINS[0]
     body = {"email": email, "password": password}
@@ -325,20 +320,11 @@ def assert_nginx_429(answer: Answer) -> None:
 
 def test_a_burst_of_logins_from_one_client_gets_json_429s_while_reads_answer(edge):
     port, client = edge.port, "198.51.100.20"
-    reads: list[int] = []
-    stop = threading.Event()
-
-    def read() -> None:
-        while not stop.is_set():
-            reads.append(get(port, "/api/products/edge-1").status)
-
-    reader = threading.Thread(target=read)
-    reader.start()
+    reader = h.Load(port, ["edge-1"], []).start([h.Role(put=0, list=0)])
     try:
-        logins = concurrently([login_from(port, client)] * 30)
+        logins = h.at_once([login_from(port, client)] * 30)
     finally:
-        stop.set()
-        reader.join(60)
+        reader.stop()
     statuses = Counter(a.status for a in logins)
     assert set(statuses) == {200, 429}, statuses
     # 1 + a burst of 10 at most, whatever the timing: the rest are refused.
@@ -346,7 +332,7 @@ def test_a_burst_of_logins_from_one_client_gets_json_429s_while_reads_answer(edg
     for answer in logins:
         if answer.status == 429:
             assert_nginx_429(answer)
-    assert reads and set(reads) == {200}, Counter(reads)
+    assert reader.reads() and set(reader.statuses()) == {200}, reader.statuses()
     refused = [line for line in log_lines(edge, f'xff="{client}"') if '" 429 ' in line]
     assert len(refused) == statuses[429]
     assert all("upstream=- " in line for line in refused), "nginx answered them itself"
@@ -354,8 +340,97 @@ def test_a_burst_of_logins_from_one_client_gets_json_429s_while_reads_answer(edg
     assert login_from(port, "198.51.100.21")().status == 200
 
 
+SLOW_BODY = 100  # the Content-Length a trickling client announces
+
+
+def trickle(
+    port: int,
+    source: str,
+    path: str = "/users/login",
+    method: str = "POST",
+    forwarded: str | None = None,
+) -> socket.socket:
+    """A request whose body comes one byte at a time: the headers and the first byte now."""
+    conn = socket.create_connection((h.HOST, port), 30, source_address=(source, 0))
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {SLOW_BODY}\r\n"
+    )
+    if forwarded:
+        head += f"X-Forwarded-For: {forwarded}\r\n"
+    conn.sendall(head.encode() + b"\r\n{")
+    return conn
+
+
+def answer_of(conn: socket.socket) -> int | None:
+    """The status nginx answers on a trickling connection (None: closed without one)."""
+    received = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n" not in received and (chunk := conn.recv(65536)):
+            received += chunk
+    conn.close()
+    return int(received.split()[1]) if received.startswith(b"HTTP/") else None
+
+
+@pytest.mark.parametrize("behind_proxy", [False, True], ids=["direct", "behind-the-proxy"])
+def test_two_slow_login_bodies_from_one_address_leave_other_logins_alone(edge, behind_proxy):
+    """Two sockets trickling a login body from one address fill that address's cap only:
+    another address logs in, a third slow body from the first is refused at once, and
+    nginx closes the slow ones after client_body_timeout (5 s without a byte)."""
+    port, email, password = edge.port, *ADMINS[0]
+    body = {"email": email, "password": password}
+    if behind_proxy:  # one address as the app sees it: the client the proxy names
+        slow = {"source": PROXY, "forwarded": "198.51.100.60"}
+        other = lambda: request(  # noqa: E731
+            port, "POST", "/users/login", body, PROXY, {"X-Forwarded-For": "198.51.100.61"}
+        )
+    else:  # other loopback addresses are other clients to nginx
+        slow = {"source": "127.0.0.4"}
+        other = lambda: request(port, "POST", "/users/login", body, "127.0.0.5")  # noqa: E731
+    started = time.monotonic()
+    tricklers = [trickle(port, **slow), trickle(port, path="/users/login/", **slow)]
+    try:
+        time.sleep(1)
+        third = trickle(port, **slow)
+        assert answer_of(third) == 429, "the address's third password check at once"
+        for _ in range(3):
+            answer = other()
+            assert answer.status == 200, answer
+            time.sleep(0.5)
+        assert time.monotonic() - started < 5, "the slow bodies were still open"
+        closed = [answer_of(conn) for conn in tricklers]
+        took = time.monotonic() - started
+    finally:
+        for conn in tricklers:
+            conn.close()
+    # Closed by nginx (client_body_timeout: no answer, the connection ends).
+    assert closed == [None, None] and took < 9, (closed, took)
+
+
+def test_password_changes_are_capped_with_logins_but_reading_your_account_is_not(edge):
+    """PATCH /users/me (it verifies current_password) shares the address's cap with the
+    logins, by prefix (/users/me/ too); GET /users/me is not counted."""
+    port, source = edge.port, "127.0.0.6"
+    token = edge.http.login(*ADMINS[0])
+    auth = {"Authorization": f"Bearer {token}"}
+    held = [
+        trickle(port, source, "/users/me", "PATCH"),
+        trickle(port, source, "/users/me/", "PATCH"),
+    ]
+    try:
+        time.sleep(1)
+        assert_nginx_429(request(port, "POST", "/users/login", {"email": "a@b.cd"}, source))
+        refused = request(port, "PATCH", "/users/me/", {"fullname": "x"}, source, auth)
+        assert_nginx_429(refused)
+        assert [request(port, "GET", path, None, source, auth).status
+                for path in ("/users/me", "/users/me/")] == [200, 200]  # fmt: skip
+    finally:
+        for conn in held:
+            conn.close()
+
+
 def test_logins_from_many_clients_at_once_are_capped_per_instance(edge):
-    answers = concurrently([login_from(edge.port, f"198.51.100.{100 + n}") for n in range(16)])
+    answers = h.at_once([login_from(edge.port, f"198.51.100.{100 + n}") for n in range(16)])
     statuses = Counter(a.status for a in answers)
     # One login each, from fresh addresses: the 429s can only be the instance's cap (how
     # many get in depends on how many finish before the last arrive).
@@ -445,7 +520,6 @@ def test_the_image_runs_unprivileged_on_a_read_only_root_and_port_80(
         f"mysql://root@localhost/{name}?unix_socket={mysql_socket}",
         moto.url,
         REDIS_URL="",
-        LOGIN_LIMITS_PER_PROCESS="true",
         ADMIN_EMAIL=email,
         ADMIN_PASSWORD=password,
         HOME=str(deployment.app_dir),  # the image's: /app, read-only

@@ -15,7 +15,6 @@ import contextlib
 import http.client
 import json
 import random
-import threading
 import time
 from collections import Counter
 from types import SimpleNamespace
@@ -142,7 +141,9 @@ def serve(reaper, mariadb, ses, app_env, stacks, create_admins):
         for proxy in (run.db_proxy, run.ses_proxy):
             if proxy:
                 proxy.set()
-        if any(p.poll() is None for p in [run.stack.nginx, *run.stack.uwsgi] if p):
+        if any(
+            p.poll() is None for p in [run.stack.nginx, *run.stack.uwsgi, *run.stack.workers_] if p
+        ):
             run.stack.stop(timeout=30)
         for proxy in (run.db_proxy, run.ses_proxy):
             if proxy:
@@ -195,22 +196,6 @@ def single(stack, method: str, path: str, token: str, body=None, kind=f.PUT, **e
         conn.close()
         req.end = time.monotonic()
     return req
-
-
-def at_once(calls) -> list:
-    """Run the calls in threads released together; their results in order."""
-    barrier, out = threading.Barrier(len(calls)), [None] * len(calls)
-
-    def go(n, call):
-        barrier.wait()
-        out[n] = call()
-
-    threads = [threading.Thread(target=go, args=(n, c)) for n, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return out
 
 
 def sending_now(run) -> set[int]:
@@ -267,9 +252,10 @@ def test_sigkill_of_the_worker_daemon_while_sending(serve, mode, fault_results):
                     run.stack.kill(pid)
                 landed.append(len(in_send))
                 run.ses_proxy.set()
-                h.wait_until(
-                    "the daemon restarted", lambda d=set(daemons): set(run.stack.daemons()) - d, 30
-                )
+                # What the orchestrator does with a worker container that exited.
+                h.wait_until("the worker gone", lambda: not run.stack.daemons(), 30)
+                for n in range(len(run.stack.workers_)):
+                    run.stack.start_worker(n)
         time.sleep(4)
     finally:
         load.stop()
@@ -464,7 +450,7 @@ def test_concurrent_price_changes(serve, mode, fault_results):
     path = f"/api/products/{sku}"
     for _ in range(mode.pairs):
         pair = [(admin, next(prices)) for admin in (0, 1)]
-        puts += at_once(
+        puts += h.at_once(
             [
                 lambda a=a, p=p: single(
                     run.stack, "PUT", path, run.tokens[a], {"price": p}, sku=sku, price=p, admin=a
@@ -498,7 +484,7 @@ def test_concurrent_deletes(serve, mode, fault_results):
     deletes, rounds = [], []
     for n in range(mode.delete_rounds):
         sku = run.skus[n]
-        answers = at_once(
+        answers = h.at_once(
             [
                 lambda k=k, sku=sku: single(
                     run.stack,

@@ -5,7 +5,6 @@ request threads a worker too (app/uwsgi_graceful.py)."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 from tests.system import harness as h
@@ -28,13 +27,9 @@ def serve_one_product(mariadb, new_database, app_env, stacks, name, threads: int
     return database, stack
 
 
-def read_until(stack: h.Stack, stop: threading.Event, statuses: list) -> None:
-    http = h.Http(stack.port)
-    while not stop.is_set():
-        try:
-            statuses.append(http.get("/api/products/abc").status)
-        except OSError:
-            statuses.append(None)  # refused: the server was gone
+def readers(stack: h.Stack) -> h.Load:
+    """Four clients reading the product back to back (the harness's Load)."""
+    return h.Load(stack.port, ["abc"], []).start([h.Role(put=0, list=0)] * 4)
 
 
 def test_sigterm_under_load_finishes_every_request_and_loses_no_view(
@@ -44,18 +39,13 @@ def test_sigterm_under_load_finishes_every_request_and_loses_no_view(
     database, stack = serve_one_product(
         mariadb, new_database, app_env, stacks, "sigterm-under-load", 2
     )
-    stop, statuses = threading.Event(), []
-    readers = [threading.Thread(target=read_until, args=(stack, stop, statuses)) for _ in range(4)]
-    for reader in readers:
-        reader.start()
-    h.wait_until("some reads", lambda: len(statuses) > 40, 30)
+    load = readers(stack)
+    h.wait_until("some reads", lambda: load.sent() > 40, 30)
     stopped = stack.stop(how="sigterm")
-    stop.set()
-    for reader in readers:
-        reader.join(30)
+    load.stop()  # reads after nginx stopped found no server: no answer, not a 502
     assert set(stopped.values()) == {0}, h.tail(stack.uwsgi_log())
-    assert 502 not in statuses, "a request was cut off"
-    assert h.view_counts(mariadb, database) == {"abc": statuses.count(200) + 1}
+    assert 502 not in load.statuses(), "a request was cut off"
+    assert h.view_counts(mariadb, database) == {"abc": load.reads()["abc"] + 1}
     assert "DAMN ! worker" not in stack.uwsgi_log().read_text(errors="replace")
 
 
@@ -66,20 +56,15 @@ def test_a_graceful_reload_of_single_threaded_workers_loses_no_view(
     database, stack = serve_one_product(
         mariadb, new_database, app_env, stacks, "reload-under-load", 1
     )
-    stop, statuses = threading.Event(), []
-    readers = [threading.Thread(target=read_until, args=(stack, stop, statuses)) for _ in range(4)]
-    for reader in readers:
-        reader.start()
-    h.wait_until("some reads", lambda: len(statuses) > 40, 30)
+    load = readers(stack)
+    h.wait_until("some reads", lambda: load.sent() > 40, 30)
     old = set(stack.workers())
     stack.reload()  # graceful reload of every worker, as on a deploy
     h.wait_until("new workers", lambda: len(set(stack.workers()) - old) == 2, 30)
-    h.wait_until("reads on the new workers", lambda: len(statuses) > 200, 30)
-    stop.set()
-    for reader in readers:
-        reader.join(30)
-    reads = statuses.count(200) + 1
-    assert set(statuses) == {200}, "every read answered during the reload"
+    h.wait_until("reads on the new workers", lambda: load.sent() > 200, 30)
+    load.stop()
+    reads = load.reads()["abc"] + 1
+    assert set(load.statuses()) == {200}, "every read answered during the reload"
     h.wait_until(
         "every view written", lambda: h.view_counts(mariadb, database) == {"abc": reads}, 30
     )

@@ -5,7 +5,6 @@ email per change and admin, exactly once."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 from tests.system import harness as h
@@ -17,19 +16,9 @@ REAL_CLIENT = "203.0.113.7"
 def test_two_migrations_at_once_take_turns_on_the_lock(deployment, mariadb, new_database, app_env):
     _name, url = new_database()
     env = app_env(url)
-    upgrades = [
-        subprocess.Popen(
-            [deployment.venv / "bin" / "flask", "--app", "wsgi", "deploy", "upgrade"],
-            env=env,
-            cwd=deployment.app_dir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=180)[0] for p in upgrades]
-    assert [p.returncode for p in upgrades] == [0, 0], outputs
+    upgrades = h.at_once([lambda: deployment.flask(env, "deploy", "upgrade")] * 2)
+    outputs = [done.stdout + done.stderr for done in upgrades]
+    assert [done.returncode for done in upgrades] == [0, 0], outputs
     assert all("migration lock taken" in out for out in outputs), outputs
     assert mariadb.query(_name, "SELECT COUNT(*) FROM users WHERE rol = 1") == [(1,)]
 

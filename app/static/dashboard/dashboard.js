@@ -261,6 +261,77 @@
     viewsPerDay(body, "product-chart", "product-table", "product-figures");
   }
 
+  // A product's changes, newest first, each with a Revert button (the values right after it).
+  function whatChanged(changes) {
+    return Object.entries(changes || {})
+      .map(([field, c]) => {
+        if (c && "changed" in c) return `${field} changed`;
+        if (c.old == null) return `${field}: ${c.new}`;
+        if (c.new == null) return `${field}: ${c.old}`;
+        return `${field}: ${c.old} \u2192 ${c.new}`;
+      })
+      .join("; ");
+  }
+
+  async function loadHistory() {
+    const sku = $("product").dataset.sku || "";
+    $("history").dataset.sku = sku;
+    $("history-name").textContent = sku ? `— ${sku}` : "";
+    if (!sku) {
+      $("history-table").tBodies[0].replaceChildren();
+      $("history-figures").textContent = "Choose a product.";
+      return;
+    }
+    const { body, headers } = await api(
+      `/api/products/${encodeURIComponent(sku)}/history?page_size=${LIST_SIZE}`,
+    );
+    const pages = JSON.parse(headers.get("X-Pagination") || "{}");
+    $("history-figures").textContent =
+      `${pages.total ?? body.length} change(s)` +
+      (pages.total > body.length ? `, the newest ${body.length}.` : ".");
+    $("history-table").tBodies[0].replaceChildren(
+      ...body.map((event) => {
+        const tr = document.createElement("tr");
+        tr.dataset.id = event.id;
+        tr.dataset.type = event.type;
+        if (event.reverted_to) tr.dataset.revertedTo = event.reverted_to;
+        const by = event.actor ? event.actor.email : "command line";
+        const when = event.at.slice(0, 19).replace("T", " ");
+        const cells = [event.id, when, by, event.type.replace("product.", ""), whatChanged(event.changes)];
+        tr.append(...cells.map(cell));
+        const action = document.createElement("td");
+        if (event.type !== "product.deleted") {
+          const button = document.createElement("button");
+          button.type = "button";
+          button.dataset.revert = event.id;
+          button.textContent = "Revert";
+          button.title = `Set the product back to its values right after change ${event.id}`;
+          action.append(button);
+        }
+        tr.append(action);
+        return tr;
+      }),
+    );
+  }
+
+  async function revert(event) {
+    const button = event.target.closest("button[data-revert]");
+    if (!button) return;
+    const sku = $("history").dataset.sku;
+    button.disabled = true;
+    await section("history", async () => {
+      const { body } = await api(`/api/products/${encodeURIComponent(sku)}/revert`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ to: Number(button.dataset.revert) }),
+      });
+      await loadHistory();
+      $("history-figures").textContent =
+        `Reverted to change ${button.dataset.revert}: price ${body.price}, ` +
+        `quantity ${body.quantity}. ` + $("history-figures").textContent;
+    });
+  }
+
   async function loadEmails() {
     const days = $("days").value;
     const { body } = await api(`/api/notifications/summary?days=${encodeURIComponent(days)}`);
@@ -345,7 +416,9 @@
     const top = section("top", loadTop);
     await Promise.all([
       section("catalog", loadCatalog),
-      top.then((items) => section("product", () => loadProduct(items))),
+      top
+        .then((items) => section("product", () => loadProduct(items)))
+        .then(() => section("history", loadHistory)),
       section("emails", loadEmails),
       products,
     ]);
@@ -363,6 +436,7 @@
     $("from").value = isoDay(new Date(today.getTime() - 29 * 86400000));
     $("login-form").addEventListener("submit", logIn);
     $("range-form").addEventListener("submit", refresh);
+    $("history-table").addEventListener("click", revert);
     $("logout").addEventListener("click", logOut);
     if (sessionStorage.getItem(TOKEN_KEY)) showBoard();
     else showLogin();
