@@ -239,9 +239,7 @@ def tally(run, scenario: str, requests: list[Req], counted_sending_as_unknown: b
     reads_unanswered = sum(not r.from_app for r in reads)
     view_rows = db.query(database, "SELECT COUNT(*) FROM product_views")[0][0]
 
-    rows = db.query(
-        database, "SELECT id, recipient, sku, event, changes, status FROM notifications"
-    )
+    rows = db.query(database, f"SELECT id, recipient, sku, event, changes, status FROM {h.EMAILS}")
     admins = [
         a
         for (a,) in db.query(

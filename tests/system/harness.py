@@ -58,6 +58,12 @@ NOTIFICATION_HEADER = "X-Marketplace-Notification-Id"
 # The worker process (the image's worker role): the emails and the views stream.
 DAEMON_PATTERN = re.compile(r"flask --app wsgi worker")
 PR_SET_CHILD_SUBREAPER = 36
+# The emails with what their change event says of them (MariaDB), as one table to query:
+# id, recipient, status, sku, event (created, updated, deleted), changes.
+EMAILS = (
+    "(SELECT n.id, n.recipient, n.status, e.sku, SUBSTRING_INDEX(e.type, '.', -1) AS event,"
+    " e.changes FROM notifications n JOIN events e ON e.row_id = n.event_row_id) AS emails"
+)
 
 
 class HarnessError(RuntimeError):
@@ -1427,7 +1433,7 @@ def tally(
     stored = {
         (sku, int(float(json.loads(ch)["price"]["new"])))
         for sku, ch in db.query(
-            database, "SELECT sku, changes FROM notifications WHERE event = 'updated'"
+            database, f"SELECT sku, changes FROM {EMAILS} WHERE event = 'updated'"
         )
         if ch and "price" in json.loads(ch)
     }

@@ -329,7 +329,7 @@ def test_ses_answering_after_20s(serve, mode, fault_results):
             def outcome_known():
                 rows = run.db.query(
                     run.database,
-                    "SELECT COUNT(*) FROM notifications WHERE event = 'updated'"
+                    f"SELECT COUNT(*) FROM {h.EMAILS} WHERE event = 'updated'"
                     " AND status IN ('pending', 'sending')",
                 )
                 return rows[0][0] == 0
@@ -348,8 +348,7 @@ def test_ses_answering_after_20s(serve, mode, fault_results):
         dict(
             run.db.query(
                 run.database,
-                "SELECT status, COUNT(*) FROM notifications WHERE event = 'updated'"
-                " GROUP BY status",
+                f"SELECT status, COUNT(*) FROM {h.EMAILS} WHERE event = 'updated' GROUP BY status",
             )
         )
     )
@@ -502,7 +501,7 @@ def test_concurrent_deletes(serve, mode, fault_results):
         run.counted.changes.add((sku, "deleted", None))
     entry = finish(run, "concurrent_deletes", deletes, fault_results)
     deleted = run.db.query(
-        run.database, "SELECT sku, COUNT(*) FROM notifications WHERE event = 'deleted' GROUP BY sku"
+        run.database, f"SELECT sku, COUNT(*) FROM {h.EMAILS} WHERE event = 'deleted' GROUP BY sku"
     )
     entry.update(rounds=[dict(r) for r in rounds], deleted_emails=dict(deleted))
     f.check(entry)
