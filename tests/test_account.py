@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from limits import parse
 from sqlalchemy import select
 
 from app.accounts.models import RevokedToken, User
@@ -67,8 +68,12 @@ def test_a_wrong_current_password_is_refused_and_nothing_changes(client, reader,
     assert client.get("/users/me", headers=reader["headers"]).status_code == 200
 
 
-def test_wrong_current_passwords_count_as_failed_logins(app, client, reader):
-    budget = app.extensions["login_limits"].account.amount
+def test_wrong_current_passwords_count_against_the_accounts_failed_logins(app, client, reader):
+    # The address's and the token's own limits are tested in tests/test_password_guard.py:
+    # raised here, so that the account's limit (50 a minute) is the one that binds.
+    limits = app.extensions["login_limits"]
+    limits.client, limits.token = parse("1000 per minute"), parse("1000 per minute")
+    budget = limits.account.amount
     body = {"password": "new-pass-123", "current_password": "wrong-guess"}
     codes = [
         client.patch("/users/me", headers=reader["headers"], json=body).status_code
@@ -76,6 +81,13 @@ def test_wrong_current_passwords_count_as_failed_logins(app, client, reader):
     ]
     assert codes[:budget] == [422] * budget
     assert codes[budget] == 429
+    # the account's limit never refuses the right password from another address
+    answer = client.post(
+        "/users/login",
+        json={"email": reader["email"], "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.77.0.1"},
+    )
+    assert answer.status_code == 200
 
 
 def test_a_new_password_ends_every_session_and_the_new_one_logs_in(client, reader, rows):

@@ -1,8 +1,14 @@
 """The application factory: configuration, errors and the published API description."""
 
 import ast
+import base64
 import logging
+import os
+import re
 import secrets
+import string
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -85,6 +91,21 @@ def test_production_starts_with_a_strong_secret_key(clean_env):
         "0123456789012345678901234567890123456789",
         "my secret key that is long enough for hs256",
         "CHANGE-ME-replace-this-secret-key-placeholder",
+        # Keys typed by hand that the first rules let through:
+        "abcdefghijklmnopqrstuvwxyz0123456789",
+        "correct-horse-battery-staple-correct-horse",
+        "correct-horse-battery-staple-correct-horse-battery-staple",
+        "Correct-Horse-Battery-Staple-Correct-Horse-Battery",
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+        "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA9876543210",
+        "qwertyuiopasdfghjklzxcvbnm1234567890QWERTYUIOPASDFGHJKLZXCVBNM",
+        "Tr0ub4dor&3-Tr0ub4dor&3-Tr0ub4dor&3-Tr0ub4dor&3",
+        "P@ssw0rd!2024-Marketplace-Production-Signing-Key",
+        "MARKETPLACE-PRODUCTION-SIGNING-KEY-2026-DO-NOT-SHARE",
+        "deadbeefcafebabe0123456789abcdef" * 2,
+        "1234567890" * 7,
+        secrets.token_urlsafe(31),
+        secrets.token_hex(31),
     ],
 )
 def test_production_refuses_a_low_entropy_secret_key(clean_env, secret):
@@ -94,14 +115,41 @@ def test_production_refuses_a_low_entropy_secret_key(clean_env, secret):
         create_app(ProductionConfig())
 
 
-@pytest.mark.parametrize(
-    "make_key", [lambda: secrets.token_urlsafe(48), lambda: secrets.token_hex(32)]
-)
+ALPHANUMERIC = string.ascii_letters + string.digits
+KEY_GENERATORS = {
+    "secrets.token_urlsafe(48)": lambda: secrets.token_urlsafe(48),
+    "secrets.token_urlsafe(32)": lambda: secrets.token_urlsafe(32),
+    "secrets.token_hex(32)": lambda: secrets.token_hex(32),
+    "openssl rand -base64 32": lambda: base64.b64encode(os.urandom(32)).decode(),
+    "openssl rand -hex 48": lambda: os.urandom(48).hex(),
+    "terraform random_password (64, no special)": lambda: "".join(
+        secrets.choice(ALPHANUMERIC) for _ in range(64)
+    ),
+}
+
+
+@pytest.mark.parametrize("make_key", KEY_GENERATORS.values(), ids=KEY_GENERATORS)
 def test_production_takes_random_secret_keys(clean_env, make_key):
-    for _ in range(20):
-        key = make_key()
+    key = make_key()
+    clean_env.setenv("SECRET_KEY", key)
+    assert create_app(ProductionConfig()).config["SECRET_KEY"] == key
+    # The rules refuse (almost) no key a generator prints: not one of 10,000 here.
+    assert [key for key in (make_key() for _ in range(10_000)) if settings.weak_secret(key)] == []
+
+
+def test_the_documented_way_to_make_a_key_makes_one_production_takes(clean_env):
+    """Every key-making command the README and docs/ show (and the error message names)
+    prints a key the production check takes."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "terraform"]
+    text = "\n".join(p.read_text() for p in pages if p.is_file())
+    commands = set(re.findall(r"python3? -c ['\"](import secrets; print\([^'\"]+\))['\"]", text))
+    assert settings.MAKE_A_KEY.split(" -c ")[1].strip('"') in commands
+    for command in commands:
+        key = subprocess.run(
+            [sys.executable, "-c", command], capture_output=True, text=True, check=True
+        ).stdout.strip()
         clean_env.setenv("SECRET_KEY", key)
-        assert create_app(ProductionConfig()).config["SECRET_KEY"] == key
+        assert create_app(ProductionConfig()).config["SECRET_KEY"] == key, command
 
 
 @pytest.mark.parametrize("value", ["", " "])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tracemalloc
 from decimal import Decimal
 
 import pytest
@@ -208,7 +209,12 @@ def test_the_header_is_read_in_any_case_and_quantity_is_optional(app, client, ad
     [
         (b"", "text/csv", 422, "empty"),
         (b"\n\n", "text/csv", 422, "empty"),
-        ("sku,name,price,mark\nshoe,caf\xe9,1,m\n".encode("latin-1"), "text/csv", 400, "UTF-8"),
+        (
+            "sku,name,price,mark\nshoe,caf\xe9,1,m\n".encode("latin-1"),
+            "text/csv",
+            400,
+            "not UTF-8 text (byte 29)",
+        ),
         (b'sku,name,price,mark\nshoe,"open,1,m\n', "text/csv", 400, "line"),
         (b"sku,name,price,mark\n", "text/csv; charset=latin-1", 415, "UTF-8"),
         (b'{"sku": "shoe"}', "application/json", 422, "array"),
@@ -271,6 +277,31 @@ def test_a_retry_with_the_same_idempotency_key_imports_once(app, client, admin):
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json == first.json
     assert notification_count(app) == 1
+
+
+def test_a_dry_runs_idempotency_key_cannot_stand_for_the_real_import(app, client, admin):
+    """The query string is part of the request: the real import with the dry run's key is
+    refused with a 422 that says so (nothing is imported, nothing replayed), and goes
+    through with a new key."""
+    text = HEADER + "shoe,zapatos,1,m,1\n"
+    dry = post_csv(client, text, admin["headers"], "?dry_run=true", **{"Idempotency-Key": "k"})
+    assert dry.status_code == 200 and dry.json["dry_run"] is True
+
+    real = post_csv(client, text, admin["headers"], **{"Idempotency-Key": "k"})
+    assert real.status_code == 422
+    assert real.json["message"] == (
+        "This Idempotency-Key was used for a different request; use a new key."
+    )
+    assert real.json["errors"] == {
+        "headers": {"Idempotency-Key": ["Used for a different request."]}
+    }
+    assert "Idempotent-Replayed" not in real.headers
+    assert products(app) == {} and notification_count(app) == 0
+
+    fresh = post_csv(client, text, admin["headers"], **{"Idempotency-Key": "k-2"})
+    assert fresh.status_code == 200 and fresh.json["dry_run"] is False
+    assert fresh.json["created"] == {"count": 1, "skus": ["shoe"]}
+    assert products(app)["shoe"]["name"] == "zapatos"
 
 
 class Statements:
@@ -493,3 +524,69 @@ def test_a_change_during_an_export_shows_in_the_next_one_on_mariadb(
     else:
         # One snapshot: every product once, as it was when the download began.
         assert exported == [(f"p{n}", 10 * (n + 1)) for n in range(6)]
+
+
+# ---------------------------------------------------------------- hostile files
+
+
+def test_a_refused_file_lists_the_first_100_errors_and_counts_them_all(app, client, admin):
+    lines = [f"sku-{n},,-{n},acme,x" for n in range(1, 301)]  # 3 errors a row
+    response = post_csv(client, HEADER + "\n".join(lines) + "\n", admin["headers"])
+    assert response.status_code == 422
+    assert response.json["message"] == (
+        "900 errors in 300 rows (the first 100 are listed); nothing was imported."
+    )
+    listed = row_errors(response)
+    assert len(listed) == 100
+    assert listed[:3] == [(2, "name"), (2, "price"), (2, "quantity")]
+    assert listed[-1][0] == 35  # rows in order: 33 whole rows, then the 34th's first error
+    assert products(app) == {}
+
+
+def test_every_line_counts_towards_the_row_limit(app, client, admin):
+    """A line with the wrong number of cells is a product row too: a file of more lines
+    than IMPORT_MAX_ROWS is refused as soon as it is read that far."""
+    app.config["IMPORT_MAX_ROWS"] = 3
+    response = post_csv(client, HEADER + "x\n" * 4, admin["headers"])
+    assert response.status_code == 422 and "at most 3" in response.json["message"]
+    assert post_csv(client, HEADER + "x\n" * 3, admin["headers"]).json["message"] == (
+        "3 errors in 3 rows; nothing was imported."
+    )
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        # 5.2 million lines of one cell each: more rows than an import takes
+        ("text/csv", HEADER.encode() + b"x\n" * 5_200_000),
+        # 20,000 rows (as many as an import takes), each with an error in every cell
+        ("text/csv", HEADER.encode() + b"".join(
+            f"{'?' * 150}{n},{'n' * 230},-{'9' * 20},{'m' * 101},x{n}\n".encode()
+            for n in range(20_000)
+        )),
+        # 3.5 million elements, each an object missing every required field
+        ("application/json", b"[{}" + b",{}" * 3_490_000 + b"]"),
+    ],
+    ids=["lines-of-x", "rows-of-bad-values", "empty-objects"],
+)  # fmt: skip
+def test_a_10_mib_hostile_file_is_refused_within_a_bounded_memory(
+    app, client, admin, content_type, body
+):
+    """Peak Python memory while the file is read, checked and refused (tracemalloc, the
+    body itself excluded: it is the client's): a CSV file is read as it arrives, under
+    8 MiB whatever it holds; a JSON array is decoded whole, one element at a time, under
+    three times its size. Errors are counted, not kept."""
+    assert 10_000_000 < len(body) <= app.config["IMPORT_MAX_BODY_BYTES"]
+    headers = admin["headers"]
+    client.get("/users/me", headers=headers)  # the first request's one-time imports
+    tracemalloc.start()
+    try:
+        response = client.post(IMPORT, data=body, content_type=content_type, headers=headers)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 422, response.json
+    assert len(response.json["errors"]["rows"]) <= bulk.LISTED_ERRORS
+    bound = 8 * 2**20 if content_type == "text/csv" else 3 * len(body)
+    assert peak < bound, f"peak {peak / 2**20:.1f} MiB"
+    assert products(app) == {}

@@ -228,3 +228,38 @@ def test_a_path_cannot_forge_a_log_line(client, caplog):
     [record] = [r for r in caplog.records if r.name == "app.requests"]
     line = logs.formatter("text").format(record)
     assert "\n" not in line and "x\\n2026-01-01" in line
+
+
+def test_a_method_cannot_colour_or_forge_a_log_line(app, caplog):
+    """`make run` (flask run): a request line `G<ESC>[31mET /x HTTP/1.1` sent as it is
+    (werkzeug upper-cases the method). Neither the text line (message and fields) nor the
+    JSON line holds the escape: it is written as `\x1b`."""
+    import socket
+    import threading
+
+    from werkzeug.serving import make_server
+
+    caplog.set_level(logging.INFO)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(
+                b"G\x1b[31mET /x HTTP/1.1\r\nHost: a\r\nX-Request-ID: escaped-1\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+    finally:
+        server.shutdown()
+        thread.join(10)
+    assert answer.startswith(b"HTTP/1.1 404")
+    [record] = [r for r in records_of(caplog, "escaped-1") if r.name == "app.requests"]
+    text = logs.formatter("text").format(record)
+    assert "\x1b" not in text
+    assert "G\\x1b[31MET /x 404" in text and "method=G\\x1b[31MET" in text
+    line = logs.formatter("json").format(record)
+    assert "\x1b" not in line
+    assert json.loads(line)["message"] == "G\\x1b[31MET /x 404"

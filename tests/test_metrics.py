@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
+import string
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
@@ -173,3 +176,69 @@ def test_metrics_are_not_for_the_public(app, client):
     assert client.get("/metrics", environ_base=public, headers=token).status_code == 200
     wrong = {"Authorization": "Bearer not-it"}
     assert client.get("/metrics", environ_base=public, headers=wrong).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("address", "served"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("10.1.2.3", True),
+        ("172.31.0.9", True),
+        ("192.168.1.1", True),
+        ("fd12:3456::1", True),
+        ("::ffff:10.0.0.1", True),  # an IPv4 client seen through IPv6: its IPv4 counts
+        ("8.8.8.8", False),
+        ("::ffff:8.8.8.8", False),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo: a tunnelled client
+        ("2002:808:808::1", False),  # 6to4: a tunnelled client
+        ("2002:a00:1::1", False),  # 6to4 naming a private address: still the internet
+        ("64:ff9b::808:808", False),  # NAT64
+        ("100.64.0.1", False),  # carrier-grade NAT: the carrier's network, not ours
+        ("100.127.255.254", False),
+        ("192.0.0.8", False),
+        ("198.18.0.1", False),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("not-an-address", False),
+    ],
+)
+def test_only_the_hosts_and_the_operators_networks_scrape_without_a_token(client, address, served):
+    answer = client.get("/metrics", environ_base={"REMOTE_ADDR": address})
+    assert answer.status_code == (200 if served else 404), address
+
+
+def test_made_up_methods_and_paths_cannot_grow_the_metrics(client):
+    """Labels come from closed sets: 1,000 requests with random methods (to real routes and
+    to made-up paths) add no series; only the counts' digits change."""
+    rng = random.Random(20261206)
+
+    def made_up() -> str:
+        return "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 20)))
+
+    # From here on, the series of the "other" method and of the scrape itself exist.
+    client.open("/x", method=made_up())  # 404
+    client.open("/api/products", method=made_up())  # 405
+    client.get("/metrics")
+    before = client.get("/metrics").get_data(as_text=True)
+    for n in range(1000):
+        path = rng.choice(["/api/products", "/users/login", f"/{made_up().lower()}-{n}"])
+        assert client.open(path, method=made_up()).status_code in (404, 405)
+    after = client.get("/metrics").get_data(as_text=True)
+
+    def series(text: str) -> set:
+        return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line[:1] != "#"}
+
+    assert series(after) == series(before)
+    assert len(after) - len(before) < 1000, (len(before), len(after))
+    counted = samples(client)
+    assert (
+        value(
+            counted,
+            "marketplace_http_requests_total",
+            route="unmatched",
+            method="other",
+            status="404",
+        )
+        >= 1
+    )

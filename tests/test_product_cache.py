@@ -4,6 +4,7 @@ product older than the last write that has answered, while every read is still a
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import socket
 import time
@@ -308,3 +309,68 @@ def test_no_read_after_a_writes_answer_shows_the_old_price(
                 stale.append((began, price, current))
     assert stale == []
     assert sum(len(r["seen"]) for r in results) > len(answered)
+
+
+def test_list_pages_take_one_entry_per_query_and_no_more_than_their_budget(
+    app, client, make, streamed
+):
+    """However a query string is spelt, one query is one entry; and distinct queries (each
+    a full page of 100 products, about 40 KB) store at most PRODUCT_PAGE_CACHE_BYTES in a
+    window of PRODUCT_CACHE_SECONDS: the rest are answered from the database."""
+    for n in range(100):
+        make.product(f"p{n:03}", name=f"{n:03} " + "n" * 196)  # 200, the most a name has
+    app.config["PRODUCT_CACHE_SECONDS"] = 60  # one window for the whole test
+    spellings = [
+        "page=1&page_size=100",
+        "page_size=100&page=1",
+        "page=01&page_size=0100",
+        "page_size=100&sort=created",
+        "page_size=100&page=1&page=1",
+    ]
+    first = client.get("/api/products?" + spellings[0])
+    for query in spellings:
+        answer = client.get("/api/products?" + query)
+        assert answer.get_data() == first.get_data()
+    assert len(streamed.keys(cache.PAGE_PREFIX + "*")) == 1
+
+    budget = app.config["PRODUCT_PAGE_CACHE_BYTES"]
+    for n in range(300):
+        answer = client.get(f"/api/products?page_size=100&max_price={100 + n}")
+        assert answer.status_code == 200 and len(answer.json) == 100
+    entries = streamed.keys(cache.PAGE_PREFIX + "*")
+    stored = sum(streamed.strlen(key) for key in entries)
+    assert 0 < stored <= budget, (stored, budget)
+    assert len(first.get_data()) * 300 > 5 * budget  # without the budget: far more
+    # a page past the budget is still answered, from the database
+    assert client.get("/api/products?page_size=100&max_price=999").json == first.json
+
+
+def test_a_server_with_a_thread_per_request_keeps_using_redis(app, make, streamed, caplog):
+    """`flask run` (a new thread for each request) with REDIS_URL: each thread takes a
+    connection from the client's pool and gives it back when it ends, so 300 requests
+    hold no more connections than threads alive, and the 300th is still a cache hit."""
+    import threading
+    import urllib.request
+
+    from werkzeug.serving import make_server
+
+    make.product("abc")
+    before = max(int(c["id"]) for c in streamed.client_list())
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    hits = REGISTRY.get_sample_value("marketplace_product_cache_total", {"outcome": "hit"}) or 0
+    try:
+        for n in range(150):
+            for path in ("/api/products/abc", "/api/products?page_size=5"):
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}") as answer:
+                    assert answer.status == 200, (n, path)
+    finally:
+        server.shutdown()
+        thread.join(10)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    now = REGISTRY.get_sample_value("marketplace_product_cache_total", {"outcome": "hit"})
+    assert now - hits >= 2 * 150 - 2  # all but the two first reads
+    # Redis's own count: the server's connections (one per thread alive, reused)
+    opened = [c for c in streamed.client_list() if int(c["id"]) > before]
+    assert len(opened) <= 2, opened

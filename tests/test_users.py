@@ -5,6 +5,7 @@ import json
 import pytest
 
 from app.accounts.models import Role, User
+from app.core.addresses import BadEmail, canonical_email
 from tests.conftest import bearer, login
 
 SEED_USER = {
@@ -379,6 +380,8 @@ CYRILLIC_A_DOMAIN = "admin@ex\u0430mple.com"  # a Cyrillic a
 LOOKALIKES = [
     FULLWIDTH_ADMIN,
     CYRILLIC_A_DOMAIN,
+    "admin@xn--exmple-4nf.com",  # the same Cyrillic a, in IDNA's ASCII form
+    "admin@XN--EXMPLE-4NF.COM",
     "admin@[127.0.0.1]",
     "admin@127.0.0.1",
     "\u0430dmin@example.com",  # a Cyrillic a before @
@@ -420,6 +423,22 @@ def test_emails_are_stored_in_one_canonical_form(client, admin):
     )
     assert again.status_code == 409
     assert login(client, "JO@bücher.example", "long-enough-1").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("email", "why"),
+    [
+        ("a@xn--exmple-4nf.com", "mixes alphabets"),  # ex + Cyrillic a + mple
+        ("a@shop.xn--pypal-4ve.com", "mixes alphabets"),  # p + Cyrillic a + ypal
+        ("a@xn--zz.com", "not a valid domain name"),  # not punycode at all
+        ("a@xn--.com", "not a valid domain name"),
+    ],
+)
+def test_a_domain_in_idna_form_is_checked_as_what_it_spells(email, why):
+    with pytest.raises(BadEmail, match=why):
+        canonical_email(email)
+    # one script, in either form, is one address
+    assert canonical_email("a@xn--bcher-kva.example") == canonical_email("a@bücher.example")
 
 
 def test_a_lookalike_email_at_login_is_just_a_wrong_email(client, admin):

@@ -8,6 +8,8 @@ import socket
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
@@ -15,6 +17,7 @@ from app import create_app
 from app.catalog.models import Product
 from app.core import config, redis_client
 from app.core.extensions import db
+from app.core.spreadsheets import csv_cell, plain_cell
 from app.views import recorder, rollups, stream
 from app.views.models import DailyProductViews, ProductView
 from app.views.recorder import new_view_id
@@ -367,6 +370,14 @@ FORMULAS = [
     "+1+1",
     "-2+3",
     "@SUM(A1:A9)",
+    # what a spreadsheet may read as = + - @: fullwidth and small forms, the minus sign
+    '\uff1dHYPERLINK("https://evil.example")',  # fullwidth =
+    "\uff0b1+1",  # fullwidth +
+    "\uff20SUM(A1:A9)",  # fullwidth @
+    "\uff0d2+3",  # fullwidth -
+    "\u22122+3",  # the minus sign
+    "\ufe661+1",  # small =
+    "\ufe632+3",  # small -
 ]
 
 
@@ -380,6 +391,16 @@ def test_csv_cells_a_spreadsheet_would_run_start_with_a_quote(app, client, make,
     [row] = parse_csv(response)
     assert row["name"] == "'" + name
     assert row["views"] == "1"  # numbers stay numbers
+
+
+@given(st.text())
+def test_the_formula_quote_can_always_be_undone(text):
+    """Whatever a cell holds, reading back what the CSV writer wrote gives it back (the
+    catalog import takes the export's files), and what could run is quoted."""
+    written = csv_cell(text)
+    assert plain_cell(written) == text
+    if text[:1] in ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff20", "\uff0d", "\u2212"):
+        assert written == "'" + text
 
 
 def test_csv_file_names_carry_the_range_and_bom_is_optional(app, client, make, admin):

@@ -1,6 +1,27 @@
-"""The password guard: every route that verifies a password goes through it. Failed
-attempts are limited per client address and per account, and each process verifies only a
-few passwords at once."""
+"""The password guard: every route that verifies a password goes through ``verify``.
+
+In this order, for each attempt:
+
+1. **A slot of this process** (``LOGIN_CONCURRENCY``, 1 by default: fewer than a uWSGI
+   worker's request threads, so a thread is always left for the product reads). None
+   free: 503 at once, uncounted (argon2 is CPU-bound: queued checks would hold every
+   thread and starve the reads).
+2. **The attempt is counted before its password is verified**, per client address
+   (``LOGIN_FAILURES_LIMIT``) and, for a check made with a token (``PATCH /users/me``),
+   per token (``LOGIN_TOKEN_FAILURES_LIMIT``, by its ``jti``): one atomic increment each,
+   so attempts that arrive together cannot all slip under a limit. Over a limit: 429 with
+   ``Retry-After``, the password not even looked at, right or wrong.
+3. The password is verified. Right: the attempt's counts are given back (only failures
+   count). Wrong: the failure is also counted against the account
+   (``LOGIN_ACCOUNT_FAILURES_LIMIT``), which never refuses a correct password: past it,
+   each further wrong password uses up the sending address's whole allowance.
+
+A token's count concerns that token only, never the account: a stolen token that guessed
+too often cannot lock its owner out of logging in.
+
+``app.accounts.passwords.verify_password`` refuses to run inside a request unless this
+guard called it, so a route cannot verify a password around it.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +29,23 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import TypeVar
 
 import click
-from flask import Flask
+from flask import Flask, current_app
+from flask_smorest import abort
 from limits import parse
 from limits.storage import MemoryStorage, storage_from_string
 
+from app.accounts import passwords
+from app.core import metrics
 from app.core.text import key
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def init_app(app: Flask) -> None:
@@ -25,6 +53,7 @@ def init_app(app: Flask) -> None:
         app.config["LOGIN_FAILURES_LIMIT"],
         app.config["LOGIN_ACCOUNT_FAILURES_LIMIT"],
         app.config["RATELIMIT_STORAGE_URI"],
+        per_token=app.config["LOGIN_TOKEN_FAILURES_LIMIT"],
     )
     if limits.per_process and serves_requests():
         log.info(
@@ -45,17 +74,59 @@ def serves_requests() -> bool:
     return command is None or command.info_name == "run"
 
 
+def verify(
+    check: Callable[[], T], *, address: str | None, account: str, token: str | None = None
+) -> T:
+    """Run ``check`` (a password verification: truthy when the password is right) through
+    the guard, for an attempt from ``address`` on ``account`` (its email), made with
+    ``token`` (a jti) if any. Aborts with 503 (no slot free) or 429 (over a limit, with
+    Retry-After); else returns what ``check`` returned."""
+    limits: LoginLimits = current_app.extensions["login_limits"]
+    with current_app.extensions["password_slots"].take() as free:
+        if not free:
+            metrics.LOGIN_BUSY.inc()
+            abort(
+                503,
+                message="Too many password checks at once; try again in a second.",
+                headers={"Retry-After": "1"},
+            )
+        if wait := limits.reserve(address, token):
+            too_many(wait)
+        try:
+            with passwords.guarded():
+                result = check()
+        except BaseException:
+            limits.succeeded(address, token)  # nothing was learnt: not a failure
+            raise
+    if result:
+        limits.succeeded(address, token)
+        return result
+    metrics.LOGIN_FAILURES.inc()
+    if wait := limits.failed(address, account):
+        too_many(wait)
+    return result
+
+
+def too_many(wait: int):
+    metrics.LOGIN_LIMITED.inc()
+    abort(
+        429,
+        message=f"Too many failed password attempts; try again in {wait} s.",
+        headers={"Retry-After": str(wait)},
+    )
+
+
 class LoginLimits:
-    """Failed logins per client address and per account.
+    """Failed password attempts per client address, per token and per account.
 
     Counted with the ``limits`` library's storage (Flask-Limiter's engine; in Redis when
-    REDIS_URL is set, so every process and instance shares one count), from the login view
+    REDIS_URL is set, so every process and instance shares one count), from the guard
     alone: Flask-Limiter's own hook runs on every request (0.6 ms of each product read).
 
-    - **Per address** (``LOGIN_FAILURES_LIMIT``): each attempt takes a slot *before* its
-      password is verified (one atomic increment: concurrent attempts cannot all slip
-      under the limit), and a successful login gives it back, so only failures count.
-      Past the limit the address waits, whatever it sends.
+    - **Per address** (``LOGIN_FAILURES_LIMIT``) and **per token**
+      (``LOGIN_TOKEN_FAILURES_LIMIT``): each attempt takes a slot *before* its password
+      is verified, and a right password gives it back, so only failures count. Past the
+      limit the address (the token) waits, whatever it sends.
     - **Per account** (``LOGIN_ACCOUNT_FAILURES_LIMIT``): never refuses a correct
       password, so nobody can lock an admin out. Past it, each further wrong password for
       that account answers 429 and uses up the address's whole allowance: guesses spread
@@ -63,12 +134,15 @@ class LoginLimits:
       window the account limit is reached is logged.
 
     Windows are fixed and start at the first failure. If the storage is unreachable,
-    logins go on unlimited and the error is logged.
+    attempts go on unlimited and the error is logged.
     """
 
-    def __init__(self, per_client: str, per_account: str, storage_uri: str):
+    def __init__(
+        self, per_client: str, per_account: str, storage_uri: str, per_token: str = "5 per minute"
+    ):
         self.client = parse(per_client)
         self.account = parse(per_account)
+        self.token = parse(per_token)
         self.storage = storage_from_string(storage_uri)
         # memory:// counts in this process alone; Redis shares one count.
         self.per_process = isinstance(self.storage, MemoryStorage)
@@ -81,27 +155,39 @@ class LoginLimits:
         reset = self.storage.get_expiry(limit.key_for("login", key))
         return max(1, math.ceil(reset - time.time()))
 
-    def reserve(self, address: str | None) -> int:
-        """Take a slot for one attempt from ``address``: 0 when it may go on, else the
-        seconds to wait."""
-        key = f"client:{address or '-'}"
+    def _counted(self, address: str | None, token: str | None) -> list[tuple]:
+        """The (limit, key) pairs an attempt counts against before it is verified."""
+        pairs = [(self.client, f"client:{address or '-'}")]
+        if token is not None:
+            pairs.append((self.token, f"token:{token}"))
+        return pairs
+
+    def reserve(self, address: str | None, token: str | None = None) -> int:
+        """Take a slot for one attempt from ``address`` (with ``token``): 0 when it may go
+        on, else the seconds to wait (the slots it did take are given back)."""
+        taken = []
         try:
-            if self._add(self.client, key) <= self.client.amount:
-                return 0
-            return self._wait(self.client, key)
+            for limit, key in self._counted(address, token):
+                if self._add(limit, key) > limit.amount:
+                    for other, other_key in taken:
+                        self._add(other, other_key, -1)
+                    return self._wait(limit, key)
+                taken.append((limit, key))
+            return 0
         except Exception:
             log.exception("login limits unavailable; this attempt is not limited")
             return 0
 
-    def succeeded(self, address: str | None) -> None:
-        """Give the attempt's slot back: successful logins never count."""
+    def succeeded(self, address: str | None, token: str | None = None) -> None:
+        """Give the attempt's slots back: right passwords never count."""
         try:
-            self._add(self.client, f"client:{address or '-'}", -1)
+            for limit, key in self._counted(address, token):
+                self._add(limit, key, -1)
         except Exception:
             log.exception("login limits unavailable; this success is not refunded")
 
     def failed(self, address: str | None, email: str) -> int:
-        """Count a failure against the account (the address's slot stays taken); 0, or
+        """Count a failure against the account (the attempt's slots stay taken); 0, or
         the seconds the address must now wait when the account is over its limit."""
         account = f"account:{key(email)}"
         try:
@@ -125,9 +211,9 @@ class LoginLimits:
 
 
 class VerificationSlots:
-    """At most ``size`` password verifications at once in this process; past that a
-    login is refused at once (argon2 is CPU-bound: queued logins would hold every worker
-    and starve the product reads)."""
+    """At most ``size`` password verifications at once in this process; past that an
+    attempt is refused at once (argon2 is CPU-bound: queued checks would hold every
+    request thread and starve the product reads)."""
 
     def __init__(self, size: int):
         self.slots = threading.BoundedSemaphore(max(1, size))

@@ -8,15 +8,35 @@ made with other parameters is replaced at the owner's next successful login
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 
-from flask import current_app, has_app_context
+from flask import current_app, has_app_context, has_request_context
 from passlib.context import CryptContext
 
 from app.core.config import ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, ARGON2_TIME_COST
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
+
+# Set while the password guard (app/accounts/guard.py) runs a verification.
+_guarded: ContextVar[bool] = ContextVar("password_guarded", default=False)
+
+
+class Unguarded(RuntimeError):
+    """A request verified a password without the password guard."""
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """The guard's verification runs inside this block."""
+    token = _guarded.set(True)
+    try:
+        yield
+    finally:
+        _guarded.reset(token)
 
 
 @lru_cache(maxsize=8)
@@ -48,7 +68,10 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password: str, password_hash: str | None) -> tuple[bool, str | None]:
-    """(matches, new hash or None); with no hash, spend the same time and fail."""
+    """(matches, new hash or None); with no hash, spend the same time and fail. Inside a
+    request only through the password guard: a route that skipped it fails loudly."""
+    if has_request_context() and not _guarded.get():
+        raise Unguarded("a password was verified outside app.accounts.guard.verify")
     context, dummy = _current()
     if password_hash is None:
         context.verify(password, dummy)

@@ -6,11 +6,10 @@ from flask.views import MethodView
 from flask_jwt_extended import current_user, get_jwt
 from flask_smorest import abort
 
-from app.accounts import service
+from app.accounts import guard, service
 from app.accounts.models import User
 from app.accounts.schemas import LoginSchema, MeUpdateSchema, TokenSchema, UserSchema
 from app.accounts.tokens import issue_token, login_required
-from app.core import metrics
 from app.core.errors import ErrorSchema
 from app.core.extensions import db
 from app.core.openapi import Blueprint
@@ -32,29 +31,22 @@ class Login(MethodView):
     )
     @account_blp.response(200, TokenSchema)
     @account_blp.alt_response(401, schema=ErrorSchema, description="Wrong email or password.")
-    @account_blp.alt_response(429, schema=ErrorSchema, description="Too many failed attempts.")
-    @account_blp.alt_response(503, schema=ErrorSchema, description="Too many logins at once.")
+    @account_blp.alt_response(
+        429, schema=ErrorSchema, description="Too many failed attempts (Retry-After)."
+    )
+    @account_blp.alt_response(
+        503, schema=ErrorSchema, description="Too many password checks at once (Retry-After)."
+    )
     def post(self, credentials):
         """Log in with email and password; returns a bearer token."""
-        limits = current_app.extensions["login_limits"]
-        address, email = request.remote_addr, credentials["email"]
-        with current_app.extensions["password_slots"].take() as free:
-            if not free:
-                metrics.LOGIN_BUSY.inc()
-                abort(
-                    503,
-                    message="Too many logins at once; try again in a second.",
-                    headers={"Retry-After": "1"},
-                )
-            if wait := limits.reserve(address):
-                too_many(wait)
-            user = service.authenticate(email, credentials["password"])
+        email = credentials["email"]
+        user = guard.verify(
+            lambda: service.authenticate(email, credentials["password"]),
+            address=request.remote_addr,
+            account=email,
+        )
         if user is None:
-            metrics.LOGIN_FAILURES.inc()
-            if wait := limits.failed(address, email):
-                too_many(wait)
             abort(401, message="Wrong email or password.")
-        limits.succeeded(address)
         if db.session.dirty:
             commit()  # keeps a rehashed password, if argon2's parameters moved on
         token = issue_token(user)
@@ -67,32 +59,16 @@ class Login(MethodView):
         }
 
 
-def too_many(wait: int):
-    metrics.LOGIN_LIMITED.inc()
-    abort(
-        429,
-        message=f"Too many failed logins; try again in {wait} s.",
-        headers={"Retry-After": str(wait)},
-    )
-
-
 def check_current_password(password: str) -> None:
-    """The current password, verified like a login: a wrong one counts against the
-    account's failed-login limit, so a stolen token cannot guess it faster."""
-    limits = current_app.extensions["login_limits"]
-    with current_app.extensions["password_slots"].take() as free:
-        if not free:
-            metrics.LOGIN_BUSY.inc()
-            abort(
-                503,
-                message="Too many password checks at once; try again in a second.",
-                headers={"Retry-After": "1"},
-            )
-        ok = service.check_password(current_user, password)
+    """The current password, verified through the password guard like a login, and also
+    limited per token: a stolen token cannot guess it faster than a login could."""
+    ok = guard.verify(
+        lambda: service.check_password(current_user, password),
+        address=request.remote_addr,
+        account=current_user.email,
+        token=get_jwt()["jti"],
+    )
     if not ok:
-        metrics.LOGIN_FAILURES.inc()
-        if wait := limits.failed(request.remote_addr, current_user.email):
-            too_many(wait)
         raise service.WrongPassword()
 
 
@@ -113,9 +89,11 @@ class Me(MethodView):
         "account, this token's too: log in again with the new password.",
     )
     @account_blp.response(200, UserSchema)
-    @account_blp.alt_response(429, schema=ErrorSchema, description="Too many wrong passwords.")
     @account_blp.alt_response(
-        503, schema=ErrorSchema, description="Too many password checks at once."
+        429, schema=ErrorSchema, description="Too many wrong passwords (Retry-After)."
+    )
+    @account_blp.alt_response(
+        503, schema=ErrorSchema, description="Too many password checks at once (Retry-After)."
     )
     def patch(self, data):
         """Change your own name or password (a new password needs current_password)."""

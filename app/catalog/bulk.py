@@ -1,9 +1,11 @@
 """Bulk import and export of the catalog.
 
-An import reads a CSV file or a JSON array of products, checks every row with the create
-route's schema, and then, in the caller's transaction, creates the new products and
-updates the changed ones a thousand rows per statement (no query per row). Any error
-refuses the whole file: nothing is written. One summary email per admin tells what changed.
+An import reads a CSV file or a JSON array of products a row at a time, checks every row
+with the create route's schema as it is read, and then, in the caller's transaction,
+creates the new products and updates the changed ones a thousand rows per statement (no
+query per row). Any error refuses the whole file: nothing is written, and the answer lists
+the first errors and counts them all, so a hostile file costs no more memory than a good
+one. One summary email per admin tells what changed.
 
 An export yields the live products matching the list's filters, in the list's order, a
 chunk at a time: each chunk is one short keyset query (after the last row of the previous
@@ -12,14 +14,15 @@ chunk), so no statement runs for the length of a download.
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from types import SimpleNamespace
+from typing import BinaryIO
 
 from marshmallow import ValidationError
 from sqlalchemy import and_, insert, or_, select
@@ -32,7 +35,7 @@ from app.catalog.service import EDITABLE, SORT_COLUMNS, plain, product_filters
 from app.core import dialect
 from app.core.columns import utcnow
 from app.core.extensions import db
-from app.core.openapi import load_json_body
+from app.core.openapi import NotAnArray, NotUnicode, json_array_items
 from app.core.spreadsheets import csv_document, plain_cell
 from app.events import journal
 from app.events.models import EventType
@@ -41,14 +44,21 @@ from app.notifications.service import notify_import
 REQUIRED_COLUMNS = ("sku", "name", "price", "mark")
 # The answer lists this many skus of each kind (the counts cover them all) ...
 LISTED_SKUS = 100
-# ... and this many row errors.
-LISTED_ERRORS = 1000
+# ... and this many errors of a refused file (its message counts them all): whatever
+# the file holds, a refusal takes no more memory than this.
+LISTED_ERRORS = 100
 # Skus per locking read, rows per write statement, rows per export query.
 CHUNK = 1000
+# Bytes of a CSV file read (and decoded) at a time.
+READ_SIZE = 64 * 1024
 
 COLUMNS_SENTENCE = "the columns are sku, name, price, mark and (optionally) quantity"
 DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 INTEGER = re.compile(r"-?\d{1,19}")
+# A line of a CSV file with its end (csv's newline="" rule), and what else str.splitlines
+# would take for a line end.
+LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+OTHER_LINE_BREAKS = re.compile("[\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -68,26 +78,47 @@ class ImportRefused(Exception):
         self.errors = errors or []
 
 
-@dataclass
-class Parsed:
-    """The rows of a file, each as (its number, its values), and what could not be read."""
+# A file is read as it arrives, one row at a time: (its number, its values), or what is
+# wrong with it. Nothing keeps every row of a file, or every error.
+Row = tuple[int, dict] | RowError
 
-    rows: list[tuple[int, dict]]
-    errors: list[RowError]
+
+class Errors:
+    """What is wrong with a file, whatever its size: the first LISTED_ERRORS errors, and
+    how many errors, in how many rows, there are in all."""
+
+    def __init__(self) -> None:
+        self.listed: list[RowError] = []
+        self.count = 0
+        self.rows = 0
+        self._last_row: object = None
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def add(self, error: RowError) -> None:
+        # Rows come in order: a row's errors follow each other.
+        self.count += 1
+        if self.rows == 0 or error.row != self._last_row:
+            self.rows += 1
+            self._last_row = error.row
+        if len(self.listed) < LISTED_ERRORS:
+            self.listed.append(error)
+
+    def refusal(self) -> ImportRefused:
+        counted = f"{self.count} errors in {self.rows} rows"
+        if self.count > len(self.listed):
+            counted += f" (the first {len(self.listed)} are listed)"
+        return ImportRefused(422, f"{counted}; nothing was imported.", self.listed)
 
 
 # ---------------------------------------------------------------- reading a file
 
 
-def read_csv(raw: bytes, max_rows: int) -> Parsed:
-    """A UTF-8 CSV file (a byte order mark is allowed) whose first line names the columns."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ImportRefused(
-            400, f"The file is not UTF-8 text (byte {exc.start + 1}): save it as CSV UTF-8."
-        ) from exc
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+def read_csv(stream: BinaryIO, max_rows: int) -> Iterator[Row]:
+    """The rows of a UTF-8 CSV file (a byte order mark is allowed) whose first line names
+    the columns, read from ``stream`` as it arrives."""
+    reader = csv.reader(_lines(stream), strict=True)
     try:
         header = next(reader, None)
         if not header or not "".join(header).strip():
@@ -97,29 +128,52 @@ def read_csv(raw: bytes, max_rows: int) -> Parsed:
                 [RowError(1, None, f"Missing header: {COLUMNS_SENTENCE}.")],
             )
         names = _header(header)
-        parsed = Parsed([], [])
-        line = reader.line_num
+        line, rows = reader.line_num, 0
         for cells in reader:
             number, line = line + 1, reader.line_num
             if not cells:
                 continue  # a blank line
-            if len(parsed.rows) >= max_rows:
+            rows += 1
+            if rows > max_rows:
                 raise _too_many(max_rows)
             if len(cells) != len(names):
-                parsed.errors.append(
-                    RowError(
-                        number, None, f"Has {len(cells)} cells; the header names {len(names)}."
-                    )
+                yield RowError(
+                    number, None, f"Has {len(cells)} cells; the header names {len(names)}."
                 )
                 continue
-            parsed.rows.append(
-                (number, {n: _cell(n, c) for n, c in zip(names, cells, strict=True)})
-            )
+            yield number, {n: _cell(n, c) for n, c in zip(names, cells, strict=True)}
     except csv.Error as exc:
         raise ImportRefused(
             400, f"The CSV file cannot be read at line {reader.line_num}: {exc}."
         ) from exc
-    return parsed
+
+
+def _lines(stream: BinaryIO) -> Iterator[str]:
+    """The lines of a UTF-8 file, each with its line end ("\n", "\r\n" or "\r", csv's
+    newline="" rule), decoded READ_SIZE bytes at a time; a byte order mark first is
+    skipped. ImportRefused (400) names the first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    read, started, carried = 0, False, ""
+    while True:
+        data = stream.read(READ_SIZE)
+        try:
+            text = decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            byte = read - len(decoder.getstate()[0]) + exc.start + 1
+            raise ImportRefused(
+                400, f"The file is not UTF-8 text (byte {byte}): save it as CSV UTF-8."
+            ) from exc
+        read += len(data)
+        if text and not started:
+            started, text = True, text.removeprefix("\ufeff")
+        text, carried = carried + text, ""
+        # str.splitlines is fast, but ends lines at more characters than csv does.
+        pieces = LINE.findall(text) if OTHER_LINE_BREAKS.search(text) else text.splitlines(True)
+        if data and pieces and not pieces[-1].endswith("\n"):
+            carried = pieces.pop()  # the next piece goes on with it (a "\n" after a "\r")
+        yield from pieces
+        if not data:
+            return
 
 
 def _header(cells: list[str]) -> list[str]:
@@ -151,33 +205,32 @@ def _cell(name: str, text: str):
     return plain_cell(text)
 
 
-def read_json(raw: bytes, max_rows: int) -> Parsed:
-    """A JSON array of product objects."""
-    if not raw.strip():
+def read_json(raw: bytes, max_rows: int) -> Iterator[Row]:
+    """The rows of a JSON array of product objects, decoded one element at a time."""
+    if not raw or raw.isspace():
         raise ImportRefused(
             422,
             "The body is empty: send a JSON array of products.",
             [RowError(None, None, "Must be a JSON array of products.")],
         )
     try:
-        data = load_json_body(raw)
-    except ValueError as exc:
-        raise ImportRefused(400, str(exc)) from exc
-    if not isinstance(data, list):
+        for index, item in enumerate(json_array_items(raw)):
+            if index >= max_rows:
+                raise _too_many(max_rows)
+            if isinstance(item, dict):
+                yield index, item
+            else:
+                yield RowError(index, None, "Must be an object (one product).")
+    except NotAnArray as exc:
         raise ImportRefused(
             422,
             "The body must be a JSON array of products.",
             [RowError(None, None, "Must be a JSON array of products.")],
-        )
-    if len(data) > max_rows:
-        raise _too_many(max_rows)
-    parsed = Parsed([], [])
-    for index, item in enumerate(data):
-        if isinstance(item, dict):
-            parsed.rows.append((index, item))
-        else:
-            parsed.errors.append(RowError(index, None, "Must be an object (one product)."))
-    return parsed
+        ) from exc
+    except NotUnicode as exc:
+        raise ImportRefused(400, NotUnicode.message) from exc
+    except ValueError as exc:
+        raise ImportRefused(400, str(exc)) from exc
 
 
 def _too_many(max_rows: int) -> ImportRefused:
@@ -191,18 +244,24 @@ def _too_many(max_rows: int) -> ImportRefused:
 # ---------------------------------------------------------------- checking the rows
 
 
-def check(parsed: Parsed) -> list[tuple[int, dict]]:
-    """Every row loaded with the create route's rules; ImportRefused lists every error."""
+def check(rows: Iterable[Row]) -> list[tuple[int, dict]]:
+    """Every row loaded with the create route's rules, as they are read; ImportRefused
+    counts every error and lists the first LISTED_ERRORS. Once a row is wrong the file
+    is refused, and the rows after it are only checked, not kept."""
     schema = ProductImportSchema()
-    errors = list(parsed.errors)
+    errors = Errors()
     valid = []
     first_row: dict[str, int] = {}
-    for number, values in parsed.rows:
+    for row in rows:
+        if isinstance(row, RowError):
+            errors.add(row)
+            continue
+        number, values = row
         sku = values.get("sku")
         if isinstance(sku, str) and sku.strip():
             key = Product.key_of(sku.strip())
             if key in first_row:
-                errors.append(
+                errors.add(
                     RowError(
                         number,
                         "sku",
@@ -212,26 +271,22 @@ def check(parsed: Parsed) -> list[tuple[int, dict]]:
                 continue
             first_row[key] = number
         try:
-            valid.append((number, schema.load(values)))
+            data = schema.load(values)
         except ValidationError as exc:
-            errors += _row_errors(number, exc.messages)
+            for error in _row_errors(number, exc.messages):
+                errors.add(error)
+            continue
+        if not errors:
+            valid.append((number, data))
     if errors:
-        errors.sort(key=lambda e: -1 if e.row is None else e.row)
-        rows = len({e.row for e in errors})
-        raise ImportRefused(
-            422,
-            f"{len(errors)} errors in {rows} rows; nothing was imported.",
-            errors,
-        )
+        raise errors.refusal()
     return valid
 
 
-def _row_errors(number: int, messages) -> list[RowError]:
-    errors = []
+def _row_errors(number: int, messages) -> Iterator[RowError]:
     for field, texts in messages.items():
         for text in texts if isinstance(texts, list) else [texts]:
-            errors.append(RowError(number, None if field == "_schema" else field, str(text)))
-    return errors
+            yield RowError(number, None if field == "_schema" else field, str(text))
 
 
 # ---------------------------------------------------------------- writing

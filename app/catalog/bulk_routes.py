@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
+
 from flask import Response, current_app, request, stream_with_context
 from flask.views import MethodView
 from flask_jwt_extended import current_user
@@ -19,6 +22,7 @@ from app.catalog.schemas import (
 from app.core.columns import utcnow
 from app.core.errors import ErrorSchema
 from app.core.openapi import Blueprint
+from app.core.unit_of_work import HEADER as IDEMPOTENCY_KEY
 from app.core.unit_of_work import transaction
 
 catalog_blp = Blueprint(
@@ -70,17 +74,20 @@ def import_body_limit():
         request.max_content_length = current_app.config["IMPORT_MAX_BODY_BYTES"]
 
 
-def parse_body() -> bulk.Parsed:
-    """The rows of the request's file, by its Content-Type."""
-    raw = request.get_data(cache=True)
+def body_rows() -> Iterator[bulk.Row]:
+    """The rows of the request's file, by its Content-Type, read as they are checked."""
     max_rows = current_app.config["IMPORT_MAX_ROWS"]
     if request.mimetype == "text/csv":
         charset = request.mimetype_params.get("charset", "utf-8").lower()
         if charset not in ("utf-8", "utf8"):
             abort(415, message="Send the CSV file as UTF-8 (charset=utf-8).")
-        return bulk.read_csv(raw, max_rows)
+        # A CSV file is read as it arrives, unless the Idempotency-Key's fingerprint has
+        # read it whole already.
+        if IDEMPOTENCY_KEY in request.headers:
+            return bulk.read_csv(io.BytesIO(request.get_data(cache=True)), max_rows)
+        return bulk.read_csv(request.stream, max_rows)
     if request.is_json:
-        return bulk.read_json(raw, max_rows)
+        return bulk.read_json(request.get_data(cache=True), max_rows)
     abort(
         415,
         message="Send a CSV file ('Content-Type: text/csv') or a JSON array of products "
@@ -89,10 +96,7 @@ def parse_body() -> bulk.Parsed:
 
 
 def refuse(refused: bulk.ImportRefused):
-    errors = [
-        {"row": e.row, "field": e.field, "message": e.message}
-        for e in refused.errors[: bulk.LISTED_ERRORS]
-    ]
+    errors = [{"row": e.row, "field": e.field, "message": e.message} for e in refused.errors]
     abort(refused.code, message=refused.message, errors={"rows": errors} if errors else None)
 
 
@@ -114,7 +118,7 @@ class CatalogImport(MethodView):
     def post(self, query):
         """Create and update products from a CSV file or a JSON array, all or nothing (admin)."""
         try:
-            valid = bulk.check(parse_body())
+            valid = bulk.check(body_rows())
         except bulk.ImportRefused as refused:
             refuse(refused)
         return bulk.import_products(valid, current_user, dry_run=query["dry_run"])

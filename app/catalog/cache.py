@@ -5,8 +5,12 @@ round trip (one Lua script: GET the entry, XADD the view).
 An entry is ``"<id> <version> <JSON body>"`` under ``marketplace:product:v1:<sku key>``;
 the number of live products (the total of the unfiltered list, a full index scan in the
 database) is kept the same way under ``marketplace:product-count:v1``, and each page of
-the list (``"<total> <JSON body>"``, by query string) under the pages' generation. No
-read may see a product (or a page, a total) older than the last write that has answered:
+the list (``"<total> <JSON body>"``, by the query as read, whatever its spelling) under
+the pages' generation. Pages have a budget: at most ``PRODUCT_PAGE_CACHE_BYTES`` are
+stored per ``PRODUCT_CACHE_SECONDS`` (so at most twice that is held at once); past it a
+page is answered from the database and not stored, so made-up queries cannot fill Redis.
+No read may see a product (or a page, a total) older than the last write that has
+answered:
 
 - **Writes invalidate** after their commit and before their answer leaves: every flush
   notes the products it changes (``note_changes`` below, a bulk statement says so itself),
@@ -35,7 +39,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import redis
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy import event
 
 from app.catalog.models import Product
@@ -59,7 +63,9 @@ PAGE_GENERATION = "marketplace:products-page-gen"
 PAGE_KEYS = (PAGE_PREFIX + "-", PAGE_GENERATION)  # as an (entry, generation) pair
 # Only a sku one could create is looked up (any other is read, and not found).
 CACHEABLE_SKU = re.compile(SKU_PATTERN)
-# Longer query strings are not cached (any key is a key; these are not worth one).
+# The bytes of pages stored in the current window (PRODUCT_CACHE_SECONDS long).
+PAGE_BUDGET = "marketplace:products-page-bytes"
+# Longer queries are not cached (any key is a key; these are not worth one).
 PAGE_QUERY_MAX = 512
 
 # KEYS: entry, generation, views stream. ARGV: "1" to record a view on a hit, then the
@@ -110,15 +116,25 @@ local now = redis.call('TIME')
 return {generation, now[1], now[2]}
 """
 
-# ARGV: the entry's key (under the generation its miss saw), its deadline (ms), the entry.
+# KEYS: the pages' budget. ARGV: the entry's key (under the generation its miss saw), its
+# deadline (ms), the entry, the budget (bytes), its window (ms). Returns 1 if stored. The
+# entry counts against the budget whether it fits or not (the window's first fill starts
+# the window).
 FILL_PAGE = """
 local now = redis.call('TIME')
 local ttl = tonumber(ARGV[2]) - (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
-if ttl > 0 then
-  redis.call('SET', ARGV[1], ARGV[3], 'PX', ttl)
-  return 1
+if ttl <= 0 then
+  return 0
 end
-return 0
+local used = redis.call('INCRBY', KEYS[1], #ARGV[3])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+if used > tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('SET', ARGV[1], ARGV[3], 'PX', ttl)
+return 1
 """
 
 SCRIPTS = {
@@ -230,9 +246,11 @@ def fill(sku_key: str, miss: Miss, answer: Answer, view: list | None) -> bool:
 
 
 def page(query: str, answer: Callable[[], tuple[int, str]]) -> tuple[int, str]:
-    """A page of the product list for this query string: ``(total, JSON body)``, cached,
-    else ``answer()`` (then cached). Redis failing, ``answer()`` answers."""
-    if not seconds() or len(query) > PAGE_QUERY_MAX:
+    """A page of the product list for this query (one canonical text per distinct query):
+    ``(total, JSON body)``, cached, else ``answer()`` (then cached, within the pages'
+    budget). Redis failing, ``answer()`` answers."""
+    budget = current_app.config["PRODUCT_PAGE_CACHE_BYTES"]
+    if not seconds() or not budget or len(query) > PAGE_QUERY_MAX:
         return answer()
     try:
         found = SCRIPTS["read_page"]([PAGE_GENERATION], [PAGE_PREFIX, query])
@@ -248,8 +266,11 @@ def page(query: str, answer: Callable[[], tuple[int, str]]) -> tuple[int, str]:
     deadline_ms = int(secs) * 1000 + int(micros) // 1000 + int(seconds() * 1000)
     total, body = answer()
     key = f"{PAGE_PREFIX}{generation}:{query}"
+    window_ms = max(1, int(seconds() * 1000))
     try:
-        SCRIPTS["fill_page"]([], [key, deadline_ms, f"{total} {body}"])
+        SCRIPTS["fill_page"](
+            [PAGE_BUDGET], [key, deadline_ms, f"{total} {body}", budget, window_ms]
+        )
     except redis.RedisError as exc:
         log.warning("product cache: the page was not stored: %s", exc)
     return total, body

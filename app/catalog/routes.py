@@ -92,10 +92,7 @@ class Products(MethodView):
     def get(self, pagination_parameters, **filters):
         """List products, filtered, sorted and paginated."""
         total, body = service.list_page(
-            request.query_string.decode("latin-1"),
-            filters,
-            pagination_parameters.page,
-            pagination_parameters.page_size,
+            filters, pagination_parameters.page, pagination_parameters.page_size
         )
         pagination_parameters.item_count = total
         # Already the JSON ProductSchema(many=True) documents: answered as it is

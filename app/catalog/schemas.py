@@ -172,7 +172,8 @@ class RowErrorsSchema(Schema):
         unknown = INCLUDE
 
     rows = fields.List(
-        fields.Nested(RowErrorSchema), metadata={"description": "The first 1000 errors."}
+        fields.Nested(RowErrorSchema),
+        metadata={"description": "The first 100 errors (the message counts them all)."},
     )
 
 

@@ -7,6 +7,7 @@ change's own transaction.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import Decimal
 
@@ -193,15 +194,17 @@ def product_filters(filters: dict) -> list:
     return clauses
 
 
-def list_page(query: str, filters: dict, page: int, page_size: int) -> tuple[int, str]:
-    """The total and the JSON of one page of the list, from the Redis cache (by query
-    string: the same query, the same page) or the database."""
+def list_page(filters: dict, page: int, page_size: int) -> tuple[int, str]:
+    """The total and the JSON of one page of the list, from the Redis cache (by the query
+    as read: however its query string was spelt, the same query is one entry) or the
+    database."""
 
     def answer() -> tuple[int, str]:
         items, total = list_products(filters, page, page_size)
         return total, products_json(items)
 
-    return cache.page(query, answer)
+    query = {**filters, "page": page, "page_size": page_size}
+    return cache.page(json.dumps(query, sort_keys=True, default=str, ensure_ascii=False), answer)
 
 
 def list_products(filters: dict, page: int, page_size: int) -> tuple[list[dict], int]:

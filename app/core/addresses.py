@@ -5,7 +5,8 @@ lookalike: fullwidth letters, another alphabet's letters, or an IP address for a
 - The part before @ is ASCII (a dot-atom, no quoted strings): what SES and most mail
   systems accept, and no lookalike letters.
 - The domain is a name, never an IP literal (``[127.0.0.1]``); each of its labels is
-  written in one script (``example`` with a Cyrillic ``a`` is refused); it is stored as
+  written in one script (``example`` with a Cyrillic ``a`` is refused, and so is its
+  IDNA form ``xn--exmple-4nf``: a label in that form is decoded first); it is stored as
   IDNA's ASCII form (UTS 46), so ``bücher.example`` and ``xn--bcher-kva.example`` are one.
 """
 
@@ -59,7 +60,13 @@ def canonical_email(value: str) -> str:
     if _is_ip(domain):
         raise BadEmail("The domain must be a name, not an IP address.")
     domain = domain.rstrip(".")
-    if any(len(_scripts(label)) > 1 for label in domain.split(".")):
+    try:
+        # A label already in IDNA's ASCII form (xn--...) is checked as what it spells.
+        labels = [idna.decode(label) if label.startswith("xn--") else label
+                  for label in domain.split(".")]  # fmt: skip
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise BadEmail("The domain is not a valid domain name.") from exc
+    if any(len(_scripts(label)) > 1 for label in labels):
         raise BadEmail("The domain mixes alphabets (a lookalike of another address).")
     try:
         ascii_domain = idna.encode(domain, uts46=True).decode("ascii")

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -46,12 +47,25 @@ def seconds() -> float:
     return current_app.config["PRODUCT_CACHE_SECONDS"]
 
 
+class _Held:
+    """A connection a thread took from the client's pool, given back to the pool when the
+    thread ends (its thread-local value goes): `flask run` starts a thread per request,
+    and each new thread then reuses a connection an ended one gave back."""
+
+    def __init__(self, pool: redis.ConnectionPool):
+        self.pool, self.pid = pool, os.getpid()
+        self.connection = pool.get_connection()
+        weakref.finalize(self, pool.release, self.connection).atexit = False
+
+
 class Script:
-    """A Lua script run on a connection of this thread's own (EVALSHA, EVAL if Redis does
-    not have it yet): redis-py's connection and parser, without its per-command client
+    """A Lua script run on a connection the thread keeps (EVALSHA, EVAL if Redis does not
+    have it yet): redis-py's connection and parser, without its per-command client
     machinery (pool, retry and observability wrappers), which cost a read more CPU than
-    the round trip itself. Errors are redis-py's; a failed connection is closed and the
-    next call opens a new one."""
+    the round trip itself. A thread takes its connection from the client's pool at its
+    first script and gives it back when it ends, so uWSGI's long-lived request threads
+    keep theirs and short-lived threads never hold more than the threads alive. Errors
+    are redis-py's; a failed connection is closed and the next call opens a new one."""
 
     local = threading.local()
 
@@ -62,10 +76,10 @@ class Script:
     @classmethod
     def connection(cls, client: redis.Redis | None = None):
         pool = (client or redis_client.client()).connection_pool
-        local = cls.local
-        if getattr(local, "pool", None) is not pool or local.pid != os.getpid():
-            local.connection, local.pool, local.pid = pool.make_connection(), pool, os.getpid()
-        return local.connection
+        held = getattr(cls.local, "held", None)
+        if held is None or held.pool is not pool or held.pid != os.getpid():
+            held = cls.local.held = _Held(pool)  # one held before goes back to its pool
+        return held.connection
 
     def __call__(self, keys: list[str], args: list, client: redis.Redis | None = None):
         conn = self.connection(client)

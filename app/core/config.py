@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
 
+import limits
+
 INSTANCE_DIR = Path(__file__).resolve().parents[2] / "instance"
 MIN_SECRET_BYTES = 32
-MIN_SECRET_DISTINCT = 10
+# A key is hex (one case) or base64 (standard or URL-safe) text: the generators' forms.
+HEX_KEY = re.compile(r"[0-9a-f]+|[0-9A-F]+")
+BASE64_KEY = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+# The shortest part of a key that may not appear twice, in any case: over 32 bits of
+# random text (a generator's key repeats one with a chance under one in a million).
+HEX_REPEAT = 9
+BASE64_REPEAT = 7
+# At most this share of a key's neighbouring characters may be equal or next to each
+# other (abc, 123): a generator's keys stay under half of it.
+HEX_STEPS = 0.6
+BASE64_STEPS = 0.4
 # Words people put in a key "for now"; a key that is mostly these is no key.
 PLACEHOLDER_WORDS = (
     "changeme",
@@ -144,17 +157,39 @@ def development_secret() -> str:
 
 
 def weak_secret(key: str) -> str | None:
-    """Why ``key`` cannot sign tokens in production, or None when it can."""
-    if len(key.encode()) < MIN_SECRET_BYTES:
-        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    """Why ``key`` cannot sign tokens in production, or None when it can.
+
+    A key must be what a random generator prints: at least MIN_SECRET_BYTES random bytes
+    written as hex or base64 (standard or URL-safe, padded or not), as
+    ``secrets.token_urlsafe``, ``secrets.token_hex``, ``openssl rand -base64`` or
+    ``-hex`` and terraform's ``random_password`` (letters and digits) print them. Text
+    cannot prove itself random, so each rule below refuses what hand-made keys look like
+    and almost never what a generator prints (none of a million keys of each of those
+    generators fails them).
+    """
     if any(char.isspace() for char in key):
         return "contains whitespace"
-    if len(set(key)) < MIN_SECRET_DISTINCT:
-        return f"uses only {len(set(key))} different characters"
-    for period in range(1, len(key) // 2 + 1):
-        if key == (key[:period] * (len(key) // period + 1))[: len(key)]:
-            return "repeats a short pattern"
-    rest = re.sub(r"[^a-z0-9]", "", key.lower())
+    if HEX_KEY.fullmatch(key):
+        bits, repeat = 4, HEX_REPEAT
+    elif BASE64_KEY.fullmatch(key):
+        bits, repeat = 6, BASE64_REPEAT
+    else:
+        return "is not hex or base64 text (what a random generator prints)"
+    size = len(key.rstrip("=")) * bits // 8
+    if size < MIN_SECRET_BYTES:
+        return f"holds {size} bytes, fewer than {MIN_SECRET_BYTES}"
+    if bits == 4 and (key.isdigit() or key.isalpha()):
+        return "uses only digits or only letters"
+    if bits == 6 and (key.lower() == key or key.upper() == key):
+        return "uses letters of one case only"
+    folded = key.lower()
+    parts = [folded[i : i + repeat] for i in range(len(key) - repeat + 1)]
+    if len(set(parts)) < len(parts):
+        return "repeats a part of itself"
+    steps = sum(abs(ord(a) - ord(b)) <= 1 for a, b in itertools.pairwise(key))
+    if steps > (len(key) - 1) * (HEX_STEPS if bits == 4 else BASE64_STEPS):
+        return "runs through the alphabet"
+    rest = re.sub(r"[^a-z0-9]", "", folded)
     for word in PLACEHOLDER_WORDS:
         rest = rest.replace(word, "")
     if len(rest) < MIN_SECRET_BYTES // 2:
@@ -199,6 +234,9 @@ class Config:
         # With Redis, product answers are cached this long at most (app/cache.py; 0: off).
         # A write that cannot invalidate them (Redis unreachable) answers that much later.
         self.PRODUCT_CACHE_SECONDS = env_float("PRODUCT_CACHE_SECONDS", 5.0)
+        # Bytes of list pages stored per PRODUCT_CACHE_SECONDS (pages past it are read
+        # from the database): distinct queries cannot fill Redis.
+        self.PRODUCT_PAGE_CACHE_BYTES = env_int("PRODUCT_PAGE_CACHE_BYTES", 2 * 1024 * 1024)
 
         # The worker process (`flask worker`, app/worker.py).
         self.WORKER_NAME = env_str("WORKER_NAME")
@@ -229,12 +267,16 @@ class Config:
         self.LOGIN_ACCOUNT_FAILURES_LIMIT = (
             env_str("LOGIN_ACCOUNT_FAILURES_LIMIT") or "50 per minute"
         )
-        # Password hashing (argon2id) and how many logins one process verifies at once:
-        # past that a login is answered 503 at once instead of queueing CPU-bound work.
+        # Wrong current passwords (PATCH /users/me) per token, from any address.
+        self.LOGIN_TOKEN_FAILURES_LIMIT = env_str("LOGIN_TOKEN_FAILURES_LIMIT") or "5 per minute"
+        # Password hashing (argon2id) and how many passwords one process verifies at once:
+        # past that an attempt is answered 503 at once instead of queueing CPU-bound work.
+        # Fewer than uWSGI's request threads per worker (WEB_THREADS, 2), so that a thread
+        # is always left for the reads.
         self.ARGON2_MEMORY_KIB = env_int("ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB)
         self.ARGON2_TIME_COST = env_int("ARGON2_TIME_COST", ARGON2_TIME_COST)
         self.ARGON2_PARALLELISM = env_int("ARGON2_PARALLELISM", ARGON2_PARALLELISM)
-        self.LOGIN_CONCURRENCY = env_int("LOGIN_CONCURRENCY", 2)
+        self.LOGIN_CONCURRENCY = env_int("LOGIN_CONCURRENCY", 1)
         self.RATELIMIT_STORAGE_URI = (
             env_str("RATELIMIT_STORAGE_URI") or self.REDIS_URL or "memory://"
         )
@@ -276,6 +318,21 @@ class Config:
             raise ConfigError("VIEW_DEDUP_SECONDS must be 0 (off) or more.")
         if not 0 <= self.PRODUCT_CACHE_SECONDS <= 3600:
             raise ConfigError("PRODUCT_CACHE_SECONDS must be 0 (off) to 3600.")
+        if self.LOGIN_CONCURRENCY < 1:
+            raise ConfigError("LOGIN_CONCURRENCY must be 1 or more.")
+        for name in (
+            "LOGIN_FAILURES_LIMIT",
+            "LOGIN_ACCOUNT_FAILURES_LIMIT",
+            "LOGIN_TOKEN_FAILURES_LIMIT",
+        ):
+            try:
+                limits.parse(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{name} must be a limit such as '10 per minute', got {getattr(self, name)!r}."
+                ) from exc
+        if self.PRODUCT_PAGE_CACHE_BYTES < 0:
+            raise ConfigError("PRODUCT_PAGE_CACHE_BYTES must be 0 (no pages cached) or more.")
         if self.MAIL_BACKEND not in {"console", "ses"}:
             raise ConfigError(
                 f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."
@@ -306,8 +363,9 @@ class ProductionConfig(Config):
             )
         if reason := weak_secret(self.SECRET_KEY):
             raise ConfigError(
-                f"SECRET_KEY {reason}: set it to a random string of at least "
-                f"{MIN_SECRET_BYTES} bytes (for example: {MAKE_A_KEY})."
+                f"SECRET_KEY {reason}: set it to a random string from a generator, at "
+                f"least {MIN_SECRET_BYTES} random bytes as hex or base64 (for example: "
+                f"{MAKE_A_KEY})."
             )
         super().validate()
         if self.MAIL_BACKEND == "ses" and not self.EMAIL_SOURCE:

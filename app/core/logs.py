@@ -91,12 +91,13 @@ class JsonLines(JsonFormatter):
 
 
 class TextLines(logging.Formatter):
-    """The usual line, then ``key=value`` for each field the record has."""
+    """The usual line, then ``key=value`` for each field the record has, its control
+    characters escaped (a request's method is the client's text)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = " ".join(
-            f"{name}={value}"
+            f"{name}={printable(str(value))}"
             for name in FIELDS
             if (value := getattr(record, name, None)) is not None
         )

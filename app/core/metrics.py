@@ -33,14 +33,15 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 LOGIN_FAILURES = Counter(
-    "marketplace_login_failures_total", "Logins refused for a wrong email or password."
+    "marketplace_login_failures_total",
+    "Wrong passwords: logins refused (401) and wrong current passwords (422).",
 )
 LOGIN_LIMITED = Counter(
-    "marketplace_login_limited_total", "Logins refused with 429 (too many failures)."
+    "marketplace_login_limited_total", "Password attempts refused with 429 (too many failures)."
 )
 LOGIN_BUSY = Counter(
     "marketplace_login_busy_total",
-    "Logins refused with 503: the process was verifying as many passwords as it may.",
+    "Password attempts refused with 503: the process was verifying as many passwords as it may.",
 )
 DATABASE_ERRORS = Counter(
     "marketplace_database_errors_total",

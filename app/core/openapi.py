@@ -13,7 +13,11 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from functools import partial
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import flask_smorest
@@ -25,6 +29,7 @@ from app.core.errors import ErrorSchema, error_payload
 from app.core.fields import Price, price_properties, text_properties
 
 MAX_JSON_DEPTH = 32
+T = TypeVar("T")
 
 # Who may call an operation, as its guard marks it (``requires``); unmarked: anyone, no token.
 NO_TOKEN = "none"
@@ -102,22 +107,81 @@ def _depth(value, limit: int) -> int:
     return deepest
 
 
-def load_json_body(raw: bytes):
-    """Decode a request body; raise ValueError with a sentence a client can act on."""
+# Numbers exactly as sent (prices), no NaN or Infinity.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _text(raw: bytes) -> str:
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError("The body is not valid UTF-8.") from exc
+
+
+def _parsed(parse: Callable[[], T]) -> T:
+    """What ``parse`` returns; every way JSON can fail to parse as a ValueError with a
+    sentence a client can act on."""
     try:
-        data = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        return parse()
     except RecursionError as exc:
         raise ValueError("The JSON body is nested too deeply.") from exc
+    except ArithmeticError as exc:
+        # decimal.InvalidOperation: an exponent no decimal can hold (1e9999999999999999999).
+        raise ValueError("The body holds a number too large to read.") from exc
     except ValueError as exc:
-        raise ValueError(f"The body is not valid JSON: {str(exc).rstrip('.')}.") from exc
-    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise _not_json(exc) from exc
+
+
+def _not_json(exc: ValueError) -> ValueError:
+    return ValueError(f"The body is not valid JSON: {str(exc).rstrip('.')}.")
+
+
+def _checked(data, depth: int):
+    if _depth(data, depth) > depth:
         raise ValueError("The JSON body is nested too deeply.")
     _reject_unencodable(data)
     return data
+
+
+def load_json_body(raw: bytes):
+    """Decode a request body; raise ValueError with a sentence a client can act on."""
+    text = _text(raw)
+    return _checked(_parsed(partial(_DECODER.decode, text)), MAX_JSON_DEPTH)
+
+
+class NotAnArray(ValueError):
+    """The body is JSON, but not an array."""
+
+
+def json_array_items(raw: bytes) -> Iterator:
+    """The elements of a body that is a JSON array, one at a time, each decoded and
+    checked as ``load_json_body`` does a body: a large array is never held whole.
+    NotAnArray for any other JSON; ValueError (as ``load_json_body``) where the body
+    stops being JSON."""
+    text = _text(raw)
+    position = _WHITESPACE.match(text).end()
+    if not text.startswith("[", position):
+        load_json_body(raw)  # not JSON at all: says why
+        raise NotAnArray("The body is not a JSON array.")
+    position = _WHITESPACE.match(text, position + 1).end()
+    if text.startswith("]", position):
+        position += 1
+    else:
+        while True:
+            item, position = _parsed(partial(_DECODER.raw_decode, text, position))
+            yield _checked(item, MAX_JSON_DEPTH - 1)
+            position = _WHITESPACE.match(text, position).end()
+            if text.startswith(",", position):
+                position = _WHITESPACE.match(text, position + 1).end()
+            elif text.startswith("]", position):
+                position += 1
+                break
+            else:
+                raise _not_json(json.JSONDecodeError("Expecting ',' delimiter", text, position))
+    position = _WHITESPACE.match(text, position).end()
+    if position != len(text):
+        raise _not_json(json.JSONDecodeError("Extra data", text, position))
 
 
 class NotUnicode(ValueError):

@@ -2,32 +2,48 @@
 opens as text, never as a formula, and back again.
 
 OWASP's CSV injection rule: a cell starting with = + - @ (or a tab or carriage return) is
-run as a formula by spreadsheets, so such text gets a leading apostrophe. Text that itself
-starts with an apostrophe gets one too, so that the quoting can always be undone:
-``plain_cell`` removes exactly one leading apostrophe a ``csv_cell`` added (the catalog
-import reads the catalog export's own files back unchanged).
+run as a formula by spreadsheets, so such text gets a leading apostrophe. So does text
+starting with a character a spreadsheet may read as one of those: their compatibility
+forms (fullwidth U+FF1D, U+FF0B, U+FF0D, U+FF20 and the small forms U+FE66, U+FE62,
+U+FE63, U+FE6B, which Unicode's NFKC makes = + - @) and the minus sign U+2212. Text that
+itself starts with an apostrophe (or its fullwidth form) gets one too, so
+that the quoting can always be undone: ``plain_cell`` removes exactly one leading
+apostrophe a ``csv_cell`` added (the catalog import reads the catalog export's own files
+back unchanged).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Iterable, Iterator
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Read as a minus by spreadsheets, though NFKC keeps it.
+MINUS_SIGN = "\u2212"
 QUOTE = "'"
+
+
+def quoted_start(text: str) -> bool:
+    """Whether ``text`` starts with what a spreadsheet may run as a formula, or with a
+    quote: the texts ``csv_cell`` quotes."""
+    first = text[:1]
+    return first == MINUS_SIGN or unicodedata.normalize("NFKC", first).startswith(
+        (*FORMULA_STARTS, QUOTE)
+    )
 
 
 def csv_cell(value):
     """The value, with a ' before text a spreadsheet would run as a formula."""
-    if isinstance(value, str) and value.startswith((*FORMULA_STARTS, QUOTE)):
+    if isinstance(value, str) and quoted_start(value):
         return QUOTE + value
     return value
 
 
 def plain_cell(text: str) -> str:
     """A cell as written before ``csv_cell`` quoted it."""
-    if text.startswith(QUOTE) and text[1:].startswith((*FORMULA_STARTS, QUOTE)):
+    if text.startswith(QUOTE) and quoted_start(text[1:]):
         return text[1:]
     return text
 

@@ -19,16 +19,43 @@ log = logging.getLogger(__name__)
 metrics_blp = Blueprint("metrics", __name__)
 
 
+# The networks that scrape without METRICS_TOKEN: the host and the operator's own private
+# networks, named one by one (``not is_global`` would also take Teredo's 2001::/32, the
+# carriers' shared 100.64.0.0/10 and other special ranges that reach the internet or
+# belong to someone else). IPv4 clients seen through IPv6 (::ffff:a.b.c.d) count as
+# their IPv4 address; 6to4, Teredo and NAT64 addresses are the internet's.
+SCRAPERS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "127.0.0.0/8",  # loopback
+        "::1/128",
+        "10.0.0.0/8",  # RFC 1918: a VPC, a data centre
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",  # IPv6 unique local addresses
+        "169.254.0.0/16",  # link-local (the host's own link)
+        "fe80::/10",
+    )
+)
+
+
 def allowed() -> bool:
-    """Loopback and private addresses (the host, the VPC), or the METRICS_TOKEN."""
+    """The operator's addresses (SCRAPERS), or the METRICS_TOKEN."""
     token = current_app.config["METRICS_TOKEN"]
     if token and request.authorization is not None and request.authorization.token:
         return hmac.compare_digest(request.authorization.token, token)
+    return is_operator(request.remote_addr)
+
+
+def is_operator(address: str | None) -> bool:
+    """Whether a client at ``address`` is on the host or the operator's network."""
     try:
-        address = ipaddress.ip_address(request.remote_addr or "")
+        ip = ipaddress.ip_address(address or "")
     except ValueError:
         return False
-    return not address.is_global  # loopback, private, link-local
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in SCRAPERS)
 
 
 def read_state() -> dict:

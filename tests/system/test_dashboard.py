@@ -450,9 +450,17 @@ def test_at_a_phones_width_the_cards_stack_and_nothing_overflows(served, chromiu
         "from: Must not be after 'to'."
     )
 
+    # Log out ends the token on the server, not only in the tab: a copy of it is refused.
+    http = served[0]
+    token = page.evaluate("sessionStorage.getItem('marketplace.dashboard.token')")
+    assert http.get("/users/me", token=token).status == 200
     page.click("#logout")
     page.wait_for("the login form", "document.body?.dataset.state === 'login'")
     assert page.evaluate("sessionStorage.length") == 0
+    assert page.evaluate("document.getElementById('login-error').textContent") == "Logged out."
+    refused = http.get("/users/me", token=token)
+    assert refused.status == 401, refused
+    assert "revoked" in refused.json["message"]
 
 
 def test_a_wrong_password_is_said_on_the_form(served, chromium):

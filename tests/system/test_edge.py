@@ -224,6 +224,10 @@ def edge(deployment, mariadb, moto, reaper):
         ADMIN_EMAIL=email,
         ADMIN_PASSWORD=password,
         TRUSTED_PROXIES=TRUSTED,
+        # nginx's limits are the subject here: a slot per request thread, so that a 503
+        # from the app's own slot count (1 by default, tests/test_password_guard.py) is
+        # not taken for nginx's cap.
+        LOGIN_CONCURRENCY="2",
     )
     stack = h.Stack(deployment, "edge", env, entrypoint=True)
     try:

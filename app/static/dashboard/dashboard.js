@@ -89,6 +89,25 @@
     }
   }
 
+  // Log out ends the token on the server too (POST /users/logout), then forgets it here:
+  // a copy of it (another tab, a proxy's log) no longer works either.
+  async function logOut() {
+    const button = $("logout");
+    button.disabled = true;
+    let message = "Logged out.";
+    try {
+      await api("/users/logout", { method: "POST" });
+    } catch (error) {
+      // 401: the token had already stopped working, which is what log out wants.
+      if (error.status !== 401) {
+        message = `Logged out here, but the service could not end the session (${error.message}): it ends when the token expires.`;
+      }
+    } finally {
+      button.disabled = false;
+    }
+    showLogin(message);
+  }
+
   function showBoard() {
     $("login").hidden = true;
     $("board").hidden = false;
@@ -418,7 +437,7 @@
     $("login-form").addEventListener("submit", logIn);
     $("range-form").addEventListener("submit", refresh);
     $("history-table").addEventListener("click", revert);
-    $("logout").addEventListener("click", () => showLogin("Logged out."));
+    $("logout").addEventListener("click", logOut);
     if (sessionStorage.getItem(TOKEN_KEY)) showBoard();
     else showLogin();
   }
