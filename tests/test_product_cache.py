@@ -371,6 +371,8 @@ def test_a_server_with_a_thread_per_request_keeps_using_redis(app, make, streame
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     now = REGISTRY.get_sample_value("marketplace_product_cache_total", {"outcome": "hit"})
     assert now - hits >= 2 * 150 - 2  # all but the two first reads
-    # Redis's own count: the server's connections (one per thread alive, reused)
+    # Redis's own count: the server's connections, one per thread alive and reused (a
+    # thread still ending while the next request's begins may hold one more a moment):
+    # a few, not one per request.
     opened = [c for c in streamed.client_list() if int(c["id"]) > before]
-    assert len(opened) <= 2, opened
+    assert len(opened) <= 5, opened
