@@ -4,8 +4,9 @@ database.
 A token is good while its account is active, its ``ver`` claim is the account's
 ``token_version`` (a new password, a change of role or a deletion moves it on), and its
 ``jti`` is not one the account gave up (log out). The entry of an account,
-``marketplace:account:v1:<id>``, holds exactly that: ``{"v": version, "r": role, "out":
-[jti, ...]}`` (the revocations not yet expired), or ``-`` for no active account. It is
+``marketplace:account:v1:<id>``, holds exactly that, with what routes need of the holder:
+``{"v": version, "r": role, "e": email, "out": [jti, ...]}`` (the revocations not yet
+expired), or ``-`` for no active account. It is
 filled from the database on a miss and invalidated after every commit that changes the
 account or revokes one of its tokens, before that write answers (the unit of work, as for
 products: app/core/cache.py); entries live ``PRODUCT_CACHE_SECONDS`` at most. Without
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from flask import Flask
+from flask import Flask, g, has_app_context
 from sqlalchemy import event, select
 
 from app.accounts.models import RevokedToken, User
@@ -70,22 +72,53 @@ def _entry(user_id: int) -> str:
             RevokedToken.user_id == user_id, RevokedToken.expires_at > utcnow()
         )
     )
-    return json.dumps({"v": user.token_version, "r": user.role, "out": sorted(out)})
+    state = {"v": user.token_version, "r": user.role, "e": user.email, "out": sorted(out)}
+    return json.dumps(state)
 
 
-def token_holder(claims: dict) -> int | None:
-    """The id of the active account a decoded token stands for, or None when the token is
-    no longer good (revoked, older than the account's last password, role or deletion)."""
+@dataclass(frozen=True)
+class Principal:
+    """Whom a good token stands for, as the routes need them (a route that changes the
+    account reads its row)."""
+
+    id: int
+    email: str
+    role: int
+
+
+def _state(user_id: int) -> dict | None:
+    """The account's state (cached, else from the database), once per request."""
+    memo = g.setdefault("account_states", {}) if has_app_context() else {}
+    if user_id not in memo:
+        found = cached(_pair(user_id), lambda: _entry(user_id))
+        memo[user_id] = None if found == NONE else json.loads(found)
+    return memo[user_id]
+
+
+def _user_id(claims: dict) -> int | None:
     try:
-        user_id = int(claims["sub"])
+        return int(claims["sub"])
     except (KeyError, TypeError, ValueError):
         return None
-    found = cached(_pair(user_id), lambda: _entry(user_id))
-    if found == NONE:
+
+
+def revoked(claims: dict) -> bool:
+    """Whether the token was given up at log out (a token without a jti cannot be
+    revoked, so it is not accepted)."""
+    jti, user_id = claims.get("jti"), _user_id(claims)
+    if jti is None or user_id is None:
+        return True
+    state = _state(user_id)
+    return state is not None and jti in state["out"]
+
+
+def token_holder(claims: dict) -> Principal | None:
+    """Whom a decoded token stands for, or None when it is no longer good: revoked, or
+    older than its account's last new password, change of role or deletion."""
+    user_id = _user_id(claims)
+    if user_id is None or revoked(claims):
         return None
-    account = json.loads(found)
-    if claims.get("ver") != account["v"] or claims.get("jti") in account["out"]:
+    state = _state(user_id)
+    if state is None or claims.get("ver") != state["v"]:
         return None
-    if claims.get("jti") is None:
-        return None
-    return user_id
+    return Principal(user_id, state["e"], state["r"])

@@ -59,13 +59,21 @@ class Login(MethodView):
         }
 
 
-def check_current_password(password: str) -> None:
+def own_account(lock: bool = False) -> User:
+    """The row of the token's own account (401 if it is gone meanwhile)."""
+    user = User.active(current_user.id, lock=lock)
+    if user is None:
+        abort(401, message="The token is no longer valid for this account; log in again.")
+    return user
+
+
+def check_current_password(user: User, password: str) -> None:
     """The current password, verified through the password guard like a login, and also
     limited per token: a stolen token cannot guess it faster than a login could."""
     ok = guard.verify(
-        lambda: service.check_password(current_user, password),
+        lambda: service.check_password(user, password),
         address=request.remote_addr,
-        account=current_user.email,
+        account=user.email,
         token=get_jwt()["jti"],
     )
     if not ok:
@@ -78,7 +86,7 @@ class Me(MethodView):
     @account_blp.response(200, UserSchema)
     def get(self):
         """Read your own account."""
-        return current_user
+        return own_account()
 
     @login_required
     @transaction
@@ -97,12 +105,9 @@ class Me(MethodView):
     )
     def patch(self, data):
         """Change your own name or password (a new password needs current_password)."""
-        if "password" in data:
-            check_current_password(data["current_password"])
-        user = User.active(current_user.id, lock=True)
-        if user is None:
-            abort(401, message="The token is no longer valid for this account; log in again.")
-        return service.change_own_account(user, data)
+        if "password" in data:  # checked before the row is locked (argon2 takes a while)
+            check_current_password(own_account(), data["current_password"])
+        return service.change_own_account(own_account(lock=True), data)
 
 
 @account_blp.route("/logout")

@@ -140,10 +140,6 @@ def change_own_account(user: User, changes: dict) -> User:
 # Both live in the database, so every web worker and instance sees them at once.
 
 
-def is_revoked(jti: str | None) -> bool:
-    return jti is None or db.session.get(RevokedToken, jti) is not None
-
-
 def revoke_token(jti: str, user_id: int, expires: int | None) -> None:
     """Refuse this token from now on; revoking it twice is one revocation."""
     expires_at = datetime.fromtimestamp(expires, UTC) if expires else utcnow() + timedelta(days=366)

@@ -117,4 +117,4 @@ def _token_holder(header: str) -> int | bool:
     if claims.get("type") != "access":
         return False
     holder = token_holder(claims)
-    return False if holder is None else holder
+    return False if holder is None else holder.id
