@@ -80,7 +80,7 @@ def record(
         reverted_to=reverted_to,
     )
     db.session.add(row)
-    db.session.info[UNSEALED] = True
+    db.session.info.setdefault(UNSEALED, []).append(row)
     return row
 
 
@@ -128,10 +128,14 @@ def init_app(app: Flask) -> None:
 
 def seal(session) -> None:
     """Number and chain the transaction's new events, just before its commit."""
-    if not session.info.pop(UNSEALED, False):
+    added = session.info.pop(UNSEALED, None)
+    if not added:
         return
     session.flush()
-    pending = list(session.scalars(select(Event).where(Event.id.is_(None)).order_by(Event.row_id)))
+    # Those still in the session (a rollback meanwhile left none), in the order written.
+    pending = sorted(
+        (row for row in added if row in session and row.id is None), key=lambda r: r.row_id
+    )
     if not pending:
         return
     chain = _chain(session)
