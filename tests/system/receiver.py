@@ -83,6 +83,7 @@ class Receiver:
     def __init__(self, answer: Callable[[Received], Answer] | None = None) -> None:
         self.answer = answer or (lambda _received: Answer())
         self.received: list[Received] = []
+        self.answering = 0  # requests arrived and not answered yet
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
         receiver = self
@@ -100,11 +101,12 @@ class Receiver:
                 )
                 with receiver.arrived:
                     receiver.received.append(got)
+                    receiver.answering += 1
                     receiver.arrived.notify_all()
-                answer = receiver.answer(got)
-                if answer.delay:
-                    time.sleep(answer.delay)
                 try:
+                    answer = receiver.answer(got)
+                    if answer.delay:
+                        time.sleep(answer.delay)
                     self.send_response(answer.status)
                     for name, value in answer.headers.items():
                         self.send_header(name, value)
@@ -113,7 +115,10 @@ class Receiver:
                     self.end_headers()
                     self.wfile.write(answer.body)
                 except OSError:
-                    pass  # the sender gave up waiting
+                    pass  # the sender gave up waiting (or died)
+                finally:
+                    with receiver.lock:
+                        receiver.answering -= 1
                 self.close_connection = True
 
             def log_message(self, *args) -> None:

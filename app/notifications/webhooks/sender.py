@@ -89,7 +89,7 @@ def lease() -> timedelta:
     """A claimed delivery is another sender's after this long: longer than one attempt and
     the recording of its result (retried while the database is away)."""
     timeout = current_app.config["WEBHOOK_TIMEOUT_SECONDS"]
-    return timedelta(seconds=timeout + 2 * RECORD_RETRY_SECONDS + 10)
+    return timedelta(seconds=timeout + RECORD_RETRY_SECONDS + 10)
 
 
 def payload(event: Event) -> bytes:
@@ -205,10 +205,10 @@ def release(rows: list[Claimed]) -> None:
 def attempt(row: Claimed) -> str:
     """Post one claimed delivery once and record what came of it; its new status (or
     "gone" when a 410 disabled the endpoint, "lost" when another sender had taken it)."""
-    config = current_app.config
-    answer = _post(row, config["WEBHOOK_TIMEOUT_SECONDS"])
+    began = utcnow()
+    answer = _post(row, current_app.config["WEBHOOK_TIMEOUT_SECONDS"])
     metrics.WEBHOOK_ATTEMPT_SECONDS.observe(answer.duration_ms / 1000)
-    outcome = record(row, answer)
+    outcome = record(row, answer, began)
     metrics.WEBHOOKS.labels(outcome).inc()
     if answer.delivered:
         log.info("webhook %s delivered (%s ms)", row.webhook_id, answer.duration_ms)
@@ -251,11 +251,11 @@ def delay(attempts: int, retry_after: float | None = None) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def record(row: Claimed, answer: transport.Answer) -> str:
-    """Keep the attempt and the delivery's new status in one transaction, if the lease
-    is still this sender's; the endpoint's health with it."""
+def record(row: Claimed, answer: transport.Answer, began: datetime) -> str:
+    """Keep the attempt (begun at ``began``) and the delivery's new status in one
+    transaction, if the lease is still this sender's; the endpoint's health with it."""
     now = utcnow()
-    first = row.first_attempt_at or now
+    first = row.first_attempt_at or began
     attempts = row.attempts + 1
     values: dict = {"attempts": attempts, "first_attempt_at": first}
     if answer.delivered:
@@ -271,7 +271,7 @@ def record(row: Claimed, answer: transport.Answer) -> str:
         )
     kept = {
         "delivery_id": row.id,
-        "at": now,
+        "at": began,
         "status_code": answer.status_code,
         "duration_ms": answer.duration_ms,
         "error": answer.error,
