@@ -213,6 +213,8 @@ def test_addresses_that_are_not_public_are_refused_with_a_422_naming_url(
         ("https://user:pw@example.com/h", "user name or password"),
         ("https://nowhere.invalid/h", "does not resolve"),
         ("https:///h", "name a host"),
+        ("https://example.com/h#frag", "fragment"),
+        ("https://example.com:99999/h", "not a valid URL"),
         ("https://example.com/" + "a" * 2000, "between 1 and 2000"),
     ],
 )
@@ -808,3 +810,163 @@ def test_a_second_claim_skips_what_the_first_holds(app, client, admin, receiver)
         third = sender.claim(5)
         ids = db.session.scalars(select(WebhookDelivery.id).order_by(WebhookDelivery.id)).all()
     assert [r.id for r in first + second] == ids and third == []
+
+
+def test_an_international_host_name_is_resolved_in_its_ascii_form(client, admin, monkeypatch):
+    resolving(monkeypatch, {"xn--bcher-kva.example": ["93.184.215.14"]})
+    answer = client.post(
+        "/api/webhooks", json={"url": "https://bücher.example/h"}, headers=admin["headers"]
+    )
+    assert answer.status_code == 201, answer.json
+
+
+def test_retry_after_is_honoured(app, client, admin, receiver, rows):
+    receiver.answer = lambda _r: Answer(429, headers={"Retry-After": "600"})
+    register(client, admin["headers"], receiver.url())
+    client.post("/api/products", json=SHOE, headers=admin["headers"])
+    before = utcnow()
+    send(app)
+
+    [delivery] = rows(WebhookDelivery)
+    assert delivery.status == "retrying"
+    assert delivery.next_attempt_at >= before + timedelta(seconds=599)
+
+
+def test_a_result_kept_after_its_lease_ran_out_is_not_recorded_twice(app, client, admin, receiver):
+    """A sender too slow for its lease: another takes the delivery and sends it again,
+    under the same webhook-id; the late one's result is left out of the log."""
+    hook = register(client, admin["headers"], receiver.url())
+    client.post("/api/products", json=SHOE, headers=admin["headers"])
+    with app.app_context():
+        [slow] = sender.claim(5)
+        db.session.execute(
+            update(WebhookDelivery).values(claimed_until=utcnow() - timedelta(seconds=1))
+        )
+        db.session.commit()
+        [fast] = sender.claim(5)
+        assert sender.attempt(fast) == "delivered"
+        assert sender.attempt(slow) == "lost"
+        db.session.remove()
+
+    first, second = receiver.received
+    assert first.webhook_id == second.webhook_id == slow.webhook_id
+    [delivery] = deliveries(client, admin["headers"], hook["id"])
+    assert delivery["status"] == "delivered" and len(delivery["attempts"]) == 1
+
+
+def test_recording_an_attempt_waits_for_the_database(app, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    calls = []
+
+    def work():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE", {}, Exception("server has gone away"))
+        return "delivered"
+
+    monkeypatch.setattr(sender.time, "sleep", lambda _s: None)
+    with app.app_context():
+        assert sender._until_the_database_answers(work, "msg_x") == "delivered"
+    assert len(calls) == 2
+
+
+# ---------------------------------------------------------------- https
+
+
+@pytest.fixture
+def tls_receiver(app, tmp_path, monkeypatch):
+    """A receiver on loopback speaking TLS with a certificate for ``receiver.test``, signed
+    by a CA of the test's own; the name resolves to loopback, which may receive."""
+    import datetime as dt
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def certificate(subject, issuer, key, signer, ca: bool):
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("Test CA", "Test CA", ca_key, ca_key, ca=True)
+    leaf = certificate("receiver.test", "Test CA", key, ca_key, ca=False)
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    found = Receiver()
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "key.pem")
+    found.server.socket = server_side.wrap_socket(found.server.socket, server_side=True)
+    app.config["WEBHOOK_ALLOWED_HOSTS"] = ["receiver.test"]
+    resolving(monkeypatch, {"receiver.test": ["127.0.0.1"]})
+    found.ca = str(tmp_path / "ca.pem")
+    yield found
+    found.close()
+
+
+def test_https_is_sent_to_the_checked_address_and_the_certificate_checked_for_the_name(
+    app, client, admin, tls_receiver, monkeypatch
+):
+    import ssl
+
+    from app.notifications.webhooks import transport
+
+    hook = register(client, admin["headers"], f"https://receiver.test:{tls_receiver.port}/h")
+    client.post("/api/products", json=SHOE, headers=admin["headers"])
+
+    send(app)  # the service does not know the test's CA: refused, nothing sent
+    [refused] = deliveries(client, admin["headers"], hook["id"])
+    assert "CERTIFICATE_VERIFY_FAILED" in refused["attempts"][0]["error"]
+    assert tls_receiver.received == []
+
+    monkeypatch.setattr(
+        transport._PinnedTLS, "context", ssl.create_default_context(cafile=tls_receiver.ca)
+    )
+    due_now(app)
+    send(app)
+    [got] = tls_receiver.received
+    assert got.headers["host"] == f"receiver.test:{tls_receiver.port}"
+    assert verified(hook["secret"], got)
+
+
+def test_the_documented_check_verifies_a_delivery(app, client, admin, receiver):
+    """docs/webhooks.md shows receivers how to check a delivery: that code, run as shown."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "webhooks.md").read_text()
+    [code] = re.findall(r"```python\n(.*?)```", page, re.S)
+    documented: dict = {}
+    exec(compile(code, "docs/webhooks.md", "exec"), documented)
+    hook = register(client, admin["headers"], receiver.url())
+    client.post("/api/products", json=SHOE, headers=admin["headers"])
+    send(app)
+
+    [got] = receiver.received
+    assert documented["verified"](hook["secret"], got.headers, got.body)
+    assert not documented["verified"](hook["secret"], got.headers, got.body + b" ")
+    other = register(client, admin["headers"], receiver.url("/other"))
+    assert not documented["verified"](other["secret"], got.headers, got.body)

@@ -87,7 +87,7 @@ class WebhookSchema(Schema):
 class WebhookSecretSchema(WebhookSchema):
     secret = fields.String(
         metadata={
-            "example": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "example": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwXrxJbXNQ9Jk=",
             "description": "The signing secret: shown only in this answer. Verify each "
             "delivery's webhook-signature with it (Standard Webhooks).",
         }

@@ -186,19 +186,6 @@ def _claimed(row: WebhookDelivery, endpoint: WebhookEndpoint | None, token: str,
     )
 
 
-def release(rows: list[Claimed]) -> None:
-    """Give back claimed deliveries not tried (a stop): due again at once."""
-    for token in {row.token for row in rows}:
-        ids = [row.id for row in rows if row.token == token]
-        db.session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id.in_(ids), WebhookDelivery.claim_token == token)
-            .values(claim_token=None, claimed_until=None)
-            .execution_options(synchronize_session=False)
-        )
-    db.session.commit()
-
-
 # ---------------------------------------------------------------- one attempt
 
 
