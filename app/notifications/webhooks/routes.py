@@ -130,7 +130,7 @@ class Deliveries(MethodView):
     @webhooks_blp.arguments(WebhookDeliveryQuerySchema, location="query", as_kwargs=True)
     @webhooks_blp.response(200, WebhookDeliverySchema(many=True))
     @webhooks_blp.alt_response(404, **NOT_FOUND)
-    @webhooks_blp.paginate()
+    @webhooks_blp.paginate(page_size=100)
     def get(self, pagination_parameters, webhook_id, status=None):
         """List an endpoint's deliveries with every attempt, newest first (admin)."""
         query = service.deliveries(get_or_404(webhook_id), status)
