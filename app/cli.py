@@ -124,11 +124,16 @@ def ensure_admin() -> None:
     "--once", is_flag=True, help="Apply the views stream and send what is due, then exit."
 )
 def worker(once: bool) -> None:
-    """Run the worker: write the views stream to the database and send the emails."""
+    """Run the worker: write the views stream to the database, send the emails and the
+    webhooks."""
     process = Worker(current_app._get_current_object())
     if once:
         entries, emails = process.drain()
-        click.echo(f"worker: {entries} view entr(ies) applied, {emails} email(s) attempted")
+        attempts = process.drain_webhooks()
+        click.echo(
+            f"worker: {entries} view entr(ies) applied, {emails} email(s) attempted, "
+            f"{attempts} webhook attempt(s)"
+        )
         return
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: process.stop())

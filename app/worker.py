@@ -6,11 +6,18 @@
   has acknowledged is trimmed from the stream.
 - Emails: a few sender threads claim due rows (app/outbox.py) and send them; a commit
   that adds emails wakes one at once (a Redis list), and they poll the database besides.
+- Webhooks: one thread claims due deliveries, several per transaction, as many as there
+  are free places among WEBHOOK_CONCURRENCY sending threads, which post them and record
+  each attempt (app/notifications/webhooks/sender.py). A commit that adds deliveries
+  wakes it (a Redis list of its own), and so does each finished attempt (the next event
+  of that product may be due); it polls besides. Emails and webhooks never share a
+  thread: a slow endpoint does not hold an email back.
 - Housekeeping: sends abandoned by a dead sender become ``unknown``; expired idempotency
   keys, commit receipts and the revocations of expired tokens are deleted.
 
 SIGTERM or SIGINT is a graceful stop: each thread finishes what it is doing (one batch
-of views, one email), claimed emails not yet started are released, and the process exits.
+of views, one email, the webhook attempts under way), claimed emails not yet started are
+released, and the process exits.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import redis
 from flask import Flask
@@ -31,6 +40,7 @@ from app.core import idempotency, logs, metrics, redis_client
 from app.core.extensions import db
 from app.notifications import outbox
 from app.notifications.mailers import build_mailer
+from app.notifications.webhooks import sender as webhooks
 from app.views import stream
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,11 @@ class Worker:
         self.name = config["WORKER_NAME"] or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = threading.Event()
         self.linger = config["VIEWS_LINGER_SECONDS"]
+        self.webhook_places = config["WEBHOOK_CONCURRENCY"]
+        self.webhook_batch = config["WEBHOOK_BATCH"]
+        self.webhook_work = threading.Event()
+        self.webhooks_in_flight = 0
+        self.flight_lock = threading.Lock()
         url = config["REDIS_URL"]
         # Blocking reads: the socket waits longer than any block.
         self.redis = redis_client.connect(url, timeout=self.poll + 10) if url else None
@@ -121,6 +136,54 @@ class Worker:
                 if not self._guarded("sending emails", lambda: self._send_once(mailer)):
                     self._wait_for_emails()
 
+    # ------------------------------------------------------------ webhooks
+
+    def _flying(self, change: int = 0) -> int:
+        with self.flight_lock:
+            self.webhooks_in_flight += change
+            return self.webhooks_in_flight
+
+    def _webhooks(self) -> None:
+        """Claim due deliveries for the free sending places; wait when there are none."""
+        pool = ThreadPoolExecutor(self.webhook_places, thread_name_prefix="webhook")
+        with self.app.app_context():
+            while not self.stopping.is_set():
+                self.webhook_work.clear()
+                free = self.webhook_places - self._flying()
+                claimed = None
+                if free > 0:
+                    claimed = self._guarded(
+                        "claiming webhooks", partial(webhooks.claim, min(free, self.webhook_batch))
+                    )
+                    _safe_remove()
+                if claimed:
+                    for row in claimed:
+                        self._flying(+1)
+                        pool.submit(self._send_webhook, row)
+                    continue
+                self.webhook_work.wait(self.poll)
+        pool.shutdown(wait=True)  # the attempts under way finish (WEBHOOK_TIMEOUT_SECONDS)
+
+    def _send_webhook(self, row: webhooks.Claimed) -> None:
+        try:
+            with self.app.app_context(), logs.bind(webhook_id=row.webhook_id):
+                self._guarded("sending a webhook", lambda: webhooks.attempt(row))
+                _safe_remove()
+        finally:
+            self._flying(-1)
+            self.webhook_work.set()
+
+    def _webhook_wakeups(self) -> None:
+        """Redis: a commit that added deliveries wakes the webhook thread at once."""
+        while not self.stopping.is_set():
+            try:
+                if self.redis.blpop([redis_client.WAKE_LISTS["webhooks"]], timeout=self.poll):
+                    self.webhook_work.set()
+            except redis.RedisError:
+                self.stopping.wait(self.poll)
+
+    # ------------------------------------------------------------ views
+
     def _views(self) -> None:
         last_upkeep = 0.0
         with self.app.app_context():
@@ -164,13 +227,17 @@ class Worker:
         threads += [
             threading.Thread(target=self._sender, name=f"sender-{n}") for n in range(self.senders)
         ]
+        threads.append(threading.Thread(target=self._webhooks, name="webhooks"))
+        if self.redis is not None:
+            threads.append(threading.Thread(target=self._webhook_wakeups, name="webhook-wakeups"))
         if self.consumer is not None:
             threads.append(threading.Thread(target=self._views, name="views"))
         log.info(
-            "worker %s: %s sender(s), mail backend %s, views stream %s",
+            "worker %s: %s sender(s), mail backend %s, %s webhook sender(s), views stream %s",
             self.name,
             self.senders,
             self.app.config["MAIL_BACKEND"],
+            self.webhook_places,
             "on" if self.consumer is not None else "off (no REDIS_URL)",
         )
         for thread in threads:
@@ -196,3 +263,18 @@ class Worker:
                 emails += count
             _safe_remove()
         return entries, emails
+
+    def drain_webhooks(self) -> int:
+        """Attempt every webhook delivery due now, each product's in order (the next one
+        is due once the one before is delivered), then return how many attempts were made:
+        `flask worker --once`."""
+        attempted = 0
+        with self.app.app_context():
+            while rows := webhooks.claim(self.webhook_batch):
+                for row in rows:
+                    with logs.bind(webhook_id=row.webhook_id):
+                        webhooks.attempt(row)
+                    attempted += 1
+                _safe_remove()
+            _safe_remove()
+        return attempted

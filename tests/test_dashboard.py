@@ -42,6 +42,7 @@ def test_the_page_is_html_with_a_strict_policy_and_no_inline_script(client):
     assert [src for src, _ in scripts] == [
         ' src="/static/vendor/chart.umd.min.js" defer',
         ' src="/static/dashboard/dashboard.js" defer',
+        ' src="/static/dashboard/webhooks.js" defer',
     ]
     assert all(body.strip() == "" for _, body in scripts)
     assert " style=" not in html and "<style" not in html
@@ -59,6 +60,7 @@ def test_the_trailing_slash_serves_the_same_page(client):
     [
         ("/static/vendor/chart.umd.min.js", "text/javascript"),
         ("/static/dashboard/dashboard.js", "text/javascript"),
+        ("/static/dashboard/webhooks.js", "text/javascript"),
         ("/static/dashboard/dashboard.css", "text/css"),
     ],
 )
@@ -80,8 +82,9 @@ def test_the_vendored_chart_library_keeps_its_licence_and_version():
     assert f"Chart.js {version}" in docs
 
 
-def test_the_script_keeps_the_token_in_session_storage_never_a_cookie():
-    script = (STATIC / "dashboard" / "dashboard.js").read_text()
+@pytest.mark.parametrize("name", ["dashboard.js", "webhooks.js"])
+def test_the_script_keeps_the_token_in_session_storage_never_a_cookie(name):
+    script = (STATIC / "dashboard" / name).read_text()
     assert "sessionStorage" in script
     assert "localStorage" not in script and "document.cookie" not in script
     assert 'credentials: "omit"' in script

@@ -51,12 +51,17 @@ def exported(client) -> dict[str, set[str]]:
 
 
 def exercise(app, client, admin) -> None:
-    """What a day of traffic does: writes, reads, a refused login, the worker's sends."""
+    """What a day of traffic does: writes, reads, a refused login, the worker's sends (an
+    email, and a webhook to an endpoint that does not answer)."""
+    app.config["WEBHOOK_ALLOWED_HOSTS"] = ["127.0.0.1"]
+    hook = {"url": "http://127.0.0.1:9/hooks"}
+    assert client.post("/api/webhooks", json=hook, headers=admin["headers"]).status_code == 201
     client.post("/api/products", json=SEED, headers=admin["headers"])
     client.get("/api/products/d7iy6euiue")
     client.get("/api/products/nope")
     client.post("/users/login", json={"email": admin["email"], "password": "wrong-password"})
     Worker(app).drain()
+    Worker(app).drain_webhooks()
 
 
 def test_the_dashboard_is_valid_json_with_its_data_source_as_a_variable():
@@ -87,6 +92,17 @@ def test_the_dashboard_shows_what_operators_watch():
         'marketplace_notifications{instance=~"$instance", status=~"pending|sending"}',
         'marketplace_notifications{instance=~"$instance", status=~"failed|unknown"}',
         "marketplace_views_stream_lag",
+    ):
+        assert needed in exprs, needed
+
+
+def test_the_dashboard_shows_webhook_deliveries_and_each_endpoints_oldest():
+    exprs = " ".join(expr for _title, expr in queries(dashboard()))
+    for needed in (
+        'marketplace_webhook_deliveries{instance=~"$instance"}',
+        "max by (endpoint) (marketplace_webhook_oldest_pending_seconds",
+        "sum by (outcome) (rate(marketplace_webhook_attempts_total",
+        "marketplace_webhook_attempt_duration_seconds_bucket",
     ):
         assert needed in exprs, needed
 

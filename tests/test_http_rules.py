@@ -49,6 +49,8 @@ def test_every_operation_refuses_a_query_parameter_it_does_not_declare(client, a
             path.replace("{sku}", "abc")
             .replace("{user_id}", str(admin["id"]))
             .replace("{notification_id}", "1")
+            .replace("{webhook_id}", "1")
+            .replace("{delivery_id}", "1")
         )
         response = getattr(client, method)(f"{url}?nosuch=1", json={}, headers=admin["headers"])
         label = f"{method.upper()} {path}"

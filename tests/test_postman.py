@@ -41,6 +41,8 @@ def test_no_variable_points_at_existing_data(collection):
     values = {v["key"]: v["value"] for v in collection["variable"]}
     for name in ("sku", "user_id", "user_email", "user_password", "token", "user_token"):
         assert values[name] == ""
+    for name in ("webhook_url", "webhook_id", "delivery_id", "event_id"):
+        assert values[name] == ""
     text = json.dumps(collection)
     for seed in ("d7iy6euiue", "josuecevedo@xd.com", '"marado"', "cheutere"):
         assert seed not in text
@@ -92,7 +94,7 @@ def test_deletions_come_last(collection):
     methods = [i["request"]["method"] for i in items(collection)]
     first_delete = methods.index("DELETE")
     assert set(methods[first_delete:]) == {"DELETE"}
-    assert methods.count("DELETE") == 2
+    assert methods.count("DELETE") == 3
 
 
 def test_a_deletion_forgets_what_it_deleted(collection):
@@ -111,3 +113,18 @@ def test_other_bodies_name_the_runs_own_product(collection):
     rows = json.loads(imported["request"]["body"]["raw"])
     assert [row["sku"] for row in rows] == ["{{sku}}"]
     assert '!pm.collectionVariables.get("sku")' in script(imported, "prerequest")
+
+
+def test_the_webhook_requests_run_only_with_a_webhook_url_and_replay_only_the_runs_events(
+    collection,
+):
+    (create,) = named(collection, "POST", "/api/webhooks")
+    assert json.loads(create["request"]["body"]["raw"])["url"] == "{{webhook_url}}"
+    assert '!pm.collectionVariables.get("webhook_url")' in script(create, "prerequest")
+    (replay,) = named(collection, "POST", "/api/webhooks/:webhook_id/replay")
+    assert '"after": {{event_id}}' in replay["request"]["body"]["raw"]
+    assert '!pm.collectionVariables.get("event_id")' in script(replay, "prerequest")
+    (history,) = named(collection, "GET", "/api/products/:sku/history")
+    assert 'set("event_id"' in script(history, "test")
+    (retry,) = named(collection, "POST", "/api/webhooks/:webhook_id/deliveries/:delivery_id/retry")
+    assert '!pm.collectionVariables.get("delivery_id")' in script(retry, "prerequest")

@@ -11,6 +11,11 @@ self-service requests, and deletes both in a last "clean up" folder. Any other b
 names a product (the bulk import's example row) names the run's own product. A request that
 needs something the run did not create (its create failed) is skipped
 (``pm.execution.skipRequest()``): no variable has a default that points at real data.
+
+The webhook requests run only when the collection variable ``webhook_url`` names a URL
+that may receive webhooks: the run then registers its own endpoint there, replays to it
+only the events after its own product's last change seen in the history, and deletes it
+in "clean up". Left empty, they are skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 LOGIN = ("post", "/users/login")
 CREATE_PRODUCT = ("post", "/api/products")
 CREATE_USER = ("post", "/api/users")
+CREATE_WEBHOOK = ("post", "/api/webhooks")
+REPLAY = ("post", "/api/webhooks/{webhook_id}/replay")
+HISTORY = ("get", "/api/products/{sku}/history")
+DELIVERIES = ("get", "/api/webhooks/{webhook_id}/deliveries")
 # The login sends the collection's own credentials (set them once in Postman).
 LOGIN_BODY = {"email": "{{admin_email}}", "password": "{{admin_password}}"}
 # What the create requests send instead of the examples' fixed sku, username, email and
@@ -37,17 +46,41 @@ BODY_VALUES = {
         "email": "{{new_email}}",
         "password": "{{new_password}}",
     },
+    CREATE_WEBHOOK: {"url": "{{webhook_url}}"},
+    REPLAY: {"after": "{{event_id}}"},
 }
+# Variables a body sends as JSON numbers, not strings.
+NUMBERS = ("event_id",)
 # Any other body naming a product (a bulk import, ...) names the run's own product.
 OTHER_BODIES = {"sku": "{{sku}}"}
 # Path parameters filled from variables that only a successful create sets.
-PATH_VALUES = {"sku": "{{sku}}", "user_id": "{{user_id}}"}
+PATH_VALUES = {
+    "sku": "{{sku}}",
+    "user_id": "{{user_id}}",
+    "webhook_id": "{{webhook_id}}",
+    "delivery_id": "{{delivery_id}}",
+}
+# Variables a body cannot be sent without.
+BODY_NEEDS = ("webhook_url", "event_id")
 # The self-service routes run as the user the collection created, never as the admin
 # whose credentials it was given (a new name there would change a real account).
 SELF_SERVICE = {("get", "/users/me"), ("patch", "/users/me"), ("post", "/users/logout")}
 # Deletions run last, in their own folder, once everything else has used the rows.
-CLEAN_UP = [("delete", "/api/products/{sku}"), ("delete", "/api/users/{user_id}")]
-WHAT = {"sku": "product", "user_id": "user", "user_token": "user's login"}
+CLEAN_UP = [
+    ("delete", "/api/products/{sku}"),
+    ("delete", "/api/users/{user_id}"),
+    ("delete", "/api/webhooks/{webhook_id}"),
+]
+WHAT = {
+    "sku": "product",
+    "user_id": "user",
+    "user_token": "user's login",
+    "webhook_url": "webhook URL (set the collection variable webhook_url)",
+    "webhook_id": "webhook endpoint",
+    "delivery_id": "webhook delivery",
+    "event_id": "product's last event",
+}
+WEBHOOK_VARIABLES = ("webhook_id", "delivery_id")
 
 EXPECT_SUCCESS = [
     'pm.test("answers 2xx", function () {',
@@ -72,6 +105,7 @@ PREPARE = {
         'pm.collectionVariables.set("new_password", "pm-" + suffix + '
         "Math.random().toString(36).slice(2, 10));",
     ],
+    CREATE_WEBHOOK: [f'pm.collectionVariables.unset("{name}");' for name in WEBHOOK_VARIABLES],
 }
 # After a 2xx: the variables a later request reads (or, once deleted, must not read).
 SAVE = {
@@ -82,7 +116,24 @@ SAVE = {
         'pm.collectionVariables.set("user_email", pm.collectionVariables.get("new_email"));',
         'pm.collectionVariables.set("user_password", pm.collectionVariables.get("new_password"));',
     ],
-    ("delete", "/api/products/{sku}"): ['pm.collectionVariables.unset("sku");'],
+    CREATE_WEBHOOK: ['pm.collectionVariables.set("webhook_id", pm.response.json()["id"]);'],
+    HISTORY: [
+        "var events = pm.response.json();",
+        'if (events.length) { pm.collectionVariables.set("event_id", events[0]["id"]); }',
+    ],
+    DELIVERIES: [
+        "var deliveries = pm.response.json();",
+        "if (deliveries.length) {",
+        '    pm.collectionVariables.set("delivery_id", deliveries[0]["id"]);',
+        "}",
+    ],
+    ("delete", "/api/products/{sku}"): [
+        'pm.collectionVariables.unset("sku");',
+        'pm.collectionVariables.unset("event_id");',
+    ],
+    ("delete", "/api/webhooks/{webhook_id}"): [
+        f'pm.collectionVariables.unset("{name}");' for name in WEBHOOK_VARIABLES
+    ],
     ("delete", "/api/users/{user_id}"): [
         f'pm.collectionVariables.unset("{name}");'
         for name in ("user_id", "user_email", "user_password", "user_token")
@@ -126,7 +177,7 @@ def _own_rows(body, key: tuple[str, str]):
 def _needs(path: str, key: tuple[str, str], body) -> list[str]:
     """The variables a request cannot run without (in its path or its body)."""
     sent = path + json.dumps(body)
-    needed = [name for name in PATH_VALUES if "{" + name + "}" in sent]
+    needed = [name for name in (*PATH_VALUES, *BODY_NEEDS) if "{" + name + "}" in sent]
     if key in SELF_SERVICE:
         needed.append("user_token")
     return needed
@@ -194,9 +245,12 @@ def _request(path: str, method: str, operation: dict, shared: list) -> dict:
 
 
 def _json_body(body) -> dict:
+    raw = json.dumps(body, indent=2)
+    for name in NUMBERS:
+        raw = raw.replace(f'"{{{{{name}}}}}"', f"{{{{{name}}}}}")
     return {
         "mode": "raw",
-        "raw": json.dumps(body, indent=2),
+        "raw": raw,
         "options": {"raw": {"language": "json"}},
     }
 
@@ -259,7 +313,8 @@ def postman_collection(spec: dict, base_url: str = "http://127.0.0.1:8000") -> d
         items.append(
             {
                 "name": "clean up",
-                "description": "Deletes the product and the user this run created.",
+                "description": "Deletes the product, the user and the webhook endpoint this "
+                "run created.",
                 "item": [last[key] for key in CLEAN_UP if key in last],
             }
         )
@@ -281,6 +336,12 @@ def postman_collection(spec: dict, base_url: str = "http://127.0.0.1:8000") -> d
             *(
                 {"key": name, "value": "", "type": "string"}
                 for name in ("token", "sku", "user_id", "user_email", "user_password")
+            ),
+            # Empty: the webhook requests are skipped. A URL: the run registers it.
+            {"key": "webhook_url", "value": "", "type": "string"},
+            *(
+                {"key": name, "value": "", "type": "string"}
+                for name in ("event_id", *WEBHOOK_VARIABLES)
             ),
             {"key": "user_token", "value": "", "type": "string"},
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -48,6 +49,9 @@ PLACEHOLDER_WORDS = (
 ARGON2_MEMORY_KIB = 19 * 1024
 ARGON2_TIME_COST = 2
 ARGON2_PARALLELISM = 1
+# A host name: dot-separated labels of letters, digits, hyphens (not at either end).
+LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+HOST_NAME = re.compile(rf"(?=.{{1,253}}$){LABEL}(?:\.{LABEL})*\.?")
 MAKE_A_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
 
 
@@ -88,6 +92,20 @@ def env_bool(name: str, default: bool) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}.")
+
+
+def env_list(name: str) -> list[str]:
+    """A comma-separated list; blanks dropped."""
+    return [item.strip() for item in (env_str(name) or "").split(",") if item.strip()]
+
+
+def allowed_host_entry(entry: str) -> bool:
+    """A WEBHOOK_ALLOWED_HOSTS entry: a host name, an address or a CIDR block."""
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return bool(HOST_NAME.fullmatch(entry))
+    return True
 
 
 def database_url(raw: str | None) -> str:
@@ -228,6 +246,17 @@ class Config:
         self.NOTIFY_MAX_ATTEMPTS = env_int("NOTIFY_MAX_ATTEMPTS", 10)
         self.NOTIFY_RETRY_BASE_SECONDS = env_int("NOTIFY_RETRY_BASE_SECONDS", 15)
 
+        # Webhooks (app/notifications/webhooks/): how long a receiver has to answer, the
+        # first retry delay, hosts and CIDR blocks exempt from the public-address rule,
+        # and plain http in production.
+        self.WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0)
+        self.WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0)
+        self.WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")
+        self.WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", self.APP_ENV != "production")
+        # Deliveries in flight at once in `flask worker`, and claimed per transaction.
+        self.WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 8)
+        self.WEBHOOK_BATCH = env_int("WEBHOOK_BATCH", 10)
+
         # Redis: the views stream and the worker's wake-up (optional; see app/streams.py).
         self.REDIS_URL = env_str("REDIS_URL")
         self.REDIS_TIMEOUT = env_float("REDIS_TIMEOUT", 0.5)
@@ -291,11 +320,7 @@ class Config:
         self.LOG_PROBES = env_bool("LOG_PROBES", self.APP_ENV != "production")
         # GET /metrics answers loopback and private addresses, or this bearer token.
         self.METRICS_TOKEN = env_str("METRICS_TOKEN")
-        self.CORS_ORIGINS = [
-            origin.strip()
-            for origin in (env_str("CORS_ORIGINS") or "").split(",")
-            if origin.strip()
-        ]
+        self.CORS_ORIGINS = env_list("CORS_ORIGINS")
 
         self.API_TITLE = "Marketplace catalog"
         self.API_VERSION = "1.0.0"
@@ -337,6 +362,18 @@ class Config:
             raise ConfigError(
                 f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."
             )
+        if not 0 < self.WEBHOOK_TIMEOUT_SECONDS <= 60:
+            raise ConfigError("WEBHOOK_TIMEOUT_SECONDS must be more than 0 and at most 60.")
+        if not 1 <= self.WEBHOOK_RETRY_BASE_SECONDS <= 3600:
+            raise ConfigError("WEBHOOK_RETRY_BASE_SECONDS must be 1 to 3600.")
+        if self.WEBHOOK_CONCURRENCY < 1 or self.WEBHOOK_BATCH < 1:
+            raise ConfigError("WEBHOOK_CONCURRENCY and WEBHOOK_BATCH must be 1 or more.")
+        for entry in self.WEBHOOK_ALLOWED_HOSTS:
+            if not allowed_host_entry(entry):
+                raise ConfigError(
+                    "WEBHOOK_ALLOWED_HOSTS must list host names, addresses or CIDR blocks, "
+                    f"got {entry!r}."
+                )
         if self.LOG_FORMAT not in {"text", "json"}:
             raise ConfigError(f"LOG_FORMAT must be text or json, got {self.LOG_FORMAT!r}.")
         if self.LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

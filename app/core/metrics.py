@@ -85,6 +85,18 @@ EMAILS = Counter(
     "(another sender had taken the email over).",
     ["outcome"],
 )
+WEBHOOKS = Counter(
+    "marketplace_webhook_attempts_total",
+    "Webhook attempts by the worker, by outcome: delivered, retrying (refused, tried again "
+    "later), failed (refused past the retry window), gone (410: the endpoint disabled), lost "
+    "(its lease had run out).",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "marketplace_webhook_attempt_duration_seconds",
+    "Time of one webhook attempt: the address check, connecting, and the answer.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 COMMITS_UNCONFIRMED = Counter(
     "marketplace_commits_unconfirmed_total",
     "Writes whose commit the database did not confirm, by what the check then found.",
@@ -97,6 +109,8 @@ for _path in ("stream", "direct"):
     VIEWS_RECORDED.labels(_path)
 for _outcome in ("sent", "pending", "failed", "unknown", "lost"):
     EMAILS.labels(_outcome)
+for _outcome in ("delivered", "retrying", "failed", "gone", "lost"):
+    WEBHOOKS.labels(_outcome)
 for _found in ("committed", "not committed", "unknown"):
     COMMITS_UNCONFIRMED.labels(_found)
 
@@ -125,8 +139,9 @@ def _children(route: str, method: str, status: int):
 
 
 class StateCollector:
-    """Gauges read when scraped: the outbox by status, its oldest pending email, the
-    views stream's length and what its consumers have not acknowledged yet."""
+    """Gauges read when scraped: the outbox by status, its oldest pending email, webhook
+    deliveries waiting or failed and each endpoint's oldest waiting one, the views
+    stream's length and what its consumers have not acknowledged yet."""
 
     def __init__(self, read_state):
         self.read_state = read_state
@@ -144,6 +159,8 @@ class StateCollector:
             "Age of the oldest email still pending (0 when none).",
             value=state["oldest_pending_seconds"],
         )
+        if state.get("webhooks") is not None:
+            yield from _webhook_gauges(state["webhooks"])
         if state.get("stream") is not None:
             stream = state["stream"]
             yield GaugeMetricFamily(
@@ -159,6 +176,26 @@ class StateCollector:
                 "Views read by a worker but not yet written and acknowledged.",
                 stream["pending"],
             )
+
+
+def _webhook_gauges(webhooks: dict):
+    deliveries = GaugeMetricFamily(
+        "marketplace_webhook_deliveries",
+        "Webhook deliveries to live endpoints waiting (pending, retrying) or failed.",
+        labels=["status"],
+    )
+    for status, count in webhooks["deliveries"].items():
+        deliveries.add_metric([status], count)
+    yield deliveries
+    # One series per endpoint: at most MAX_ENDPOINTS (app/notifications/webhooks/service.py).
+    oldest = GaugeMetricFamily(
+        "marketplace_webhook_oldest_pending_seconds",
+        "Age of each endpoint's oldest delivery still waiting (0 when none).",
+        labels=["endpoint"],
+    )
+    for endpoint, seconds in webhooks["oldest_pending_seconds"].items():
+        oldest.add_metric([endpoint], seconds)
+    yield oldest
 
 
 def exposition(read_state) -> bytes:

@@ -15,6 +15,9 @@ from flask import Flask, current_app
 log = logging.getLogger(__name__)
 
 WAKE_LIST = "marketplace:outbox:wake"
+# One list per kind of work, so that a wake-up for one never wakes (and is taken by) the
+# threads of another.
+WAKE_LISTS = {"emails": WAKE_LIST, "webhooks": "marketplace:webhooks:wake"}
 # The wake-up list never holds more than this: one entry is enough to wake the worker.
 WAKE_KEEP = 16
 
@@ -45,15 +48,17 @@ def may_have_run(exc: redis.RedisError) -> bool:
     return isinstance(exc, redis.TimeoutError) and "connecting" not in str(exc)
 
 
-def wake_worker() -> None:
-    """Tell the worker that emails are due (best effort: it also polls)."""
+def wake_worker(queues=("emails",)) -> None:
+    """Tell the worker that emails or webhooks (``queues``) are due (best effort: it also
+    polls)."""
     conn = client()
     if conn is None:
         return
     try:
         pipe = conn.pipeline(transaction=False)
-        pipe.lpush(WAKE_LIST, 1)
-        pipe.ltrim(WAKE_LIST, 0, WAKE_KEEP - 1)
+        for queue in sorted(queues):
+            pipe.lpush(WAKE_LISTS[queue], 1)
+            pipe.ltrim(WAKE_LISTS[queue], 0, WAKE_KEEP - 1)
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not wake the worker (it will poll): %s", exc)

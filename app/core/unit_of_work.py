@@ -64,17 +64,18 @@ def note_stale(session, pairs) -> None:
     session.info.setdefault(STALE, set()).update(pairs)
 
 
-def note_worker_work(session) -> None:
-    """This transaction adds work for the worker (emails): it is woken after the commit."""
-    session.info[WORKER_WORK] = True
+def note_worker_work(session, queue: str = "emails") -> None:
+    """This transaction adds work for the worker (``queue``: emails or webhooks): the
+    worker's threads for it are woken after the commit."""
+    session.info.setdefault(WORKER_WORK, set()).add(queue)
 
 
 def after_commit(session) -> None:
     """What every commit of a change is followed by, before its answer leaves: no cached
     copy of what changed remains, and the worker is woken for the rows it added."""
     cache.invalidate(session.info.pop(STALE, ()))
-    if session.info.pop(WORKER_WORK, False):
-        wake_worker()
+    if queues := session.info.pop(WORKER_WORK, None):
+        wake_worker(queues)
 
 
 def _forget(session) -> None:

@@ -16,7 +16,7 @@ from app.core.extensions import db
 from app.core.text import one_line
 from app.events.models import Event
 from app.notifications.mailers import Email
-from app.notifications.models import Notification
+from app.notifications.models import Notification, NotificationKind
 
 # What the body lists for each kind of change: the new values, old -> new, or the last ones.
 HEADINGS = {"created": "Values", "updated": "Changes", "deleted": "Last values"}
@@ -62,8 +62,10 @@ def _name(event: Event) -> str:
 
 def render(row: Notification) -> Email:
     """The email of one outbox row."""
-    if row.summary is not None:
+    if row.kind == NotificationKind.IMPORT:
         return _render_import(row)
+    if row.kind == NotificationKind.WEBHOOK_DISABLED:
+        return _render_webhook_disabled(row)
     event, kind = row.event, kind_of(row.event)
     values = {
         "sku": one_line(event.sku),
@@ -105,6 +107,19 @@ def _render_import(row: Notification) -> Email:
     return _email(row, "import", values)
 
 
+def _render_webhook_disabled(row: Notification) -> Email:
+    """The service turned a webhook endpoint off: which, why, and how to turn it on."""
+    values = {
+        "webhook": row.summary["webhook"],
+        "url": one_line(row.summary["url"]),
+        "reason": one_line(row.summary["reason"]),
+        "event_id": row.event.id,
+        "when": row.created_at.strftime(WHEN),
+        "notification_id": row.id,
+    }
+    return _email(row, "webhook_disabled", values)
+
+
 def _email(row: Notification, template: str, values: dict) -> Email:
     subject = one_line(render_template(f"email/{template}_subject.txt", **values))
     if len(subject) > MAX_SUBJECT:
@@ -119,11 +134,13 @@ def _email(row: Notification, template: str, values: dict) -> Email:
 
 
 def delivery_changes(row: Notification) -> dict:
-    """What the delivery log shows as a row's ``changes``: its event's, or for an import's
+    """What the delivery log shows as a row's ``changes``: its event's; for an import's
     summary the counts and the first products changed (``products: [{sku, event,
-    changes}]``)."""
-    if row.summary is None:
+    changes}]``); for a disabled webhook, which and why (``{webhook, url, reason}``)."""
+    if row.kind == NotificationKind.CHANGE:
         return row.event.changes
+    if row.kind == NotificationKind.WEBHOOK_DISABLED:
+        return row.summary
     events = db.session.scalars(
         select(Event)
         .where(Event.id >= row.event.id, Event.id < row.event.id + row.event_count)

@@ -21,6 +21,12 @@ class NotificationStatus(enum.StrEnum):
     UNKNOWN = "unknown"  # SES may or may not have taken it: resent only on purpose
 
 
+class NotificationKind(enum.StrEnum):
+    CHANGE = "change"  # one product change
+    IMPORT = "import"  # a catalog import's summary
+    WEBHOOK_DISABLED = "webhook_disabled"  # the service turned a webhook endpoint off
+
+
 class Notification(db.Model):
     """One email to one admin about one change event (or, for a catalog import, about the
     import's events): the transactional outbox.
@@ -42,7 +48,12 @@ class Notification(db.Model):
     # one and those sealed right after it (one transaction's events have consecutive ids).
     event_row_id: Mapped[int] = mapped_column(BIG_ID, ForeignKey("events.row_id"), index=True)
     event_count: Mapped[int] = mapped_column(default=1)
-    # An import's summary: {"created", "updated", "unchanged"} (None for one change).
+    kind: Mapped[str] = mapped_column(
+        String(20), default=NotificationKind.CHANGE, server_default=NotificationKind.CHANGE
+    )
+    # An import's summary: {"created", "updated", "unchanged"}; a disabled webhook:
+    # {"webhook", "url", "reason"} (its event: the delivery that failed last). None for
+    # one change.
     summary: Mapped[dict | None] = mapped_column(JSON)
     recipient: Mapped[str] = mapped_column(String(254))
     recipient_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))

@@ -6,7 +6,10 @@ from marshmallow import Schema, fields, validate
 
 from app.core.fields import Text
 from app.notifications.messages import delivery_changes, kind_of
-from app.notifications.models import NotificationStatus
+from app.notifications.models import NotificationKind, NotificationStatus
+
+# What the log calls the emails that do not tell of one change.
+KINDS = {NotificationKind.IMPORT: "imported", NotificationKind.WEBHOOK_DISABLED: "webhook_disabled"}
 
 
 class NotificationSchema(Schema):
@@ -22,20 +25,21 @@ class NotificationSchema(Schema):
         },
     )
     sku = fields.Function(
-        lambda row: None if row.summary is not None else row.event.sku,
+        lambda row: row.event.sku if row.kind == NotificationKind.CHANGE else None,
         allow_none=True,
         metadata={
             "type": "string",
             "example": "d7iy6euiue",
-            "description": "null for an import's summary.",
+            "description": "null for an import's summary and a disabled webhook.",
         },
     )
     event = fields.Function(
-        lambda row: "imported" if row.summary is not None else kind_of(row.event),
+        lambda row: KINDS.get(row.kind) or kind_of(row.event),
         metadata={
             "type": "string",
             "example": "updated",
-            "description": "created, updated, deleted or imported.",
+            "description": "created, updated, deleted, imported (an import's summary) or "
+            "webhook_disabled (the service turned a webhook endpoint off).",
         },
     )
     changes = fields.Function(

@@ -1,9 +1,10 @@
 """Who is told about a product change.
 
-``notify`` adds one pending row per admin to the caller's session, each referencing the
-change's event: the rows commit with the change or not at all (a transactional outbox).
-Sending is the worker's (app/worker.py, through app/notifications/outbox.py); the unit of
-work wakes it after the commit.
+``notify`` adds one pending email row per admin and one delivery per webhook endpoint
+that receives the event to the caller's session, each referencing the change's event:
+they commit with the change or not at all (a transactional outbox). Sending is the
+worker's (app/worker.py, through app/notifications/outbox.py and
+app/notifications/webhooks/sender.py); the unit of work wakes it after the commit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from app.core.dialect import as_date
 from app.core.extensions import db
 from app.core.unit_of_work import note_worker_work
 from app.events.models import Event
-from app.notifications.models import Notification, NotificationStatus
+from app.notifications.models import Notification, NotificationKind, NotificationStatus
+from app.notifications.webhooks import service as webhooks
+from app.notifications.webhooks.models import WebhookEndpoint
 
 
 def recipients(actor_id: int | None) -> list[User]:
@@ -33,15 +36,33 @@ def recipients(actor_id: int | None) -> list[User]:
 
 
 def notify(event: Event) -> list[Notification]:
-    """One pending email per admin about ``event``, in the session: sent only if the
-    change commits."""
+    """One pending email per admin about ``event``, and its webhook deliveries, in the
+    session: sent only if the change commits. The emails."""
+    webhooks.deliveries_for(event)
     return _email_admins(event.actor_id, event=event)
 
 
 def notify_import(first: Event, count: int, summary: dict) -> list[Notification]:
     """One pending summary email per admin about a catalog import: its ``count`` events
-    from ``first`` on, and ``summary`` ({"created", "updated", "unchanged"})."""
-    return _email_admins(first.actor_id, event=first, event_count=count, summary=summary)
+    from ``first`` on, and ``summary`` ({"created", "updated", "unchanged"}); and a webhook
+    delivery of each event per endpoint that receives it. The emails."""
+    webhooks.deliveries_for_import(first, count)
+    return _email_admins(
+        first.actor_id,
+        event=first,
+        event_count=count,
+        summary=summary,
+        kind=NotificationKind.IMPORT,
+    )
+
+
+def notify_webhook_disabled(endpoint: WebhookEndpoint, event_row_id: int) -> list[Notification]:
+    """One email per admin: the service turned ``endpoint`` off (``disabled_reason``);
+    ``event_row_id`` is the event of the delivery that failed last."""
+    summary = {"webhook": endpoint.id, "url": endpoint.url, "reason": endpoint.disabled_reason}
+    return _email_admins(
+        None, event_row_id=event_row_id, summary=summary, kind=NotificationKind.WEBHOOK_DISABLED
+    )
 
 
 def _email_admins(actor_id: int | None, **content) -> list[Notification]:

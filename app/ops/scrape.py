@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.core import metrics
 from app.notifications import outbox
+from app.notifications.webhooks import service as webhooks
 from app.views import stream
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ def read_state() -> dict:
     except SQLAlchemyError as exc:
         log.warning("metrics: the outbox could not be read: %s", exc)
         state = {"notifications": {}, "oldest_pending_seconds": float("nan")}
+    try:
+        state["webhooks"] = webhooks.state()
+    except SQLAlchemyError as exc:
+        log.warning("metrics: the webhook deliveries could not be read: %s", exc)
+        state["webhooks"] = None
     try:
         state["stream"] = stream.stream_state()
     except redis.RedisError as exc:

@@ -517,4 +517,37 @@ def test_a_products_history_lists_its_changes_and_revert_sets_one_back(served, c
     assert "Reverted to change" in page.evaluate(
         "document.getElementById('history-figures').textContent"
     )
+
+
+def test_the_webhook_card_shows_each_endpoints_health(served, chromium):
+    http, token, base, _workdir = served
+    # Addresses, not names: nothing to resolve. Public, so the service takes them.
+    made = []
+    for url in ("https://93.184.215.14/erp", "https://93.184.215.14/search"):
+        answer = http.request("POST", "/api/webhooks", {"url": url}, token=token)
+        assert answer.status == 201, answer.json
+        made.append(answer.json)
+    off = http.request("PATCH", f"/api/webhooks/{made[1]['id']}", {"active": False}, token=token)
+    assert off.status == 200
+    page = chromium
+    page.size(**DESKTOP)
+    page.call("Page.navigate", url=f"{base}/dashboard")
+    page.wait_for("the board", "document.body?.dataset.state !== 'starting'")
+    if page.evaluate("document.body.dataset.state") == "login":
+        log_in(page, base)
+    page.wait_for(
+        "the webhook card", "document.getElementById('webhooks').dataset.state === 'ready'"
+    )
+
+    rows = page.evaluate(
+        "[...document.querySelectorAll('#webhook-table tbody tr')].map((tr) => ({...tr.dataset,"
+        " url: tr.cells[1].textContent, shown: tr.cells[2].textContent}))"
+    )
+    listed = api(served, "/api/webhooks").json
+    assert [(r["id"], r["url"], r["state"], r["shown"]) for r in rows] == [
+        (str(h["id"]), h["url"], h["health"]["state"], h["health"]["state"]) for h in listed
+    ]
+    assert [r["state"] for r in rows[-2:]] == ["healthy", "disabled"]
+    figures = page.evaluate("({...document.getElementById('webhook-figures').dataset})")
+    assert figures["endpoints"] == str(len(listed)) and figures["disabled"] == "1"
     assert page.evaluate("window.__violations") == []

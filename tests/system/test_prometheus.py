@@ -92,8 +92,14 @@ def observed(deployment, mariadb, moto, reaper):
         ADMIN_EMAIL=ADMINS[0][0],
         ADMIN_PASSWORD=ADMINS[0][1],
         LOG_FORMAT="json",
+        WEBHOOK_ALLOWED_HOSTS=h.HOST,
+        WEBHOOK_ALLOW_HTTP="true",
     )
     stack = h.Stack(deployment, "prometheus", env, entrypoint=True).start()
+    # An endpoint that never answers: its deliveries wait, and the dashboard shows them.
+    token = stack.http.login(*ADMINS[0])
+    hook = {"url": f"http://{h.HOST}:{h.free_port()}/hooks"}
+    assert stack.http.request("POST", "/api/webhooks", hook, token=token).status == 201
     workdir = reaper.workdir / "prometheus"
     workdir.mkdir()
     prometheus = Prometheus(reaper, workdir, stack.port)
