@@ -34,6 +34,8 @@ CREATE_USER = ("post", "/api/users")
 CREATE_WEBHOOK = ("post", "/api/webhooks")
 REPLAY = ("post", "/api/webhooks/{webhook_id}/replay")
 HISTORY = ("get", "/api/products/{sku}/history")
+REVERT = ("post", "/api/products/{sku}/revert")
+NOTIFICATIONS = ("get", "/api/notifications")
 DELIVERIES = ("get", "/api/webhooks/{webhook_id}/deliveries")
 # The login sends the collection's own credentials (set them once in Postman).
 LOGIN_BODY = {"email": "{{admin_email}}", "password": "{{admin_password}}"}
@@ -48,6 +50,7 @@ BODY_VALUES = {
     },
     CREATE_WEBHOOK: {"url": "{{webhook_url}}"},
     REPLAY: {"after": "{{event_id}}"},
+    REVERT: {"to": "{{event_id}}"},
 }
 # Variables a body sends as JSON numbers, not strings.
 NUMBERS = ("event_id",)
@@ -59,6 +62,7 @@ PATH_VALUES = {
     "user_id": "{{user_id}}",
     "webhook_id": "{{webhook_id}}",
     "delivery_id": "{{delivery_id}}",
+    "notification_id": "{{notification_id}}",
 }
 # Variables a body cannot be sent without.
 BODY_NEEDS = ("webhook_url", "event_id")
@@ -79,6 +83,7 @@ WHAT = {
     "webhook_id": "webhook endpoint",
     "delivery_id": "webhook delivery",
     "event_id": "product's last event",
+    "notification_id": "email (the run's own product change)",
 }
 WEBHOOK_VARIABLES = ("webhook_id", "delivery_id")
 
@@ -120,6 +125,10 @@ SAVE = {
     HISTORY: [
         "var events = pm.response.json();",
         'if (events.length) { pm.collectionVariables.set("event_id", events[0]["id"]); }',
+    ],
+    NOTIFICATIONS: [
+        "var emails = pm.response.json();",
+        'if (emails.length) { pm.collectionVariables.set("notification_id", emails[0]["id"]); }',
     ],
     DELIVERIES: [
         "var deliveries = pm.response.json();",
@@ -341,7 +350,7 @@ def postman_collection(spec: dict, base_url: str = "http://127.0.0.1:8000") -> d
             {"key": "webhook_url", "value": "", "type": "string"},
             *(
                 {"key": name, "value": "", "type": "string"}
-                for name in ("event_id", *WEBHOOK_VARIABLES)
+                for name in ("event_id", "notification_id", *WEBHOOK_VARIABLES)
             ),
             {"key": "user_token", "value": "", "type": "string"},
         ],
