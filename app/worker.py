@@ -116,7 +116,7 @@ class Worker:
                 log.info("worker: released %s claimed email(s) on stop", released)
                 break
             with logs.bind(notification_id=row.id):
-                metrics.EMAILS.labels(outbox.deliver(row, mailer)).inc()
+                metrics.EMAILS.labels(outbox.deliver(row, mailer, self.stopping)).inc()
         _safe_remove()
         return len(rows)
 

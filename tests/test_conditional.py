@@ -150,3 +150,26 @@ def test_an_unusable_key_is_refused_naming_the_header(client, admin):
     )
     assert answer.status_code == 400
     assert "Idempotency-Key" in answer.json["errors"]["headers"]
+
+
+def test_a_reservation_whose_commit_answer_was_lost_frees_its_key(client, admin, rows, monkeypatch):
+    """The key's row committed but the database's answer to the COMMIT was lost: the
+    request answers 503 (nothing of the change committed) and a retry with the same key
+    runs at once, instead of finding the key held by a request that is over."""
+    from sqlalchemy.exc import OperationalError
+
+    real_reserve = idempotency.reserve
+
+    def answer_lost(*args, **kwargs):
+        real_reserve(*args, **kwargs)
+        raise OperationalError("COMMIT", {}, Exception("Lost connection during query"))
+
+    key = {"Idempotency-Key": "cut-commit"}
+    monkeypatch.setattr(idempotency, "reserve", answer_lost)
+    lost = client.post("/api/products", json=SEED, headers={**admin["headers"], **key})
+    monkeypatch.setattr(idempotency, "reserve", real_reserve)
+    assert lost.status_code == 503 and lost.headers["Retry-After"]
+    assert rows(Product) == []
+    retried = client.post("/api/products", json=SEED, headers={**admin["headers"], **key})
+    assert retried.status_code == 201
+    assert len(rows(Product)) == 1

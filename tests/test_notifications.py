@@ -572,12 +572,13 @@ def test_a_sender_that_died_during_a_send_leaves_it_unknown_not_resent(
     assert "stopped during the send" in abandoned.last_error
 
 
-def test_a_sender_cut_off_from_the_database_past_its_lease_records_what_ses_answered(
+def test_a_sender_cut_off_from_the_database_past_its_lease_keeps_its_row_and_records_sent(
     app, client, admins, ses, rows
 ):
-    """MariaDB frozen longer than the lease: meanwhile the row is marked unknown; the
-    sender, once through again, records the send SES accepted (sent, not unknown)."""
+    """MariaDB frozen longer than the lease: the worker's own sender is alive holding SES's
+    answer, so the row is not taken for abandoned; once through, it records the send."""
     client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    seen = {}
 
     class CutOffMailer(SESMailer):
         def send(self, email):
@@ -589,13 +590,126 @@ def test_a_sender_cut_off_from_the_database_past_its_lease_records_what_ses_answ
                     .values(claimed_until=utcnow() - timedelta(seconds=1))
                 )
                 db.session.commit()
-                assert outbox.expire_abandoned_sends() == [row.id]
-                assert rows(Notification, Notification.id == row.id)[0].status == "unknown"
+                seen["expired"] = outbox.expire_abandoned_sends()
+                seen["status"] = rows(Notification, Notification.id == row.id)[0].status
             return message_id
 
     with app.app_context():
         row = outbox.claim(1)[0]
         assert outbox.deliver(row, CutOffMailer(SENDER, REGION)) == "sent"
+    assert seen == {"expired": [], "status": "sending"}
+    recorded = rows(Notification, Notification.id == row.id)[0]
+    assert recorded.status == "sent" and recorded.message_id
+    assert len(ses.sent_messages) == 1
+
+
+def test_ses_answer_is_recorded_however_long_the_database_is_away(
+    app, client, admins, ses, rows, monkeypatch
+):
+    """The database refuses the result for longer than any retry budget: the sender keeps
+    SES's answer and records it when the database answers, never leaving it unknown."""
+    from sqlalchemy.exc import OperationalError
+
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    clock = {"now": 0.0}
+    monkeypatch.setattr(outbox.time, "monotonic", lambda: clock["now"])
+
+    def pause(seconds):
+        clock["now"] += seconds
+
+    monkeypatch.setattr(outbox.time, "sleep", pause)
+    real_commit = db.session.commit
+    away_until = outbox.RECORD_RETRY_SECONDS * 10
+
+    def commit():
+        if "sent" in state and clock["now"] < away_until:
+            raise OperationalError("COMMIT", {}, Exception("Lost connection during query"))
+        return real_commit()
+
+    state = {}
+
+    class Mailer(SESMailer):
+        def send(self, email):
+            message_id = super().send(email)
+            state["sent"] = message_id
+            return message_id
+
+    with app.app_context():
+        row = outbox.claim(1)[0]
+        monkeypatch.setattr(db.session, "commit", commit)
+        assert outbox.deliver(row, Mailer(SENDER, REGION)) == "sent"
+    monkeypatch.setattr(db.session, "commit", real_commit)
+    assert clock["now"] >= away_until
+    recorded = rows(Notification, Notification.id == row.id)[0]
+    assert (recorded.status, recorded.message_id) == ("sent", state["sent"])
+    assert outbox.held() == set()
+
+
+def test_a_worker_asked_to_stop_gives_up_recording_after_a_while(
+    app, client, admins, ses, rows, monkeypatch
+):
+    """The database gone for good and the worker asked to stop: the sender does not hang,
+    it gives up RECORD_RETRY_SECONDS after the stop (the row stays sending, to become
+    unknown after its lease) and frees its hold."""
+    from sqlalchemy.exc import OperationalError
+
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    clock = {"now": 0.0}
+    monkeypatch.setattr(outbox.time, "monotonic", lambda: clock["now"])
+    stopping = threading.Event()
+
+    def pause(seconds):
+        clock["now"] += seconds
+        if clock["now"] > 600:
+            stopping.set()
+
+    monkeypatch.setattr(outbox.time, "sleep", pause)
+    real_commit = db.session.commit
+    gone = {}
+
+    def commit():
+        if gone:
+            raise OperationalError("COMMIT", {}, Exception("Can't connect to MySQL server"))
+        return real_commit()
+
+    class Mailer(SESMailer):
+        def send(self, email):
+            gone["since"] = clock["now"]
+            return super().send(email)
+
+    with app.app_context():
+        row = outbox.claim(1)[0]
+        monkeypatch.setattr(db.session, "commit", commit)
+        with pytest.raises(OperationalError):
+            outbox.deliver(row, Mailer(SENDER, REGION), stopping)
+    monkeypatch.setattr(db.session, "commit", real_commit)
+    assert 600 < clock["now"] <= 600 + outbox.RECORD_RETRY_SECONDS + 10
+    assert rows(Notification, Notification.id == row.id)[0].status == "sending"
+    assert outbox.held() == set()
+
+
+def test_a_late_answer_overrides_another_process_marking_the_row_unknown(
+    app, client, admins, ses, rows
+):
+    """A second worker process, not knowing this sender is alive, marks the row unknown
+    after the lease: the sender's answer, once through, still records it sent."""
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+
+    class OtherProcessExpires(SESMailer):
+        def send(self, email):
+            message_id = super().send(email)
+            with app.app_context():
+                db.session.execute(
+                    update(Notification)
+                    .where(Notification.id == row.id)
+                    .values(status="unknown", claimed_until=None)
+                )
+                db.session.commit()
+            return message_id
+
+    with app.app_context():
+        row = outbox.claim(1)[0]
+        assert outbox.deliver(row, OtherProcessExpires(SENDER, REGION)) == "sent"
     recorded = rows(Notification, Notification.id == row.id)[0]
     assert recorded.status == "sent" and recorded.message_id
     assert len(ses.sent_messages) == 1

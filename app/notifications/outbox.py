@@ -12,6 +12,9 @@ A row's life::
   ``claimed_until``): another sender skips them until the lease ends.
 - ``start`` marks the row ``sending`` (committed) just before SES is called, if the lease
   is still this sender's. From then on the row is never sent again by itself.
+- A sender that cannot record SES's answer (the database is away) keeps the answer and
+  retries until the database answers; while it lives, its row is never taken for
+  abandoned, however long the database was away.
 - A ``sending`` row whose sender died (its lease ran out without a result) becomes
   ``unknown``, as does a send SES may have taken without answering (a timeout): it shows
   in ``GET /api/notifications?status=unknown`` and is resent only on purpose
@@ -22,9 +25,11 @@ A row's life::
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -51,7 +56,9 @@ log = logging.getLogger(__name__)
 Status = NotificationStatus
 # A claimed row not yet started is another sender's after this long.
 CLAIM_LEASE = timedelta(seconds=60)
-# How long a sender keeps trying to record a result while the database is away.
+# How long a sender keeps trying to mark a row ``sending`` while the database is away
+# (nothing is lost by giving up: the row is still pending). SES's answer, once had, is
+# recorded however long it takes.
 RECORD_RETRY_SECONDS = 20
 # A row being sent: longer than the longest SES call plus the time to record its start
 # and its result (each retried while the database is away), so a live sender is never
@@ -109,15 +116,47 @@ def claim(limit: int) -> list[Claimed]:
     return claimed
 
 
-def _until_the_database_answers(work: Callable[[], int], row_id: int, what: str) -> int:
-    """Run a short transaction, retrying while the database is away."""
-    delay, deadline = 0.5, time.monotonic() + RECORD_RETRY_SECONDS
+# The rows this process's senders are sending, or hold SES's answer for.
+_held: set[int] = set()
+_held_lock = threading.Lock()
+
+
+@contextmanager
+def _holding(row_id: int) -> Iterator[None]:
+    with _held_lock:
+        _held.add(row_id)
+    try:
+        yield
+    finally:
+        with _held_lock:
+            _held.discard(row_id)
+
+
+def held() -> set[int]:
+    with _held_lock:
+        return set(_held)
+
+
+def _until_the_database_answers(
+    work: Callable[[], int],
+    row_id: int,
+    what: str,
+    seconds: float | None = RECORD_RETRY_SECONDS,
+    stopping: threading.Event | None = None,
+) -> int:
+    """Run a short transaction, retrying while the database is away: for ``seconds``, or
+    with None until it answers, or, once ``stopping`` is set, for RECORD_RETRY_SECONDS
+    more (a process asked to stop does not hang on a database that is gone)."""
+    delay = 0.5
+    deadline = None if seconds is None else time.monotonic() + seconds
     while True:
         try:
             return work()
         except OperationalError as exc:
             db.session.rollback()
-            if time.monotonic() > deadline:
+            if deadline is None and stopping is not None and stopping.is_set():
+                deadline = time.monotonic() + RECORD_RETRY_SECONDS
+            if deadline is not None and time.monotonic() > deadline:
                 raise
             log.warning("notification %s: %s failed, retrying: %s", row_id, what, exc.orig)
             time.sleep(delay)
@@ -160,9 +199,12 @@ def _marked_by(row: Claimed) -> int:
     return marked
 
 
-def _finish(row: Claimed, outcome: str, started: float, **values) -> None:
+def _finish(
+    row: Claimed, outcome: str, started: float, values: dict, stopping: threading.Event | None
+) -> None:
     """Record the try's result on the row and keep the try itself (when, what, how long),
-    in one transaction, if the row is still this sender's."""
+    in one transaction, if the row is still this sender's; however long the database
+    takes to answer, unless the process is stopping."""
     statement = (
         update(Notification)
         .where(Notification.id == row.id, Notification.claim_token == row.token)
@@ -184,7 +226,10 @@ def _finish(row: Claimed, outcome: str, started: float, **values) -> None:
         db.session.commit()
         return changed
 
-    if _until_the_database_answers(record, row.id, "recording") != 1:
+    recorded = _until_the_database_answers(
+        record, row.id, "recording", seconds=None, stopping=stopping
+    )
+    if recorded != 1:
         log.warning("notification %s: its row changed before its result was recorded", row.id)
 
 
@@ -193,13 +238,22 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), 3600))
 
 
-def deliver(row: Claimed, mailer: Mailer) -> str:
-    """Send one claimed row once; return its new status (or "lost" if another took it)."""
+def deliver(row: Claimed, mailer: Mailer, stopping: threading.Event | None = None) -> str:
+    """Send one claimed row once and record what SES answered; return its new status (or
+    "lost" if another took it). ``stopping``: the worker's stop request."""
     if not start(row):
         log.warning("notification %s: lease lost before sending; left to its new sender", row.id)
         return "lost"
+    with _holding(row.id):
+        started = time.monotonic()
+        status, outcome, values = _send(row, mailer)
+        _finish(row, outcome, started, values, stopping)
+        return status
+
+
+def _send(row: Claimed, mailer: Mailer) -> tuple[str, str, dict]:
+    """SES's answer: the row's new status, the try's outcome and the row's new values."""
     attempts = row.attempts + 1
-    started = time.monotonic()
     try:
         message_id = mailer.send(row.email)
     except NotAccepted as exc:
@@ -208,33 +262,25 @@ def deliver(row: Claimed, mailer: Mailer) -> str:
             log.error(
                 "notification %s failed for good after %s attempts: %s", row.id, attempts, error
             )
-            _finish(row, "failed", started, status=Status.FAILED, last_error=error)
-            return Status.FAILED
+            return Status.FAILED, "failed", {"status": Status.FAILED, "last_error": error}
         log.warning("notification %s attempt %s failed: %s", row.id, attempts, error)
-        _finish(
-            row,
-            "retry",
-            started,
-            status=Status.PENDING,
-            last_error=error,
-            next_attempt_at=utcnow() + backoff(attempts),
-        )
-        return Status.PENDING
+        retry = {
+            "status": Status.PENDING,
+            "last_error": error,
+            "next_attempt_at": utcnow() + backoff(attempts),
+        }
+        return Status.PENDING, "retry", retry
     except OutcomeUnknown as exc:
         error = f"outcome unknown: {exc}"[:1000]
         log.error("notification %s: %s; not resent (flask notifications retry)", row.id, error)
-        _finish(row, "unknown", started, status=Status.UNKNOWN, last_error=error)
-        return Status.UNKNOWN
-    _finish(
-        row,
-        "sent",
-        started,
-        status=Status.SENT,
-        sent_at=utcnow(),
-        message_id=message_id,
-        last_error=None,
-    )
-    return Status.SENT
+        return Status.UNKNOWN, "unknown", {"status": Status.UNKNOWN, "last_error": error}
+    sent = {
+        "status": Status.SENT,
+        "sent_at": utcnow(),
+        "message_id": message_id,
+        "last_error": None,
+    }
+    return Status.SENT, "sent", sent
 
 
 def release(rows: list[Claimed]) -> int:
@@ -251,11 +297,15 @@ def release(rows: list[Claimed]) -> int:
 
 
 def expire_abandoned_sends() -> list[int]:
-    """Rows left ``sending`` past their lease: their outcome is unknown. The claim token
-    stays, so a sender that was only cut off from the database (not dead) still records
-    what SES answered when it gets through."""
+    """Rows left ``sending`` past their lease, by a sender no longer sending or holding
+    them: their outcome is unknown. This process's own live senders' rows are never
+    taken, however long the database was away; the claim token stays, so a live sender
+    of another process cut off past its lease still records what SES answered when it
+    gets through."""
     now = utcnow()
     abandoned = and_(Notification.status == Status.SENDING, Notification.claimed_until < now)
+    if alive := held():
+        abandoned = and_(abandoned, Notification.id.not_in(alive))
     ids = list(db.session.scalars(select(Notification.id).where(abandoned)))
     if not ids:
         db.session.commit()

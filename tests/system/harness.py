@@ -439,18 +439,34 @@ class MariaDB:
 
 
 class Redis:
-    """A private ``redis-server`` on a free port, nothing saved to disk."""
+    """A private ``redis-server`` on a free port: nothing saved to disk, or with
+    ``persistent`` the configuration docs/views.md recommends (AOF, fsync every second).
+    ``kill()`` (SIGKILL), ``start()`` again on the same port and directory, ``freeze()``
+    and ``thaw()`` (SIGSTOP/SIGCONT) for the fault runs."""
 
-    def __init__(self, reaper: Reaper, workdir: Path) -> None:
+    def __init__(self, reaper: Reaper, workdir: Path, persistent: bool = False) -> None:
+        self.reaper = reaper
         self.port = free_port()
         self.url = f"redis://{HOST}:{self.port}/0"
         self.databases = itertools.count(1)
-        options = (
-            f"--bind {HOST} --port {self.port} --appendonly no --dir {workdir} --databases 4096"
-        )
-        command = [REDIS_SERVER, *options.split(), "--save", ""]
-        self.process = reaper.start(command, "redis.log", service=True)
+        persistence = "--appendonly yes --appendfsync everysec" if persistent else "--appendonly no"
+        options = f"--bind {HOST} --port {self.port} {persistence} --dir {workdir} --databases 4096"
+        self.command = [REDIS_SERVER, *options.split(), "--save", ""]
+        self.start()
+
+    def start(self) -> None:
+        self.process = self.reaper.start(self.command, "redis.log", service=True)
         wait_until("redis-server", self.alive, 30)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def freeze(self) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
 
     def new_database(self) -> str:
         """The URL of a database no stack has used yet."""
