@@ -373,3 +373,34 @@ def test_the_bounce_and_complaint_rates_show_in_the_metrics(
         assert rate(metrics, "complaint", window) == pytest.approx(1 / 3)
     for status in ("delivered", "bounced", "complained", "suppressed"):
         assert f'marketplace_notifications{{status="{status}"}}' in metrics
+
+
+def test_an_event_for_an_email_still_being_sent_is_read_again_later(
+    app,
+    client,
+    admins,  # noqa: F811
+    events,
+    sent,
+):
+    """SES's event outran the recording of its answer: it waits in the queue."""
+    row = sent["admin1@example.com"]
+    with app.app_context():
+        stored = db.session.get(Notification, row["id"])
+        stored.status, stored.message_id = "sending", None
+        db.session.commit()
+    events(ses_event("Delivery", row["ses_message_id"], row["recipient"], row["id"]))
+    settle(app)
+    assert statuses(client, admins[0])["admin1@example.com"] == "sending"
+    with app.app_context():  # the answer is recorded
+        stored = db.session.get(Notification, row["id"])
+        stored.status, stored.message_id = "sent", row["ses_message_id"]
+        db.session.commit()
+    settle(app)
+    assert statuses(client, admins[0])["admin1@example.com"] == "delivered"
+
+
+def test_an_event_for_no_email_of_the_service_is_dropped(app, client, admins, events, sent):  # noqa: F811
+    events(ses_event("Delivery", "0100-someone-else", "other@example.com"))
+    settle(app)
+    assert {row["status"] for row in emails(client, admins[0]).values()} == {"sent"}
+    assert events.sqs.receive_message(QueueUrl=events.url).get("Messages") is None
