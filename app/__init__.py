@@ -18,6 +18,7 @@ from app.core.extensions import openapi
 from app.events import journal
 from app.notifications.feed_routes import events_blp
 from app.notifications.routes import notifications_blp
+from app.notifications.suppression_routes import suppressions_blp
 from app.notifications.webhooks.routes import webhooks_blp
 from app.ops.dashboard import dashboard_blp
 from app.ops.docs import docs_blp
@@ -61,6 +62,7 @@ def register_blueprints(app: Flask) -> None:
         catalog_blp,
         users_blp,
         notifications_blp,
+        suppressions_blp,
         events_blp,
         webhooks_blp,
         stats_blp,

@@ -4,14 +4,19 @@
   with their entry ids, and the roll-ups) in one transaction, then acknowledges it.
   Entries a dead consumer left pending are reclaimed (XAUTOCLAIM); what every consumer
   has acknowledged is trimmed from the stream.
-- Emails: a few sender threads claim due rows (app/outbox.py) and send them; a commit
-  that adds emails wakes one at once (a Redis list), and they poll the database besides.
+- Emails: a few sender threads claim due rows (app/outbox.py) and send them, each send
+  at the pace SES allows (app/notifications/pace.py: a token bucket, in Redis shared by
+  every worker process); a commit that adds emails wakes one at once (a Redis list), and
+  they poll the database besides.
 - Webhooks: one thread claims due deliveries, several per transaction, as many as there
   are free places among WEBHOOK_CONCURRENCY sending threads, which post them and record
   each attempt (app/notifications/webhooks/sender.py). A commit that adds deliveries
   wakes it (a Redis list of its own), and so does each finished attempt (the next event
   of that product may be due); it polls besides. Emails and webhooks never share a
   thread: a slow endpoint does not hold an email back.
+- SES events: with SES_EVENTS_QUEUE_URL, one thread long-polls the SQS queue of SES's
+  events and applies each (app/notifications/ses_events.py): deliveries, bounces,
+  complaints; a message is deleted once its effect is committed.
 - Housekeeping: sends abandoned by a dead sender become ``unknown``; expired idempotency
   keys, commit receipts and the revocations of expired tokens are deleted.
 
@@ -38,8 +43,9 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from app.accounts import service as accounts
 from app.core import idempotency, logs, metrics, redis_client
 from app.core.extensions import db
-from app.notifications import outbox
+from app.notifications import outbox, ses_events
 from app.notifications.mailers import build_mailer
+from app.notifications.pace import Pace
 from app.notifications.webhooks import sender as webhooks
 from app.views import stream
 
@@ -77,6 +83,12 @@ class Worker:
         url = config["REDIS_URL"]
         # Blocking reads: the socket waits longer than any block.
         self.redis = redis_client.connect(url, timeout=self.poll + 10) if url else None
+        # Redis, when there is one, shares the send rate between every worker process.
+        self.pace = Pace(config, build_mailer(config), self.redis)
+        queue_url = config["SES_EVENTS_QUEUE_URL"]
+        self.ses_events = (
+            ses_events.EventsQueue(queue_url, config["REGION_NAME"]) if queue_url else None
+        )
         self.consumer = (
             stream.ViewsConsumer(
                 self.redis,
@@ -111,7 +123,7 @@ class Worker:
     def _send_once(self, mailer) -> int:
         rows = outbox.claim(self.batch)
         for index, row in enumerate(rows):
-            if self.stopping.is_set():
+            if self.stopping.is_set() or not self.pace.wait(self.stopping):
                 released = outbox.release(rows[index:])
                 log.info("worker: released %s claimed email(s) on stop", released)
                 break
@@ -208,6 +220,15 @@ class Worker:
             ):
                 pass
 
+    # ------------------------------------------------------------ SES events
+
+    def _ses_events(self) -> None:
+        """Long-poll SES's events queue and apply what arrives."""
+        with self.app.app_context():
+            while not self.stopping.is_set():
+                self._guarded("reading SES events", self.ses_events.step, pause=5.0)
+                _safe_remove()
+
     def _housekeeping(self) -> None:
         last_prune = 0.0
         with self.app.app_context():
@@ -232,13 +253,17 @@ class Worker:
             threads.append(threading.Thread(target=self._webhook_wakeups, name="webhook-wakeups"))
         if self.consumer is not None:
             threads.append(threading.Thread(target=self._views, name="views"))
+        if self.ses_events is not None:
+            threads.append(threading.Thread(target=self._ses_events, name="ses-events"))
         log.info(
-            "worker %s: %s sender(s), mail backend %s, %s webhook sender(s), views stream %s",
+            "worker %s: %s sender(s), mail backend %s, %s webhook sender(s), views stream %s, "
+            "SES events %s",
             self.name,
             self.senders,
             self.app.config["MAIL_BACKEND"],
             self.webhook_places,
             "on" if self.consumer is not None else "off (no REDIS_URL)",
+            "on" if self.ses_events is not None else "off (no SES_EVENTS_QUEUE_URL)",
         )
         for thread in threads:
             thread.start()
@@ -247,7 +272,8 @@ class Worker:
         log.info("worker %s: stopped", self.name)
 
     def drain(self) -> tuple[int, int]:
-        """Apply every view in the stream and send every email due now, then return
+        """Apply every view in the stream, send every email due now and apply SES's events
+        queued now, then return
         (views entries, emails attempted): `flask worker --once`."""
         entries = emails = 0
         with self.app.app_context():
@@ -261,6 +287,9 @@ class Worker:
             mailer = build_mailer(self.app.config)
             while count := self._send_once(mailer):
                 emails += count
+            if self.ses_events is not None:
+                while self.ses_events.step(wait=False):
+                    pass
             _safe_remove()
         return entries, emails
 

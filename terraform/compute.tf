@@ -25,6 +25,7 @@ locals {
     trusted_proxies              = local.trusted_proxies
     email_source                 = var.email_source
     metrics_namespace            = local.metrics_namespace
+    ses_events_queue_url         = aws_sqs_queue.ses_events.url
   }
 
   roles = {

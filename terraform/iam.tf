@@ -5,6 +5,10 @@
 # The role may do exactly this, each on its own resource only:
 #   ses:SendEmail, ses:SendRawEmail            the sender's domain identity and its
 #                                              configuration set
+#   ses:GetSendQuota                           "*" (no resource-level scope): the pace
+#   sqs:ReceiveMessage, sqs:DeleteMessage,
+#   sqs:ChangeMessageVisibility,
+#   sqs:GetQueueAttributes                     SES's events queue (the worker reads it)
 #   ecr:GetAuthorizationToken                  "*" (the action has no resource-level scope)
 #   ecr:BatchCheckLayerAvailability,
 #   ecr:GetDownloadUrlForLayer, ecr:BatchGetImage   the service's repository (pull only)
@@ -41,6 +45,25 @@ data "aws_iam_policy_document" "app" {
       aws_sesv2_email_identity.domain.arn,
       aws_sesv2_configuration_set.email.arn,
     ]
+  }
+
+  statement {
+    sid       = "ReadTheSendQuota"
+    effect    = "Allow"
+    actions   = ["ses:GetSendQuota"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid    = "ReadSesEvents"
+    effect = "Allow"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueAttributes",
+    ]
+    resources = [aws_sqs_queue.ses_events.arn]
   }
 
   statement {

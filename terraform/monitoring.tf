@@ -3,6 +3,7 @@
 #   outbox     the oldest pending email's age; emails whose outcome is unknown
 #   views      the stream's lag (views the worker has not read yet)
 #   RDS        CPU, free storage
+#   SES        the account's bounce and complaint rates, at half of SES's review thresholds
 # The outbox and views gauges are the service's own (GET /metrics), published every
 # minute by the web instances (user_data.sh.tftpl) to the namespace below; each web
 # instance publishes the same values, read from the database and Redis, so the alarms
@@ -71,6 +72,42 @@ resource "aws_cloudwatch_metric_alarm" "unhealthy_targets" {
   evaluation_periods  = 3
   threshold           = 0
   comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# --- SES's reputation ------------------------------------------------------------------
+# SES reviews an account whose bounce rate reaches 5% or complaint rate 0.1% (and may stop
+# its sending above 10% and 0.5%): the alarms ring at half of the review thresholds.
+# SES computes the rates over a representative window of the account's recent sending;
+# the service's own 24-hour and 7-day rates are on /metrics and the Grafana dashboard.
+
+resource "aws_cloudwatch_metric_alarm" "ses_bounce_rate" {
+  alarm_name          = "${local.prefix}-ses-bounce-rate"
+  alarm_description   = "SES's bounce rate of the account is over 2.5% (half of SES's 5% review threshold): look at GET /api/suppressions and the bounced emails"
+  namespace           = "AWS/SES"
+  metric_name         = "Reputation.BounceRate"
+  statistic           = "Maximum"
+  period              = 3600
+  evaluation_periods  = 1
+  threshold           = 0.025
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+resource "aws_cloudwatch_metric_alarm" "ses_complaint_rate" {
+  alarm_name          = "${local.prefix}-ses-complaint-rate"
+  alarm_description   = "SES's complaint rate of the account is over 0.05% (half of SES's 0.1% review threshold): look at the complained emails"
+  namespace           = "AWS/SES"
+  metric_name         = "Reputation.ComplaintRate"
+  statistic           = "Maximum"
+  period              = 3600
+  evaluation_periods  = 1
+  threshold           = 0.0005
+  comparison_operator = "GreaterThanOrEqualToThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = local.alarm_actions
   ok_actions          = local.alarm_actions

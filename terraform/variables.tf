@@ -370,6 +370,17 @@ variable "alarm_outbox_age_seconds" {
   default     = 600
 }
 
+variable "ses_events_max_receives" {
+  description = "Receives of an SES events message the worker could not apply before SQS moves it to the dead-letter queue."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.ses_events_max_receives >= 2 && var.ses_events_max_receives <= 1000
+    error_message = "ses_events_max_receives must be 2 to 1000 (SQS's range; 1 would lose a message to one failed try)."
+  }
+}
+
 variable "alarm_views_lag" {
   description = "Views in the stream not yet read by a worker, for 5 minutes, that raise an alarm."
   type        = number

@@ -48,6 +48,8 @@ def test_the_spec_lists_every_route_with_bearer_security(client):
         ("POST", "/api/catalog/import"),
         ("GET", "/api/catalog/export"),
         ("GET", "/api/notifications/summary"),
+        ("GET", "/api/suppressions"),
+        ("DELETE", "/api/suppressions/{email}"),
         ("GET", "/api/products/{sku}/stats"),
         ("GET", "/api/stats/products"),
         ("GET", "/api/stats/views"),

@@ -199,7 +199,9 @@ def three_admins(make, admin):
 def test_the_summary_counts_each_status_per_day_of_creation(app, client, three_admins):
     admin = three_admins[0]
     emails_on(app, client, admin, "today", TODAY, ["sent", "failed", "pending"])
-    emails_on(app, client, admin, "yday", TODAY - timedelta(days=1), ["sent", "sent", "unknown"])
+    emails_on(
+        app, client, admin, "yday", TODAY - timedelta(days=1), ["delivered", "bounced", "unknown"]
+    )
     emails_on(app, client, admin, "old", TODAY - timedelta(days=7), ["failed"] * 3)  # too old
 
     response = client.get("/api/notifications/summary", headers=admin["headers"])
@@ -209,11 +211,23 @@ def test_the_summary_counts_each_status_per_day_of_creation(app, client, three_a
     assert summary["from"] == (TODAY - timedelta(days=6)).isoformat()
     assert summary["to"] == TODAY.isoformat()
     totals = {s: summary[s] for s in ("sent", "pending", "sending", "failed", "unknown")}
-    assert totals == {"sent": 3, "pending": 1, "sending": 0, "failed": 1, "unknown": 1}
+    assert totals == {"sent": 1, "pending": 1, "sending": 0, "failed": 1, "unknown": 1}
+    assert (summary["delivered"], summary["bounced"]) == (1, 1)
+    assert (summary["complained"], summary["suppressed"]) == (0, 0)
     assert [d["date"] for d in summary["by_day"]] == [
         (TODAY - timedelta(days=n)).isoformat() for n in range(6, -1, -1)
     ]
-    zero = {"pending": 0, "sending": 0, "sent": 0, "failed": 0, "unknown": 0}
+    zero = {
+        "pending": 0,
+        "sending": 0,
+        "sent": 0,
+        "failed": 0,
+        "unknown": 0,
+        "delivered": 0,
+        "bounced": 0,
+        "complained": 0,
+        "suppressed": 0,
+    }
     assert summary["by_day"][-1] == {
         **zero,
         "date": TODAY.isoformat(),
@@ -224,7 +238,8 @@ def test_the_summary_counts_each_status_per_day_of_creation(app, client, three_a
     assert summary["by_day"][-2] == {
         **zero,
         "date": (TODAY - timedelta(days=1)).isoformat(),
-        "sent": 2,
+        "delivered": 1,
+        "bounced": 1,
         "unknown": 1,
     }
     assert all(day == {**zero, "date": day["date"]} for day in summary["by_day"][:-2])

@@ -92,6 +92,10 @@ def test_the_dashboard_shows_what_operators_watch():
         'marketplace_notifications{instance=~"$instance", status=~"pending|sending"}',
         'marketplace_notifications{instance=~"$instance", status=~"failed|unknown"}',
         "marketplace_views_stream_lag",
+        'marketplace_email_bounce_rate{instance=~"$instance"}',
+        'marketplace_email_complaint_rate{instance=~"$instance"}',
+        'status=~"delivered|bounced|complained|suppressed"',
+        "marketplace_notifications_waiting_for_quota",
     ):
         assert needed in exprs, needed
 

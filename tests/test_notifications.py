@@ -370,10 +370,13 @@ def test_admins_read_the_delivery_log_filtered_by_status_and_sku(app, client, ma
         "created_at",
         "sent_at",
         "event_id",
+        "ses_message_id",
     }
     assert newest["event"] == "updated"
     assert newest["changes"] == {"price": {"old": 300, "new": 500}}
     assert newest["status"] == "sent" and newest["attempts"] == 1
+    # SES's MessageId, the name its events give the email.
+    assert newest["ses_message_id"] in {message.id for message in ses.sent_messages}
     assert client.get("/api/notifications?status=failed", headers=headers).json == []
 
 

@@ -94,7 +94,17 @@ def test_deletions_come_last(collection):
     methods = [i["request"]["method"] for i in items(collection)]
     first_delete = methods.index("DELETE")
     assert set(methods[first_delete:]) == {"DELETE"}
-    assert methods.count("DELETE") == 3
+    assert methods.count("DELETE") == 4
+
+
+def test_a_suppression_is_lifted_only_when_named_on_purpose(collection):
+    values = {v["key"]: v["value"] for v in collection["variable"]}
+    assert values["suppressed_email"] == ""
+    (lift,) = named(collection, "DELETE", "/api/suppressions/:email")
+    assert lift["request"]["url"]["variable"][0]["value"] == "{{suppressed_email}}"
+    prerequest = script(lift, "prerequest")
+    assert '!pm.collectionVariables.get("suppressed_email")' in prerequest
+    assert "pm.execution.skipRequest()" in prerequest
 
 
 def test_a_deletion_forgets_what_it_deleted(collection):

@@ -38,6 +38,13 @@ ANY = r"\*"  # only for actions that have no resource-level scope
 SES_SENDER = r"\$\{aws_sesv2_(email_identity|configuration_set)\.\w+\.arn\}"
 ECR_REPOSITORY = r"\$\{aws_ecr_repository\.\w+\.arn\}"
 SSM_PARAMETER = r"\$\{aws_ssm_parameter\.\w+(\[\*\])?\.arn\}"
+SES_EVENTS_QUEUE = r"\$\{aws_sqs_queue\.ses_events\.arn\}"
+SQS_READ = (
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+)
 LOG_GROUP_STREAMS = r"\$\{aws_cloudwatch_log_group\.\w+\.arn\}:\*"
 ECR_PULL = {
     "ecr:GetAuthorizationToken": ANY,
@@ -51,6 +58,8 @@ ALLOWED_GRANTS = {
     "app": {
         "ses:SendEmail": SES_SENDER,
         "ses:SendRawEmail": SES_SENDER,
+        "ses:GetSendQuota": ANY,
+        **dict.fromkeys(SQS_READ, SES_EVENTS_QUEUE),
         **ECR_PULL,
         "ssm:GetParameter": SSM_PARAMETER,
         "ssm:GetParameters": SSM_PARAMETER,
@@ -669,6 +678,8 @@ REQUIRED_ALARMS = {
     ("${local.metrics_namespace}", "EmailsUnknown"): "emails whose outcome is unknown",
     ("${local.metrics_namespace}", "ViewsStreamLag"): "the views stream's lag",
     ("AWS/RDS", "CPUUtilization"): "the database's CPU",
+    ("AWS/SES", "Reputation.BounceRate"): "SES's bounce rate",
+    ("AWS/SES", "Reputation.ComplaintRate"): "SES's complaint rate",
     ("AWS/RDS", "FreeStorageSpace"): "the database's storage",
 }
 
@@ -807,6 +818,7 @@ SCRIPT_VALUES = {
     "trusted_proxies": "10.20.0.0/24,10.20.1.0/24",
     "email_source": "notifications@example.com",
     "metrics_namespace": "Marketplace/marketplace-production",
+    "ses_events_queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/ses-events",
 }
 SECRETS = {
     "database_url_parameter": "mysql://marketplace:"
@@ -879,6 +891,9 @@ def test_each_instance_runs_one_container_in_its_role_with_its_environment_from_
         "REGION_NAME": "us-east-1",
     }
     assert {name: run["env"].get(name) for name in expected} == expected
+    # Only the worker reads SES's events.
+    queue = run["env"].get("SES_EVENTS_QUEUE_URL")
+    assert queue == (SCRIPT_VALUES["ses_events_queue_url"] if role == "worker" else None)
     assert "STATS_DATABASE_URL" not in run["env"] and "ADMIN_PASSWORD" not in run["env"]
     # No secret on any command line (`ps` shows those) nor in the user data itself.
     for secret in SECRETS.values():

@@ -15,7 +15,8 @@ needs something the run did not create (its create failed) is skipped
 The webhook requests run only when the collection variable ``webhook_url`` names a URL
 that may receive webhooks: the run then registers its own endpoint there, replays to it
 only the events after its own product's last change seen in the history, and deletes it
-in "clean up". Left empty, they are skipped.
+in "clean up". Left empty, they are skipped. So is the lifting of a suppressed address
+unless ``suppressed_email`` names one.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ PATH_VALUES = {
     "webhook_id": "{{webhook_id}}",
     "delivery_id": "{{delivery_id}}",
     "notification_id": "{{notification_id}}",
+    # Never set by a run: an address to lift from the suppression list on purpose.
+    "email": "{{suppressed_email}}",
 }
 # Variables a body cannot be sent without.
 BODY_NEEDS = ("webhook_url", "event_id")
@@ -74,6 +77,7 @@ CLEAN_UP = [
     ("delete", "/api/products/{sku}"),
     ("delete", "/api/users/{user_id}"),
     ("delete", "/api/webhooks/{webhook_id}"),
+    ("delete", "/api/suppressions/{email}"),
 ]
 WHAT = {
     "sku": "product",
@@ -84,6 +88,7 @@ WHAT = {
     "delivery_id": "webhook delivery",
     "event_id": "product's last event",
     "notification_id": "email (the run's own product change)",
+    "suppressed_email": "suppressed address (set the collection variable suppressed_email)",
 }
 WEBHOOK_VARIABLES = ("webhook_id", "delivery_id")
 
@@ -186,7 +191,8 @@ def _own_rows(body, key: tuple[str, str]):
 def _needs(path: str, key: tuple[str, str], body) -> list[str]:
     """The variables a request cannot run without (in its path or its body)."""
     sent = path + json.dumps(body)
-    needed = [name for name in (*PATH_VALUES, *BODY_NEEDS) if "{" + name + "}" in sent]
+    needed = [value.strip("{}") for name, value in PATH_VALUES.items() if "{" + name + "}" in sent]
+    needed += [name for name in BODY_NEEDS if "{" + name + "}" in sent]
     if key in SELF_SERVICE:
         needed.append("user_token")
     return needed
@@ -353,6 +359,8 @@ def postman_collection(spec: dict, base_url: str = "http://127.0.0.1:8000") -> d
                 for name in ("event_id", "notification_id", *WEBHOOK_VARIABLES)
             ),
             {"key": "user_token", "value": "", "type": "string"},
+            # Empty: the suppression is never lifted. An address: the run lifts it.
+            {"key": "suppressed_email", "value": "", "type": "string"},
         ],
         "event": [_script("test", EXPECT_SUCCESS)],
         "item": items,

@@ -245,6 +245,13 @@ class Config:
         self.NOTIFY_ACTOR = env_bool("NOTIFY_ACTOR", True)
         self.NOTIFY_MAX_ATTEMPTS = env_int("NOTIFY_MAX_ATTEMPTS", 10)
         self.NOTIFY_RETRY_BASE_SECONDS = env_int("NOTIFY_RETRY_BASE_SECONDS", 15)
+        # SES's events (bounces, complaints, deliveries): the SQS queue `flask worker`
+        # reads them from (none: not read).
+        self.SES_EVENTS_QUEUE_URL = env_str("SES_EVENTS_QUEUE_URL")
+        # The most emails a second all workers send together: unset, SES's own maximum
+        # (GetSendQuota, read every SES_QUOTA_REFRESH_SECONDS); 0, no limit.
+        self.SES_MAX_SEND_RATE = _env_parsed("SES_MAX_SEND_RATE", None, float, "a number")
+        self.SES_QUOTA_REFRESH_SECONDS = env_float("SES_QUOTA_REFRESH_SECONDS", 300.0)
 
         # Webhooks (app/notifications/webhooks/): how long a receiver has to answer, the
         # first retry delay, hosts and CIDR blocks exempt from the public-address rule,
@@ -358,6 +365,11 @@ class Config:
                 ) from exc
         if self.PRODUCT_PAGE_CACHE_BYTES < 0:
             raise ConfigError("PRODUCT_PAGE_CACHE_BYTES must be 0 (no pages cached) or more.")
+        if self.SES_MAX_SEND_RATE is not None and not 0 <= self.SES_MAX_SEND_RATE < 1e6:
+            raise ConfigError(
+                f"SES_MAX_SEND_RATE must be 0 (no limit) or a positive number, got "
+                f"{self.SES_MAX_SEND_RATE!r}."
+            )
         if self.MAIL_BACKEND not in {"console", "ses"}:
             raise ConfigError(
                 f"MAIL_BACKEND must be 'ses' or 'console', got {self.MAIL_BACKEND!r}."
@@ -423,6 +435,8 @@ class TestConfig(Config):
         if database_url_:
             self.SQLALCHEMY_DATABASE_URI = database_url(database_url_)
             self.SQLALCHEMY_ENGINE_OPTIONS = engine_options(self.SQLALCHEMY_DATABASE_URI)
+        # moto's SES says one email a second; the tests of the pace set their own.
+        self.SES_MAX_SEND_RATE = 0.0
 
     def secret_key(self) -> str:
         return "test-secret-key-that-is-long-enough-for-hs256"

@@ -82,7 +82,8 @@ PRODUCT_CACHE_UNINVALIDATED = PRODUCT_CACHE.labels("uninvalidated")
 EMAILS = Counter(
     "marketplace_emails_total",
     "Send attempts by the worker, by outcome: sent, pending (retry), failed, unknown, lost "
-    "(another sender had taken the email over).",
+    "(another sender had taken the email over), throttled (SES's rate; sent again, not "
+    "counted as an attempt), quota (SES's daily quota spent; the email waits).",
     ["outcome"],
 )
 WEBHOOKS = Counter(
@@ -97,6 +98,14 @@ WEBHOOK_ATTEMPT_SECONDS = Histogram(
     "Time of one webhook attempt: the address check, connecting, and the answer.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+SES_EVENTS = Counter(
+    "marketplace_ses_events_total",
+    "Messages of SES's events queue by what they did: delivered, bounced, complained, failed "
+    "(rejected), transient (bounce), delayed, repeated (already applied), unmatched (no such "
+    "email), ignored (another event type), later (the email still being sent), malformed, "
+    "error (not applied; read again).",
+    ["outcome"],
+)
 COMMITS_UNCONFIRMED = Counter(
     "marketplace_commits_unconfirmed_total",
     "Writes whose commit the database did not confirm, by what the check then found.",
@@ -107,10 +116,25 @@ COMMITS_UNCONFIRMED = Counter(
 # and the dashboard's panels show 0 before the first event instead of "no data".
 for _path in ("stream", "direct"):
     VIEWS_RECORDED.labels(_path)
-for _outcome in ("sent", "pending", "failed", "unknown", "lost"):
+for _outcome in ("sent", "pending", "failed", "unknown", "lost", "throttled", "quota"):
     EMAILS.labels(_outcome)
 for _outcome in ("delivered", "retrying", "failed", "gone", "lost"):
     WEBHOOKS.labels(_outcome)
+for _outcome in (
+    "delivered",
+    "bounced",
+    "complained",
+    "failed",
+    "transient",
+    "delayed",
+    "repeated",
+    "unmatched",
+    "ignored",
+    "later",
+    "malformed",
+    "error",
+):
+    SES_EVENTS.labels(_outcome)
 for _found in ("committed", "not committed", "unknown"):
     COMMITS_UNCONFIRMED.labels(_found)
 
@@ -139,7 +163,9 @@ def _children(route: str, method: str, status: int):
 
 
 class StateCollector:
-    """Gauges read when scraped: the outbox by status, its oldest pending email, webhook
+    """Gauges read when scraped: the outbox by status, its oldest pending email, the emails
+    waiting for SES's daily quota, the bounce and complaint rates over 24 hours and 7 days,
+    webhook
     deliveries waiting or failed and each endpoint's oldest waiting one, the views
     stream's length and what its consumers have not acknowledged yet."""
 
@@ -159,6 +185,14 @@ class StateCollector:
             "Age of the oldest email still pending (0 when none).",
             value=state["oldest_pending_seconds"],
         )
+        if state.get("waiting_for_quota") is not None:
+            yield GaugeMetricFamily(
+                "marketplace_notifications_waiting_for_quota",
+                "Emails pending because SES's 24-hour sending quota is spent (0 when none).",
+                value=state["waiting_for_quota"],
+            )
+        if state.get("rates") is not None:
+            yield from _rate_gauges(state["rates"])
         if state.get("webhooks") is not None:
             yield from _webhook_gauges(state["webhooks"])
         if state.get("stream") is not None:
@@ -176,6 +210,19 @@ class StateCollector:
                 "Views read by a worker but not yet written and acknowledged.",
                 stream["pending"],
             )
+
+
+def _rate_gauges(rates: dict):
+    for kind, what in (("bounce", "bounced for good"), ("complaint", "were complained of")):
+        gauge = GaugeMetricFamily(
+            f"marketplace_email_{kind}_rate",
+            f"Of the emails SES took in the window (by when they were sent), the share that "
+            f"{what} (0 to 1; SES reviews an account at 5% bounces, 0.1% complaints).",
+            labels=["window"],
+        )
+        for window, values in rates.items():
+            gauge.add_metric([window], values[kind])
+        yield gauge
 
 
 def _webhook_gauges(webhooks: dict):

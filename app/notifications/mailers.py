@@ -44,6 +44,27 @@ class NotAccepted(Exception):
     """SES did not take the email: sending it again cannot deliver it twice."""
 
 
+class Throttled(NotAccepted):
+    """SES refused it for the account's sending rate: sent again shortly, the attempt not
+    counted."""
+
+
+class QuotaExceeded(NotAccepted):
+    """SES refused it because the account's 24-hour quota is spent: it waits, the attempt
+    not counted."""
+
+
+def refusal(exc: ClientError) -> NotAccepted:
+    """What SES's error answer means for the email."""
+    error = exc.response.get("Error", {})
+    message = str(error.get("Message", ""))
+    if "daily message quota exceeded" in message.lower():
+        return QuotaExceeded(f"SES's daily sending quota is spent: {message}")
+    if error.get("Code") == "Throttling" or "maximum sending rate exceeded" in message.lower():
+        return Throttled(f"SES throttled the send: {message}")
+    return NotAccepted(f"SES refused it: {exc}")
+
+
 class OutcomeUnknown(Exception):
     """The request may have reached SES: the email may or may not have gone out."""
 
@@ -74,8 +95,14 @@ class Mailer(Protocol):
         """Send one email; return the provider's message id, or raise NotAccepted or
         OutcomeUnknown."""
 
+    def max_send_rate(self) -> float | None:
+        """The provider's limit in emails a second (None: none)."""
+
 
 class ConsoleMailer:
+    def max_send_rate(self) -> float | None:
+        return None  # no limit
+
     def send(self, email: Email) -> str:
         message_id = f"console-{uuid.uuid4()}"
         log.info(
@@ -111,7 +138,7 @@ class SESMailer:
                 Source=self.source, RawMessage={"Data": mime_message(email, self.source)}
             )
         except ClientError as exc:  # SES answered: it refused the email
-            raise NotAccepted(f"SES refused it: {exc}") from exc
+            raise refusal(exc) from exc
         except (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError) as exc:
             # No connection was made: nothing reached SES.
             raise NotAccepted(f"SES unreachable: {exc}") from exc
@@ -120,6 +147,10 @@ class SESMailer:
         except Exception as exc:  # a read timeout, a connection cut after the request
             raise OutcomeUnknown(f"{type(exc).__name__}: {exc}") from exc
         return response["MessageId"]
+
+    def max_send_rate(self) -> float:
+        """The account's maximum send rate, emails a second (SES's GetSendQuota)."""
+        return float(self.client.get_send_quota()["MaxSendRate"])
 
 
 def build_mailer(config) -> Mailer:

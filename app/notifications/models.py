@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import JSON, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.core.columns import TABLE_ARGS, UTCDateTime, utcnow
+from app.core.columns import TABLE_ARGS, UTCDateTime, key_string, utcnow
 from app.core.extensions import db
 from app.events.models import BIG_ID, Event
 
@@ -16,9 +16,23 @@ from app.events.models import BIG_ID, Event
 class NotificationStatus(enum.StrEnum):
     PENDING = "pending"  # due (now or after a backoff), possibly claimed by a sender
     SENDING = "sending"  # handed to SES; never sent again by itself
-    SENT = "sent"
-    FAILED = "failed"  # SES refused it NOTIFY_MAX_ATTEMPTS times
+    SENT = "sent"  # accepted by SES
+    FAILED = "failed"  # SES refused it NOTIFY_MAX_ATTEMPTS times, or rejected it after taking it
     UNKNOWN = "unknown"  # SES may or may not have taken it: resent only on purpose
+    # What SES's events (app/notifications/ses_events.py) tell of an email it took:
+    DELIVERED = "delivered"  # the recipient's mail server accepted it
+    BOUNCED = "bounced"  # a permanent bounce: the address is suppressed
+    COMPLAINED = "complained"  # the recipient marked it as spam: the address is suppressed
+    SUPPRESSED = "suppressed"  # never handed to SES: its address is on the suppression list
+
+
+# Emails SES took: what the bounce and complaint rates are rates of.
+HANDED_TO_SES = (
+    NotificationStatus.SENT,
+    NotificationStatus.DELIVERED,
+    NotificationStatus.BOUNCED,
+    NotificationStatus.COMPLAINED,
+)
 
 
 class NotificationKind(enum.StrEnum):
@@ -40,6 +54,8 @@ class Notification(db.Model):
     __tablename__ = "notifications"
     __table_args__ = (
         Index("ix_notifications_due", "status", "next_attempt_at"),
+        Index("ix_notifications_message_id", "message_id"),
+        Index("ix_notifications_sent_at", "sent_at"),
         TABLE_ARGS,
     )
 
@@ -92,3 +108,29 @@ class NotificationTry(db.Model):
     outcome: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(String(1000))
     duration_ms: Mapped[int | None] = mapped_column()
+
+
+class SuppressionReason(enum.StrEnum):
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+
+
+class Suppression(db.Model):
+    """An address the service no longer emails: it bounced for good or complained. Its
+    emails are written ``suppressed`` and never handed to SES until the entry is lifted.
+
+    ``email`` is the address's canonical form (app/core/addresses.py ``lookup_email``),
+    the form the accounts store.
+    """
+
+    __tablename__ = "suppressions"
+    __table_args__ = (TABLE_ARGS,)
+
+    email: Mapped[str] = mapped_column(key_string(254), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(16))
+    since: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The email whose bounce or complaint put the address here (None if unknown).
+    notification_id: Mapped[int | None] = mapped_column(ForeignKey("notifications.id"))
+
+    def __repr__(self) -> str:
+        return f"<Suppression {self.email} {self.reason}>"

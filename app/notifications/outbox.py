@@ -8,6 +8,9 @@ A row's life::
                  |                          |                               or failed
                  +------- release ----------+              \\--no answer----> unknown
 
+    SES throttled it (its rate) or its daily quota is spent: pending again, the attempt
+    not counted (tried again in a second, or in QUOTA_WAIT with the reason in last_error).
+
 - ``claim`` takes a few due rows for one sender with a short lease (``claim_token`` and
   ``claimed_until``): another sender skips them until the lease ends.
 - ``start`` marks the row ``sending`` (committed) just before SES is called, if the lease
@@ -20,6 +23,8 @@ A row's life::
   in ``GET /api/notifications?status=unknown`` and is resent only on purpose
   (`flask notifications retry --unknown`).
 - A graceful stop releases the rows a sender claimed but has not started.
+- A row whose recipient is on the suppression list (app/notifications/suppressions.py)
+  becomes ``suppressed`` when claimed: never handed to SES.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from app.core import dialect
+from app.core.addresses import lookup_email
 from app.core.columns import utcnow
 from app.core.extensions import db
+from app.notifications import suppressions
 from app.notifications.mailers import (
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
@@ -47,9 +54,16 @@ from app.notifications.mailers import (
     Mailer,
     NotAccepted,
     OutcomeUnknown,
+    QuotaExceeded,
+    Throttled,
 )
 from app.notifications.messages import render
-from app.notifications.models import Notification, NotificationStatus, NotificationTry
+from app.notifications.models import (
+    HANDED_TO_SES,
+    Notification,
+    NotificationStatus,
+    NotificationTry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +78,12 @@ RECORD_RETRY_SECONDS = 20
 # and its result (each retried while the database is away), so a live sender is never
 # taken for a dead one.
 SEND_LEASE = timedelta(seconds=CONNECT_TIMEOUT + READ_TIMEOUT + 2 * RECORD_RETRY_SECONDS + 10)
+# SES throttled a send (its rate): sent again this soon, the attempt not counted.
+THROTTLED_RETRY = timedelta(seconds=1)
+# SES's 24-hour quota is spent: the email waits this long between tries, pending, with
+# this reason (the metrics count the emails waiting so).
+QUOTA_WAIT = timedelta(minutes=5)
+QUOTA_REASON = "waiting for SES's daily sending quota"
 
 
 @dataclass(frozen=True)
@@ -108,12 +128,25 @@ def claim(limit: int) -> list[Claimed]:
     )
     if not ids:
         return []
-    rows = db.session.scalars(
-        select(Notification).where(Notification.id.in_(ids), Notification.claim_token == token)
+    rows = list(
+        db.session.scalars(
+            select(Notification).where(Notification.id.in_(ids), Notification.claim_token == token)
+        )
     )
-    claimed = [Claimed(row.id, token, row.attempts, render(row)) for row in rows]
+    suppressed = suppressions.among({row.recipient for row in rows})
+    claimed = []
+    for row in rows:
+        if (entry := suppressed.get(lookup_email(row.recipient))) is not None:
+            # Never handed to SES: written off at once, the batch's others go out.
+            row.status = Status.SUPPRESSED
+            row.claim_token = row.claimed_until = None
+            row.last_error = f"the address is suppressed ({entry.reason})"
+            log.info("notification %s: suppressed (%s)", row.id, entry.reason)
+        else:
+            claimed.append(Claimed(row.id, token, row.attempts, render(row)))
     db.session.commit()
-    return claimed
+    # A batch only of suppressed emails is not the end of the due ones.
+    return claimed if claimed or not rows else claim(limit)
 
 
 # The rows this process's senders are sending, or hold SES's answer for.
@@ -256,6 +289,23 @@ def _send(row: Claimed, mailer: Mailer) -> tuple[str, str, dict]:
     attempts = row.attempts + 1
     try:
         message_id = mailer.send(row.email)
+    except Throttled as exc:
+        log.info("notification %s: throttled by SES, sent again shortly: %s", row.id, exc)
+        again = {
+            "status": Status.PENDING,
+            "attempts": row.attempts,
+            "next_attempt_at": utcnow() + THROTTLED_RETRY,
+        }
+        return "throttled", "throttled", again
+    except QuotaExceeded as exc:
+        log.warning("notification %s: %s", row.id, exc)
+        wait = {
+            "status": Status.PENDING,
+            "attempts": row.attempts,
+            "last_error": f"{QUOTA_REASON}: {exc}"[:1000],
+            "next_attempt_at": utcnow() + QUOTA_WAIT,
+        }
+        return "quota", "quota", wait
     except NotAccepted as exc:
         error = str(exc)[:1000]
         if attempts >= current_app.config["NOTIFY_MAX_ATTEMPTS"]:
@@ -357,4 +407,41 @@ def state() -> dict:
         select(func.min(Notification.created_at)).where(Notification.status == Status.PENDING)
     )
     age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
-    return {"notifications": counts, "oldest_pending_seconds": max(age, 0.0)}
+    waiting = db.session.scalar(
+        select(func.count())
+        .select_from(Notification)
+        .where(
+            Notification.status == Status.PENDING,
+            Notification.last_error.startswith(QUOTA_REASON, autoescape=True),
+        )
+    )
+    return {
+        "notifications": counts,
+        "oldest_pending_seconds": max(age, 0.0),
+        "waiting_for_quota": waiting,
+        "rates": {window: _rates(utcnow() - span) for window, span in RATE_WINDOWS.items()},
+    }
+
+
+# The windows of the bounce and complaint rates (SES reviews an account on its recent
+# sending; these show the service's own share).
+RATE_WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+
+
+def _rates(since) -> dict:
+    """Of the emails SES took since ``since`` (by ``sent_at``), the share that bounced
+    and the share that complained (0 when none was sent)."""
+    counts = dict(
+        db.session.execute(
+            select(Notification.status, func.count())
+            .where(Notification.sent_at >= since, Notification.status.in_(HANDED_TO_SES))
+            .group_by(Notification.status)
+        ).all()
+    )
+    handed = sum(counts.values())
+    if not handed:
+        return {"bounce": 0.0, "complaint": 0.0}
+    return {
+        "bounce": counts.get(Status.BOUNCED, 0) / handed,
+        "complaint": counts.get(Status.COMPLAINED, 0) / handed,
+    }

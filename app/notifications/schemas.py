@@ -55,9 +55,21 @@ class NotificationSchema(Schema):
     status = fields.String(
         metadata={
             "example": "sent",
-            "description": "pending, sending, sent, failed (SES refused it every time) or "
-            "unknown (SES may or may not have taken it; resent only on purpose).",
+            "description": "pending, sending, sent (accepted by SES), delivered (the "
+            "recipient's server accepted it), bounced (a permanent bounce), complained "
+            "(marked as spam), suppressed (never handed to SES: the address is on the "
+            "suppression list), failed (SES refused or rejected it) or unknown (SES may or may "
+            "not have taken it; resent only on purpose).",
         }
+    )
+    ses_message_id = fields.String(
+        attribute="message_id",
+        allow_none=True,
+        metadata={
+            "example": "0100018c1d2e3f4a-5b6c7d8e-aaaa-bbbb-cccc-000000000000-000000",
+            "description": "SES's MessageId of the email (null until SES accepted it); "
+            "SES's events name the email by it.",
+        },
     )
     attempts = fields.Integer()
     last_error = fields.String(allow_none=True)
@@ -105,11 +117,15 @@ def status_count(description: str) -> fields.Integer:
 
 
 class DeliveryCountsSchema(Schema):
-    pending = status_count("Due, or waiting for a retry.")
+    pending = status_count("Due, or waiting for a retry (or for SES's daily quota).")
     sending = status_count("Handed to SES, its answer not yet recorded.")
     sent = status_count("Accepted by SES.")
     failed = status_count("Refused by SES every time.")
     unknown = status_count("SES may or may not have taken it.")
+    delivered = status_count("Accepted by the recipient's mail server.")
+    bounced = status_count("Bounced for good.")
+    complained = status_count("Marked as spam by the recipient.")
+    suppressed = status_count("Never handed to SES: the address is suppressed.")
 
 
 class DeliveryDaySchema(DeliveryCountsSchema):
@@ -121,3 +137,19 @@ class NotificationSummarySchema(DeliveryCountsSchema):
     end = fields.Date(data_key="to")
     days = fields.Integer()
     by_day = fields.List(fields.Nested(DeliveryDaySchema))
+
+
+class SuppressionSchema(Schema):
+    email = fields.String(metadata={"example": "admin@example.com"})
+    reason = fields.String(
+        metadata={
+            "example": "bounce",
+            "description": "bounce (the address bounced for good) or complaint (its owner "
+            "marked an email as spam).",
+        }
+    )
+    since = fields.DateTime(format="iso")
+    notification_id = fields.Integer(
+        allow_none=True,
+        metadata={"description": "The email whose bounce or complaint put it here."},
+    )

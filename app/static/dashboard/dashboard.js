@@ -5,7 +5,17 @@
 
 (() => {
   const TOKEN_KEY = "marketplace.dashboard.token";
-  const STATUSES = ["sent", "pending", "sending", "failed", "unknown"];
+  const STATUSES = [
+    "delivered",
+    "sent",
+    "pending",
+    "sending",
+    "bounced",
+    "complained",
+    "suppressed",
+    "failed",
+    "unknown",
+  ];
   const COLOURS = {
     views: "#3366cc",
     anonymous: "#8fa8d8",
@@ -15,6 +25,10 @@
     sending: "#6f6f6f",
     failed: "#c0392b",
     unknown: "#8e44ad",
+    delivered: "#1b5e20",
+    bounced: "#e67e22",
+    complained: "#d35400",
+    suppressed: "#95a5a6",
   };
   const LIST_SIZE = 20;
   const $ = (id) => document.getElementById(id);
