@@ -194,6 +194,42 @@ def product_filters(filters: dict) -> list:
     return clauses
 
 
+def sort_order(sort: str | None) -> tuple:
+    """(column, descending) of one of the list's sorts (``created`` by default)."""
+    sort = sort or "created"
+    return SORT_COLUMNS[sort.lstrip("-")], sort.startswith("-")
+
+
+def rows_after(where: list, sort: str | None, position: tuple | None, limit: int, columns) -> list:
+    """Up to ``limit`` rows (``id``, ``sort_key``, then ``columns``) matching ``where``, in
+    the list's order ``sort`` (its column, then the id), after ``position``: the
+    ``(sort key, id)`` of the last row seen (None: from the first).
+
+    Each statement is one index range, however far the position: first the rows that tie
+    with the last key (after its id), then the rows beyond the key. (The one-statement
+    form ``key > k OR (key = k AND id > i)`` is read by SQLite, and by MariaDB when it
+    prefers the sort index to the range, as a walk of the live products from the first.)"""
+    column, descending = sort_order(sort)
+    ids = PRODUCTS.c.id
+    query = select(ids, column.label("sort_key"), *columns)
+    order = (column.desc(), ids.desc()) if descending else (column, ids)
+    if position is None:
+        return db.session.execute(query.where(*where).order_by(*order).limit(limit)).all()
+    key, last = position
+    ties = db.session.execute(
+        query.where(*where, column == key, ids < last if descending else ids > last)
+        .order_by(ids.desc() if descending else ids)
+        .limit(limit)
+    ).all()
+    if len(ties) >= limit:
+        return ties
+    beyond = column < key if descending else column > key
+    rest = db.session.execute(
+        query.where(*where, beyond).order_by(*order).limit(limit - len(ties))
+    ).all()
+    return ties + rest
+
+
 def list_page(filters: dict, page: int, page_size: int) -> tuple[int, str]:
     """The total and the JSON of one page of the list, from the Redis cache (by the query
     as read: however its query string was spelt, the same query is one entry) or the
