@@ -17,7 +17,7 @@ from app.accounts.models import User
 from app.catalog import cache
 from app.catalog.models import Product
 from app.catalog.reads import PRODUCTS, SHOWN
-from app.catalog.schemas import dump_product, products_json
+from app.catalog.schemas import cursor_of, dump_product, products_json
 from app.core.errors import RuleError
 from app.core.extensions import db
 from app.core.fields import json_number
@@ -243,16 +243,39 @@ def list_page(filters: dict, page: int, page_size: int) -> tuple[int, str]:
     return cache.page(json.dumps(query, sort_keys=True, default=str, ensure_ascii=False), answer)
 
 
+def count_matching(where: list) -> int:
+    """How many live products match ``where`` (the list's filters)."""
+    total_query = select(func.count()).select_from(PRODUCTS).where(*where)
+    if len(where) == 1:
+        # All live products: the database would count the whole index each time.
+        return cache.live_count(lambda: db.session.scalar(total_query))
+    return db.session.scalar(total_query)
+
+
+def list_after(
+    filters: dict, position: tuple | None, page_size: int, count: bool
+) -> tuple[str, str | None, int | None]:
+    """A page of a cursor walk of the list: the JSON of the ``page_size`` live products
+    matching ``filters`` after ``position`` (None: the first), the cursor of the next
+    page (None: this is the last), and how many match in all when ``count`` (else None:
+    a walk never counts the catalog unless asked).
+
+    Not cached: each page is one or two index ranges, as cheap at the millionth product
+    as at the first, and a position is seldom asked twice."""
+    where = product_filters(filters)
+    sort = filters.get("sort") or "created"
+    rows = rows_after(where, sort, position, page_size + 1, SHOWN)
+    shown, more = rows[:page_size], len(rows) > page_size
+    next_cursor = cursor_of(sort, shown[-1].sort_key, shown[-1].id) if more else None
+    total = count_matching(where) if count else None
+    return products_json([dump_product(row) for row in shown]), next_cursor, total
+
+
 def list_products(filters: dict, page: int, page_size: int) -> tuple[list[dict], int]:
     """One page of the live products matching ``filters``, as the API shows them, and
     how many match in all."""
     where = product_filters(filters)
-    total_query = select(func.count()).select_from(PRODUCTS).where(*where)
-    if len(where) == 1:
-        # All live products: the database would count the whole index each time.
-        total = cache.live_count(lambda: db.session.scalar(total_query))
-    else:
-        total = db.session.scalar(total_query)
+    total = count_matching(where)
     if (page - 1) * page_size >= total:
         return [], total  # past the last page
     sort = filters.get("sort") or "created"
