@@ -402,7 +402,9 @@ def _update(rows: list[dict]) -> None:
     """Update products by id (each row is locked), each with its own values, a chunk per
     statement."""
     for chunk in _chunks(rows):
-        dialect.update_by_id(Product.__table__, chunk, [*EDITABLE, "version", "updated_at"])
+        dialect.update_by_id(
+            Product.__table__, chunk, [*EDITABLE, "search", "version", "updated_at"]
+        )
 
 
 # ---------------------------------------------------------------- export

@@ -106,7 +106,11 @@ SORTS = ("name", "-name", "price", "-price", "created", "-created")
 
 class ProductQuerySchema(Schema):
     q = Text(
-        validate=validate.Length(max=200), metadata={"description": "Name contains (any case)."}
+        validate=validate.Length(max=200),
+        metadata={
+            "description": "Search the names: every word, as a whole word or the start of "
+            "one (zapa finds zapatos), accents and case aside."
+        },
     )
     mark = text(100, metadata={"description": "Brand, exact match (any case)."})
     min_price = Price(from_text=True)
@@ -172,6 +176,14 @@ def position_of(cursor: str, sort: str) -> tuple | None:
 
 
 class ProductListQuerySchema(ProductQuerySchema):
+    sort = fields.String(
+        validate=validate.OneOf([*SORTS, "relevance"]),
+        metadata={
+            "description": "name, price or created; prefix with '-' for descending; "
+            "relevance (with q: the best match first). Default: relevance with q, else "
+            "created."
+        },
+    )
     cursor = fields.String(
         validate=validate.Length(max=1000),
         metadata={
@@ -192,7 +204,17 @@ class ProductListQuerySchema(ProductQuerySchema):
 
     @post_load
     def position(self, data, **kwargs):
+        if "sort" not in data:
+            data["sort"] = "relevance" if data.get("q") else "created"
+        if data["sort"] == "relevance" and not data.get("q"):
+            raise ValidationError("relevance ranks the matches of q: send q with it.", "sort")
         if "cursor" in data:
+            if data["sort"] == "relevance":
+                raise ValidationError(
+                    "A walk by cursor needs a position: send sort=name, price or created "
+                    "(with or without '-') with q.",
+                    "cursor",
+                )
             data["cursor"] = position_of(data["cursor"], data["sort"])
         return data
 

@@ -18,9 +18,11 @@ from app.catalog import cache
 from app.catalog.models import Product
 from app.catalog.reads import PRODUCTS, SHOWN
 from app.catalog.schemas import cursor_of, dump_product, products_json
+from app.core import dialect
 from app.core.errors import RuleError
 from app.core.extensions import db
 from app.core.fields import json_number
+from app.core.text import search_words
 from app.events import journal
 from app.events.models import Event, EventType
 from app.notifications.service import notify
@@ -177,12 +179,18 @@ SORT_COLUMNS = {
 }
 
 
+def searched(q: str) -> tuple:
+    """(WHERE clause, relevance) of a search of the names: every word of ``q``, as a
+    whole word or the start of one, accents and case aside, through the full-text index
+    (app/core/dialect.py ``full_text``)."""
+    return dialect.full_text(PRODUCTS.c.search, search_words(q))
+
+
 def product_filters(filters: dict) -> list:
     """WHERE clauses of the product list (the live products matching the filters)."""
     clauses = [Product.live()]
     if q := filters.get("q"):
-        # A substring search: no index can serve it, it scans the live products.
-        clauses.append(PRODUCTS.c.name.contains(q, autoescape=True))
+        clauses.append(searched(q)[0])
     if mark := filters.get("mark"):
         clauses.append(PRODUCTS.c.mark == mark)
     if (low := filters.get("min_price")) is not None:
@@ -279,8 +287,11 @@ def list_products(filters: dict, page: int, page_size: int) -> tuple[list[dict],
     if (page - 1) * page_size >= total:
         return [], total  # past the last page
     sort = filters.get("sort") or "created"
-    column, last = SORT_COLUMNS[sort.lstrip("-")], PRODUCTS.c.id
-    order = (column.desc(), last.desc()) if sort.startswith("-") else (column, last)
+    if sort == "relevance":  # the best match first; among equals, the oldest
+        order = (searched(filters["q"])[1].desc(), PRODUCTS.c.id)
+    else:
+        column, last = SORT_COLUMNS[sort.lstrip("-")], PRODUCTS.c.id
+        order = (column.desc(), last.desc()) if sort.startswith("-") else (column, last)
     rows = db.session.execute(
         select(*SHOWN)
         .where(*where)
