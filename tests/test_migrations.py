@@ -129,3 +129,32 @@ def test_products_written_before_the_search_index_are_found(empty_database):
     assert [p["sku"] for p in listed.json] == ["s1"]
     with app.app_context():
         db.engine.dispose()
+
+
+def test_the_catalogs_views_per_day_are_summed_from_the_product_roll_ups(empty_database):
+    app = create_app(config.TestConfig(empty_database))
+    with app.app_context():
+        upgrade(revision="0011_webhooks")
+        with db.engine.begin() as conn:
+            for product, day, anonymous, registered in (
+                (1, "2026-03-01", 2, 1),
+                (2, "2026-03-01", 3, 0),
+                (1, "2026-03-02", 0, 4),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO daily_product_views (product_id, day, anonymous_views,"
+                        " registered_views) VALUES (:p, :d, :a, :r)"
+                    ),
+                    {"p": product, "d": day, "a": anonymous, "r": registered},
+                )
+        upgrade()
+        with db.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT day, anonymous_views, registered_views FROM daily_catalog_views")
+            ).all()
+        db.engine.dispose()
+    assert sorted((str(day), a, r) for day, a, r in rows) == [
+        ("2026-03-01", 5, 1),
+        ("2026-03-02", 0, 4),
+    ]

@@ -1,6 +1,7 @@
 """product search: the name's words (accents and case folded) in products.search, under a
 full-text index: MariaDB FULLTEXT ft_products_search, SQLite FTS5 products_fts kept by
-triggers; existing products are filled in
+triggers; existing products are filled in. The catalog's views per day
+(daily_catalog_views), summed from the per-product roll-ups
 
 Each word is stored as "ww" + the word (cut at 80 characters), so that MariaDB's index,
 with the server's defaults (innodb_ft_min_token_size 3, its stopwords), keeps every word.
@@ -10,7 +11,7 @@ here as they are now: a migration does not change when the app does.
 On SQLite, a later migration that rebuilds the products table (batch_alter_table) drops
 the triggers with the old table: it must create them again (TRIGGERS below).
 
-Revision ID: 0013_product_search
+Revision ID: 0013_search_and_catalog_views
 Revises: 0011_webhooks
 Create Date: 2026-12-06 14:50:00.000000
 
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '0013_product_search'
+revision = '0013_search_and_catalog_views'
 down_revision = '0011_webhooks'
 branch_labels = None
 depends_on = None
@@ -58,6 +59,20 @@ def search_of(name):
 
 
 def upgrade():
+    op.create_table('daily_catalog_views',
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.Column('anonymous_views', sa.BigInteger(), nullable=False),
+    sa.Column('registered_views', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('day', name=op.f('pk_daily_catalog_views')),
+    mysql_charset='utf8mb4',
+    mysql_collate='utf8mb4_unicode_ci'
+    )
+    op.execute(
+        "INSERT INTO daily_catalog_views (day, anonymous_views, registered_views)"
+        " SELECT day, SUM(anonymous_views), SUM(registered_views)"
+        " FROM daily_product_views GROUP BY day"
+    )
+
     op.add_column(
         'products', sa.Column('search', sa.Text(), server_default='', nullable=False)
     )
@@ -104,3 +119,4 @@ def downgrade():
     else:
         op.drop_index('ft_products_search', table_name='products')
         op.drop_column('products', 'search')
+    op.drop_table('daily_catalog_views')
