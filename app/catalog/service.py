@@ -213,29 +213,35 @@ def rows_after(where: list, sort: str | None, position: tuple | None, limit: int
     the list's order ``sort`` (its column, then the id), after ``position``: the
     ``(sort key, id)`` of the last row seen (None: from the first).
 
-    Each statement is one index range, however far the position: first the rows that tie
-    with the last key (after its id), then the rows beyond the key. (The one-statement
-    form ``key > k OR (key = k AND id > i)`` is read by SQLite, and by MariaDB when it
-    prefers the sort index to the range, as a walk of the live products from the first.)"""
+    Each statement reads one index range, however far the position: first the rows that
+    tie with the last key (after its id), then the rows beyond the key; and each finds
+    the ids first (from the index alone), then reads just those rows. (SQLite reads the
+    one-statement form ``key > k OR (key = k AND id > i)`` as a walk of the live products
+    from the first; MariaDB, asked for more columns than the index holds, walks the index
+    from the first live product too, testing the key on each entry, and only an ids-only
+    query makes it seek to the key.)"""
     column, descending = sort_order(sort)
     ids = PRODUCTS.c.id
-    query = select(ids, column.label("sort_key"), *columns)
     order = (column.desc(), ids.desc()) if descending else (column, ids)
+
+    def rows(conditions: list, order_by: tuple, count: int) -> list:
+        page = select(ids).where(*conditions).order_by(*order_by).limit(count).subquery()
+        query = (
+            select(ids, column.label("sort_key"), *columns)
+            .join_from(PRODUCTS, page, page.c.id == ids)
+            .order_by(*order)
+        )
+        return db.session.execute(query).all()
+
     if position is None:
-        return db.session.execute(query.where(*where).order_by(*order).limit(limit)).all()
+        return rows(where, order, limit)
     key, last = position
-    ties = db.session.execute(
-        query.where(*where, column == key, ids < last if descending else ids > last)
-        .order_by(ids.desc() if descending else ids)
-        .limit(limit)
-    ).all()
+    after_last = ids < last if descending else ids > last
+    ties = rows([*where, column == key, after_last], (ids.desc() if descending else ids,), limit)
     if len(ties) >= limit:
         return ties
     beyond = column < key if descending else column > key
-    rest = db.session.execute(
-        query.where(*where, beyond).order_by(*order).limit(limit - len(ties))
-    ).all()
-    return ties + rest
+    return ties + rows([*where, beyond], order, limit - len(ties))
 
 
 def list_page(filters: dict, page: int, page_size: int) -> tuple[int, str]:
