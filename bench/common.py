@@ -87,25 +87,47 @@ def start_moto() -> h.Moto:
     return moto
 
 
-def deployment(bare: bool = False) -> h.Deployment:
+def deployment(bare: bool = False, source: Path | None = None) -> h.Deployment:
     """The app staged as in the image, with its Debian-Python virtualenv (built once and
-    kept, like the system tests'); ``bare``: the same with bench/bare_app.py as wsgi.py."""
-    key = "bare" if bare else "deployment"
+    kept, like the system tests'); ``bare``: the same with bench/bare_app.py as wsgi.py;
+    ``source``: another tree of the service (an earlier commit, for a before/after line)."""
+    key = "bare" if bare else "deployment" if source is None else f"tree-{source.name}"
+    source = source or REPO_ROOT
     if key not in _parts:
         if os.geteuid() != 0:
             raise BenchError("make bench runs as root: uWSGI drops to www-data, as in the image")
         if missing := h.missing_binaries(h.UWSGI, h.PYTHON_PLUGIN, h.SYSTEM_PYTHON):
             raise BenchError(f"Missing (Debian's uWSGI is a prerequisite): {missing}")
-        if "workdir" not in _parts:
-            _parts["workdir"] = Path(tempfile.mkdtemp(prefix="marketplace-bench-"))
-            _parts["workdir"].chmod(0o755)  # the app user reads the app copies below it
-        workdir = _parts["workdir"] / key
+        workdir = run_workdir() / key
         workdir.mkdir()
         wsgi = BENCH_DIR / "bare_app.py" if bare else None
-        app_dir = h.stage_app(REPO_ROOT, workdir, wsgi)
-        venv = h.debian_venv(REPO_ROOT)
-        _parts[key] = h.Deployment(REPO_ROOT, venv, app_dir, workdir, reaper(), None)
+        app_dir = h.stage_app(source, workdir, wsgi)
+        venv = h.debian_venv(source)
+        _parts[key] = h.Deployment(source, venv, app_dir, workdir, reaper(), None)
     return _parts[key]
+
+
+def run_workdir() -> Path:
+    """The run's scratch directory (staged apps, earlier trees), removed by ``finish``."""
+    if "workdir" not in _parts:
+        _parts["workdir"] = Path(tempfile.mkdtemp(prefix="marketplace-bench-"))
+        _parts["workdir"].chmod(0o755)  # the app user reads the app copies below it
+    return _parts["workdir"]
+
+
+def earlier_tree(commit: str) -> Path:
+    """The service's files at ``commit`` (``git archive``), to serve beside this tree."""
+    target = run_workdir() / f"src-{commit[:12]}"
+    if not target.exists():
+        target.mkdir()
+        archive = run_workdir() / f"{commit[:12]}.tar"
+        for step in (
+            ["git", "-C", REPO_ROOT, "archive", f"--output={archive}", commit],
+            ["tar", "-x", "-f", archive, "-C", target],
+        ):
+            if (done := h.run(step)).returncode != 0:
+                raise BenchError(f"{' '.join(map(str, step[:2]))}: {done.stderr[-1000:]}")
+    return target
 
 
 def finish() -> list[str]:
@@ -205,13 +227,20 @@ def scalar(database: str, sql: str, *params):
 
 
 def app_environment(
-    database: str, *, redis_url: str = "", ses_url: str = NO_SES, **extra: str
+    database: str,
+    *,
+    redis_url: str = "",
+    ses_url: str = NO_SES,
+    tree: h.Deployment | None = None,
+    **extra: str,
 ) -> dict[str, str]:
-    """The container's environment (the harness's Deployment.env) pointed at ``database``,
-    with the benchmarks' server settings and the console mailer unless ``extra`` says
-    otherwise; without Redis unless ``redis_url`` names a database of the run's."""
+    """The container's environment (the harness's Deployment.env, of ``tree`` or this
+    tree) pointed at ``database``, with the benchmarks' server settings and the console
+    mailer unless ``extra`` says otherwise; without Redis unless ``redis_url`` names a
+    database of the run's."""
     settings = {"MAIL_BACKEND": "console", "REDIS_URL": redis_url, **SERVER_SETTINGS, **extra}
-    env = deployment().env(MARIADB.url(check_database_name(database)), ses_url, **settings)
+    database_url = MARIADB.url(check_database_name(database))
+    env = (tree or deployment()).env(database_url, ses_url, **settings)
     if not redis_url:
         # One server on one machine: login limits per process are what is measured here.
         env.update(RATELIMIT_STORAGE_URI="memory://")
@@ -225,9 +254,10 @@ def bare_environment(**extra: str) -> dict[str, str]:
     )
 
 
-def flask_command(env: dict[str, str], *args: str) -> str:
-    """``flask <args>`` (an operator command) in the staged app; its output."""
-    done = deployment().flask(env, *args, timeout=120)
+def flask_command(env: dict[str, str], *args: str, tree: h.Deployment | None = None) -> str:
+    """``flask <args>`` (an operator command) in the staged app (or ``tree``'s); its
+    output."""
+    done = (tree or deployment()).flask(env, *args, timeout=120)
     if done.returncode != 0:
         raise BenchError(
             f"flask {' '.join(args[:2])} failed (exit {done.returncode}):\n"
@@ -236,10 +266,12 @@ def flask_command(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def create_admin(env: dict[str, str], email: str, password: str, fullname: str) -> None:
+def create_admin(
+    env: dict[str, str], email: str, password: str, fullname: str, tree: h.Deployment | None = None
+) -> None:
     """An admin account made the operator's way: ``flask users create-admin``."""
     args = ["--email", email, "--password", password, "--fullname", fullname]
-    flask_command(env, "users", "create-admin", *args)
+    flask_command(env, "users", "create-admin", *args, tree=tree)
 
 
 ADJECTIVES = ("red", "blue", "light", "classic", "urban", "sport", "leather", "linen", "suede")
@@ -293,6 +325,10 @@ INSERT_PRODUCT = (
     "INSERT INTO products (sku, sku_lower, sku_key, name, price, mark, quantity, created_at,"
     " updated_at, deleted_at, search) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+INSERT_PRODUCT_UNSEARCHED = (
+    "INSERT INTO products (sku, sku_lower, sku_key, name, price, mark, quantity, created_at,"
+    " updated_at, deleted_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
 # Where product_rows puts the mark and deleted_at.
 ROW_MARK, ROW_DELETED = 5, 9
 
@@ -316,19 +352,29 @@ def build_catalog(
     env: dict[str, str],
     deleted_share: float = 0.01,
     seed: int = 20260101,
+    tree: h.Deployment | None = None,
 ) -> Catalog:
-    """Recreate ``database``, migrate it and fill it with ``size`` live products."""
+    """Recreate ``database``, migrate it (by ``tree``'s migrations, this tree's by
+    default) and fill it with ``size`` live products."""
     started = time.monotonic()
     recreate_database(database)
-    flask_command(env, "db", "upgrade")  # the schema by the service's migrations
+    flask_command(env, "db", "upgrade", tree=tree)  # the schema by the service's migrations
     mark_names = [f"brand{n:02d}" for n in range(marks)]
     rng = random.Random(seed)
     live_per_mark = dict.fromkeys(mark_names, 0)
     sample_skus: list[str] = []
     with contextlib.closing(connect(database)) as conn, conn.cursor() as cur:
         # pymysql sends each executemany batch as multi-row INSERT statements.
+        # An earlier tree (a before/after line) may have no search column yet.
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s"
+            " AND TABLE_NAME = 'products' AND COLUMN_NAME = 'search'",
+            (check_database_name(database),),
+        )
+        searchable = cur.fetchone()[0] == 1
+        insert = INSERT_PRODUCT if searchable else INSERT_PRODUCT_UNSEARCHED
         for batch in chunks(product_rows(size, mark_names, deleted_share, rng), 5_000):
-            cur.executemany(INSERT_PRODUCT, batch)
+            cur.executemany(insert, batch if searchable else [row[:-1] for row in batch])
             for row in batch:
                 if row[ROW_DELETED] is None:
                     live_per_mark[row[ROW_MARK]] += 1
@@ -345,12 +391,19 @@ def build_catalog(
 
 
 @contextlib.contextmanager
-def serve(name: str, env: dict[str, str], *, worker: bool = False, bare: bool = False):
+def serve(
+    name: str,
+    env: dict[str, str],
+    *,
+    worker: bool = False,
+    bare: bool = False,
+    tree: h.Deployment | None = None,
+):
     """A server (the harness's Stack without nginx): Debian's uWSGI with the shipped
     app.ini, answering HTTP on a free loopback port itself; app.ini's attached `flask
-    worker` with ``worker=True``; ``bare``: bench/bare_app.py in place of the service.
-    Stopped gracefully at the end."""
-    stack = h.Stack(deployment(bare), name, env, nginx=False, worker=worker)
+    worker` with ``worker=True``; ``bare``: bench/bare_app.py in place of the service;
+    ``tree``: another staged tree of the service. Stopped gracefully at the end."""
+    stack = h.Stack(tree or deployment(bare), name, env, nginx=False, worker=worker)
     stack.uwsgi_log().unlink(missing_ok=True)
     try:
         stack.start(SERVER_START_SECONDS)

@@ -165,7 +165,9 @@ def finish(run, scenario: str, requests, results, wait_sending=True, timeout=150
     entry["stopped"] = run.stopped
     run.uwsgi_log = run.stack.uwsgi_log().read_text(errors="replace")
     entry["harakiri_lines"] = len(f.HARAKIRI.findall(run.uwsgi_log))
-    entry["log_lines"] = {k: run.uwsgi_log.count(k) for k in LOG_LINES if k in run.uwsgi_log}
+    worker_log = run.stack.worker_log()  # the worker's own, when not under uWSGI's
+    logs = run.uwsgi_log + (worker_log.read_text(errors="replace") if worker_log.exists() else "")
+    entry["log_lines"] = {k: logs.count(k) for k in LOG_LINES if k in logs}
     results.append(entry)
     return entry
 
