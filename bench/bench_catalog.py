@@ -7,6 +7,9 @@ set (a database of the run's private Redis) and app.ini's `flask worker`, writin
    catalog, divided by the bare route returning the same page and headers (target >= 0.15).
 3. ``GET /api/products?mark=<m>&sort=price&page=2`` median latency with 100,000 products,
    divided by the same with 1,000 products (target <= 1.5).
+4. The same ratio for the first page of a cursor walk (``?cursor=``, no total counted), for
+   cursor pages deep in the catalog (its second half) and for a search (``?q=<a number>``,
+   a different one each request, relevance order, total counted) (targets <= 1.5).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 from urllib.parse import quote
 
 from common import (
+    MARIADB,
     BenchError,
     Catalog,
     Context,
@@ -26,6 +30,7 @@ from common import (
     app_environment,
     bare_environment,
     build_catalog,
+    check_database_name,
     drop_databases,
     get,
     h,
@@ -50,6 +55,9 @@ LATENCY_ROUNDS = 6
 THROUGHPUT_TARGET = Target(">=", 0.5)
 PAGE_TARGET = Target(">=", 0.15)
 LATENCY_TARGET = Target("<=", 1.5)
+FIRST_CURSOR_PATH = "/api/products?cursor=&page_size=20"
+DEEP_CURSOR_PATH = "/api/products?cursor={cursor}&page_size=20"
+SEARCH_PATH = "/api/products?q={word}"
 
 
 def run(ctx: Context) -> list[Result]:
@@ -68,6 +76,7 @@ def run(ctx: Context) -> list[Result]:
                 product_throughput(ctx, app_large, bare, sku),
                 page_throughput(ctx, app_large, bare),
                 listing_latency(ctx, app_small, app_large, small, large),
+                *cursor_and_search_latencies(ctx, app_small, app_large, small, large),
             ]
     finally:
         if not ctx.keep_databases:
@@ -219,3 +228,74 @@ def check_listing(server: h.Stack, catalog: Catalog) -> None:
         prices = [item["price"] for item in items]
         if prices != sorted(prices) or any(item["mark"] != mark for item in items):
             raise BenchError(f"{server.name}: mark {mark} is not filtered and sorted by price.")
+
+
+def deep_cursors(catalog: Catalog, count: int) -> list[str]:
+    """Cursors (the default sort) at ``count`` positions spread over the second half of
+    the catalog's live products, each made as the list makes them."""
+    from app.catalog.schemas import cursor_of
+
+    cursors = []
+    for n in range(count):
+        offset = catalog.size // 2 + n * (catalog.size // 2 - 20) // count
+        rows = MARIADB.query(
+            check_database_name(catalog.database),
+            "SELECT id, created_at FROM products WHERE deleted_at IS NULL"
+            " ORDER BY created_at, id LIMIT 1 OFFSET %s",
+            offset,
+        )
+        product_id, created_at = rows[0]
+        cursors.append(cursor_of("created", created_at, product_id))
+    return cursors
+
+
+def cursor_and_search_latencies(
+    ctx: Context, app_small: h.Stack, app_large: h.Stack, small: Catalog, large: Catalog
+) -> list[Result]:
+    """100k / 1k median latency of a first cursor page, deep cursor pages and searches."""
+    count = max(LATENCY_ROUNDS, ctx.latency_requests)
+    servers = [app_small, app_large]
+    deep = {
+        server.name: [DEEP_CURSOR_PATH.format(cursor=quote(c)) for c in deep_cursors(cat, count)]
+        for server, cat in ((app_small, small), (app_large, large))
+    }
+    # Product numbers 100-999: one product in the small catalog, 111 in the large one
+    # (512, 5120-5129, 51200-51299), all of them words of the names.
+    words = [str(100 + (n * 7) % 900) for n in range(count)]
+    lines = [
+        ("GET /api/products?cursor= (first page): 100k / 1k median latency",
+         lambda server, start, n: [FIRST_CURSOR_PATH] * n),
+        ("GET /api/products?cursor=<second half>: 100k / 1k median latency",
+         lambda server, start, n: deep[server.name][start : start + n]),
+        ("GET /api/products?q=<product number>: 100k / 1k median latency",
+         lambda server, start, n: [SEARCH_PATH.format(word=w) for w in words[start : start + n]]),
+    ]  # fmt: skip
+    for server in servers:
+        found = get(server, SEARCH_PATH.format(word="512")).json
+        if not found or any(not p["name"].rsplit(" ", 1)[1].startswith("512") for p in found):
+            raise BenchError(f"{server.name}: q=512 finds {[p['name'] for p in found][:5]}")
+    results = []
+    per_round = max(1, count // LATENCY_ROUNDS)
+    for name, paths in lines:
+        for server in servers:
+            sequential_latencies(server, paths(server, 0, 10))  # warm-up
+        measured = {server.name: Latencies() for server in servers}
+        for n, server in alternate(LATENCY_ROUNDS, servers):
+            got = sequential_latencies(server, paths(server, n * per_round, per_round))
+            measured[server.name].samples.extend(got.samples)
+        small_ms = measured[app_small.name].median_ms
+        large_ms = measured[app_large.name].median_ms
+        say(f"{name}: {large_ms:.2f} / {small_ms:.2f} ms")
+        results.append(
+            Result(
+                name=name,
+                measured=f"{large_ms:.2f} / {small_ms:.2f} ms",
+                ratio=large_ms / small_ms,
+                target=LATENCY_TARGET,
+                details={
+                    "large": {"products": large.size, **measured[app_large.name].summary()},
+                    "small": {"products": small.size, **measured[app_small.name].summary()},
+                },
+            )
+        )
+    return results

@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+from app.catalog.models import Product  # noqa: E402
 from tests.system import harness as h  # noqa: E402
 
 HOST = h.HOST
@@ -304,24 +305,32 @@ def product_rows(
         created = start + step * i + timedelta(microseconds=i % 1000)
         sku = f"bk{i:07d}{rng.choice('abcdefghjkmnpqrstuvwxyz')}"
         is_dead = i in dead
+        name = f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {i}"
         yield (
             sku,
             sku.lower(),
             None if is_dead else sku.lower(),
-            f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {i}",
+            name,
             f"{rng.randint(100, 2_000_000) / 100:.2f}",
             marks[order[i] % len(marks)],
             rng.randint(0, 500) if rng.random() > 0.1 else 0,
             created,
             created,
             created + timedelta(days=1) if is_dead else None,
+            Product.search_of(name),  # what the service writes with a name
         )
 
 
 INSERT_PRODUCT = (
     "INSERT INTO products (sku, sku_lower, sku_key, name, price, mark, quantity, created_at,"
+    " updated_at, deleted_at, search) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+INSERT_PRODUCT_UNSEARCHED = (
+    "INSERT INTO products (sku, sku_lower, sku_key, name, price, mark, quantity, created_at,"
     " updated_at, deleted_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+# Where product_rows puts the mark and deleted_at.
+ROW_MARK, ROW_DELETED = 5, 9
 
 
 def chunks(rows: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
@@ -356,11 +365,19 @@ def build_catalog(
     sample_skus: list[str] = []
     with contextlib.closing(connect(database)) as conn, conn.cursor() as cur:
         # pymysql sends each executemany batch as multi-row INSERT statements.
+        # An earlier tree (a before/after line) may have no search column yet.
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s"
+            " AND TABLE_NAME = 'products' AND COLUMN_NAME = 'search'",
+            (check_database_name(database),),
+        )
+        searchable = cur.fetchone()[0] == 1
+        insert = INSERT_PRODUCT if searchable else INSERT_PRODUCT_UNSEARCHED
         for batch in chunks(product_rows(size, mark_names, deleted_share, rng), 5_000):
-            cur.executemany(INSERT_PRODUCT, batch)
+            cur.executemany(insert, batch if searchable else [row[:-1] for row in batch])
             for row in batch:
-                if row[9] is None:  # deleted_at
-                    live_per_mark[row[5]] += 1  # mark
+                if row[ROW_DELETED] is None:
+                    live_per_mark[row[ROW_MARK]] += 1
                     if len(sample_skus) < 1000 and rng.random() < 0.05:
                         sample_skus.append(row[0])
         cur.execute("ANALYZE TABLE products")

@@ -6,6 +6,8 @@ from flask import current_app
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
+from app.core.dialect import in_models
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -94,7 +96,12 @@ def run_migrations_online():
         )
 
     with connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
+        context.configure(
+            connection=connection,
+            target_metadata=get_metadata(),
+            include_object=in_models,
+            **conf_args,
+        )
 
         with context.begin_transaction():
             context.run_migrations()

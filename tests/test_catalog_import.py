@@ -590,3 +590,26 @@ def test_a_10_mib_hostile_file_is_refused_within_a_bounded_memory(
     bound = 8 * 2**20 if content_type == "text/csv" else 3 * len(body)
     assert peak < bound, f"peak {peak / 2**20:.1f} MiB"
     assert products(app) == {}
+
+
+@pytest.mark.parametrize("sort", ["created", "-created", "name", "-name", "price", "-price"])
+def test_an_export_across_many_chunks_lists_each_live_product_once_in_the_lists_order(
+    app, client, make, admin, monkeypatch, sort
+):
+    monkeypatch.setattr(bulk, "CHUNK", 3)  # eight chunk boundaries, ties across most
+    names = ["Bota", "bota", "abrigo", "Zapato", "bota", "capa"]
+    for n in range(20):
+        make.product(f"p{n:02}", name=names[n % 6], price=Decimal(n % 4), mark="acme")
+    body = [{"sku": f"i{n}", "name": "bota", "price": 2, "mark": "acme"} for n in range(5)]
+    assert client.post(IMPORT, json=body, headers=admin["headers"]).status_code == 200
+    for sku in ("p03", "p10", "i2"):
+        assert client.delete(f"/api/products/{sku}", headers=admin["headers"]).status_code == 204
+
+    listed = client.get(f"/api/products?sort={sort}&page_size=100").json
+    response = client.get(f"{EXPORT}?format=json&sort={sort}", headers=admin["headers"])
+    exported = [p["sku"] for p in json.loads(response.get_data())]
+
+    assert len(listed) == 22
+    assert exported == [p["sku"] for p in listed]
+    as_csv = client.get(f"{EXPORT}?sort={sort}", headers=admin["headers"])
+    assert [row["sku"] for row in parse_csv(as_csv)] == exported

@@ -10,13 +10,15 @@ from sqlalchemy import create_engine, inspect, make_url, text
 
 from app import create_app
 from app.core import config
+from app.core.dialect import in_models
 from app.core.extensions import db
 from tests.conftest import BACKENDS
 
 
 def test_migrations_match_the_models(app):
     with app.app_context(), db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        opts = {"compare_type": True, "include_object": in_models}
+        context = MigrationContext.configure(conn, opts=opts)
         assert compare_metadata(context, db.metadata) == []
 
 
@@ -96,3 +98,63 @@ def test_existing_emails_are_rewritten_in_the_canonical_form(empty_database, cap
     said = capsys.readouterr().out
     assert "account 3 keeps" in said and "account 4's" in said
     assert "account 5 keeps 'ops@[127.0.0.1]'" in said
+
+
+def test_products_written_before_the_search_index_are_found(empty_database):
+    app = create_app(config.TestConfig(empty_database))
+    with app.app_context():
+        upgrade(revision="0011_webhooks")
+        with db.engine.begin() as conn:
+            for id_, name, deleted in (
+                (1, "Camión eléctrico", None),
+                (2, "Camión viejo", "2026-01-02"),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO products (id, sku, sku_lower, sku_key, name, price, mark,"
+                        " quantity, version, created_at, updated_at, deleted_at) VALUES (:id,"
+                        " :sku, :sku, :key, :name, 1, 'm', 0, 1, '2026-01-01', '2026-01-01', :d)"
+                    ),
+                    {
+                        "id": id_,
+                        "sku": f"s{id_}",
+                        "key": None if deleted else f"s{id_}",
+                        "name": name,
+                        "d": deleted,
+                    },
+                )
+        upgrade()
+        db.engine.dispose()
+    listed = app.test_client().get("/api/products?q=CAMION")
+    assert [p["sku"] for p in listed.json] == ["s1"]
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_the_catalogs_views_per_day_are_summed_from_the_product_roll_ups(empty_database):
+    app = create_app(config.TestConfig(empty_database))
+    with app.app_context():
+        upgrade(revision="0011_webhooks")
+        with db.engine.begin() as conn:
+            for product, day, anonymous, registered in (
+                (1, "2026-03-01", 2, 1),
+                (2, "2026-03-01", 3, 0),
+                (1, "2026-03-02", 0, 4),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO daily_product_views (product_id, day, anonymous_views,"
+                        " registered_views) VALUES (:p, :d, :a, :r)"
+                    ),
+                    {"p": product, "d": day, "a": anonymous, "r": registered},
+                )
+        upgrade()
+        with db.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT day, anonymous_views, registered_views FROM daily_catalog_views")
+            ).all()
+        db.engine.dispose()
+    assert sorted((str(day), a, r) for day, a, r in rows) == [
+        ("2026-03-01", 5, 1),
+        ("2026-03-02", 0, 4),
+    ]

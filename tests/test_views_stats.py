@@ -19,7 +19,7 @@ from app.core import config, redis_client
 from app.core.extensions import db
 from app.core.spreadsheets import csv_cell, plain_cell
 from app.views import recorder, rollups, stream
-from app.views.models import DailyProductViews, ProductView
+from app.views.models import DailyCatalogViews, DailyProductViews, ProductView
 from app.views.recorder import new_view_id
 from app.views.rollups import View
 from app.views.stream import ViewsConsumer
@@ -458,8 +458,9 @@ def test_rollup_rebuilds_from_raw_rows_and_prune_keeps_the_statistics(
     make.product("abc")
     old, recent = date(2026, 1, 10), date(2026, 1, 20)
     seed_views(app, "abc", {old: (3, []), recent: (2, [])})
-    with app.app_context():  # a damaged roll-up
+    with app.app_context():  # damaged roll-ups
         db.session.execute(DailyProductViews.__table__.delete())
+        db.session.execute(DailyCatalogViews.__table__.delete())
         db.session.commit()
 
     result = runner.invoke(args=["stats", "rollup", "--from", "2026-01-01", "--to", "2026-01-31"])
@@ -469,6 +470,7 @@ def test_rollup_rebuilds_from_raw_rows_and_prune_keeps_the_statistics(
     assert (
         client.get(f"/api/products/abc/stats?{query}", headers=admin["headers"]).json["views"] == 5
     )
+    assert client.get(f"/api/stats/views?{query}", headers=admin["headers"]).json["views"] == 5
 
     result = runner.invoke(args=["views", "prune", "--before", "2026-01-15"])
     assert "deleted 3 raw view(s)" in result.output
@@ -476,3 +478,39 @@ def test_rollup_rebuilds_from_raw_rows_and_prune_keeps_the_statistics(
     assert (
         client.get(f"/api/products/abc/stats?{query}", headers=admin["headers"]).json["views"] == 5
     )
+
+
+def test_an_interrupted_rollup_keeps_the_days_it_finished(
+    app, client, runner, make, admin, monkeypatch
+):
+    make.product("abc")
+    make.product("xyz")
+    days = [date(2026, 2, 1), date(2026, 2, 2), date(2026, 2, 3)]
+    seed_views(app, "abc", {day: (n + 1, []) for n, day in enumerate(days)})
+    seed_views(app, "xyz", {days[0]: (10, [])})
+    with app.app_context():  # damaged roll-ups: every count doubled
+        for model in (DailyProductViews, DailyCatalogViews):
+            table = model.__table__
+            db.session.execute(table.update().values(anonymous_views=table.c.anonymous_views * 2))
+        db.session.commit()
+    rebuild_day = rollups._rebuild_day
+
+    def failing_on_the_third(day):
+        if day == days[2]:
+            raise RuntimeError("the database went away")
+        return rebuild_day(day)
+
+    monkeypatch.setattr(rollups, "_rebuild_day", failing_on_the_third)
+    result = runner.invoke(args=["stats", "rollup", "--from", "2026-02-01", "--to", "2026-02-03"])
+    assert result.exit_code != 0
+
+    query = "from=2026-02-01&to=2026-02-03"
+    by_day = client.get(f"/api/stats/views?{query}", headers=admin["headers"]).json["by_day"]
+    assert [d["views"] for d in by_day] == [11, 2, 6]  # rebuilt, rebuilt, still doubled
+    monkeypatch.setattr(rollups, "_rebuild_day", rebuild_day)
+    result = runner.invoke(args=["stats", "rollup", "--from", "2026-02-03", "--to", "2026-02-03"])
+    assert result.exit_code == 0, result.output
+    by_day = client.get(f"/api/stats/views?{query}", headers=admin["headers"]).json["by_day"]
+    assert [d["views"] for d in by_day] == [11, 2, 3]
+    product = client.get(f"/api/products/abc/stats?{query}", headers=admin["headers"]).json
+    assert [d["views"] for d in product["by_day"]] == [1, 2, 3]

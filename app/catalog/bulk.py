@@ -25,13 +25,13 @@ from types import SimpleNamespace
 from typing import BinaryIO
 
 from marshmallow import ValidationError
-from sqlalchemy import and_, insert, or_, select
+from sqlalchemy import insert, select
 
 from app.accounts.models import User
 from app.catalog import cache
 from app.catalog.models import Product
 from app.catalog.schemas import CATALOG_COLUMNS, ProductImportSchema, dump_product
-from app.catalog.service import EDITABLE, SORT_COLUMNS, plain, product_filters
+from app.catalog.service import EDITABLE, plain, product_filters, rows_after
 from app.core import dialect
 from app.core.columns import utcnow
 from app.core.extensions import db
@@ -402,7 +402,9 @@ def _update(rows: list[dict]) -> None:
     """Update products by id (each row is locked), each with its own values, a chunk per
     statement."""
     for chunk in _chunks(rows):
-        dialect.update_by_id(Product.__table__, chunk, [*EDITABLE, "version", "updated_at"])
+        dialect.update_by_id(
+            Product.__table__, chunk, [*EDITABLE, "search", "version", "updated_at"]
+        )
 
 
 # ---------------------------------------------------------------- export
@@ -418,29 +420,15 @@ def exported(filters: dict) -> Iterator[list]:
     # twice.
     dialect.begin_snapshot()
     where = product_filters(filters)
-    sort = filters.get("sort") or "created"
-    column = SORT_COLUMNS[sort.lstrip("-")]
-    descending = sort.startswith("-")
-    order = (column.desc(), Product.id.desc()) if descending else (column, Product.id)
     columns = (Product.sku, *(getattr(Product, f) for f in EDITABLE))
-    after = []
+    position = None
     while True:
-        query = (
-            select(Product.id, column.label("sort_key"), *columns)
-            .where(*where, *after)
-            .order_by(*order)
-            .limit(chunk)
-        )
-        rows = db.session.execute(query).all()
+        rows = rows_after(where, filters.get("sort"), position, chunk, columns)
         if rows:
             yield rows
         if len(rows) < chunk:
             return
-        key, last = rows[-1].sort_key, rows[-1].id
-        beyond = (
-            (column < key, Product.id < last) if descending else (column > key, Product.id > last)
-        )
-        after = [or_(beyond[0], and_(column == key, beyond[1]))]
+        position = (rows[-1].sort_key, rows[-1].id)
 
 
 def product_values(row) -> dict:

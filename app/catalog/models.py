@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, Index, Integer, Numeric, String, select
+from sqlalchemy import CheckConstraint, Index, Integer, Numeric, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from app.core.columns import TABLE_ARGS, UTCDateTime, key_string, text_column, utcnow
-from app.core.dialect import locked
+from app.core.dialect import locked, search_document
 from app.core.extensions import db
-from app.core.text import key
+from app.core.text import key, search_words
 
 
 class Product(db.Model):
@@ -39,6 +39,10 @@ class Product(db.Model):
     # sku, whatever its case; a deleted product's sku can be used again.
     sku_key: Mapped[str | None] = mapped_column(key_string(64), unique=True)
     name: Mapped[str] = mapped_column(text_column(200))
+    # The name's words as search reads them (``search_of``), under a full-text index that
+    # the migrations keep (MariaDB: FULLTEXT ft_products_search; SQLite: the FTS5 table
+    # products_fts, by triggers), so that a product is found once its write commits.
+    search: Mapped[str] = mapped_column(Text, default="", server_default="")
     price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     mark: Mapped[str] = mapped_column(text_column(100))
     quantity: Mapped[int] = mapped_column(Integer)
@@ -69,6 +73,16 @@ class Product(db.Model):
         self.sku_key = self.sku_lower if self.deleted_at is None else None
         return sku
 
+    @staticmethod
+    def search_of(name: str) -> str:
+        """What the search index reads of a name: its words, accents and case folded."""
+        return search_document(search_words(name))
+
+    @validates("name")
+    def _derive_search(self, _key: str, name: str) -> str:
+        self.search = self.search_of(name)
+        return name
+
     @classmethod
     def new_row(cls, sku: str, values: dict, now: datetime) -> dict:
         """A new product as a row for a bulk INSERT, with the keys the model derives."""
@@ -78,6 +92,7 @@ class Product(db.Model):
             "sku_lower": key,
             "sku_key": key,
             **values,
+            "search": cls.search_of(values["name"]),
             "version": 1,
             "created_at": now,
             "updated_at": now,
@@ -94,6 +109,7 @@ class Product(db.Model):
             "sku_lower": key,
             "sku_key": key,
             **values,
+            "search": cls.search_of(values["name"]),
             "version": cls.next_version(current.version),
             "updated_at": now,
         }

@@ -13,7 +13,7 @@ from app.catalog.reads import JSON, read_product
 from app.catalog.schemas import (
     AsOfQuerySchema,
     ProductCreateSchema,
-    ProductQuerySchema,
+    ProductListQuerySchema,
     ProductSchema,
     ProductUpdateSchema,
     RevertSchema,
@@ -23,7 +23,7 @@ from app.catalog.schemas import (
 from app.core.errors import ErrorSchema
 from app.core.extensions import db
 from app.core.openapi import Blueprint
-from app.core.pagination import page_of
+from app.core.pagination import cursor_page, page_of
 from app.core.unit_of_work import transaction
 from app.events import journal
 from app.events.schemas import EventSchema
@@ -86,11 +86,25 @@ def update(sku: str, data: dict) -> Response:
 @products_blp.route("")
 class Products(MethodView):
     @token_optional
-    @products_blp.arguments(ProductQuerySchema, location="query", as_kwargs=True)
+    @products_blp.arguments(ProductListQuerySchema, location="query", as_kwargs=True)
     @products_blp.response(200, ProductSchema(many=True))
     @products_blp.paginate()
     def get(self, pagination_parameters, **filters):
-        """List products, filtered, sorted and paginated."""
+        """List products, filtered, sorted and paginated (by page, or by cursor)."""
+        count = filters.pop("count")
+        if "cursor" in filters:
+            if "page" in request.args:
+                abort(
+                    422,
+                    message="Send page or cursor, not both.",
+                    messages={"query": {"page": ["Not with cursor: a walk goes by cursor."]}},
+                )
+            position = filters.pop("cursor")
+            body, next_cursor, total = service.list_after(
+                filters, position, pagination_parameters.page_size, count
+            )
+            cursor_page(pagination_parameters, next_cursor, total)
+            return Response(body, mimetype=JSON)
         total, body = service.list_page(
             filters, pagination_parameters.page, pagination_parameters.page_size
         )

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 
 from flask import current_app
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from app.core.fields import Count, Price, Text, json_number, text
+from app.core.pagination import decode_cursor, encode_cursor
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -96,7 +106,11 @@ SORTS = ("name", "-name", "price", "-price", "created", "-created")
 
 class ProductQuerySchema(Schema):
     q = Text(
-        validate=validate.Length(max=200), metadata={"description": "Name contains (any case)."}
+        validate=validate.Length(max=200),
+        metadata={
+            "description": "Search the names: every word, as a whole word or the start of "
+            "one (zapa finds zapatos), accents and case aside."
+        },
     )
     mark = text(100, metadata={"description": "Brand, exact match (any case)."})
     min_price = Price(from_text=True)
@@ -113,6 +127,96 @@ class ProductQuerySchema(Schema):
         low, high = data.get("min_price"), data.get("max_price")
         if low is not None and high is not None and low > high:
             raise ValidationError("Must not be more than max_price.", field_name="min_price")
+
+
+# How each sort's key is written in a cursor, and read back.
+CURSOR_KEYS = {"name": str, "price": Decimal, "created": datetime.fromisoformat}
+NOT_A_CURSOR = (
+    "Not a cursor of this list: send the next_cursor of the previous page, or an empty "
+    "cursor to start a walk."
+)
+
+
+def cursor_of(sort: str, key, product_id: int) -> str:
+    """The opaque cursor of the position after a product: the list's sort, the product's
+    sort key and its id (the tiebreak)."""
+    text = key.isoformat() if isinstance(key, datetime) else str(key)
+    return encode_cursor({"sort": sort, "key": text, "id": product_id})
+
+
+def position_of(cursor: str, sort: str) -> tuple | None:
+    """The ``(sort key, id)`` a cursor names (None: an empty cursor, the first page);
+    ValidationError naming ``cursor`` for a cursor the list did not give, or one of
+    another sort."""
+    if cursor == "":
+        return None
+    found = decode_cursor(cursor)
+    if (
+        found is None
+        or set(found) != {"sort", "key", "id"}
+        or found["sort"] not in SORTS
+        or not isinstance(found["key"], str)
+        or type(found["id"]) is not int
+        or found["id"] < 0
+    ):
+        raise ValidationError(NOT_A_CURSOR, "cursor")
+    if found["sort"] != sort:
+        raise ValidationError(
+            f"This cursor walks the list by sort={found['sort']}: send that sort with it, "
+            "or an empty cursor to start a walk.",
+            "cursor",
+        )
+    try:
+        key = CURSOR_KEYS[sort.lstrip("-")](found["key"])
+    except (ValueError, InvalidOperation):
+        raise ValidationError(NOT_A_CURSOR, "cursor") from None
+    if isinstance(key, Decimal) and not key.is_finite():
+        raise ValidationError(NOT_A_CURSOR, "cursor")
+    return key, found["id"]
+
+
+class ProductListQuerySchema(ProductQuerySchema):
+    sort = fields.String(
+        validate=validate.OneOf([*SORTS, "relevance"]),
+        metadata={
+            "description": "name, price or created; prefix with '-' for descending; "
+            "relevance (with q: the best match first). Default: relevance with q, else "
+            "created."
+        },
+    )
+    cursor = fields.String(
+        validate=validate.Length(max=1000),
+        metadata={
+            "description": "A keyset walk instead of page numbers: empty for the first "
+            'page, then the next_cursor of X-Pagination (or follow Link rel="next"). '
+            "Each page costs the same however deep; not with page. Opaque: it holds the "
+            "sort, which must stay the same during a walk.",
+            "example": "",
+        },
+    )
+    count = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "With cursor: true adds total to X-Pagination (a count of every "
+            "matching product, not made otherwise). Pages by number always carry it."
+        },
+    )
+
+    @post_load
+    def position(self, data, **kwargs):
+        if "sort" not in data:
+            data["sort"] = "relevance" if data.get("q") else "created"
+        if data["sort"] == "relevance" and not data.get("q"):
+            raise ValidationError("relevance ranks the matches of q: send q with it.", "sort")
+        if "cursor" in data:
+            if data["sort"] == "relevance":
+                raise ValidationError(
+                    "A walk by cursor needs a position: send sort=name, price or created "
+                    "(with or without '-') with q.",
+                    "cursor",
+                )
+            data["cursor"] = position_of(data["cursor"], data["sort"])
+        return data
 
 
 # ---------------------------------------------------------------- catalog import and export

@@ -17,10 +17,12 @@ from app.accounts.models import User
 from app.catalog import cache
 from app.catalog.models import Product
 from app.catalog.reads import PRODUCTS, SHOWN
-from app.catalog.schemas import dump_product, products_json
+from app.catalog.schemas import cursor_of, dump_product, products_json
+from app.core import dialect
 from app.core.errors import RuleError
 from app.core.extensions import db
 from app.core.fields import json_number
+from app.core.text import search_words
 from app.events import journal
 from app.events.models import Event, EventType
 from app.notifications.service import notify
@@ -177,12 +179,18 @@ SORT_COLUMNS = {
 }
 
 
+def searched(q: str) -> tuple:
+    """(WHERE clause, relevance) of a search of the names: every word of ``q``, as a
+    whole word or the start of one, accents and case aside, through the full-text index
+    (app/core/dialect.py ``full_text``)."""
+    return dialect.full_text(PRODUCTS.c.search, search_words(q))
+
+
 def product_filters(filters: dict) -> list:
     """WHERE clauses of the product list (the live products matching the filters)."""
     clauses = [Product.live()]
     if q := filters.get("q"):
-        # A substring search: no index can serve it, it scans the live products.
-        clauses.append(PRODUCTS.c.name.contains(q, autoescape=True))
+        clauses.append(searched(q)[0])
     if mark := filters.get("mark"):
         clauses.append(PRODUCTS.c.mark == mark)
     if (low := filters.get("min_price")) is not None:
@@ -192,6 +200,48 @@ def product_filters(filters: dict) -> list:
     if (in_stock := filters.get("in_stock")) is not None:
         clauses.append(PRODUCTS.c.quantity > 0 if in_stock else PRODUCTS.c.quantity == 0)
     return clauses
+
+
+def sort_order(sort: str | None) -> tuple:
+    """(column, descending) of one of the list's sorts (``created`` by default)."""
+    sort = sort or "created"
+    return SORT_COLUMNS[sort.lstrip("-")], sort.startswith("-")
+
+
+def rows_after(where: list, sort: str | None, position: tuple | None, limit: int, columns) -> list:
+    """Up to ``limit`` rows (``id``, ``sort_key``, then ``columns``) matching ``where``, in
+    the list's order ``sort`` (its column, then the id), after ``position``: the
+    ``(sort key, id)`` of the last row seen (None: from the first).
+
+    Each statement reads one index range, however far the position: first the rows that
+    tie with the last key (after its id), then the rows beyond the key; and each finds
+    the ids first (from the index alone), then reads just those rows. (SQLite reads the
+    one-statement form ``key > k OR (key = k AND id > i)`` as a walk of the live products
+    from the first; MariaDB, asked for more columns than the index holds, walks the index
+    from the first live product too, testing the key on each entry, and only an ids-only
+    query makes it seek to the key.)"""
+    column, descending = sort_order(sort)
+    ids = PRODUCTS.c.id
+    order = (column.desc(), ids.desc()) if descending else (column, ids)
+
+    def rows(conditions: list, order_by: tuple, count: int) -> list:
+        page = select(ids).where(*conditions).order_by(*order_by).limit(count).subquery()
+        query = (
+            select(ids, column.label("sort_key"), *columns)
+            .join_from(PRODUCTS, page, page.c.id == ids)
+            .order_by(*order)
+        )
+        return db.session.execute(query).all()
+
+    if position is None:
+        return rows(where, order, limit)
+    key, last = position
+    after_last = ids < last if descending else ids > last
+    ties = rows([*where, column == key, after_last], (ids.desc() if descending else ids,), limit)
+    if len(ties) >= limit:
+        return ties
+    beyond = column < key if descending else column > key
+    return ties + rows([*where, beyond], order, limit - len(ties))
 
 
 def list_page(filters: dict, page: int, page_size: int) -> tuple[int, str]:
@@ -207,21 +257,47 @@ def list_page(filters: dict, page: int, page_size: int) -> tuple[int, str]:
     return cache.page(json.dumps(query, sort_keys=True, default=str, ensure_ascii=False), answer)
 
 
+def count_matching(where: list) -> int:
+    """How many live products match ``where`` (the list's filters)."""
+    total_query = select(func.count()).select_from(PRODUCTS).where(*where)
+    if len(where) == 1:
+        # All live products: the database would count the whole index each time.
+        return cache.live_count(lambda: db.session.scalar(total_query))
+    return db.session.scalar(total_query)
+
+
+def list_after(
+    filters: dict, position: tuple | None, page_size: int, count: bool
+) -> tuple[str, str | None, int | None]:
+    """A page of a cursor walk of the list: the JSON of the ``page_size`` live products
+    matching ``filters`` after ``position`` (None: the first), the cursor of the next
+    page (None: this is the last), and how many match in all when ``count`` (else None:
+    a walk never counts the catalog unless asked).
+
+    Not cached: each page is one or two index ranges, as cheap at the millionth product
+    as at the first, and a position is seldom asked twice."""
+    where = product_filters(filters)
+    sort = filters.get("sort") or "created"
+    rows = rows_after(where, sort, position, page_size + 1, SHOWN)
+    shown, more = rows[:page_size], len(rows) > page_size
+    next_cursor = cursor_of(sort, shown[-1].sort_key, shown[-1].id) if more else None
+    total = count_matching(where) if count else None
+    return products_json([dump_product(row) for row in shown]), next_cursor, total
+
+
 def list_products(filters: dict, page: int, page_size: int) -> tuple[list[dict], int]:
     """One page of the live products matching ``filters``, as the API shows them, and
     how many match in all."""
     where = product_filters(filters)
-    total_query = select(func.count()).select_from(PRODUCTS).where(*where)
-    if len(where) == 1:
-        # All live products: the database would count the whole index each time.
-        total = cache.live_count(lambda: db.session.scalar(total_query))
-    else:
-        total = db.session.scalar(total_query)
+    total = count_matching(where)
     if (page - 1) * page_size >= total:
         return [], total  # past the last page
     sort = filters.get("sort") or "created"
-    column, last = SORT_COLUMNS[sort.lstrip("-")], PRODUCTS.c.id
-    order = (column.desc(), last.desc()) if sort.startswith("-") else (column, last)
+    if sort == "relevance":  # the best match first; among equals, the oldest
+        order = (searched(filters["q"])[1].desc(), PRODUCTS.c.id)
+    else:
+        column, last = SORT_COLUMNS[sort.lstrip("-")], PRODUCTS.c.id
+        order = (column.desc(), last.desc()) if sort.startswith("-") else (column, last)
     rows = db.session.execute(
         select(*SHOWN)
         .where(*where)

@@ -243,6 +243,11 @@ class Parser(FlaskParser):
             abort(400, message=str(exc), messages={"json": [str(exc)]})
 
 
+# A cursor walk's answer whose total was not asked for (flask-smorest writes the pagination
+# headers only once a count is set: app/core/pagination.py cursor_page).
+NOT_COUNTED = -1
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
     PAGINATION_ARGUMENTS_PARSER = Parser()
@@ -340,6 +345,8 @@ class Blueprint(flask_smorest.Blueprint):
         return meta
 
     def _set_pagination_metadata(self, page_params, result, headers):
+        if hasattr(page_params, "next_cursor"):  # a page of a cursor walk (cursor_page)
+            return result, self._cursor_headers(page_params, headers)
         result, headers = super()._set_pagination_metadata(page_params, result, headers)
         meta = self._make_pagination_metadata(
             page_params.page, page_params.page_size, page_params.item_count
@@ -361,17 +368,35 @@ class Blueprint(flask_smorest.Blueprint):
             headers["Link"] = ", ".join(links)
         return result, headers
 
+    def _cursor_headers(self, page_params, headers):
+        """X-Pagination and Link of a page of a cursor walk: the page size, the next
+        page's cursor and link (none after the last page), the total only when counted."""
+        headers = {} if headers is None else headers
+        meta = {"page_size": page_params.page_size}
+        if page_params.item_count != NOT_COUNTED:
+            meta["total"] = page_params.item_count
+        if page_params.next_cursor is not None:
+            meta["next_cursor"] = page_params.next_cursor
+            args = request.args.to_dict()
+            args["cursor"] = page_params.next_cursor
+            headers["Link"] = f'<{request.path}?{urlencode(args)}>; rel="next"'
+        headers[self.PAGINATION_HEADER_NAME] = json.dumps(meta)
+        return headers
+
     def _document_pagination_metadata(self, spec, resp_doc):
         # The header's value is a JSON object in one string, not OpenAPI's "simple" style.
         resp_doc.setdefault("headers", {})[self.PAGINATION_HEADER_NAME] = {
             "description": "Pagination as a JSON object: total, total_pages, first_page, "
-            "last_page, page, previous_page, next_page.",
+            "last_page, page, previous_page, next_page; on a list that takes a cursor, a "
+            "cursor page's is page_size, next_cursor (none after the last page) and total "
+            "only when count=true.",
             "schema": {"type": "string"},
             "example": '{"total": 25, "total_pages": 2, "first_page": 1, "last_page": 2, '
             '"page": 1, "next_page": 2}',
         }
         resp_doc["headers"]["Link"] = {
-            "description": "RFC 8288 links to the first, previous, next and last pages.",
+            "description": "RFC 8288 links to the first, previous, next and last pages (a "
+            "cursor page: the next one only).",
             "schema": {"type": "string"},
         }
 

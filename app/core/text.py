@@ -4,6 +4,7 @@ that holds them is shown (an email's subject and lines, a log line)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # C0 controls (CR, LF, ESC, NUL...), DEL and C1 controls, the Unicode line and paragraph
 # separators, and the bidirectional embeddings, overrides and isolates: none belongs in a
@@ -11,6 +12,18 @@ import re
 CONTROL_RANGES = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 CONTROL_CHARACTERS = re.compile(f"[{CONTROL_RANGES}]")
 _CONTROL_RUNS = re.compile(f"[{CONTROL_RANGES}]+")
+
+
+_WORDS = re.compile(r"[^\W_]+")
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a text as search compares them: accents removed (NFKD, combining
+    marks dropped), case folded, split at every character that is neither a letter nor a
+    digit (``Camión-Eléctrico`` is ``camion`` and ``electrico``)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _WORDS.findall(unicodedata.normalize("NFKC", plain).casefold())
 
 
 def key(value: str) -> str:

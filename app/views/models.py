@@ -44,6 +44,19 @@ class DailyProductViews(db.Model):
     registered_views: Mapped[int] = mapped_column(default=0)
 
 
+class DailyCatalogViews(db.Model):
+    """Views of the whole catalog per UTC day (every product, deleted ones too), kept with
+    the per-product counts in the same transactions: the catalog's statistics read one row
+    per day, whatever the size of the catalog."""
+
+    __tablename__ = "daily_catalog_views"
+    __table_args__ = (TABLE_ARGS,)
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    anonymous_views: Mapped[int] = mapped_column(BigInteger, default=0)
+    registered_views: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class DailyProductViewer(db.Model):
     """Which registered users viewed a product on a day: unique viewers without raw rows."""
 

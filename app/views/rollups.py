@@ -18,7 +18,12 @@ from sqlalchemy.orm import Session
 
 from app.core.dialect import insert_ignore, upsert_adding
 from app.core.extensions import db
-from app.views.models import DailyProductViewer, DailyProductViews, ProductView
+from app.views.models import (
+    DailyCatalogViews,
+    DailyProductViewer,
+    DailyProductViews,
+    ProductView,
+)
 
 
 class View(NamedTuple):
@@ -28,14 +33,27 @@ class View(NamedTuple):
     viewed_at: datetime
 
 
+COUNTED = ["anonymous_views", "registered_views"]
+
+
 def _upsert_counts(session: Session, counts: Counter) -> None:
+    """Add to the per-product counts, then to the catalog's of the same days (always in
+    this order, each in key order: concurrent batches lock alike, and never deadlock)."""
     table = DailyProductViews.__table__
     rows = [
         {"product_id": pid, "day": day, "anonymous_views": anon, "registered_views": reg}
         for (pid, day), (anon, reg) in sorted(counts.items())
     ]
-    counted = ["anonymous_views", "registered_views"]
-    session.execute(upsert_adding(table, ["product_id", "day"], counted, session), rows)
+    session.execute(upsert_adding(table, ["product_id", "day"], COUNTED, session), rows)
+    per_day: Counter = Counter()
+    for (_pid, day), (anon, reg) in counts.items():
+        had = per_day[day] or (0, 0)
+        per_day[day] = (had[0] + anon, had[1] + reg)
+    catalog = [
+        {"day": day, "anonymous_views": anon, "registered_views": reg}
+        for day, (anon, reg) in sorted(per_day.items())
+    ]
+    session.execute(upsert_adding(DailyCatalogViews.__table__, ["day"], COUNTED, session), catalog)
 
 
 def _add_viewers(session: Session, viewers: set[tuple[int, date, int]]) -> None:
@@ -131,15 +149,18 @@ def rebuild_rollups(
     oldest = db.session.scalar(select(func.min(ProductView.viewed_at)))
     first = max(start, oldest.date()) if oldest is not None else end + timedelta(days=1)
     progress(min((first - start).days, (end - start).days + 1))
+    db.session.commit()  # the read above ends its transaction
     if first > end:
         return 0, None
     count = 0
-    # One transaction, computed by the database (a year of views never goes through
-    # Python), a day at a time so that the operator sees it advance.
+    # Computed by the database (a year of views never goes through Python), a day per
+    # transaction: each day's roll-ups change at once (a reader sees the old day or the
+    # new one), no transaction holds its locks for the whole range, the operator sees it
+    # advance, and an interrupted run keeps the days it finished.
     for offset in range((end - first).days + 1):
         count += _rebuild_day(first + timedelta(days=offset))
+        db.session.commit()
         progress(1)
-    db.session.commit()
     return count, first
 
 
@@ -147,7 +168,7 @@ def _rebuild_day(day: date) -> int:
     lo = datetime.combine(day, datetime.min.time())
     in_range = (ProductView.viewed_at >= lo, ProductView.viewed_at < lo + timedelta(days=1))
     anonymous = case((ProductView.user_id.is_(None), 1), else_=0)
-    for model in (DailyProductViews, DailyProductViewer):
+    for model in (DailyProductViews, DailyProductViewer, DailyCatalogViews):
         db.session.execute(delete(model).where(model.day == day))
     db.session.execute(
         insert(DailyProductViews).from_select(
@@ -160,6 +181,18 @@ def _rebuild_day(day: date) -> int:
             )
             .where(*in_range)
             .group_by(ProductView.product_id),
+        )
+    )
+    db.session.execute(
+        insert(DailyCatalogViews).from_select(
+            ["day", *COUNTED],
+            select(
+                DailyProductViews.day,
+                func.sum(DailyProductViews.anonymous_views),
+                func.sum(DailyProductViews.registered_views),
+            )
+            .where(DailyProductViews.day == day)
+            .group_by(DailyProductViews.day),
         )
     )
     db.session.execute(
