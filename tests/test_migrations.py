@@ -103,7 +103,7 @@ def test_existing_emails_are_rewritten_in_the_canonical_form(empty_database, cap
 def test_products_written_before_the_search_index_are_found(empty_database):
     app = create_app(config.TestConfig(empty_database))
     with app.app_context():
-        upgrade(revision="0011_webhooks")
+        upgrade(revision="0012_deliverability")
         with db.engine.begin() as conn:
             for id_, name, deleted in (
                 (1, "Camión eléctrico", None),
@@ -134,7 +134,7 @@ def test_products_written_before_the_search_index_are_found(empty_database):
 def test_the_catalogs_views_per_day_are_summed_from_the_product_roll_ups(empty_database):
     app = create_app(config.TestConfig(empty_database))
     with app.app_context():
-        upgrade(revision="0011_webhooks")
+        upgrade(revision="0012_deliverability")
         with db.engine.begin() as conn:
             for product, day, anonymous, registered in (
                 (1, "2026-03-01", 2, 1),

@@ -12,7 +12,7 @@ On SQLite, a later migration that rebuilds the products table (batch_alter_table
 the triggers with the old table: it must create them again (TRIGGERS below).
 
 Revision ID: 0013_search_and_catalog_views
-Revises: 0011_webhooks
+Revises: 0012_deliverability
 Create Date: 2026-12-06 14:50:00.000000
 
 """
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0013_search_and_catalog_views'
-down_revision = '0011_webhooks'
+down_revision = '0012_deliverability'
 branch_labels = None
 depends_on = None
 
