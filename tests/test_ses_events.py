@@ -404,3 +404,27 @@ def test_an_event_for_no_email_of_the_service_is_dropped(app, client, admins, ev
     settle(app)
     assert {row["status"] for row in emails(client, admins[0]).values()} == {"sent"}
     assert events.sqs.receive_message(QueueUrl=events.url).get("Messages") is None
+
+
+def test_a_sender_taking_one_email_at_a_time_passes_over_many_suppressed_ones(
+    app,
+    client,
+    admins,  # noqa: F811
+    ses,  # noqa: F811
+):
+    """Claiming one row at a time, a long run of emails to suppressed addresses is written
+    off batch after batch and the first deliverable email is still handed out."""
+    from app.catalog import service as catalog
+    from app.notifications import outbox, suppressions
+
+    with app.app_context():
+        suppressions.suppress("admin1@example.com", "bounce", None)
+        suppressions.suppress("admin2@example.com", "complaint", None)
+        db.session.commit()
+        for n in range(30):
+            catalog.create_product({**SEED, "sku": f"many-{n}"}, actor=None)
+        db.session.commit()
+        first = outbox.claim(1)
+        assert [row.email.to for row in first] == ["admin3@example.com"]
+        statuses = db.session.scalars(select(Notification.status)).all()
+    assert statuses.count("suppressed") == 2

@@ -116,37 +116,41 @@ def _execute(statement) -> int:
 
 def claim(limit: int) -> list[Claimed]:
     """Take up to ``limit`` due rows for this sender (committed), then read what their
-    sends need."""
-    now = utcnow()
-    token = uuid.uuid4().hex
-    ids = dialect.claim(
-        Notification,
-        _due(now),
-        Notification.id,
-        limit,
-        {"claim_token": token, "claimed_until": now + CLAIM_LEASE},
-    )
-    if not ids:
-        return []
-    rows = list(
-        db.session.scalars(
-            select(Notification).where(Notification.id.in_(ids), Notification.claim_token == token)
+    sends need. Rows to suppressed addresses are written off on the way; a batch only
+    of those is not the end of the due ones, so the next batch is taken."""
+    while True:
+        now = utcnow()
+        token = uuid.uuid4().hex
+        ids = dialect.claim(
+            Notification,
+            _due(now),
+            Notification.id,
+            limit,
+            {"claim_token": token, "claimed_until": now + CLAIM_LEASE},
         )
-    )
-    suppressed = suppressions.among({row.recipient for row in rows})
-    claimed = []
-    for row in rows:
-        if (entry := suppressed.get(lookup_email(row.recipient))) is not None:
-            # Never handed to SES: written off at once, the batch's others go out.
-            row.status = Status.SUPPRESSED
-            row.claim_token = row.claimed_until = None
-            row.last_error = f"the address is suppressed ({entry.reason})"
-            log.info("notification %s: suppressed (%s)", row.id, entry.reason)
-        else:
-            claimed.append(Claimed(row.id, token, row.attempts, render(row)))
-    db.session.commit()
-    # A batch only of suppressed emails is not the end of the due ones.
-    return claimed if claimed or not rows else claim(limit)
+        if not ids:
+            return []
+        rows = list(
+            db.session.scalars(
+                select(Notification).where(
+                    Notification.id.in_(ids), Notification.claim_token == token
+                )
+            )
+        )
+        suppressed = suppressions.among({row.recipient for row in rows})
+        claimed = []
+        for row in rows:
+            if (entry := suppressed.get(lookup_email(row.recipient))) is not None:
+                # Never handed to SES: written off at once, the batch's others go out.
+                row.status = Status.SUPPRESSED
+                row.claim_token = row.claimed_until = None
+                row.last_error = f"the address is suppressed ({entry.reason})"
+                log.info("notification %s: suppressed (%s)", row.id, entry.reason)
+            else:
+                claimed.append(Claimed(row.id, token, row.attempts, render(row)))
+        db.session.commit()
+        if claimed or not rows:
+            return claimed
 
 
 # The rows this process's senders are sending, or hold SES's answer for.
