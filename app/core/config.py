@@ -18,9 +18,9 @@ MIN_SECRET_BYTES = 32
 HEX_KEY = re.compile(r"[0-9a-f]+|[0-9A-F]+")
 BASE64_KEY = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 # The shortest part of a key that may not appear twice, in any case: over 32 bits of
-# random text (a generator's key repeats one with a chance under one in a million).
+# random text (a generator's key repeats one with a chance under one in a billion).
 HEX_REPEAT = 9
-BASE64_REPEAT = 7
+BASE64_REPEAT = 9
 # At most this share of a key's neighbouring characters may be equal or next to each
 # other (abc, 123): a generator's keys stay under half of it.
 HEX_STEPS = 0.6
