@@ -87,7 +87,10 @@ def db_outage(deployment, reaper, moto, opts, results):
         pass
     run.drained = drained(run, moto, DRAIN_LIMIT)
     finish(run, moto, results, "mariadb_outage")
-    run.uwsgi_log = run.stack.uwsgi_log().read_text(errors="replace")
+    worker_log = run.stack.worker_log()  # the worker's own, when not under uWSGI's
+    run.uwsgi_log = run.stack.uwsgi_log().read_text(errors="replace") + (
+        worker_log.read_text(errors="replace") if worker_log.exists() else ""
+    )
     yield run
     reaper.stop(db.process, timeout=60)
 
