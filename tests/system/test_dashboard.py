@@ -33,7 +33,17 @@ MAX_SCREENSHOT_BYTES = 180_000
 PHONE = {"width": 390, "height": 844, "mobile": True}
 DESKTOP = {"width": 1024, "height": 800, "mobile": False}
 TODAY = datetime.now(UTC).date()
-STATUSES = ["sent", "pending", "sending", "failed", "unknown"]
+STATUSES = [
+    "sent",
+    "pending",
+    "sending",
+    "failed",
+    "unknown",
+    "delivered",
+    "bounced",
+    "complained",
+    "suppressed",
+]
 # Collects what the page's policy refused (a script injected by the protocol runs
 # whatever the page's policy says).
 WATCH_VIOLATIONS = """
@@ -387,6 +397,10 @@ def test_an_admin_logs_in_and_the_dashboard_shows_the_apis_numbers(served, chrom
         "sending": 0,
         "failed": 2,
         "unknown": 1,
+        "delivered": 0,
+        "bounced": 0,
+        "complained": 0,
+        "suppressed": 0,
     }
     assert_page_matches_the_api(served, shown, start, end, "zap-01")
 
