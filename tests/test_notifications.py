@@ -429,7 +429,11 @@ def test_a_row_taken_over_by_another_sender_mid_batch_is_not_sent_twice(app, mak
 
     with app.app_context():
         rows = outbox.claim(10)
-        assert [outbox.deliver(row, SlowBatchMailer(SENDER, REGION)) for row in rows] == [
+        assert [
+            status
+            for row in rows
+            for status in outbox.deliver([row], SlowBatchMailer(SENDER, REGION))
+        ] == [
             "sent",
             "sent",
             "lost",
@@ -465,7 +469,7 @@ def test_a_send_recorded_late_because_the_database_was_away_is_not_sent_again(
     monkeypatch.setattr(db.session, "commit", flaky_commit)
     with app.app_context():
         for row in outbox.claim(10):
-            outbox.deliver(row, build_mailer(app.config))
+            outbox.deliver([row], build_mailer(app.config))
     monkeypatch.setattr(db.session, "commit", real_commit)
 
     assert len(ses.sent_messages) == 3
@@ -497,7 +501,9 @@ def test_a_lost_answer_to_the_sending_mark_still_sends_the_email_once(
     with app.app_context():
         claimed = outbox.claim(10)
         monkeypatch.setattr(db.session, "commit", commit_answer_lost)
-        outcomes = [outbox.deliver(row, build_mailer(app.config)) for row in claimed]
+        outcomes = [
+            status for row in claimed for status in outbox.deliver([row], build_mailer(app.config))
+        ]
     monkeypatch.setattr(db.session, "commit", real_commit)
 
     assert outcomes == ["sent"] * 3
@@ -526,13 +532,99 @@ def test_each_email_names_its_notification_for_the_recipients_system(app, client
     assert {message.notification_id for message in received(ses)} == ids
 
 
+def test_every_recipient_of_a_change_gets_the_same_email_ending_with_its_own_id(
+    app, client, admins, ses
+):
+    client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+    settle(app)
+    mail = received(ses)
+    assert len(mail) == 3
+    assert len({(m.subject, m.html) for m in mail}) == 1
+    texts = {m.notification_id: m.text.rstrip().splitlines() for m in mail}
+    for notification_id, lines in texts.items():
+        assert lines[-1] == f"Notification {notification_id}"
+        assert lines[:-1] == texts[mail[0].notification_id][:-1]
+
+
+def test_emails_sent_together_each_get_their_own_outcome_and_try(
+    app, client, make, admins, ses, rows
+):
+    """The rows a sender sends together are marked and recorded together: each with what
+    SES answered to its own email."""
+    from app.notifications.mailers import NotAccepted, OutcomeUnknown
+    from app.notifications.models import NotificationTry
+
+    make.product("d7iy6euiue", price=300)
+    make.product("other-sku", price=10)
+    for sku in ("d7iy6euiue", "other-sku"):
+        client.put(f"/api/products/{sku}", json={"price": 500}, headers=admins[0]["headers"])
+    with app.app_context():
+        claimed = outbox.claim(10)
+        refused, unanswered = claimed[1].id, claimed[4].id
+
+        class Answers(SESMailer):
+            def send(self, email):
+                if email.notification_id == refused:
+                    raise NotAccepted("MessageRejected: a bad address")
+                if email.notification_id == unanswered:
+                    raise OutcomeUnknown("read timeout")
+                return super().send(email)
+
+        outcomes = outbox.deliver(claimed, Answers(SENDER, REGION))
+    assert len(claimed) == 6
+    assert outcomes == ["sent", "pending", "sent", "sent", "unknown", "sent"]
+    by_id = {row.id: row for row in rows(Notification)}
+    sent = [row for row in by_id.values() if row.status == "sent"]
+    assert len({row.message_id for row in sent}) == 4
+    assert {m.notification_id for m in received(ses)} == {row.id for row in sent}
+    assert by_id[refused].status == "pending" and "bad address" in by_id[refused].last_error
+    assert by_id[unanswered].status == "unknown"
+    assert all(row.attempts == 1 and row.claim_token is None for row in by_id.values())
+    tries = {t.notification_id: t.outcome for t in rows(NotificationTry)}
+    assert tries == {
+        row.id: {"sent": "sent", "pending": "retry", "unknown": "unknown"}[row.status]
+        for row in by_id.values()
+    }
+
+
+def test_a_row_of_a_batch_requeued_during_the_send_keeps_the_operators_change(
+    app, client, make, admins, ses, rows
+):
+    """An operator requeues one row while its batch is being sent: the others get their
+    result; that row is not overwritten (it is due again, as the operator asked)."""
+    make.product("d7iy6euiue", price=300)
+    client.put("/api/products/d7iy6euiue", json={"price": 500}, headers=admins[0]["headers"])
+    with app.app_context():
+        claimed = outbox.claim(10)
+        requeued = claimed[0].id
+
+        class OperatorMeanwhile(SESMailer):
+            def send(self, email):
+                message_id = super().send(email)
+                if email.notification_id == claimed[-1].id:
+                    with app.app_context():
+                        db.session.execute(
+                            update(Notification)
+                            .where(Notification.id == requeued)
+                            .values(status="pending", claim_token=None, claimed_until=None)
+                        )
+                        db.session.commit()
+                return message_id
+
+        outcomes = outbox.deliver(claimed, OperatorMeanwhile(SENDER, REGION))
+    assert outcomes == ["sent"] * 3
+    by_id = {row.id: row for row in rows(Notification)}
+    assert by_id[requeued].status == "pending"
+    assert {row.status for row_id, row in by_id.items() if row_id != requeued} == {"sent"}
+
+
 def test_a_send_ses_did_not_answer_is_unknown_listed_and_not_resent(
     app, client, runner, admins, ses, rows
 ):
     client.post("/api/products", json=SEED, headers=admins[0]["headers"])
     with app.app_context():
         mailer = ses_times_out(build_mailer(app.config))
-        outcomes = [outbox.deliver(row, mailer) for row in outbox.claim(10)]
+        outcomes = [status for row in outbox.claim(10) for status in outbox.deliver([row], mailer)]
     assert outcomes == ["unknown"] * 3
     assert {row.status for row in rows(Notification)} == {"unknown"}
     assert all("outcome unknown" in row.last_error for row in rows(Notification))
@@ -558,7 +650,7 @@ def test_a_sender_that_died_during_a_send_leaves_it_unknown_not_resent(
     client.post("/api/products", json=SEED, headers=admins[0]["headers"])
     with app.app_context():
         row = outbox.claim(1)[0]
-        assert outbox.start(row)  # marked as being sent... and the process is killed
+        assert outbox.start([row])  # marked as being sent... and the process is killed
     run_worker(runner)
     assert len(ses.sent_messages) == 2  # the other two; this one is still in flight
     with app.app_context():
@@ -599,7 +691,7 @@ def test_a_sender_cut_off_from_the_database_past_its_lease_keeps_its_row_and_rec
 
     with app.app_context():
         row = outbox.claim(1)[0]
-        assert outbox.deliver(row, CutOffMailer(SENDER, REGION)) == "sent"
+        assert outbox.deliver([row], CutOffMailer(SENDER, REGION)) == ["sent"]
     assert seen == {"expired": [], "status": "sending"}
     recorded = rows(Notification, Notification.id == row.id)[0]
     assert recorded.status == "sent" and recorded.message_id
@@ -640,7 +732,7 @@ def test_ses_answer_is_recorded_however_long_the_database_is_away(
     with app.app_context():
         row = outbox.claim(1)[0]
         monkeypatch.setattr(db.session, "commit", commit)
-        assert outbox.deliver(row, Mailer(SENDER, REGION)) == "sent"
+        assert outbox.deliver([row], Mailer(SENDER, REGION)) == ["sent"]
     monkeypatch.setattr(db.session, "commit", real_commit)
     assert clock["now"] >= away_until
     recorded = rows(Notification, Notification.id == row.id)[0]
@@ -684,7 +776,7 @@ def test_a_worker_asked_to_stop_gives_up_recording_after_a_while(
         row = outbox.claim(1)[0]
         monkeypatch.setattr(db.session, "commit", commit)
         with pytest.raises(OperationalError):
-            outbox.deliver(row, Mailer(SENDER, REGION), stopping)
+            outbox.deliver([row], Mailer(SENDER, REGION), stopping)
     monkeypatch.setattr(db.session, "commit", real_commit)
     assert 600 < clock["now"] <= 600 + outbox.RECORD_RETRY_SECONDS + 10
     assert rows(Notification, Notification.id == row.id)[0].status == "sending"
@@ -712,7 +804,7 @@ def test_a_late_answer_overrides_another_process_marking_the_row_unknown(
 
     with app.app_context():
         row = outbox.claim(1)[0]
-        assert outbox.deliver(row, OtherProcessExpires(SENDER, REGION)) == "sent"
+        assert outbox.deliver([row], OtherProcessExpires(SENDER, REGION)) == ["sent"]
     recorded = rows(Notification, Notification.id == row.id)[0]
     assert recorded.status == "sent" and recorded.message_id
     assert len(ses.sent_messages) == 1

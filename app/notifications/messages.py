@@ -60,12 +60,54 @@ def _name(event: Event) -> str:
     return one_line((event.changes.get("name") or {}).get("old", ""))
 
 
-def render(row: Notification) -> Email:
-    """The email of one outbox row."""
+# Where the text names its notification: its last line does, in every template.
+ID_MARK = "\x00notification-id\x00"
+
+
+@dataclass(frozen=True)
+class Content:
+    subject: str
+    text: str  # ends with ID_MARK
+    html: str
+
+
+def render(row: Notification, rendered: dict | None = None) -> Email:
+    """The email of one outbox row. ``rendered``: what was rendered already in this batch,
+    so that the recipients of one change share its rendering (only the notification id
+    at the end of the text is theirs)."""
+    key = (row.kind, row.event_row_id, row.event_count)
+    content = None if rendered is None else rendered.get(key)
+    if content is None:
+        content = _content(row)
+        if rendered is not None and row.kind != NotificationKind.WEBHOOK_DISABLED:
+            rendered[key] = content
+    if content is None:  # a template that names the notification elsewhere
+        return _email(row, *_template_values(row, row.id))
+    return Email(
+        to=row.recipient,
+        subject=content.subject,
+        text=content.text.removesuffix(ID_MARK) + str(row.id),
+        html=content.html,
+        notification_id=row.id,
+    )
+
+
+def _content(row: Notification) -> Content | None:
+    email = _email(row, *_template_values(row, ID_MARK))
+    if not email.text.endswith(ID_MARK) or ID_MARK in email.subject + email.html:
+        return None
+    return Content(email.subject, email.text, email.html)
+
+
+def _template_values(row: Notification, notification_id) -> tuple[str, dict]:
     if row.kind == NotificationKind.IMPORT:
-        return _render_import(row)
+        return _import_values(row, notification_id)
     if row.kind == NotificationKind.WEBHOOK_DISABLED:
-        return _render_webhook_disabled(row)
+        return _webhook_disabled_values(row, notification_id)
+    return _change_values(row, notification_id)
+
+
+def _change_values(row: Notification, notification_id) -> tuple[str, dict]:
     event, kind = row.event, kind_of(row.event)
     values = {
         "sku": one_line(event.sku),
@@ -76,12 +118,12 @@ def render(row: Notification) -> Email:
         "heading": HEADINGS[kind],
         "lines": _lines(event.changes),
         "reverted_to": event.reverted_to,
-        "notification_id": row.id,
+        "notification_id": notification_id,
     }
-    return _email(row, "change", values)
+    return "change", values
 
 
-def _render_import(row: Notification) -> Email:
+def _import_values(row: Notification, notification_id) -> tuple[str, dict]:
     """The summary email of one catalog import: counts, then the first changes."""
     first = row.event
     events = db.session.scalars(
@@ -102,12 +144,12 @@ def _render_import(row: Notification) -> Email:
         "products": products,
         "actor": _actor(first),
         "when": first.at.strftime(WHEN),
-        "notification_id": row.id,
+        "notification_id": notification_id,
     }
-    return _email(row, "import", values)
+    return "import", values
 
 
-def _render_webhook_disabled(row: Notification) -> Email:
+def _webhook_disabled_values(row: Notification, notification_id) -> tuple[str, dict]:
     """The service turned a webhook endpoint off: which, why, and how to turn it on."""
     values = {
         "webhook": row.summary["webhook"],
@@ -115,9 +157,9 @@ def _render_webhook_disabled(row: Notification) -> Email:
         "reason": one_line(row.summary["reason"]),
         "event_id": row.event.id,
         "when": row.created_at.strftime(WHEN),
-        "notification_id": row.id,
+        "notification_id": notification_id,
     }
-    return _email(row, "webhook_disabled", values)
+    return "webhook_disabled", values
 
 
 def _email(row: Notification, template: str, values: dict) -> Email:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, case, func, insert, literal, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from app.core import dialect
@@ -138,7 +138,7 @@ def claim(limit: int) -> list[Claimed]:
             )
         )
         suppressed = suppressions.among({row.recipient for row in rows})
-        claimed = []
+        claimed, rendered = [], {}
         for row in rows:
             if (entry := suppressed.get(lookup_email(row.recipient))) is not None:
                 # Never handed to SES: written off at once, the batch's others go out.
@@ -147,7 +147,7 @@ def claim(limit: int) -> list[Claimed]:
                 row.last_error = f"the address is suppressed ({entry.reason})"
                 log.info("notification %s: suppressed (%s)", row.id, entry.reason)
             else:
-                claimed.append(Claimed(row.id, token, row.attempts, render(row)))
+                claimed.append(Claimed(row.id, token, row.attempts, render(row, rendered)))
         db.session.commit()
         if claimed or not rows:
             return claimed
@@ -159,14 +159,14 @@ _held_lock = threading.Lock()
 
 
 @contextmanager
-def _holding(row_id: int) -> Iterator[None]:
+def _holding(row_ids: set[int]) -> Iterator[None]:
     with _held_lock:
-        _held.add(row_id)
+        _held.update(row_ids)
     try:
         yield
     finally:
         with _held_lock:
-            _held.discard(row_id)
+            _held.difference_update(row_ids)
 
 
 def held() -> set[int]:
@@ -200,74 +200,102 @@ def _until_the_database_answers(
             delay = min(delay * 2, 5.0)
 
 
-def start(row: Claimed) -> bool:
-    """Mark the row ``sending`` just before SES is called; False if it is no longer ours."""
+def start(rows: list[Claimed]) -> set[int]:
+    """Mark claimed rows ``sending`` just before SES is called, in one statement; the ids
+    still ours (the others were taken back: their lease ran out)."""
+    ids = [row.id for row in rows]
+    token = rows[0].token
     statement = (
-        update(Notification)
-        .where(
-            Notification.id == row.id,
-            Notification.claim_token == row.token,
-            Notification.status == Status.PENDING,
-        )
+        _by_ids(ids)
+        .where(Notification.claim_token == token, Notification.status == Status.PENDING)
         .values(
             status=Status.SENDING,
             attempts=Notification.attempts + 1,
             claimed_until=utcnow() + SEND_LEASE,
         )
     )
-    if _until_the_database_answers(lambda: _execute(statement), row.id, "starting") == 1:
-        return True
-    # A retry after a lost answer to the COMMIT finds the mark already made: then it is
-    # this sender's own (no other sender has its claim token), and the row is still its.
-    return _until_the_database_answers(lambda: _marked_by(row), row.id, "checking") == 1
+    first = ids[0]
+    if _until_the_database_answers(lambda: _execute(statement), first, "starting") == len(ids):
+        return set(ids)
+    # Some rows were not marked now: taken back, or (a retry after a lost answer to the
+    # COMMIT) marked already, by this sender, as no other sender has its claim token.
+    return _until_the_database_answers(lambda: _marked_by(ids, token), first, "checking")
 
 
-def _marked_by(row: Claimed) -> int:
-    marked = db.session.scalar(
-        select(func.count())
-        .select_from(Notification)
-        .where(
-            Notification.id == row.id,
-            Notification.claim_token == row.token,
-            Notification.status == Status.SENDING,
+def _marked_by(ids: list[int], token: str) -> set[int]:
+    marked = set(
+        db.session.scalars(
+            select(Notification.id).where(
+                Notification.id.in_(ids),
+                Notification.claim_token == token,
+                Notification.status == Status.SENDING,
+            )
         )
     )
     db.session.commit()
     return marked
 
 
-def _finish(
-    row: Claimed, outcome: str, started: float, values: dict, stopping: threading.Event | None
-) -> None:
-    """Record the try's result on the row and keep the try itself (when, what, how long),
-    in one transaction, if the row is still this sender's; however long the database
-    takes to answer, unless the process is stopping."""
+@dataclass(frozen=True)
+class Tried:
+    """What SES answered to one row's send, held until the database has it."""
+
+    row: Claimed
+    status: str  # the row's new status (or "throttled", "quota": pending again)
+    values: dict  # the row's new values
+    kept: dict  # the try itself: when, what, how long
+
+
+def _per_row(column: str, tried: list[Tried]):
+    """One column's new value for each row of ``tried`` that sets it (the others keep
+    theirs), as one expression."""
+    setting = {t.row.id: t.values[column] for t in tried if column in t.values}
+    if len(setting) == len(tried) and len({repr(v) for v in setting.values()}) == 1:
+        return next(iter(setting.values()))
+    kind = Notification.__table__.c[column].type
+    return case(
+        *((Notification.id == row_id, literal(value, kind)) for row_id, value in setting.items()),
+        else_=getattr(Notification, column),
+    )
+
+
+def _finish(tried: list[Tried], stopping: threading.Event | None) -> None:
+    """Record the results on their rows and keep the tries, in one transaction of two
+    statements, if the rows are still this sender's; however long the database takes to
+    answer, unless the process is stopping. When some row changed meanwhile, each row is
+    recorded on its own, so that only this sender's rows get its results."""
+    token = tried[0].row.token
+    columns = sorted({column for t in tried for column in t.values})
     statement = (
-        update(Notification)
-        .where(Notification.id == row.id, Notification.claim_token == row.token)
-        .values(claim_token=None, claimed_until=None, **values)
+        _by_ids([t.row.id for t in tried])
+        .where(Notification.claim_token == token)
+        .values(
+            claim_token=None,
+            claimed_until=None,
+            **{column: _per_row(column, tried) for column in columns},
+        )
         .execution_options(synchronize_session=False)
     )
-    kept = {
-        "notification_id": row.id,
-        "at": utcnow(),
-        "outcome": outcome,
-        "error": values.get("last_error"),
-        "duration_ms": round((time.monotonic() - started) * 1000),
-    }
 
     def record() -> int:
         changed = db.session.execute(statement).rowcount
-        if changed == 1:
-            db.session.execute(insert(NotificationTry), [kept])
+        if changed != len(tried):
+            db.session.rollback()
+            return changed
+        db.session.execute(insert(NotificationTry), [t.kept for t in tried])
         db.session.commit()
         return changed
 
-    recorded = _until_the_database_answers(
-        record, row.id, "recording", seconds=None, stopping=stopping
-    )
-    if recorded != 1:
-        log.warning("notification %s: its row changed before its result was recorded", row.id)
+    first = tried[0].row.id
+    if _until_the_database_answers(
+        record, first, "recording", seconds=None, stopping=stopping
+    ) == len(tried):
+        return
+    if len(tried) > 1:
+        for one in tried:
+            _finish([one], stopping)
+        return
+    log.warning("notification %s: its row changed before its result was recorded", first)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -275,20 +303,43 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), 3600))
 
 
-def deliver(row: Claimed, mailer: Mailer, stopping: threading.Event | None = None) -> str:
-    """Send one claimed row once and record what SES answered; return its new status (or
-    "lost" if another took it). ``stopping``: the worker's stop request."""
-    if not start(row):
-        log.warning("notification %s: lease lost before sending; left to its new sender", row.id)
-        return "lost"
-    with _holding(row.id):
-        started = time.monotonic()
-        status, outcome, values = _send(row, mailer)
-        _finish(row, outcome, started, values, stopping)
-        return status
+def deliver(
+    rows: list[Claimed], mailer: Mailer, stopping: threading.Event | None = None
+) -> list[str]:
+    """Send claimed rows (of one claim) once each and record what SES answered: the rows
+    marked ``sending`` in one statement, their results in one transaction. Each row's new
+    status, in order ("lost" if another took it). ``stopping``: the worker's stop request.
+
+    The caller hands over as many rows as may be sent now (the pace): one at a time when
+    SES's rate is the limit, the claim's whole batch when it is not."""
+    ours = start(rows)
+    statuses = {row.id: "lost" for row in rows if row.id not in ours}
+    for row_id in statuses:
+        log.warning("notification %s: lease lost before sending; left to its new sender", row_id)
+    sending = [row for row in rows if row.id in ours]
+    if sending:
+        with _holding({row.id for row in sending}):
+            tried = [_send(row, mailer) for row in sending]
+            _finish(tried, stopping)
+        statuses.update((t.row.id, t.status) for t in tried)
+    return [statuses[row.id] for row in rows]
 
 
-def _send(row: Claimed, mailer: Mailer) -> tuple[str, str, dict]:
+def _send(row: Claimed, mailer: Mailer) -> Tried:
+    """Send the row's email once: what SES answered, to record."""
+    started = time.monotonic()
+    status, outcome, values = _answer(row, mailer)
+    kept = {
+        "notification_id": row.id,
+        "at": utcnow(),
+        "outcome": outcome,
+        "error": values.get("last_error"),
+        "duration_ms": round((time.monotonic() - started) * 1000),
+    }
+    return Tried(row, status, values, kept)
+
+
+def _answer(row: Claimed, mailer: Mailer) -> tuple[str, str, dict]:
     """SES's answer: the row's new status, the try's outcome and the row's new values."""
     attempts = row.attempts + 1
     try:

@@ -69,6 +69,11 @@ class Pace:
                 log.warning("pace: the shared bucket failed, pacing this process alone: %s", exc)
         return self.local.take(rate, BURST)
 
+    def take_now(self) -> bool:
+        """Take a send's turn if it has come already (never waits)."""
+        rate = self.current_rate()
+        return not rate or self._take(rate) <= 0
+
     def wait(self, stopping: threading.Event) -> bool:
         """Wait for this send's turn; False if the worker is stopping meanwhile."""
         while not stopping.is_set():

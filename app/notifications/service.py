@@ -26,12 +26,15 @@ from app.notifications.webhooks import service as webhooks
 from app.notifications.webhooks.models import WebhookEndpoint
 
 
-def recipients(actor_id: int | None) -> list[User]:
-    """The admins to email about a change (its actor too, unless NOTIFY_ACTOR is off)."""
-    query = select(User).where(User.role == Role.ADMIN, User.is_active).order_by(User.id)
-    admins = list(db.session.scalars(query))
+def recipients(actor_id: int | None) -> list[tuple[int, str]]:
+    """The admins to email about a change, (id, email) (its actor too, unless
+    NOTIFY_ACTOR is off)."""
+    query = (
+        select(User.id, User.email).where(User.role == Role.ADMIN, User.is_active).order_by(User.id)
+    )
+    admins = [tuple(admin) for admin in db.session.execute(query)]
     if actor_id is not None and not current_app.config["NOTIFY_ACTOR"]:
-        admins = [admin for admin in admins if admin.id != actor_id]
+        admins = [admin for admin in admins if admin[0] != actor_id]
     return admins
 
 
@@ -68,8 +71,8 @@ def notify_webhook_disabled(endpoint: WebhookEndpoint, event_row_id: int) -> lis
 def _email_admins(actor_id: int | None, **content) -> list[Notification]:
     now = utcnow()
     rows = [
-        Notification(recipient=admin.email, recipient_id=admin.id, next_attempt_at=now, **content)
-        for admin in recipients(actor_id)
+        Notification(recipient=email, recipient_id=admin_id, next_attempt_at=now, **content)
+        for admin_id, email in recipients(actor_id)
     ]
     if rows:
         db.session.add_all(rows)

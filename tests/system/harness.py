@@ -1373,9 +1373,11 @@ class Wrk:
         release = lines[0].split(" [")[0] if lines else "wrk"
         self.name = f"{release}, {threads} thread, {connections} connections"
 
-    def run(self, url: str, seconds: float) -> Counted:
+    def run(self, url: str, seconds: float, headers: dict[str, str] | None = None) -> Counted:
         duration = f"-d{max(1, round(seconds))}s"
         args = [self.path, f"-t{self.threads}", f"-c{self.connections}", duration]
+        for name, value in (headers or {}).items():
+            args += ["-H", f"{name}: {value}"]
         done = run([*args, "--timeout", "5s", url], seconds + 60)
         if done.returncode != 0:
             raise HarnessError(f"wrk failed (exit {done.returncode}): {done.stderr.strip()}")
@@ -1408,9 +1410,10 @@ class Hammer:
         self.connections = connections
         self.name = f"python http.client, {connections} threads"
 
-    def run(self, url: str, seconds: float) -> Counted:
+    def run(self, url: str, seconds: float, headers: dict[str, str] | None = None) -> Counted:
         parts = urlsplit(url)
-        request = Request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        request = Request("GET", path, headers=dict(headers or {}))
         role = Role(script=lambda _n: request)
         load = Load(parts.port, [], [], timeout=5, keepalive=False)
         load.run([role] * self.connections, seconds)
