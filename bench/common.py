@@ -586,15 +586,17 @@ def throughput(
     before_round=None,
     after_round=None,
     tolerate_errors: tuple = (),
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Throughput]:
-    """Warm each server up, then alternating load rounds of ``path``; ``before_round(server)``
-    and ``after_round(server)`` run around each round (outside the timed part)."""
+    """Warm each server up, then alternating load rounds of ``path`` (with ``headers``);
+    ``before_round(server)`` and ``after_round(server)`` run around each round (outside
+    the timed part)."""
 
     def one_round(server, seconds: float) -> tuple[h.Counted, float]:
         cpu = cpu_seconds(server)
         if before_round:
             before_round(server)
-        load = ctx.load.run(server.url(path), seconds)
+        load = ctx.load.run(server.url(path), seconds, headers)
         if after_round:
             after_round(server)
         return load, cpu_seconds(server) - cpu

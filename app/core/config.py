@@ -277,7 +277,7 @@ class Config:
         # The worker process (`flask worker`, app/worker.py).
         self.WORKER_NAME = env_str("WORKER_NAME")
         self.WORKER_SENDERS = env_int("WORKER_SENDERS", 2)
-        self.WORKER_BATCH = env_int("WORKER_BATCH", 5)
+        self.WORKER_BATCH = env_int("WORKER_BATCH", 10)
         self.WORKER_POLL_SECONDS = env_float("WORKER_POLL_SECONDS", 2.0 if self.REDIS_URL else 0.5)
 
         # Product views and their statistics: auto = the stream when REDIS_URL is set,

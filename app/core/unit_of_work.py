@@ -263,8 +263,7 @@ def commit() -> None:
         session.commit()  # a local file: the answer cannot be lost on the way
         return
     token = uuid.uuid4().hex
-    session.add(WriteReceipt(token=token))
-    session.flush()
+    session.add(WriteReceipt(token=token))  # written by the commit's own flush
     thread_id = dialect.connection_id(session)
     try:
         session.commit()

@@ -45,6 +45,7 @@ def actor_of(user) -> Actor | None:
 
 def _event(type_: str, actor: Actor | None, changes: dict, **fields) -> Event:
     sku = fields.get("sku")
+    fields.setdefault("at", utcnow())  # set now: the hash covers it, maybe before the insert
     return Event(
         type=type_,
         actor_id=actor.id if actor else None,
@@ -127,18 +128,23 @@ def init_app(app: Flask) -> None:
 
 
 def seal(session) -> None:
-    """Number and chain the transaction's new events, just before its commit."""
+    """Number and chain the transaction's new events, just before its commit. Events not
+    flushed yet are inserted numbered and chained (one statement, not an insert and an
+    update)."""
     added = session.info.pop(UNSEALED, None)
     if not added:
         return
-    session.flush()
-    # Those still in the session (a rollback meanwhile left none), in the order written.
+    # Those still in the session (a rollback meanwhile left none), in the order written:
+    # the flushed ones (by row id) before those added since the last flush.
+    order = {id(row): n for n, row in enumerate(added)}
     pending = sorted(
-        (row for row in added if row in session and row.id is None), key=lambda r: r.row_id
+        (row for row in added if row in session and row.id is None),
+        key=lambda r: (r.row_id is None, r.row_id or 0, order[id(r)]),
     )
     if not pending:
         return
-    chain = _chain(session)
+    with session.no_autoflush:
+        chain = _chain(session)
     for row in pending:
         chain.last_id += 1
         row.id = chain.last_id

@@ -32,7 +32,8 @@ def recipients(actor_id: int | None) -> list[tuple[int, str]]:
     query = (
         select(User.id, User.email).where(User.role == Role.ADMIN, User.is_active).order_by(User.id)
     )
-    admins = [tuple(admin) for admin in db.session.execute(query)]
+    with db.session.no_autoflush:  # the change's rows go in the commit's one flush
+        admins = [tuple(admin) for admin in db.session.execute(query)]
     if actor_id is not None and not current_app.config["NOTIFY_ACTOR"]:
         admins = [admin for admin in admins if admin[0] != actor_id]
     return admins

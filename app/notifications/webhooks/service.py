@@ -135,7 +135,8 @@ def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
 
 def _receiving(event_type: str) -> list[WebhookEndpoint]:
     query = select(WebhookEndpoint).where(WebhookEndpoint.live(), WebhookEndpoint.active)
-    return [e for e in db.session.scalars(query) if e.receives(event_type)]
+    with db.session.no_autoflush:  # the change's rows go in the commit's one flush
+        return [e for e in db.session.scalars(query) if e.receives(event_type)]
 
 
 def deliveries_for(event: Event) -> list[WebhookDelivery]:
