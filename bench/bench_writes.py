@@ -101,6 +101,7 @@ class Side:
     all_in_cpu: float = 0.0
     drained_puts: int = 0
     per_email: dict = field(default_factory=dict)
+    cpu_parts: dict = field(default_factory=dict)  # seconds: web (uWSGI, Redis), worker, MariaDB
 
 
 def run(ctx: Context) -> list[Result]:
@@ -278,6 +279,16 @@ def mariadb_pid() -> int:
     return int(found.group(1))
 
 
+def cpu_parts(server: h.Stack, worker: int, database: int) -> dict[str, float]:
+    """CPU seconds so far: the web side (uWSGI and the run's Redis), the worker, MariaDB."""
+    used = h.cpu_seconds(worker)
+    return {
+        "web": cpu_seconds(server) - used,
+        "worker": used,
+        "mariadb": h.cpu_seconds(database),
+    }
+
+
 def put_rounds(now: Side, before: Side) -> None:
     """Alternating PUT rounds; each side's CPU, all in, until its worker has sent what the
     round queued."""
@@ -286,13 +297,19 @@ def put_rounds(now: Side, before: Side) -> None:
         load_puts(side, 2.0)  # warm-up
         drain(side, OPEN_EMAILS, OPEN_WEBHOOKS)
     for _n, side in alternate(PUT_ROUNDS, [now, before]):
-        cpu = cpu_seconds(side.server) + h.cpu_seconds(database)
+        worker = worker_pid(side.server)
+        cpu = cpu_parts(side.server, worker, database)
         done, seconds = load_puts(side, PUT_SECONDS)
         drain(side, OPEN_EMAILS, OPEN_WEBHOOKS)
-        side.all_in_cpu += cpu_seconds(side.server) + h.cpu_seconds(database) - cpu
+        for part, used in cpu_parts(side.server, worker, database).items():
+            side.cpu_parts[part] = side.cpu_parts.get(part, 0.0) + used - cpu[part]
+        side.all_in_cpu = sum(side.cpu_parts.values())
         side.puts += done
         side.put_seconds += seconds
         say(f"{side.server.name}: {done / seconds:,.0f} PUT/s ({done} PUTs)")
+    for side in (now, before):
+        shares = ", ".join(f"{p} {v / side.puts * 1000:.2f}" for p, v in side.cpu_parts.items())
+        say(f"{side.server.name}: CPU ms per PUT: {shares}")
 
 
 def put_lines(now: Side, before: Side) -> list[Result]:
@@ -304,6 +321,10 @@ def put_lines(now: Side, before: Side) -> list[Result]:
         "webhook_endpoints": 1,
         "clients": CLIENTS,
         "puts": {side.name: side.puts for side in (now, before)},
+        "cpu_ms_per_put": {
+            side.name: {p: round(v / side.puts * 1000, 2) for p, v in side.cpu_parts.items()}
+            for side in (now, before)
+        },
     }
     return [
         Result(

@@ -45,6 +45,14 @@ def _lines(changes: dict) -> list[Line]:
     ]
 
 
+def actors_of(rows: list[Notification]) -> list[User]:
+    """The accounts that made the changes of ``rows``, read in one statement: while the
+    caller holds them, rendering the rows finds them in the session, not in the
+    database."""
+    ids = {row.event.actor_id for row in rows if row.event.actor_id is not None}
+    return list(db.session.scalars(select(User).where(User.id.in_(ids)))) if ids else []
+
+
 def _actor(event: Event) -> str:
     if event.actor_id is None:
         return "an operator (command line)"

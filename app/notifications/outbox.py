@@ -43,7 +43,6 @@ from sqlalchemy import and_, case, func, insert, literal, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from app.core import dialect
-from app.core.addresses import lookup_email
 from app.core.columns import utcnow
 from app.core.extensions import db
 from app.notifications import suppressions
@@ -57,7 +56,7 @@ from app.notifications.mailers import (
     QuotaExceeded,
     Throttled,
 )
-from app.notifications.messages import render
+from app.notifications.messages import actors_of, render
 from app.notifications.models import (
     HANDED_TO_SES,
     Notification,
@@ -138,9 +137,9 @@ def claim(limit: int) -> list[Claimed]:
             )
         )
         suppressed = suppressions.among({row.recipient for row in rows})
-        claimed, rendered = [], {}
+        claimed, rendered, _actors = [], {}, actors_of(rows)
         for row in rows:
-            if (entry := suppressed.get(lookup_email(row.recipient))) is not None:
+            if (entry := suppressed.get(row.recipient)) is not None:
                 # Never handed to SES: written off at once, the batch's others go out.
                 row.status = Status.SUPPRESSED
                 row.claim_token = row.claimed_until = None

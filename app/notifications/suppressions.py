@@ -43,14 +43,18 @@ def lift(address: str) -> bool:
 
 
 def among(addresses: set[str]) -> dict[str, Suppression]:
-    """The entries of those of ``addresses`` that are suppressed, by canonical address."""
-    keys = {lookup_email(address) for address in addresses}
+    """The entries of those of ``addresses`` that are suppressed (matched in canonical
+    form), by the address as given."""
+    keys = {address: lookup_email(address) for address in addresses}
     if not keys:
         return {}
-    return {
+    entries = {
         entry.email: entry
-        for entry in db.session.scalars(select(Suppression).where(Suppression.email.in_(keys)))
+        for entry in db.session.scalars(
+            select(Suppression).where(Suppression.email.in_(set(keys.values())))
+        )
     }
+    return {address: entries[key] for address, key in keys.items() if key in entries}
 
 
 def listing():
