@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -265,36 +266,55 @@ def record(row: Claimed, answer: transport.Answer, began: datetime) -> str:
         "response_excerpt": answer.excerpt,
     }
 
+    deliveries = WebhookDelivery.__table__  # plain statements: no ORM objects to keep in step
+
     def work() -> str:
         changed = db.session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == row.id, WebhookDelivery.claim_token == row.token)
+            update(deliveries)
+            .where(deliveries.c.id == row.id, deliveries.c.claim_token == row.token)
             .values(claim_token=None, claimed_until=None, **values)
-            .execution_options(synchronize_session=False)
         ).rowcount
         if changed != 1:
             db.session.commit()
             return "lost"
-        db.session.execute(insert(WebhookAttempt), [kept])
+        db.session.execute(insert(WebhookAttempt.__table__), [kept])
         result = outcome
         if answer.delivered:
-            _succeeded(row.endpoint_id, now)
+            marked[0] = _succeeded(row.endpoint_id, now)
         elif _failed(row, now, gone=answer.status_code == 410):
             result = "gone" if answer.status_code == 410 else outcome
         db.session.commit()
         return result
 
+    marked = [False]
     result = _until_the_database_answers(work, row.webhook_id)
+    if marked[0]:
+        _healthy(row.endpoint_id)
     if result == "lost":
         log.warning("webhook %s: its lease ran out before its result was kept", row.webhook_id)
     return result
 
 
-def _succeeded(endpoint_id: int, now: datetime) -> None:
-    endpoint = WebhookEndpoint
+# When this process's app last marked each endpoint healthy (monotonic seconds): a
+# success within SUCCESS_MARK_SECONDS of it needs no statement.
+_marked_lock = threading.Lock()
+
+
+def _marks() -> dict[int, float]:
+    return current_app.extensions.setdefault("webhook_health_marks", {})
+
+
+def _succeeded(endpoint_id: int, now: datetime) -> bool:
+    """Mark the endpoint healthy, unless this process did so lately; whether it did now
+    (the caller notes it once committed: ``_healthy``)."""
+    with _marked_lock:
+        last = _marks().get(endpoint_id)
+    if last is not None and time.monotonic() - last < SUCCESS_MARK_SECONDS:
+        return False
+    endpoint = WebhookEndpoint.__table__.c
     stale = now - timedelta(seconds=SUCCESS_MARK_SECONDS)
     db.session.execute(
-        update(endpoint)
+        update(WebhookEndpoint.__table__)
         .where(
             endpoint.id == endpoint_id,
             or_(
@@ -304,13 +324,20 @@ def _succeeded(endpoint_id: int, now: datetime) -> None:
             ),
         )
         .values(failing_since=None, last_success_at=now)
-        .execution_options(synchronize_session=False)
     )
+    return True
+
+
+def _healthy(endpoint_id: int) -> None:
+    with _marked_lock:
+        _marks()[endpoint_id] = time.monotonic()
 
 
 def _failed(row: Claimed, now: datetime, gone: bool) -> bool:
     """Note the endpoint failing; turn it off after a 410, or after DISABLE_AFTER of
     failures (then email the admins). Whether this attempt turned it off."""
+    with _marked_lock:  # the next success marks it healthy again at once
+        _marks().pop(row.endpoint_id, None)
     endpoint = WebhookEndpoint
     db.session.execute(
         update(endpoint)
