@@ -248,6 +248,29 @@ def test_a_token_that_stopped_being_good_is_refused_at_once_ahead_too(
     assert refused.status_code == 401 and refused.json["code"] == 401
 
 
+def test_a_token_read_ahead_once_is_refused_when_the_token_expires(app, client, product, make):
+    """The layer remembers a token it has checked, but not past the token's expiry."""
+    import time
+    from datetime import timedelta
+
+    from flask_jwt_extended import create_access_token, decode_token
+
+    user = make.reader(email="short@example.com")
+    with app.app_context():
+        short = create_access_token(
+            identity=str(user["id"]),
+            additional_claims={"ver": 1, "rol": 2},
+            expires_delta=timedelta(seconds=2),
+        )
+        expiry = decode_token(short)["exp"]
+    headers = {"Authorization": f"Bearer {short}"}
+    assert client.get(f"/api/products/{product}", headers=headers).status_code == 200
+    assert client.get(f"/api/products/{product}", headers=headers).status_code == 200
+    time.sleep(max(0.0, expiry - time.time()) + 0.05)
+    refused = client.get(f"/api/products/{product}", headers=headers)
+    assert refused.status_code == 401 and "expired" in refused.json["message"]
+
+
 def test_a_token_read_without_redis_asks_the_database_and_refuses_a_revoked_token(
     app, client, make
 ):

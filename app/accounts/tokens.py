@@ -6,11 +6,20 @@ operation's ``security`` and its 401/403 answers from the guard, never from the 
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from functools import wraps
 
-from flask import Flask, request
-from flask_jwt_extended import create_access_token, current_user, verify_jwt_in_request
+from flask import Flask, current_app, request
+from flask_jwt_extended import (
+    create_access_token,
+    current_user,
+    decode_token,
+    verify_jwt_in_request,
+)
 from flask_smorest import abort
+from jwt import ExpiredSignatureError
 
 from app.accounts import cache as account_states
 from app.accounts.models import Role, User
@@ -28,6 +37,35 @@ def issue_token(user: User) -> str:
     return create_access_token(
         identity=str(user.id), additional_claims={"ver": user.token_version, "rol": user.role}
     )
+
+
+# Tokens this process has decoded lately, with their claims: a client sends the same token
+# with every request, and decoding it (three passes over it in PyJWT) costs a product read
+# more than the rest of it. The signature and claims are checked the first time, the
+# expiry at every use; whether the token still stands (logged out, the account changed)
+# is the account's state, read at every use (app/accounts/cache.py).
+DECODED_TOKENS = 4096
+_decoded: OrderedDict[tuple[str, str], dict] = OrderedDict()
+_decoded_lock = threading.Lock()
+
+
+def decoded(token: str) -> dict:
+    """The claims of ``token`` as flask-jwt-extended decodes them (its signature,
+    algorithm, expiry and claims checked); raises as ``decode_token`` does."""
+    key = (current_app.config["JWT_SECRET_KEY"], token)
+    with _decoded_lock:
+        claims = _decoded.get(key)
+        if claims is not None:
+            _decoded.move_to_end(key)
+    if claims is None:
+        claims = decode_token(token)
+        with _decoded_lock:
+            _decoded[key] = claims
+            while len(_decoded) > DECODED_TOKENS:
+                _decoded.popitem(last=False)
+    elif "exp" in claims and claims["exp"] <= time.time():
+        raise ExpiredSignatureError("Signature has expired")
+    return claims
 
 
 def optional_user() -> User | None:

@@ -20,10 +20,10 @@ import logging
 import time
 
 from flask import Flask
-from flask_jwt_extended import decode_token
 from werkzeug.datastructures import Headers
 
 from app.accounts.cache import token_holder
+from app.accounts.tokens import decoded
 from app.catalog.cache import CACHEABLE_SKU
 from app.catalog.reads import read_product
 from app.core import http, logs
@@ -111,7 +111,7 @@ def _token_holder(header: str) -> int | bool:
     if scheme != "Bearer" or not token or " " in token:
         return False
     try:
-        claims = decode_token(token)
+        claims = decoded(token)
     except Exception:
         return False
     if claims.get("type") != "access":
