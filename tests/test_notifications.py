@@ -587,6 +587,37 @@ def test_emails_sent_together_each_get_their_own_outcome_and_try(
     }
 
 
+def test_a_send_failing_unexpectedly_mid_batch_keeps_what_ses_answered_before_it(
+    app, client, make, admins, ses, rows
+):
+    """An error no mailer outcome covers stops the batch: the emails sent before it are
+    recorded sent, the one it hit is left to become unknown, the ones after it are due
+    again (never handed to SES)."""
+    make.product("d7iy6euiue", price=300)
+    client.put("/api/products/d7iy6euiue", json={"price": 500}, headers=admins[0]["headers"])
+    with app.app_context():
+        claimed = outbox.claim(10)
+        broken = claimed[1].id
+
+        class Broken(SESMailer):
+            def send(self, email):
+                if email.notification_id == broken:
+                    raise RuntimeError("a bug in the mailer")
+                return super().send(email)
+
+        with pytest.raises(RuntimeError):
+            outbox.deliver(claimed, Broken(SENDER, REGION))
+    by_id = {row.id: row for row in rows(Notification)}
+    first, last = claimed[0].id, claimed[2].id
+    assert (by_id[first].status, by_id[broken].status, by_id[last].status) == (
+        "sent",
+        "sending",
+        "pending",
+    )
+    assert (by_id[last].attempts, by_id[last].claim_token) == (0, None)
+    assert {m.notification_id for m in received(ses)} == {first}
+
+
 def test_a_row_of_a_batch_requeued_during_the_send_keeps_the_operators_change(
     app, client, make, admins, ses, rows
 ):

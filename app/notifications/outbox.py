@@ -316,12 +316,37 @@ def deliver(
     for row_id in statuses:
         log.warning("notification %s: lease lost before sending; left to its new sender", row_id)
     sending = [row for row in rows if row.id in ours]
-    if sending:
-        with _holding({row.id for row in sending}):
-            tried = [_send(row, mailer) for row in sending]
-            _finish(tried, stopping)
-        statuses.update((t.row.id, t.status) for t in tried)
+    tried: list[Tried] = []
+    with _holding({row.id for row in sending}):
+        try:
+            for row in sending:
+                tried.append(_send(row, mailer))
+        finally:
+            # What SES answered is recorded even when a send failed unexpectedly; that
+            # row stays `sending` (unknown once its lease ends); the rows after it were
+            # never handed to SES and are due again.
+            if tried:
+                _finish(tried, stopping)
+            if unsent := sending[len(tried) + 1 :]:
+                _unstart(unsent)
+    statuses.update((t.row.id, t.status) for t in tried)
     return [statuses[row.id] for row in rows]
+
+
+def _unstart(rows: list[Claimed]) -> None:
+    """Rows marked ``sending`` but never handed to SES: pending again, their attempt not
+    counted."""
+    statement = (
+        _by_ids([row.id for row in rows])
+        .where(Notification.claim_token == rows[0].token, Notification.status == Status.SENDING)
+        .values(
+            status=Status.PENDING,
+            attempts=Notification.attempts - 1,
+            claim_token=None,
+            claimed_until=None,
+        )
+    )
+    _until_the_database_answers(lambda: _execute(statement), rows[0].id, "giving back")
 
 
 def _send(row: Claimed, mailer: Mailer) -> Tried:
