@@ -16,12 +16,14 @@ from sqlalchemy import Date, case, delete, func, insert, literal, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
+from app.catalog.models import Product
 from app.core.dialect import insert_ignore, upsert_adding
 from app.core.extensions import db
 from app.views.models import (
     DailyCatalogViews,
     DailyProductViewer,
     DailyProductViews,
+    DailySkuViews,
     ProductView,
 )
 
@@ -36,22 +38,57 @@ class View(NamedTuple):
 COUNTED = ["anonymous_views", "registered_views"]
 
 
+def _summed(counts: Counter, key_of) -> list[tuple]:
+    """``counts`` ((product, day) -> (anonymous, registered)) summed per ``key_of(product,
+    day)`` (None: left out), in key order."""
+    sums: Counter = Counter()
+    for (pid, day), (anon, reg) in counts.items():
+        key = key_of(pid, day)
+        if key is not None:
+            had = sums[key] or (0, 0)
+            sums[key] = (had[0] + anon, had[1] + reg)
+    return sorted(sums.items())
+
+
 def _upsert_counts(session: Session, counts: Counter) -> None:
-    """Add to the per-product counts, then to the catalog's of the same days (always in
-    this order, each in key order: concurrent batches lock alike, and never deadlock)."""
-    table = DailyProductViews.__table__
+    """Add to the per-product counts, then to the per-sku ones, then to the catalog's of the
+    same days (always in this order, each in key order: concurrent batches lock alike, and
+    never deadlock)."""
     rows = [
         {"product_id": pid, "day": day, "anonymous_views": anon, "registered_views": reg}
         for (pid, day), (anon, reg) in sorted(counts.items())
     ]
+    table = DailyProductViews.__table__
     session.execute(upsert_adding(table, ["product_id", "day"], COUNTED, session), rows)
-    per_day: Counter = Counter()
-    for (_pid, day), (anon, reg) in counts.items():
-        had = per_day[day] or (0, 0)
-        per_day[day] = (had[0] + anon, had[1] + reg)
+    # A plain read (no lock): a product's sku never changes, and its row is never deleted.
+    skus = dict(
+        session.execute(
+            select(Product.id, Product.sku_lower).where(
+                Product.id.in_(sorted({pid for pid, _day in counts}))
+            )
+        ).all()
+    )
+    per_sku = [
+        {
+            "sku_lower": sku,
+            "day": day,
+            "anonymous_views": anon,
+            "registered_views": reg,
+            "views": anon + reg,
+        }
+        # A view of an id no product has (a malformed entry) ranks nowhere, as before.
+        for (sku, day), (anon, reg) in _summed(
+            counts, lambda pid, day: (skus[pid], day) if pid in skus else None
+        )
+    ]
+    if per_sku:
+        table = DailySkuViews.__table__
+        session.execute(
+            upsert_adding(table, ["sku_lower", "day"], [*COUNTED, "views"], session), per_sku
+        )
     catalog = [
         {"day": day, "anonymous_views": anon, "registered_views": reg}
-        for day, (anon, reg) in sorted(per_day.items())
+        for day, (anon, reg) in _summed(counts, lambda _pid, day: day)
     ]
     session.execute(upsert_adding(DailyCatalogViews.__table__, ["day"], COUNTED, session), catalog)
 
@@ -168,7 +205,7 @@ def _rebuild_day(day: date) -> int:
     lo = datetime.combine(day, datetime.min.time())
     in_range = (ProductView.viewed_at >= lo, ProductView.viewed_at < lo + timedelta(days=1))
     anonymous = case((ProductView.user_id.is_(None), 1), else_=0)
-    for model in (DailyProductViews, DailyProductViewer, DailyCatalogViews):
+    for model in (DailyProductViews, DailyProductViewer, DailySkuViews, DailyCatalogViews):
         db.session.execute(delete(model).where(model.day == day))
     db.session.execute(
         insert(DailyProductViews).from_select(
@@ -181,6 +218,19 @@ def _rebuild_day(day: date) -> int:
             )
             .where(*in_range)
             .group_by(ProductView.product_id),
+        )
+    )
+    anon, reg = (
+        func.sum(DailyProductViews.anonymous_views),
+        func.sum(DailyProductViews.registered_views),
+    )
+    db.session.execute(
+        insert(DailySkuViews).from_select(
+            ["sku_lower", "day", *COUNTED, "views"],
+            select(Product.sku_lower, DailyProductViews.day, anon, reg, anon + reg)
+            .join(Product, Product.id == DailyProductViews.product_id)
+            .where(DailyProductViews.day == day)
+            .group_by(Product.sku_lower, DailyProductViews.day),
         )
     )
     db.session.execute(
