@@ -376,6 +376,26 @@ def test_a_product_never_among_a_days_most_viewed_can_lead_the_range(app, client
         assert top.json[0]["views"] == 15
 
 
+@pytest.mark.parametrize(
+    "per_day",
+    [
+        # "zz" leads day 1 and ties with "a", which is never above a day's second count.
+        [{"zz": 5, "x": 3, "a": 3}, {"y": 3, "a": 3, "zz": 1}],
+        # "a" leads day 2 only, and at most could just tie with "b": it does.
+        [{"b": 10, "a": 1, "c": 1}, {"a": 9, "d": 5, "e": 5}],
+    ],
+)
+def test_a_tie_for_the_top_goes_to_the_first_sku(app, client, make, admin, per_day):
+    days = [date(2026, 8, 1), date(2026, 8, 2)]
+    for sku in sorted({sku for counts in per_day for sku in counts}):
+        make.product(sku)
+        seed_views(app, sku, {day: (counts.get(sku, 0), []) for day, counts in zip(days, per_day)})
+    top = client.get(
+        "/api/stats/products?from=2026-08-01&to=2026-08-02&limit=1", headers=admin["headers"]
+    ).json
+    assert [p["sku"] for p in top] == ["a"]
+
+
 def expected_top(seeded: dict[str, dict[date, tuple[int, list[int]]]], limit: int, audience):
     """The top of a range by adding up every seeded view (skus in lower case)."""
     totals = []

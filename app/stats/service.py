@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from datetime import date
 
-from sqlalchemy import func, select, union_all
+from sqlalchemy import Date, and_, case, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from app.catalog.models import Product
@@ -99,8 +99,8 @@ def product_stats(product: Product, start: date, end: date) -> dict:
     }
 
 
-# The ranking of each day is first read to FIRST_DEPTH times the limit, then 4 times deeper
-# while that does not settle the answer; beyond DEEPEST rows a day, the range is grouped.
+# Each day's ranking is first read to FIRST_DEPTH times the limit, then DEEPER times deeper
+# while that does not settle the answer; past DEEPEST skus a day, the range is grouped.
 FIRST_DEPTH = 2
 DEEPER = 4
 DEEPEST = 5_000
@@ -111,18 +111,22 @@ def top_products(start: date, end: date, limit: int, audience: str) -> list[dict
     """The most viewed skus in the range (a deleted and re-created sku counts once).
 
     Read from each day's ranking (``DailySkuViews``, indexed by day and count), not by
-    grouping every product of the range: the first ``depth`` skus of each day are the
-    candidates, and a sku that is none of them has at most the sum of each day's
-    ``depth``-th count (``bound``). When the limit-th candidate ranks above that, the
-    candidates hold the answer, exactly; otherwise each day is read deeper.
+    grouping every product of the range. A sku that is not above a day's ``depth``-th
+    count has at most that count on that day, so a sku above none of them has at most
+    their sum (``bound``); the skus above some of them are the candidates. When the
+    limit-th candidate has more than ``bound``, the candidates hold the answer, exactly;
+    otherwise each day is read deeper (a day with fewer than ``depth`` skus is read whole:
+    its floor is 0). Past DEEPEST skus a day, the range is grouped.
     """
     with stats_session() as session:
         depth = FIRST_DEPTH * limit
         while True:
-            if depth > DEEPEST:  # a flat ranking: grouping the range reads less
+            if depth > DEEPEST:  # a ranking too flat to settle early: group the range
                 ranked = _grouped(session, start, end, limit, audience)
                 break
-            skus, bound = _candidates(session, start, end, limit, audience, depth)
+            floors = _floors(session, start, end, audience, depth)
+            bound = sum(floors.values())
+            skus = _candidates(session, floors, limit, audience) if floors else []
             ranked = _grouped(session, start, end, limit, audience, skus)
             if bound == 0 or (len(ranked) == limit and _rank(ranked[-1], audience) > bound):
                 break
@@ -144,45 +148,87 @@ def _rank(row, audience: str) -> int:
     return {"all": row.anon + row.reg, "anonymous": row.anon, "registered": row.reg}[audience]
 
 
-def _candidates(
-    session, start: date, end: date, limit: int, audience: str, depth: int
-) -> tuple[list[str], int]:
-    """The skus among the first ``depth`` of some day's ranking that may be in the top
-    ``limit``, and the most views any other sku can have in the range."""
+def _floors(session, start: date, end: date, audience: str, depth: int) -> dict[date, int]:
+    """Each viewed day's ``depth``-th count (0 for a day with fewer skus): a sku not above
+    it on that day has at most that many views there. A short index range a day, in one
+    statement."""
     count = getattr(DailySkuViews, RANKED_BY[audience])
     viewed_days = session.scalars(
         select(DailyCatalogViews.day).where(DailyCatalogViews.day.between(start, end))
     ).all()
     if not viewed_days:
-        return [], 0
-    # One statement: a short range of the (day, count) index per day.
-    leaders = union_all(
-        *[
-            select(DailySkuViews.sku_lower, DailySkuViews.day, count.label("n"))
-            .where(DailySkuViews.day == day, count > 0)
-            .order_by(count.desc())
-            .limit(depth)
-            .subquery()
-            .select()
-            for day in viewed_days
-        ]
+        return {}
+    floors = session.execute(
+        union_all(
+            *[
+                select(
+                    literal(day, Date),
+                    func.coalesce(
+                        select(count)
+                        .where(DailySkuViews.day == day)
+                        .order_by(count.desc())
+                        .offset(depth - 1)
+                        .limit(1)
+                        .scalar_subquery(),
+                        0,
+                    ),
+                )
+                for day in viewed_days
+            ]
+        )
     )
-    seen: dict[str, dict[date, int]] = {}
-    per_day: dict[date, list[int]] = {}
-    for sku, day, n in session.execute(leaders):
-        seen.setdefault(sku, {})[day] = n
-        per_day.setdefault(day, []).append(n)
-    # A day read to its end (fewer rows than the depth) leaves no one out.
-    floor = {day: min(counts) if len(counts) == depth else 0 for day, counts in per_day.items()}
-    bound = sum(floor.values())
-    # What each candidate has at least (its days seen) and at most (the floor elsewhere).
-    least = {sku: sum(by_day.values()) for sku, by_day in seen.items()}
-    most = {
-        sku: least[sku] + bound - sum(floor[day] for day in by_day) for sku, by_day in seen.items()
+    # SQLite gives a literal day back as its text.
+    return {
+        day if isinstance(day, date) else date.fromisoformat(day): int(floor)
+        for day, floor in floors
     }
-    # A candidate below the limit-th best "at least" cannot make it.
-    cut = sorted(least.values(), reverse=True)[limit - 1] if len(least) >= limit else 0
-    return sorted(sku for sku in seen if most[sku] >= cut), bound
+
+
+def _candidates(session, floors: dict[date, int], limit: int, audience: str) -> list[str]:
+    """The skus above some day's floor that may be in the top ``limit``: each has at least
+    its views on those days and at most that plus the floors of the other days, and one
+    whose most is below the limit-th best "at least" cannot make it. Summed and sorted out
+    by the database: fewer than ``depth`` rows a day, and only the kept skus come back."""
+    count = getattr(DailySkuViews, RANKED_BY[audience])
+    # Days in a row with one floor (a quiet stretch: often 0 or 1) are one index range.
+    runs = _runs(floors)
+    in_run = [(DailySkuViews.day.between(first, last), floor) for first, last, floor in runs]
+    floor_of_day = case(*in_run)
+    least = func.sum(count)
+    seen = (
+        select(
+            DailySkuViews.sku_lower,
+            least.label("least"),
+            func.sum(floor_of_day).label("floors"),
+            # The limit-th best "at least" (NULL with fewer candidates).
+            func.nth_value(least, limit)
+            .over(order_by=least.desc(), rows=(None, None))
+            .label("cut"),
+        )
+        .where(or_(*[and_(days, count > floor) for days, floor in in_run]))
+        .group_by(DailySkuViews.sku_lower)
+        .subquery()
+    )
+    bound = sum(floors.values())
+    return list(
+        session.scalars(
+            select(seen.c.sku_lower)
+            .where(seen.c.least + bound - seen.c.floors >= func.coalesce(seen.c.cut, 0))
+            .order_by(seen.c.sku_lower)
+        )
+    )
+
+
+def _runs(floors: dict[date, int]) -> list[tuple[date, date, int]]:
+    """(first day, last day, floor) of each stretch of days with the same floor (a day
+    between two viewed days has no views: it may join either)."""
+    runs: list[list] = []
+    for day, floor in sorted(floors.items()):
+        if runs and runs[-1][2] == floor:
+            runs[-1][1] = day
+        else:
+            runs.append([day, day, floor])
+    return [(first, last, floor) for first, last, floor in runs]
 
 
 def _grouped(
