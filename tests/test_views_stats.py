@@ -389,7 +389,11 @@ def test_a_tie_for_the_top_goes_to_the_first_sku(app, client, make, admin, per_d
     days = [date(2026, 8, 1), date(2026, 8, 2)]
     for sku in sorted({sku for counts in per_day for sku in counts}):
         make.product(sku)
-        seed_views(app, sku, {day: (counts.get(sku, 0), []) for day, counts in zip(days, per_day)})
+        seed_views(
+            app,
+            sku,
+            {day: (counts.get(sku, 0), []) for day, counts in zip(days, per_day, strict=True)},
+        )
     top = client.get(
         "/api/stats/products?from=2026-08-01&to=2026-08-02&limit=1", headers=admin["headers"]
     ).json
