@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from datetime import date
 
-from sqlalchemy import Date, and_, case, func, literal, or_, select, union_all
+from sqlalchemy import Date, Integer, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from app.catalog.models import Product
@@ -148,40 +148,40 @@ def _rank(row, audience: str) -> int:
     return {"all": row.anon + row.reg, "anonymous": row.anon, "registered": row.reg}[audience]
 
 
+# The two statements below are a part per day of the range (up to 366): written as text
+# with bound values, since building and caching them as expressions cost more than the
+# database takes to answer them. The count's column comes from RANKED_BY only.
+RANKINGS = DailySkuViews.__tablename__
+
+
+def _day(n: int, day: date):
+    return bindparam(f"day{n}", day, type_=Date)
+
+
 def _floors(session, start: date, end: date, audience: str, depth: int) -> dict[date, int]:
     """Each viewed day's ``depth``-th count (0 for a day with fewer skus): a sku not above
     it on that day has at most that many views there. A short index range a day, in one
-    statement."""
-    count = getattr(DailySkuViews, RANKED_BY[audience])
+    statement of one row."""
     viewed_days = session.scalars(
         select(DailyCatalogViews.day).where(DailyCatalogViews.day.between(start, end))
     ).all()
     if not viewed_days:
         return {}
+    column = RANKED_BY[audience]
     floors = session.execute(
-        union_all(
-            *[
-                select(
-                    literal(day, Date),
-                    func.coalesce(
-                        select(count)
-                        .where(DailySkuViews.day == day)
-                        .order_by(count.desc())
-                        .offset(depth - 1)
-                        .limit(1)
-                        .scalar_subquery(),
-                        0,
-                    ),
-                )
-                for day in viewed_days
-            ]
+        text(
+            "SELECT "
+            + ", ".join(
+                f"COALESCE((SELECT {column} FROM {RANKINGS} WHERE day = :day{n}"
+                f" ORDER BY {column} DESC LIMIT 1 OFFSET :skip), 0)"
+                for n in range(len(viewed_days))
+            )
+        ).bindparams(
+            *[_day(n, day) for n, day in enumerate(viewed_days)],
+            bindparam("skip", depth - 1, type_=Integer),
         )
-    )
-    # SQLite gives a literal day back as its text.
-    return {
-        day if isinstance(day, date) else date.fromisoformat(day): int(floor)
-        for day, floor in floors
-    }
+    ).one()
+    return {day: int(floor) for day, floor in zip(viewed_days, floors, strict=True)}
 
 
 def _candidates(session, floors: dict[date, int], limit: int, audience: str) -> list[str]:
@@ -189,46 +189,54 @@ def _candidates(session, floors: dict[date, int], limit: int, audience: str) -> 
     its views on those days and at most that plus the floors of the other days, and one
     whose most is below the limit-th best "at least" cannot make it. Summed and sorted out
     by the database: fewer than ``depth`` rows a day, and only the kept skus come back."""
-    count = getattr(DailySkuViews, RANKED_BY[audience])
-    # Days in a row with one floor (a quiet stretch: often 0 or 1) are one index range.
-    runs = _runs(floors)
-    in_run = [(DailySkuViews.day.between(first, last), floor) for first, last, floor in runs]
-    floor_of_day = case(*in_run)
-    least = func.sum(count)
-    seen = (
-        select(
-            DailySkuViews.sku_lower,
-            least.label("least"),
-            func.sum(floor_of_day).label("floors"),
-            # The limit-th best "at least" (NULL with fewer candidates).
-            func.nth_value(least, limit)
-            .over(order_by=least.desc(), rows=(None, None))
-            .label("cut"),
-        )
-        .where(or_(*[and_(days, count > floor) for days, floor in in_run]))
-        .group_by(DailySkuViews.sku_lower)
-        .subquery()
+    column = RANKED_BY[audience]
+    # A day with a floor: the index range above it, the floor as a constant; the days read
+    # to their end (floor 0) in a row: one range of days (a quiet stretch). A part each, so
+    # that no row is tested against every day.
+    floored = [(day, floor) for day, floor in floors.items() if floor]
+    parts = [
+        f"SELECT sku_lower, {column} AS n, :floor{n} AS floor FROM {RANKINGS}"
+        f" WHERE day = :day{n} AND {column} > :floor{n}"
+        for n in range(len(floored))
+    ]
+    quiet = _quiet_stretches(floors)
+    parts += [
+        f"SELECT sku_lower, {column} AS n, 0 AS floor FROM {RANKINGS}"
+        f" WHERE day BETWEEN :first{n} AND :last{n} AND {column} > 0"
+        for n in range(len(quiet))
+    ]
+    statement = text(
+        "SELECT sku_lower FROM ("
+        " SELECT sku_lower, SUM(n) AS least, SUM(floor) AS floors,"
+        # The limit-th best "at least" (NULL with fewer candidates).
+        " NTH_VALUE(SUM(n), :limit) OVER (ORDER BY SUM(n) DESC"
+        " ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS cut"
+        f" FROM ({' UNION ALL '.join(parts)}) parts GROUP BY sku_lower"
+        ") seen WHERE least + :bound - floors >= COALESCE(cut, 0) ORDER BY sku_lower"
+    ).bindparams(
+        *[_day(n, day) for n, (day, _floor) in enumerate(floored)],
+        *[bindparam(f"floor{n}", floor, type_=Integer) for n, (_d, floor) in enumerate(floored)],
+        *[bindparam(f"first{n}", first, type_=Date) for n, (first, _l) in enumerate(quiet)],
+        *[bindparam(f"last{n}", last, type_=Date) for n, (_f, last) in enumerate(quiet)],
+        bindparam("limit", limit, type_=Integer),
+        bindparam("bound", sum(floors.values()), type_=Integer),
     )
-    bound = sum(floors.values())
-    return list(
-        session.scalars(
-            select(seen.c.sku_lower)
-            .where(seen.c.least + bound - seen.c.floors >= func.coalesce(seen.c.cut, 0))
-            .order_by(seen.c.sku_lower)
-        )
-    )
+    return list(session.scalars(statement))
 
 
-def _runs(floors: dict[date, int]) -> list[tuple[date, date, int]]:
-    """(first day, last day, floor) of each stretch of days with the same floor (a day
-    between two viewed days has no views: it may join either)."""
-    runs: list[list] = []
+def _quiet_stretches(floors: dict[date, int]) -> list[tuple[date, date]]:
+    """(first, last) of each run of viewed days whose floor is 0 (a day between two viewed
+    days has no views: it may join the run)."""
+    stretches: list[list[date]] = []
+    previous = None
     for day, floor in sorted(floors.items()):
-        if runs and runs[-1][2] == floor:
-            runs[-1][1] = day
-        else:
-            runs.append([day, day, floor])
-    return [(first, last, floor) for first, last, floor in runs]
+        if floor == 0:
+            if stretches and previous == stretches[-1][1]:
+                stretches[-1][1] = day
+            else:
+                stretches.append([day, day])
+        previous = day
+    return [(first, last) for first, last in stretches]
 
 
 def _grouped(
