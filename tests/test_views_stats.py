@@ -588,7 +588,7 @@ def test_rollup_rebuilds_from_raw_rows_and_prune_keeps_the_statistics(
     )
 
 
-def test_an_interrupted_rollup_keeps_the_days_it_finished(
+def test_an_interrupted_rollup_keeps_the_stretches_of_days_it_finished(
     app, client, runner, make, admin, monkeypatch
 ):
     make.product("abc")
@@ -601,21 +601,22 @@ def test_an_interrupted_rollup_keeps_the_days_it_finished(
             table = model.__table__
             db.session.execute(table.update().values(anonymous_views=table.c.anonymous_views * 2))
         db.session.commit()
-    rebuild_day = rollups._rebuild_day
+    rebuild_days = rollups._rebuild_days
 
-    def failing_on_the_third(day):
-        if day == days[2]:
+    def failing_on_the_third(first, last):
+        if first <= days[2] <= last:
             raise RuntimeError("the database went away")
-        return rebuild_day(day)
+        return rebuild_days(first, last)
 
-    monkeypatch.setattr(rollups, "_rebuild_day", failing_on_the_third)
+    monkeypatch.setattr(rollups, "DAYS_PER_TRANSACTION", 2)
+    monkeypatch.setattr(rollups, "_rebuild_days", failing_on_the_third)
     result = runner.invoke(args=["stats", "rollup", "--from", "2026-02-01", "--to", "2026-02-03"])
     assert result.exit_code != 0
 
     query = "from=2026-02-01&to=2026-02-03"
     by_day = client.get(f"/api/stats/views?{query}", headers=admin["headers"]).json["by_day"]
     assert [d["views"] for d in by_day] == [11, 2, 6]  # rebuilt, rebuilt, still doubled
-    monkeypatch.setattr(rollups, "_rebuild_day", rebuild_day)
+    monkeypatch.setattr(rollups, "_rebuild_days", rebuild_days)
     result = runner.invoke(args=["stats", "rollup", "--from", "2026-02-03", "--to", "2026-02-03"])
     assert result.exit_code == 0, result.output
     by_day = client.get(f"/api/stats/views?{query}", headers=admin["headers"]).json["by_day"]

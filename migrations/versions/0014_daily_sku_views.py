@@ -1,6 +1,7 @@
 """the views per sku per day (daily_sku_views), indexed by day and count for each audience,
 summed from the per-product roll-ups: the most viewed products of a range read the first
-entries of each day's index instead of grouping every product of the range
+entries of each day's index instead of grouping every product of the range; the registered
+viewers per day indexed by day (flask stats rollup replaces stretches of days)
 
 Revision ID: 0014_daily_sku_views
 Revises: 0013_search_and_catalog_views
@@ -54,6 +55,11 @@ def upgrade():
             "ix_daily_sku_views_day_registered", ["day", "registered_views"], unique=False
         )
 
+    with op.batch_alter_table("daily_product_viewers", schema=None) as batch_op:
+        batch_op.create_index("ix_daily_product_viewers_day", ["day"], unique=False)
+
 
 def downgrade():
+    with op.batch_alter_table("daily_product_viewers", schema=None) as batch_op:
+        batch_op.drop_index("ix_daily_product_viewers_day")
     op.drop_table("daily_sku_views")
