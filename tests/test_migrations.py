@@ -158,3 +158,57 @@ def test_the_catalogs_views_per_day_are_summed_from_the_product_roll_ups(empty_d
         ("2026-03-01", 5, 1),
         ("2026-03-02", 0, 4),
     ]
+
+
+def test_each_skus_views_per_day_are_summed_from_the_product_roll_ups(empty_database):
+    app = create_app(config.TestConfig(empty_database))
+    with app.app_context():
+        upgrade(revision="0013_search_and_catalog_views")
+        with db.engine.begin() as conn:
+            for id_, sku, deleted in (
+                (1, "shoe", "2026-03-01"),
+                (2, "SHOE", None),
+                (3, "hat", None),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO products (id, sku, sku_lower, sku_key, name, search, price,"
+                        " mark, quantity, version, created_at, updated_at, deleted_at)"
+                        " VALUES (:id, :sku, :key, :live, 'n', 'wwn', 1, 'm', 1, 1,"
+                        " '2026-01-01', '2026-01-01', :deleted)"
+                    ),
+                    {
+                        "id": id_,
+                        "sku": sku,
+                        "key": sku.lower(),
+                        "live": None if deleted else sku.lower(),
+                        "deleted": deleted,
+                    },
+                )
+            for product, day, anonymous, registered in (
+                (1, "2026-03-01", 2, 1),
+                (2, "2026-03-01", 3, 0),
+                (3, "2026-03-01", 1, 1),
+                (2, "2026-03-02", 0, 4),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO daily_product_views (product_id, day, anonymous_views,"
+                        " registered_views) VALUES (:p, :d, :a, :r)"
+                    ),
+                    {"p": product, "d": day, "a": anonymous, "r": registered},
+                )
+        upgrade()
+        with db.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT sku_lower, day, anonymous_views, registered_views, views"
+                    " FROM daily_sku_views"
+                )
+            ).all()
+        db.engine.dispose()
+    assert sorted((sku, str(day), a, r, v) for sku, day, a, r, v in rows) == [
+        ("hat", "2026-03-01", 1, 1, 2),
+        ("shoe", "2026-03-01", 5, 1, 6),
+        ("shoe", "2026-03-02", 0, 4, 4),
+    ]

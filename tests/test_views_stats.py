@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 import socket
 from datetime import UTC, date, datetime, timedelta
 
@@ -19,7 +20,7 @@ from app.core import config, redis_client
 from app.core.extensions import db
 from app.core.spreadsheets import csv_cell, plain_cell
 from app.views import recorder, rollups, stream
-from app.views.models import DailyCatalogViews, DailyProductViews, ProductView
+from app.views.models import DailyCatalogViews, DailyProductViews, DailySkuViews, ProductView
 from app.views.recorder import new_view_id
 from app.views.rollups import View
 from app.views.stream import ViewsConsumer
@@ -338,6 +339,109 @@ def test_top_products_most_viewed_first_by_viewer_kind(app, client, make, admin,
     assert [p["sku"] for p in anonymous] == ["a"]
 
 
+def test_the_worker_keeps_each_skus_views_per_day_across_a_re_created_sku(
+    app, client, make, admin, reader, rows, streamed
+):
+    make.product("shoe", name="old shoe")
+    client.get("/api/products/shoe")
+    flush(app)
+    client.delete("/api/products/shoe", headers=admin["headers"])
+    make.product("SHOE", name="new shoe")
+    client.get("/api/products/shoe", headers=reader["headers"])
+    client.get("/api/products/SHOE")
+    flush(app)
+
+    ranked = [
+        (r.sku_lower, r.day, r.anonymous_views, r.registered_views, r.views)
+        for r in rows(DailySkuViews)
+    ]
+    assert ranked == [("shoe", TODAY, 2, 1, 3)]
+    top = client.get("/api/stats/products?viewer=registered", headers=admin["headers"]).json
+    assert [(p["name"], p["views"], p["registered_views"]) for p in top] == [("new shoe", 3, 1)]
+
+
+def test_a_product_never_among_a_days_most_viewed_can_lead_the_range(app, client, make, admin):
+    make.product("steady", name="steady seller")
+    days = [date(2026, 4, 1) + timedelta(days=n) for n in range(3)]
+    seed_views(app, "steady", {day: (5, []) for day in days})  # 15 in all, never a day's best
+    for n, day in enumerate(days):
+        for sku in (f"hit{n}a", f"hit{n}b"):
+            make.product(sku)
+            seed_views(app, sku, {day: (6, [])})  # 6 in all, two of each day's best
+
+    query = "from=2026-04-01&to=2026-04-03"
+    for limit in (1, 2, 3):
+        top = client.get(f"/api/stats/products?{query}&limit={limit}", headers=admin["headers"])
+        assert [p["sku"] for p in top.json] == ["steady", "hit0a", "hit0b"][:limit]
+        assert top.json[0]["views"] == 15
+
+
+@pytest.mark.parametrize(
+    "per_day",
+    [
+        # "zz" leads day 1 and ties with "a", which is never above a day's second count.
+        [{"zz": 5, "x": 3, "a": 3}, {"y": 3, "a": 3, "zz": 1}],
+        # "a" leads day 2 only, and at most could just tie with "b": it does.
+        [{"b": 10, "a": 1, "c": 1}, {"a": 9, "d": 5, "e": 5}],
+    ],
+)
+def test_a_tie_for_the_top_goes_to_the_first_sku(app, client, make, admin, per_day):
+    days = [date(2026, 8, 1), date(2026, 8, 2)]
+    for sku in sorted({sku for counts in per_day for sku in counts}):
+        make.product(sku)
+        seed_views(
+            app,
+            sku,
+            {day: (counts.get(sku, 0), []) for day, counts in zip(days, per_day, strict=True)},
+        )
+    top = client.get(
+        "/api/stats/products?from=2026-08-01&to=2026-08-02&limit=1", headers=admin["headers"]
+    ).json
+    assert [p["sku"] for p in top] == ["a"]
+
+
+def expected_top(seeded: dict[str, dict[date, tuple[int, list[int]]]], limit: int, audience):
+    """The top of a range by adding up every seeded view (skus in lower case)."""
+    totals = []
+    for sku, per_day in seeded.items():
+        anon = sum(a for a, _users in per_day.values())
+        reg = sum(len(users) for _a, users in per_day.values())
+        rank = {"all": anon + reg, "anonymous": anon, "registered": reg}[audience]
+        if rank > 0:
+            totals.append((-rank, sku, anon + reg, anon, reg))
+    return [(sku, views, anon, reg) for _r, sku, views, anon, reg in sorted(totals)[:limit]]
+
+
+def test_the_most_viewed_are_those_of_adding_up_every_view(app, client, make, admin, viewers):
+    chance = random.Random(29)
+    first = date(2026, 6, 1)
+    users = [v["id"] for v in viewers]
+    seeded = {}
+    for n in range(40):
+        sku = f"p{n:02d}"
+        make.product(sku)
+        weight = 40 // (n + 1)  # a few products take most of the views, as in a shop
+        seeded[sku] = {
+            first + timedelta(days=d): (
+                chance.randint(0, weight),
+                [chance.choice(users) for _ in range(chance.randint(0, weight // 2))],
+            )
+            for d in range(12)
+            if chance.random() < 0.7
+        }
+        seed_views(app, sku, seeded[sku])
+
+    query = "from=2026-06-01&to=2026-06-12"
+    for limit in (1, 3, 10, 25, 100):
+        for audience in ("all", "anonymous", "registered"):
+            top = client.get(
+                f"/api/stats/products?{query}&limit={limit}&viewer={audience}",
+                headers=admin["headers"],
+            ).json
+            got = [(p["sku"], p["views"], p["anonymous_views"], p["registered_views"]) for p in top]
+            assert got == expected_top(seeded, limit, audience), (limit, audience)
+
+
 def parse_csv(response) -> list[dict]:
     assert response.status_code == 200
     assert response.mimetype == "text/csv"
@@ -458,29 +562,33 @@ def test_rollup_rebuilds_from_raw_rows_and_prune_keeps_the_statistics(
     make.product("abc")
     old, recent = date(2026, 1, 10), date(2026, 1, 20)
     seed_views(app, "abc", {old: (3, []), recent: (2, [])})
+    make.product("xyz")
+    seed_views(app, "xyz", {recent: (4, [])})
     with app.app_context():  # damaged roll-ups
-        db.session.execute(DailyProductViews.__table__.delete())
-        db.session.execute(DailyCatalogViews.__table__.delete())
+        for model in (DailyProductViews, DailySkuViews, DailyCatalogViews):
+            db.session.execute(model.__table__.delete())
         db.session.commit()
 
     result = runner.invoke(args=["stats", "rollup", "--from", "2026-01-01", "--to", "2026-01-31"])
     assert result.exit_code == 0, result.output
-    assert "rolled up 5 view(s)" in result.output
+    assert "rolled up 9 view(s)" in result.output
     query = "from=2026-01-01&to=2026-01-31"
+    top = client.get(f"/api/stats/products?{query}", headers=admin["headers"]).json
+    assert [(p["sku"], p["views"]) for p in top] == [("abc", 5), ("xyz", 4)]
     assert (
         client.get(f"/api/products/abc/stats?{query}", headers=admin["headers"]).json["views"] == 5
     )
-    assert client.get(f"/api/stats/views?{query}", headers=admin["headers"]).json["views"] == 5
+    assert client.get(f"/api/stats/views?{query}", headers=admin["headers"]).json["views"] == 9
 
     result = runner.invoke(args=["views", "prune", "--before", "2026-01-15"])
     assert "deleted 3 raw view(s)" in result.output
-    assert len(rows(ProductView)) == 2
+    assert len(rows(ProductView)) == 6
     assert (
         client.get(f"/api/products/abc/stats?{query}", headers=admin["headers"]).json["views"] == 5
     )
 
 
-def test_an_interrupted_rollup_keeps_the_days_it_finished(
+def test_an_interrupted_rollup_keeps_the_stretches_of_days_it_finished(
     app, client, runner, make, admin, monkeypatch
 ):
     make.product("abc")
@@ -493,21 +601,22 @@ def test_an_interrupted_rollup_keeps_the_days_it_finished(
             table = model.__table__
             db.session.execute(table.update().values(anonymous_views=table.c.anonymous_views * 2))
         db.session.commit()
-    rebuild_day = rollups._rebuild_day
+    rebuild_days = rollups._rebuild_days
 
-    def failing_on_the_third(day):
-        if day == days[2]:
+    def failing_on_the_third(first, last):
+        if first <= days[2] <= last:
             raise RuntimeError("the database went away")
-        return rebuild_day(day)
+        return rebuild_days(first, last)
 
-    monkeypatch.setattr(rollups, "_rebuild_day", failing_on_the_third)
+    monkeypatch.setattr(rollups, "DAYS_PER_TRANSACTION", 2)
+    monkeypatch.setattr(rollups, "_rebuild_days", failing_on_the_third)
     result = runner.invoke(args=["stats", "rollup", "--from", "2026-02-01", "--to", "2026-02-03"])
     assert result.exit_code != 0
 
     query = "from=2026-02-01&to=2026-02-03"
     by_day = client.get(f"/api/stats/views?{query}", headers=admin["headers"]).json["by_day"]
     assert [d["views"] for d in by_day] == [11, 2, 6]  # rebuilt, rebuilt, still doubled
-    monkeypatch.setattr(rollups, "_rebuild_day", rebuild_day)
+    monkeypatch.setattr(rollups, "_rebuild_days", rebuild_days)
     result = runner.invoke(args=["stats", "rollup", "--from", "2026-02-03", "--to", "2026-02-03"])
     assert result.exit_code == 0, result.output
     by_day = client.get(f"/api/stats/views?{query}", headers=admin["headers"]).json["by_day"]

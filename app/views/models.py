@@ -44,6 +44,29 @@ class DailyProductViews(db.Model):
     registered_views: Mapped[int] = mapped_column(default=0)
 
 
+class DailySkuViews(db.Model):
+    """Views per sku (every product that ever carried it, any case) per UTC day, kept with
+    the per-product counts in the same transactions, and indexed by day and count for each
+    audience: the most viewed of a day are the first entries of an index, which is what the
+    top products read instead of grouping every product of the range (see
+    app/stats/service.py ``top_products``)."""
+
+    __tablename__ = "daily_sku_views"
+    __table_args__ = (
+        Index("ix_daily_sku_views_day_views", "day", "views"),
+        Index("ix_daily_sku_views_day_anonymous", "day", "anonymous_views"),
+        Index("ix_daily_sku_views_day_registered", "day", "registered_views"),
+        TABLE_ARGS,
+    )
+
+    sku_lower: Mapped[str] = mapped_column(key_string(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    anonymous_views: Mapped[int] = mapped_column(default=0)
+    registered_views: Mapped[int] = mapped_column(default=0)
+    # anonymous + registered, stored so that one index ranks all of a day's views.
+    views: Mapped[int] = mapped_column(default=0)
+
+
 class DailyCatalogViews(db.Model):
     """Views of the whole catalog per UTC day (every product, deleted ones too), kept with
     the per-product counts in the same transactions: the catalog's statistics read one row
@@ -61,7 +84,8 @@ class DailyProductViewer(db.Model):
     """Which registered users viewed a product on a day: unique viewers without raw rows."""
 
     __tablename__ = "daily_product_viewers"
-    __table_args__ = (TABLE_ARGS,)
+    # By day: `flask stats rollup` replaces a stretch of days without reading the table.
+    __table_args__ = (Index("ix_daily_product_viewers_day", "day"), TABLE_ARGS)
 
     product_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
