@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
+from flask import current_app
 from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -50,6 +51,28 @@ def _summed(counts: Counter, key_of) -> list[tuple]:
     return sorted(sums.items())
 
 
+# Product id -> sku key, remembered by this process's app: a product's sku never changes
+# and its row is never deleted, so the hot products of the views need no read per batch.
+KNOWN_SKUS = 100_000
+
+
+def _skus_of(ids: set[int], session: Session) -> dict[int, str]:
+    known: dict[int, str] = current_app.extensions.setdefault("view_skus", {})
+    found = {pid: sku for pid in ids if (sku := known.get(pid)) is not None}
+    if missing := sorted(ids - found.keys()):
+        # A plain read (no lock).
+        fetched = dict(
+            session.execute(
+                select(Product.id, Product.sku_lower).where(Product.id.in_(missing))
+            ).all()
+        )
+        found.update(fetched)
+        if len(known) + len(fetched) > KNOWN_SKUS:
+            known.clear()
+        known.update(fetched)
+    return found
+
+
 def _upsert_counts(session: Session, counts: Counter) -> None:
     """Add to the per-product counts, then to the per-sku ones, then to the catalog's of the
     same days (always in this order, each in key order: concurrent batches lock alike, and
@@ -60,14 +83,7 @@ def _upsert_counts(session: Session, counts: Counter) -> None:
     ]
     table = DailyProductViews.__table__
     session.execute(upsert_adding(table, ["product_id", "day"], COUNTED, session), rows)
-    # A plain read (no lock): a product's sku never changes, and its row is never deleted.
-    skus = dict(
-        session.execute(
-            select(Product.id, Product.sku_lower).where(
-                Product.id.in_(sorted({pid for pid, _day in counts}))
-            )
-        ).all()
-    )
+    skus = _skus_of({pid for pid, _day in counts}, session)
     per_sku = [
         {
             "sku_lower": sku,
