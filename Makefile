@@ -62,7 +62,7 @@ test: $(VENV)/.installed
 	$(BIN)/pytest -m "not system" $(PYTEST_ARGS)
 
 ## make coverage: the same, with line and branch coverage of app/ printed at the end (the
-## tracing nearly doubles the suite's time on Python 3.11)
+## tracing adds about half again to the suite's time on Python 3.11)
 coverage: $(VENV)/.installed
 	$(BIN)/pytest -m "not system" --cov=app --cov-branch --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
