@@ -187,18 +187,20 @@ def read_lines(ctx, now: Side, before: Side, cache_off: h.Stack, bare: h.Stack, 
         ("anonymous (cached)", [now.server, before.server], None, CACHED_TARGET),
     ]
     for what, servers, headers, target in cases:
-        measured = {}
+        # Each server against the bare rounds alternated with its own.
+        measured, ceilings = {}, {}
         for server in servers:
             own = before_reader if server is before.server and headers else headers
             got = throughput(
                 ctx, [server, bare], path, rounds=ctx.rounds, seconds=ctx.seconds, headers=own
             )
-            measured[server.name] = got[server.name]
-            ceiling = got[bare.name]
-        main = measured[servers[0].name]
+            measured[server.name], ceilings[server.name] = got[server.name], got[bare.name]
+        main, ceiling = measured[servers[0].name], ceilings[servers[0].name]
         measured_text = f"{main.rps:,.0f} / {ceiling.rps:,.0f} req/s ({main.cpu_ms:.2f} ms CPU)"
         if len(servers) > 1:
-            measured_text += f"; before {measured[servers[1].name].rps:,.0f}"
+            other = servers[1].name
+            ratio = measured[other].rps / ceilings[other].rps
+            measured_text += f"; before {measured[other].rps:,.0f} ({ratio:.3f})"
         lines.append(
             Result(
                 f"GET /api/products/<sku> {what}: service / bare Flask throughput",
@@ -207,7 +209,7 @@ def read_lines(ctx, now: Side, before: Side, cache_off: h.Stack, bare: h.Stack, 
                 target,
                 {
                     "rps": {name: round(m.rps, 1) for name, m in measured.items()},
-                    "bare_rps": round(ceiling.rps, 1),
+                    "bare_rps": {name: round(m.rps, 1) for name, m in ceilings.items()},
                     "cpu_ms": {name: round(m.cpu_ms, 3) for name, m in measured.items()},
                 },
             )
