@@ -261,17 +261,16 @@ pid_of() {
     done
 }
 
-# Wait for a server to exit and keep its status (a trapped signal interrupts `wait`).
-reap() {
-    local pid=$1 code
-    [[ -n $pid && -z ${status_of[$pid]:-} ]] || return 0
-    while true; do
-        code=0
-        wait "$pid" 2>/dev/null || code=$?
-        # 127: already reaped by `wait -n`, whose status was kept; else a signal came.
-        if ! alive "$pid" || ((code == 127)); then break; fi
-    done
-    status_of[$pid]=${status_of[$pid]:-$code}
+# The servers are watched by polling, not with a blocking `wait`: bash 5.2's `wait PID`
+# can miss an exit that lands while it starts another child, and then sleep until some
+# other child changes; `wait -n PIDS` loses a server that exited before it was called. A
+# foreground `sleep` lets bash reap its exited children, so `alive` turns false; the status
+# is then read from bash's table of finished jobs, without blocking.
+status() {
+    local code=0
+    if [[ -n ${status_of[$1]:-} ]]; then return; fi
+    wait "$1" 2>/dev/null || code=$?
+    status_of[$1]=$code
 }
 
 # A killed container may leave a stale socket: nginx must not start on it.
@@ -294,36 +293,39 @@ if [[ -S $WEB_SOCKET && -p $WEB_FIFO && -z $stopping ]]; then
     if [[ $role == all ]]; then
         start worker "${as_app_user[@]}" "${FLASK[@]}" worker
     fi
-    # Until one of them exits, or a signal arrives.
+    # Until one of them exits, or a signal arrives (its trap runs when the sleep ends).
     while [[ -z $stopping ]]; do
-        exited="" code=0
-        wait -n -p exited "${started[@]}" || code=$?
-        if [[ -n ${exited:-} ]]; then
-            status_of[$exited]=$code
-            level=ERROR log "${name_of[$exited]} exited ($code): stopping the others"
-            break
-        fi
+        for pid in "${started[@]}"; do
+            if ! alive "$pid"; then
+                status "$pid"
+                level=ERROR log "${name_of[$pid]} exited (${status_of[$pid]}): stopping the others"
+                break 2
+            fi
+        done
+        sleep 0.2
     done
 fi
 
 # In order: nginx lets its requests finish, then uWSGI, then the worker. One that has not
 # stopped after STOP_TIMEOUT seconds is killed with whatever it started (its session).
 stop() {
-    local pid timer=""
+    local pid deadline
     pid=$(pid_of "$1")
     if [[ -z $pid ]]; then return; fi
-    if alive "$pid" && [[ -z ${status_of[$pid]:-} ]]; then
+    if alive "$pid"; then
         log "$1: graceful stop"
         kill "-$2" "$pid" 2>/dev/null || true
-        # shellcheck disable=SC2016  # the inner bash expands them
-        setsid bash -c 'sleep "$1" && kill -KILL -- "-$2"' _ "$STOP_TIMEOUT" "$pid" &
-        timer=$!
+        deadline=$((SECONDS + STOP_TIMEOUT))
+        while alive "$pid"; do
+            if ((SECONDS >= deadline)); then
+                level=ERROR log "$1: still running after ${STOP_TIMEOUT} s: killed"
+                kill -KILL -- "-$pid" 2>/dev/null || true
+                deadline=$((SECONDS + STOP_TIMEOUT))
+            fi
+            sleep 0.1
+        done
     fi
-    reap "$pid"
-    if [[ -n $timer ]]; then
-        kill -- "-$timer" 2>/dev/null || true
-        wait "$timer" 2>/dev/null || true
-    fi
+    status "$pid"
 }
 stop nginx QUIT # what `nginx -s quit` sends
 stop uwsgi TERM # a graceful shutdown (app.ini)
