@@ -10,6 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from app import create_app
+from app.core import config
+from app.core.extensions import db
+
 LIST = "/api/products"
 SORTS = ["created", "-created", "name", "-name", "price", "-price"]
 
@@ -148,6 +152,38 @@ def test_pages_by_number_still_work_at_any_depth(client, make):
     assert [p["sku"] for p in deep.json] == ["p08"]
     assert meta(deep)["total"] == 9 and meta(deep)["page"] == 5
     assert client.get(f"{LIST}?page=500&page_size=2").json == []
+
+
+def test_the_total_follows_every_change_whichever_process_commits_it(client, make, admin, database):
+    """A process counts the whole catalog again only after a change: another server's
+    create, delete, restore and import each move the total this one shows."""
+    other_app = create_app(config.TestConfig(database))
+    other, headers = other_app.test_client(), admin["headers"]
+
+    def total() -> int:
+        return meta(client.get(LIST))["total"]
+
+    catalog(make, 3)
+    assert total() == 3 and total() == 3
+    shoe = {"sku": "shoe", "name": "Shoe", "price": 300, "mark": "acme", "quantity": 5}
+    assert other.post(LIST, json=shoe, headers=headers).status_code == 201
+    assert total() == 4
+    [created] = other.get(f"{LIST}/shoe/history", headers=headers).json
+    assert other.delete(f"{LIST}/shoe", headers=headers).status_code == 204
+    assert total() == 3
+    restored = other.post(f"{LIST}/shoe/revert", json={"to": created["id"]}, headers=headers)
+    assert restored.status_code == 201, restored.json
+    assert total() == 4
+    imported = other.post(
+        "/api/catalog/import",
+        data=b"sku,name,price,mark,quantity\nsock,Sock,2,acme,1\nhat,Hat,3,acme,1\n",
+        headers=headers,
+        content_type="text/csv",
+    )
+    assert imported.json["created"]["count"] == 2, imported.json
+    assert total() == 6
+    with other_app.app_context():
+        db.engine.dispose()
 
 
 def test_a_walk_with_the_product_cache_sees_every_write(client, make, admin, streamed):
