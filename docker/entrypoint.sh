@@ -285,7 +285,7 @@ until [[ -S $WEB_SOCKET && -p $WEB_FIFO ]] || [[ -n $stopping ]]; do
         level=ERROR log "uWSGI did not open $WEB_SOCKET"
         break
     fi
-    sleep 0.2
+    sleep 0.2 || true
 done
 if [[ -S $WEB_SOCKET && -p $WEB_FIFO && -z $stopping ]]; then
     # -e: errors to stderr from the start, not to /var/log/nginx (not writable here).
@@ -302,7 +302,7 @@ if [[ -S $WEB_SOCKET && -p $WEB_FIFO && -z $stopping ]]; then
                 break 2
             fi
         done
-        sleep 0.2
+        sleep 0.2 || true # a Ctrl-C on a terminal ends it too: the trap then runs
     done
 fi
 
@@ -322,7 +322,7 @@ stop() {
                 kill -KILL -- "-$pid" 2>/dev/null || true
                 deadline=$((SECONDS + STOP_TIMEOUT))
             fi
-            sleep 0.1
+            sleep 0.1 || true
         done
     fi
     status "$pid"

@@ -8,6 +8,7 @@ at what its graceful stop left.
 
 from __future__ import annotations
 
+import os
 import pwd
 import re
 import signal
@@ -201,4 +202,23 @@ def test_a_server_that_dies_ends_the_container_at_once_and_nothing_is_left(insta
     status = stack.main.wait(30)
     assert status != 0 and time.monotonic() - started < 10, (status, h.tail(stack.log))
     assert "worker exited" in stack.log.read_text()
+    assert not reaper.running()
+
+
+def test_ctrl_c_on_a_terminal_stops_everything_gracefully(instance, reaper):
+    """`docker run -it`, then Ctrl-C: the terminal signals the entrypoint's whole process
+    group (its own pauses included; the servers run in sessions of their own). It stops
+    them in order and exits 0."""
+    stack = h.Stack(instance.stack.d, "container-ctrl-c", instance.env, entrypoint=True)
+    start_unprivileged(stack)
+    h.wait_until(
+        "the worker daemon's signal handlers",
+        lambda: re.search(r"worker \S+: \d+ sender", stack.log.read_text(errors="replace")),
+        60,
+    )
+    os.killpg(stack.main.pid, signal.SIGINT)
+    assert stack.main.wait(60) == 0, h.tail(stack.log)
+    output = stack.log.read_text(errors="replace")
+    assert "SIGINT received: stopping" in output
+    assert "stopped: uwsgi 0 nginx 0 worker 0" in output, h.tail(stack.log)
     assert not reaper.running()
