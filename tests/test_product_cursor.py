@@ -154,11 +154,19 @@ def test_pages_by_number_still_work_at_any_depth(client, make):
     assert client.get(f"{LIST}?page=500&page_size=2").json == []
 
 
-def test_the_total_follows_every_change_whichever_process_commits_it(client, make, admin, database):
+@pytest.fixture
+def other(database):
+    """A client of a second server on the same database (another process's app)."""
+    other_app = create_app(config.TestConfig(database))
+    yield other_app.test_client()
+    with other_app.app_context():
+        db.engine.dispose()
+
+
+def test_the_total_follows_every_change_whichever_process_commits_it(client, other, make, admin):
     """A process counts the whole catalog again only after a change: another server's
     create, delete, restore and import each move the total this one shows."""
-    other_app = create_app(config.TestConfig(database))
-    other, headers = other_app.test_client(), admin["headers"]
+    headers = admin["headers"]
 
     def total() -> int:
         return meta(client.get(LIST))["total"]
@@ -182,8 +190,6 @@ def test_the_total_follows_every_change_whichever_process_commits_it(client, mak
     )
     assert imported.json["created"]["count"] == 2, imported.json
     assert total() == 6
-    with other_app.app_context():
-        db.engine.dispose()
 
 
 def test_a_walk_with_the_product_cache_sees_every_write(client, make, admin, streamed):
