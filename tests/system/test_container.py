@@ -87,7 +87,10 @@ def test_every_process_runs_as_the_app_user_nginx_included(instance):
     masters = [p for p, c in procs.items() if c.startswith("nginx: master")]
     workers = [p for p, c in procs.items() if c.startswith("nginx: worker")]
     assert len(masters) == 1 and workers
-    assert {h.uid_of(p) for p in procs} == {app_uid}, {p: h.describe(p) for p in procs}
+    # The entrypoint's pauses (`sleep`) come and go: one gone before its uid is read has
+    # none to judge; every process that is there runs as the app user.
+    uids = {p: h.uid_of(p) for p in procs}
+    assert set(uids.values()) - {None} == {app_uid}, {p: h.describe(p) for p in procs}
 
 
 def test_uwsgi_queues_up_to_1024_connections_on_its_socket(instance):
