@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -126,8 +127,9 @@ def ensure_admin() -> None:
 def worker(once: bool) -> None:
     """Run the worker: write the views stream to the database, send the emails and the
     webhooks."""
-    process = Worker(current_app._get_current_object())
+    app = current_app._get_current_object()
     if once:
+        process = Worker(app)
         entries, emails = process.drain()
         attempts = process.drain_webhooks()
         click.echo(
@@ -135,9 +137,13 @@ def worker(once: bool) -> None:
             f"{attempts} webhook attempt(s)"
         )
         return
+    # The handlers go in before the worker connects to anything: from here on a SIGTERM
+    # is a graceful stop, and one that came earlier ended a process that had taken no work
+    # (docker/entrypoint.sh counts that as a clean stop).
+    stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: process.stop())
-    process.run()
+        signal.signal(signum, lambda *_: stopping.set())
+    Worker(app, stopping).run()
 
 
 notifications = AppGroup("notifications", help="Re-queue product-change emails.")

@@ -66,14 +66,14 @@ def _safe_remove() -> None:
 
 
 class Worker:
-    def __init__(self, app: Flask):
+    def __init__(self, app: Flask, stopping: threading.Event | None = None):
         self.app = app
         config = app.config
         self.senders = config["WORKER_SENDERS"]
         self.batch = config["WORKER_BATCH"]
         self.poll = config["WORKER_POLL_SECONDS"]
         self.name = config["WORKER_NAME"] or f"{socket.gethostname()}-{os.getpid()}"
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()  # set: stop (see stop())
         self.linger = config["VIEWS_LINGER_SECONDS"]
         self.webhook_places = config["WEBHOOK_CONCURRENCY"]
         self.webhook_batch = config["WEBHOOK_BATCH"]

@@ -330,6 +330,13 @@ stop() {
 stop nginx QUIT # what `nginx -s quit` sends
 stop uwsgi TERM # a graceful shutdown (app.ini)
 stop worker TERM
+# The worker handles SIGTERM from before it connects to anything (app/cli.py): ended by
+# the TERM itself (128 + 15) means it was still starting and had taken no work.
+worker_pid=$(pid_of worker)
+if [[ -n $worker_pid && ${status_of[$worker_pid]} == 143 ]]; then
+    log "worker: stopped while it was still starting (before it took any work)"
+    status_of[$worker_pid]=0
+fi
 
 summary="" clean=1
 for pid in "${started[@]}"; do

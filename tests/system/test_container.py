@@ -225,3 +225,21 @@ def test_ctrl_c_on_a_terminal_stops_everything_gracefully(instance, reaper):
     assert "SIGINT received: stopping" in output
     assert "stopped: uwsgi 0 nginx 0 worker 0" in output, h.tail(stack.log)
     assert not reaper.running()
+
+
+def test_a_sigterm_while_the_worker_starts_stops_everything_cleanly(instance, reaper):
+    """The orchestrator stops a container that has only just started: the worker, still
+    loading, has taken no work. The stop is clean (exit 0), whether the signal came
+    before or after the worker's handler was in place."""
+    stack = h.Stack(instance.stack.d, "container-early-stop", instance.env, entrypoint=True)
+    start_unprivileged(stack, healthy=False)
+    h.wait_until(
+        "the entrypoint starting the worker",
+        lambda: re.search(r"started worker \(\d+\)", stack.log.read_text(errors="replace")),
+        120,
+    )
+    os.kill(stack.main.pid, signal.SIGTERM)
+    assert stack.main.wait(60) == 0, h.tail(stack.log)
+    output = stack.log.read_text(errors="replace")
+    assert "stopped: uwsgi 0 nginx 0 worker 0" in output, h.tail(stack.log)
+    assert not reaper.running()

@@ -33,9 +33,10 @@ TRUSTED = f"192.0.2.0/24, {PROXY}"
 CLIENT = "93.184.216.34"  # a global address (the app tells), only ever a header value
 
 
-def start_unprivileged(stack: h.Stack, timeout: float = 120) -> h.Stack:
+def start_unprivileged(stack: h.Stack, timeout: float = 120, healthy: bool = True) -> h.Stack:
     """``Stack.start()`` with ``entrypoint=True``, but the entrypoint started as the app
-    user, as the image's USER starts it."""
+    user, as the image's USER starts it; then wait until it answers (unless not
+    ``healthy``)."""
     env = {
         **stack.instance_env(0),
         "WEB_INI": str(stack.d.source / "app.ini"),
@@ -48,7 +49,8 @@ def start_unprivileged(stack: h.Stack, timeout: float = 120) -> h.Stack:
     stack.main = stack.d.reaper.start(
         [*as_app_user, stack.d.source / "docker" / "entrypoint.sh"], stack.log.name, env
     )
-    h.wait_until(f"{stack.name}: /healthz through nginx", stack._healthy, timeout)
+    if healthy:
+        h.wait_until(f"{stack.name}: /healthz through nginx", stack._healthy, timeout)
     return stack
 
 
