@@ -1,7 +1,7 @@
-"""A graceful stop of a uWSGI worker with several request threads that cannot hang it.
+"""A graceful stop of a uWSGI worker that can neither hang it nor drop a connection.
 
 app.ini imports this module (``import = app.uwsgi_graceful``); outside uWSGI (the
-``flask`` command, the tests) it does nothing, and so it does in a worker of one thread.
+``flask`` command, the tests) it does nothing.
 
 uWSGI (Debian's 2.0.21) stops a worker gracefully, on a reload (``w``) as on a shutdown
 (SIGTERM, ``q``), by sending it SIGHUP. The handler (``gracefully_kill``) runs on the
@@ -11,6 +11,10 @@ lands while the main thread is inside a request - holding Python's GIL, waiting 
 or holding any lock the others need - they never finish: the worker hangs until
 ``worker-reload-mercy`` and is then killed with every request it was serving (nginx
 answers 502). uWSGI's development branch has since stopped waiting in the handler.
+
+A worker of one thread has a narrower flaw: its handler exits at once when the worker is
+not in a request, and it is not yet in one between taking a connection and reading it:
+a SIGHUP landing there closes that connection unanswered (nginx answers 502).
 
 So, in each worker, SIGHUP is blocked on the main thread (the request threads block every
 signal themselves) and taken by a thread of its own (``sigwait``), which:
@@ -100,8 +104,6 @@ def _relay(main_thread: int, libc: ctypes.CDLL, inherited: set[int]) -> None:
 
 def _after_fork() -> None:
     """In each new worker, on its main thread, before its request threads start."""
-    if uwsgi.cores < 2:
-        return  # one thread: uWSGI's handler has no other thread to wait for
     libc = ctypes.CDLL(None)  # uWSGI's own functions and libc's
     if not all(hasattr(libc, f) for f in ("gracefully_kill", "uwsgi_worker_is_busy")):
         print("uwsgi_graceful: not Debian's uWSGI 2.0: its own graceful stop is left as is")

@@ -52,7 +52,7 @@ def test_sigterm_under_load_finishes_every_request_and_loses_no_view(
 def test_a_graceful_reload_of_single_threaded_workers_loses_no_view(
     mariadb, new_database, app_env, stacks
 ):
-    # WEB_THREADS=1: uWSGI's own graceful stop, as it comes.
+    # WEB_THREADS=1: workers of one thread, stopped through app/uwsgi_graceful.py too.
     database, stack = serve_one_product(
         mariadb, new_database, app_env, stacks, "reload-under-load", 1
     )
