@@ -15,6 +15,7 @@ from sqlalchemy import event, func, select
 from app.catalog import bulk
 from app.catalog.models import Product
 from app.core.extensions import db
+from app.core.spreadsheets import csv_cell
 from app.notifications.models import Notification
 from tests.test_notifications import inbox, ses, settle  # noqa: F401 (the ses fixture)
 
@@ -480,6 +481,50 @@ def test_importing_an_export_changes_nothing(app, client, make, admin, export_fo
     assert response.json["created"]["count"] == response.json["updated"]["count"] == 0
     assert products(app) == before
     assert notification_count(app) == 0
+
+
+# Cells the CSV writer quotes or guards, and cells it writes as they are.
+TRICKY = [
+    ("plain", "zapatos", "300.00", "acme", 5),
+    ("tenths", "camisa", "19.90", "acme", 0),
+    ("cents", "Gorra azul", "0.05", "Acme2", 1),
+    ("zero", "regalo", "0.00", "acme", 0),
+    ("big", "tren", "9999999999.99", "acme", 2147483647),
+    ("digits", "42", "42.50", "7up", 9),
+    ("comma", "Zapatos, talla 42", "19.99", "acme", 0),
+    ("quote", 'dice "hola"', "19.99", "acme", 1),
+    ("lines", "una\nlinea\r\notra", "0.10", "acme", 2),
+    ("formula", "=1+1", "1.00", "-x", 3),
+    ("minus", "-2", "3.30", "acme", 2),
+    ("accent", "Édith", "176366.84", "ñandú", 4),
+    ("wide", "\uff1d1", "1.05", "acme", 6),
+    ("-dash", "9 vidas", "100.00", "@m", 7),
+    ("space", " espacio", "2.50", "acme ", 8),
+]
+
+
+def test_the_csv_export_writes_each_cell_as_the_csv_writer_would(
+    app, client, make, admin, monkeypatch
+):
+    """Every line is the same text, byte for byte, as Python's CSV writer makes of the
+    product's cells: quoted where they hold a comma, a quote or a line end, guarded where
+    a spreadsheet would run them, prices as the API shows them."""
+    monkeypatch.setattr(bulk, "CHUNK", 4)  # several chunks
+    for sku, name, price, mark, quantity in TRICKY:
+        make.product(sku, name=name, price=Decimal(price), mark=mark, quantity=quantity)
+    expected = io.StringIO()
+    writer = csv.writer(expected)
+    writer.writerow(["sku", "name", "price", "mark", "quantity"])
+    for sku, name, price, mark, quantity in TRICKY:
+        number = Decimal(price)
+        shown = int(number) if number == number.to_integral_value() else float(number)
+        writer.writerow([csv_cell(cell) for cell in (sku, name, shown, mark, quantity)])
+
+    response = client.get(EXPORT, headers=admin["headers"])
+
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == expected.getvalue()
+    assert "'=1+1" in expected.getvalue() and '"Zapatos, talla 42"' in expected.getvalue()
 
 
 def parse_csv_bytes(raw: bytes) -> list[dict]:

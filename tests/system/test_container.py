@@ -243,3 +243,23 @@ def test_a_sigterm_while_the_worker_starts_stops_everything_cleanly(instance, re
     output = stack.log.read_text(errors="replace")
     assert "stopped: uwsgi 0 nginx 0 worker 0" in output, h.tail(stack.log)
     assert not reaper.running()
+
+
+def test_a_server_that_does_not_stop_is_killed_after_stop_timeout(instance, reaper):
+    """A server that does not answer its graceful stop (the worker, frozen here) is killed
+    with whatever it started once STOP_TIMEOUT has passed: the container still ends, non-
+    zero, and nothing is left running."""
+    env = {**instance.env, "STOP_TIMEOUT": "3"}
+    stack = h.Stack(instance.stack.d, "container-stuck", env, entrypoint=True)
+    start_unprivileged(stack)
+    [worker] = stack.daemons()
+    stack.kill(worker, signal.SIGSTOP)
+    started = time.monotonic()
+    os.kill(stack.main.pid, signal.SIGTERM)
+    status = stack.main.wait(60)
+    took = time.monotonic() - started
+    output = stack.log.read_text(errors="replace")
+    assert status != 0 and 3 <= took < 20, (status, took, h.tail(stack.log))
+    assert "worker: still running after 3 s: killed" in output, h.tail(stack.log)
+    assert "stopped: uwsgi 0 nginx 0 worker 137" in output, h.tail(stack.log)
+    assert not reaper.running()
