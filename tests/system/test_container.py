@@ -215,14 +215,21 @@ def test_ctrl_c_on_a_terminal_stops_everything_gracefully(instance, reaper):
     stack = h.Stack(instance.stack.d, "container-ctrl-c", instance.env, entrypoint=True)
     start_unprivileged(stack)
     h.wait_until(
-        "the worker daemon's signal handlers",
-        lambda: re.search(r"worker \S+: \d+ sender", stack.log.read_text(errors="replace")),
-        60,
+        "the worker daemon's signal handlers", logged(stack, r"worker \S+: \d+ sender"), 60
     )
     os.killpg(stack.main.pid, signal.SIGINT)
+    assert_stopped_cleanly(stack, reaper)
+    assert "SIGINT received: stopping" in stack.log.read_text(errors="replace")
+
+
+def logged(stack: h.Stack, pattern: str):
+    """Whether the entrypoint's output shows ``pattern`` yet (for ``h.wait_until``)."""
+    return lambda: re.search(pattern, stack.log.read_text(errors="replace"))
+
+
+def assert_stopped_cleanly(stack: h.Stack, reaper) -> None:
     assert stack.main.wait(60) == 0, h.tail(stack.log)
     output = stack.log.read_text(errors="replace")
-    assert "SIGINT received: stopping" in output
     assert "stopped: uwsgi 0 nginx 0 worker 0" in output, h.tail(stack.log)
     assert not reaper.running()
 
@@ -234,15 +241,10 @@ def test_a_sigterm_while_the_worker_starts_stops_everything_cleanly(instance, re
     stack = h.Stack(instance.stack.d, "container-early-stop", instance.env, entrypoint=True)
     start_unprivileged(stack, healthy=False)
     h.wait_until(
-        "the entrypoint starting the worker",
-        lambda: re.search(r"started worker \(\d+\)", stack.log.read_text(errors="replace")),
-        120,
+        "the entrypoint starting the worker", logged(stack, r"started worker \(\d+\)"), 120
     )
     os.kill(stack.main.pid, signal.SIGTERM)
-    assert stack.main.wait(60) == 0, h.tail(stack.log)
-    output = stack.log.read_text(errors="replace")
-    assert "stopped: uwsgi 0 nginx 0 worker 0" in output, h.tail(stack.log)
-    assert not reaper.running()
+    assert_stopped_cleanly(stack, reaper)
 
 
 def test_a_server_that_does_not_stop_is_killed_after_stop_timeout(instance, reaper):
