@@ -21,6 +21,7 @@ from app.notifications.webhooks import destinations, sender
 from app.notifications.webhooks.models import WebhookDelivery, WebhookEndpoint
 from app.worker import Worker
 from tests.system.receiver import Answer, Receiver, verified
+from tests.test_catalog_import import Statements
 from tests.test_notifications import admins, inbox, ses  # noqa: F401 (fixtures)
 
 SHOE = {"sku": "shoe", "name": "zapatos", "price": 300, "mark": "chabelo", "quantity": 5}
@@ -356,6 +357,29 @@ def test_a_change_is_delivered_signed_with_the_product_after_it(app, client, adm
     assert [d["event_id"] for d in log] == [e["id"] for e in reversed(events)]  # newest first
     assert log[0]["webhook_id"] == deleted.webhook_id
     assert log[0]["attempts"][0]["status_code"] == 204
+
+
+def test_a_claim_reads_its_deliveries_with_their_events_and_endpoints_at_once(
+    app, client, admin, receiver
+):
+    """However many deliveries and endpoints a claim takes, it reads what their attempts
+    need (event, URL, secrets) in one statement, beside the claim's own three."""
+    hooks = [register(client, admin["headers"], receiver.url(f"/h{n}")) for n in range(3)]
+    for n in range(4):
+        product = {**SHOE, "sku": f"shoe-{n}"}
+        assert (
+            client.post("/api/products", json=product, headers=admin["headers"]).status_code == 201
+        )
+
+    with app.app_context(), Statements(app) as read:
+        claimed = sender.claim(20)
+
+    assert len(claimed) == 12
+    assert read.count == 4  # the endpoints' ids, the claim (two), the deliveries
+    secrets = {hook["id"]: hook["secret"] for hook in hooks}
+    by_url = {receiver.url(f"/h{n}"): hook["id"] for n, hook in enumerate(hooks)}
+    assert {row.url for row in claimed} == set(by_url)
+    assert all(row.secrets == (secrets[by_url[row.url]],) for row in claimed)
 
 
 def test_only_the_chosen_event_types_are_delivered(app, client, admin, receiver):

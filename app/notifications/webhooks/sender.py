@@ -40,7 +40,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, joinedload
 
 from app.core import dialect, metrics
 from app.core.columns import utcnow
@@ -115,8 +115,13 @@ def payload(event: Event) -> bytes:
 # ---------------------------------------------------------------- claiming
 
 
+# An earlier delivery of the same product to the same endpoint (made once: an alias is
+# costly to build).
+_EARLIER = aliased(WebhookDelivery)
+
+
 def _due(now: datetime, endpoint_ids: list[int]):
-    delivery, earlier = WebhookDelivery, aliased(WebhookDelivery)
+    delivery, earlier = WebhookDelivery, _EARLIER
     blocked = exists().where(
         earlier.endpoint_id == delivery.endpoint_id,
         earlier.ordering_key == delivery.ordering_key,
@@ -136,37 +141,38 @@ def claim(limit: int) -> list[Claimed]:
     """Take up to ``limit`` due deliveries for this sender in one transaction (committed),
     then read what their attempts need."""
     now = utcnow()
-    endpoints = {
-        e.id: e
-        for e in db.session.scalars(
-            select(WebhookEndpoint).where(WebhookEndpoint.live(), WebhookEndpoint.active)
+    endpoint_ids = list(
+        db.session.scalars(
+            select(WebhookEndpoint.id).where(WebhookEndpoint.live(), WebhookEndpoint.active)
         )
-    }
-    if not endpoints:
+    )
+    if not endpoint_ids:
         db.session.commit()
         return []
     token = uuid.uuid4().hex
     ids = dialect.claim(
         WebhookDelivery,
-        _due(now, list(endpoints)),
+        _due(now, endpoint_ids),
         WebhookDelivery.id,
         limit,
         {"claim_token": token, "claimed_until": now + lease()},
     )
     if not ids:
         return []
+    # Each with its event and its endpoint (URL and secrets as they are now), in one read.
     rows = db.session.scalars(
         select(WebhookDelivery)
+        .options(joinedload(WebhookDelivery.endpoint))
         .where(WebhookDelivery.id.in_(ids), WebhookDelivery.claim_token == token)
         .order_by(WebhookDelivery.id)
     )
-    claimed = [_claimed(row, endpoints.get(row.endpoint_id), token, now) for row in rows]
+    claimed = [_claimed(row, token, now) for row in rows]
     db.session.commit()
     return claimed
 
 
-def _claimed(row: WebhookDelivery, endpoint: WebhookEndpoint | None, token: str, now) -> Claimed:
-    endpoint = endpoint or db.session.get(WebhookEndpoint, row.endpoint_id)
+def _claimed(row: WebhookDelivery, token: str, now) -> Claimed:
+    endpoint = row.endpoint
     secrets, secret_error = (), None
     try:
         secrets = tuple(service.signing_secrets(endpoint, now))
