@@ -241,7 +241,7 @@ fi
 
 # The servers, each in a session of its own (setsid), so that a Ctrl-C on a terminal
 # (docker run -it) reaches only this script, which stops them in order.
-declare -A name_of=() status_of=()
+declare -A name_of=() status_of=() sent=()
 started=()
 start() {
     local name=$1
@@ -315,6 +315,7 @@ stop() {
     if alive "$pid"; then
         log "$1: graceful stop"
         kill "-$2" "$pid" 2>/dev/null || true
+        sent[$pid]=$2
         deadline=$((SECONDS + STOP_TIMEOUT))
         while alive "$pid"; do
             if ((SECONDS >= deadline)); then
@@ -331,9 +332,9 @@ stop nginx QUIT # what `nginx -s quit` sends
 stop uwsgi TERM # a graceful shutdown (app.ini)
 stop worker TERM
 # The worker handles SIGTERM from before it connects to anything (app/cli.py): ended by
-# the TERM itself (128 + 15) means it was still starting and had taken no work.
+# this TERM itself (128 + 15) means it was still starting and had taken no work.
 worker_pid=$(pid_of worker)
-if [[ -n $worker_pid && ${status_of[$worker_pid]} == 143 ]]; then
+if [[ -n $worker_pid && ${sent[$worker_pid]:-} == TERM && ${status_of[$worker_pid]} == 143 ]]; then
     log "worker: stopped while it was still starting (before it took any work)"
     status_of[$worker_pid]=0
 fi
