@@ -60,6 +60,7 @@ from common import (
 
 from app.catalog.models import Product
 from app.catalog.schemas import cursor_of
+from app.catalog.service import DEEPEST_PAGED
 
 LARGE_PRODUCTS = int(os.environ.get("BENCH_SCALE_PRODUCTS", "1000000"))
 LARGE_VIEWS = int(os.environ.get("BENCH_SCALE_VIEWS", "20000000"))
@@ -162,6 +163,7 @@ def run(ctx: Context) -> list[Result]:
         }
         for scale in scales:
             check_top(scale, servers[scale.label], tokens[scale.label])
+            check_page_reach(servers[scale.label])
         for name, paths in lines(scales):
             results += latency_line(ctx, name, paths, scales, servers, tokens)
         results.append(export_line(scales, servers, tokens))
@@ -370,6 +372,13 @@ def check_top(scale: Scale, server: h.Stack, headers: dict) -> None:
         raise BenchError(f"{server.name}: the top 100 differ from the raw views: {got[:5]}...")
 
 
+def check_page_reach(server: h.Stack) -> None:
+    """The page past the deepest a page by number reaches is refused, naming page."""
+    answer = server.http.get(f"/api/products?page={DEEPEST_PAGED // 20 + 1}")
+    if answer.status != 422 or "page" not in answer.json["errors"]["query"]:
+        raise BenchError(f"{server.name}: a page out of reach: HTTP {answer.status}")
+
+
 # ---------------------------------------------------------------- latency lines
 
 
@@ -383,8 +392,10 @@ def lines(scales: list[Scale]):
     return [
         ("GET /api/products (page 1)", each(lambda s: ["/api/products"])),
         (
-            "GET /api/products?page=<middle>",
-            each(lambda s: [f"/api/products?page={s.live // 2 // 20}"]),
+            # The middle page at 10k; at 1M the deepest a page by number reaches (past it,
+            # a 422 points to the cursor).
+            "GET /api/products?page=<middle, or the deepest in reach>",
+            each(lambda s: [f"/api/products?page={min(s.live // 2, DEEPEST_PAGED) // 20}"]),
         ),
         ("GET /api/products?cursor=<second half>", each(deep_cursor_paths)),
         (f"GET /api/products?q={COMMON_WORD}", each(lambda s: [f"/api/products?q={COMMON_WORD}"])),

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from app import create_app
+from app.catalog import service
 from app.core import config
 from app.core.extensions import db
 
@@ -152,6 +153,33 @@ def test_pages_by_number_still_work_at_any_depth(client, make):
     assert [p["sku"] for p in deep.json] == ["p08"]
     assert meta(deep)["total"] == 9 and meta(deep)["page"] == 5
     assert client.get(f"{LIST}?page=500&page_size=2").json == []
+
+
+def test_a_page_past_the_reach_of_page_numbers_points_to_the_cursor(client, make, monkeypatch):
+    monkeypatch.setattr(service, "DEEPEST_PAGED", 6)  # 100,000 products in use
+    catalog(make, 9)
+    last_in_reach = client.get(f"{LIST}?page=3&page_size=2")
+    assert [p["sku"] for p in last_in_reach.json] == ["p04", "p05"]
+    assert meta(last_in_reach) == {
+        "total": 9,
+        "total_pages": 5,
+        "first_page": 1,
+        "last_page": 3,
+        "page": 3,
+        "previous_page": 2,
+    }
+    assert 'rel="next"' not in last_in_reach.headers["Link"]
+    assert "page=3&" in last_in_reach.headers["Link"].split(", ")[-1]  # rel="last"
+    beyond = client.get(f"{LIST}?page=4&page_size=2")
+    assert beyond.status_code == 422
+    [hint] = beyond.json["errors"]["query"]["page"]
+    assert "at most 3" in hint and "cursor" in hint
+    # The same products are a walk by cursor away.
+    assert walk(client, page_size=2) == [f"p{n:02}" for n in range(9)]
+    # A page size that reaches the products in fewer pages, and a search, keep the rule.
+    assert client.get(f"{LIST}?page=2&page_size=5").status_code == 200
+    assert client.get(f"{LIST}?page=3&page_size=5").status_code == 422
+    assert client.get(f"{LIST}?q=bota&page=7&page_size=1").status_code == 422
 
 
 @pytest.fixture

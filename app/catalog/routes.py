@@ -23,7 +23,7 @@ from app.catalog.schemas import (
 from app.core.errors import ErrorSchema
 from app.core.extensions import db
 from app.core.openapi import Blueprint
-from app.core.pagination import cursor_page, page_of
+from app.core.pagination import cursor_page, page_of, within_reach
 from app.core.unit_of_work import transaction
 from app.events import journal
 from app.events.schemas import EventSchema
@@ -105,6 +105,7 @@ class Products(MethodView):
             )
             cursor_page(pagination_parameters, next_cursor, total)
             return Response(body, mimetype=JSON)
+        within_reach(pagination_parameters, service.DEEPEST_PAGED)
         total, body = service.list_page(
             filters, pagination_parameters.page, pagination_parameters.page_size
         )

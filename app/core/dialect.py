@@ -17,6 +17,7 @@ from sqlalchemy import (
     column,
     false,
     literal_column,
+    null,
     select,
     table,
     text,
@@ -208,7 +209,7 @@ def full_text(searched, words: list[str]) -> tuple:
     column's FULLTEXT index; SQLite: the column's FTS5 table (``<table>_fts``, rowid the
     row's id), ranked by bm25."""
     if not words:
-        return false(), literal_column("0")
+        return false(), null()  # not 0: ORDER BY 0 would name a column
     terms = [WORD_MARK + word[:WORD_MAX] for word in words]
     if not is_sqlite():
         match = searched.match(" ".join(f"+{term}*" for term in terms))

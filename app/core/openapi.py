@@ -327,15 +327,18 @@ class Blueprint(flask_smorest.Blueprint):
         return doc
 
     @staticmethod
-    def _make_pagination_metadata(page, page_size, item_count):
+    def _make_pagination_metadata(page, page_size, item_count, deepest=None):
         """flask-smorest's metadata, built without a marshmallow schema per request: the
-        same keys, in the same order, all integers."""
+        same keys, in the same order, all integers. ``deepest``: the last page a list
+        answers by number (app/core/pagination.py ``deepest_page``), if it has one: the
+        last and next pages stop there, the total and total_pages do not."""
         meta = {"total": item_count}
         if not item_count:
             meta["total_pages"] = 0
             return meta
-        last = (item_count - 1) // page_size + 1
-        meta.update(total_pages=last, first_page=1, last_page=last)
+        pages = (item_count - 1) // page_size + 1
+        last = pages if deepest is None else min(pages, deepest)
+        meta.update(total_pages=pages, first_page=1, last_page=last)
         if page <= last:
             meta["page"] = page
             if page > 1:
@@ -347,10 +350,14 @@ class Blueprint(flask_smorest.Blueprint):
     def _set_pagination_metadata(self, page_params, result, headers):
         if hasattr(page_params, "next_cursor"):  # a page of a cursor walk (cursor_page)
             return result, self._cursor_headers(page_params, headers)
-        result, headers = super()._set_pagination_metadata(page_params, result, headers)
         meta = self._make_pagination_metadata(
-            page_params.page, page_params.page_size, page_params.item_count
+            page_params.page,
+            page_params.page_size,
+            page_params.item_count,
+            getattr(page_params, "deepest", None),
         )
+        headers = {} if headers is None else headers
+        headers[self.PAGINATION_HEADER_NAME] = json.dumps(meta)
         links = []
         for rel, key in (
             ("first", "first_page"),

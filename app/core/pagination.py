@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 
+from flask_smorest import abort
 from sqlalchemy import Select, func, select
 
 from app.core.extensions import db
@@ -24,6 +25,29 @@ def page_of(query: Select, pagination_parameters) -> list:
             query.limit(pagination_parameters.page_size).offset(pagination_parameters.first_item)
         )
     )
+
+
+def within_reach(pagination_parameters, deepest: int) -> None:
+    """Pages by number of a list that answers them for its first ``deepest`` items only
+    (an OFFSET reads and drops every item it skips): a page that starts past them is a
+    422 naming ``page`` and pointing to the cursor, and the answer's last and next pages
+    stop at the last page in reach (app/core/openapi.py)."""
+    size = pagination_parameters.page_size
+    pagination_parameters.deepest = (deepest - 1) // size + 1
+    if pagination_parameters.page > pagination_parameters.deepest:
+        abort(
+            422,
+            message=f"Pages by number reach the first {deepest:,} products of a list.",
+            messages={
+                "query": {
+                    "page": [
+                        f"At page_size={size}, page can be at most "
+                        f"{pagination_parameters.deepest}: walk further by cursor "
+                        "(cursor= empty starts a walk; each page gives the next cursor)."
+                    ]
+                }
+            },
+        )
 
 
 def cursor_page(pagination_parameters, next_cursor: str | None, total: int | None) -> None:
