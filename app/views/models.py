@@ -17,6 +17,9 @@ class ProductView(db.Model):
     __tablename__ = "product_views"
     __table_args__ = (
         Index("ix_product_views_product_viewed", "product_id", "viewed_at"),
+        # A day's views from the index alone (`flask stats rollup`: the per-product counts
+        # and the registered viewers), and the oldest views (`flask views prune`).
+        Index("ix_product_views_viewed_product_user", "viewed_at", "product_id", "user_id"),
         TABLE_ARGS,
     )
 
@@ -26,7 +29,7 @@ class ProductView(db.Model):
     # changes of that product. Products are never deleted (soft deletes only).
     product_id: Mapped[int] = mapped_column(Integer)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    viewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    viewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The view's own id (the read gives it; older rows: the stream entry's id): a view
     # written twice (a batch applied again, the stream and a direct write) is stored once.
     view_id: Mapped[str | None] = mapped_column(key_string(32), unique=True)

@@ -83,6 +83,11 @@ def _upsert_counts(session: Session, counts: Counter) -> None:
     ]
     table = DailyProductViews.__table__
     session.execute(upsert_adding(table, ["product_id", "day"], COUNTED, session), rows)
+    _upsert_totals(session, counts)
+
+
+def _upsert_totals(session: Session, counts: Counter) -> None:
+    """Add the per-product counts ``counts`` to the per-sku counts, then to the catalog's."""
     skus = _skus_of({pid for pid, _day in counts}, session)
     per_sku = [
         {
@@ -251,26 +256,21 @@ def _rebuild_days(first: date, last: date) -> int:
             .group_by(ProductView.product_id, day_of_view),
         )
     )
-    anon, reg = (
-        func.sum(DailyProductViews.anonymous_views),
-        func.sum(DailyProductViews.registered_views),
+    # The per-sku and the catalog's counts from the day's per-product ones, by the writer
+    # the worker's batches use: the skus come from this process's memo, not from a join
+    # with products, whose rows are spread over a table the buffer pool seldom holds (a
+    # lookup of each viewed product, every day, was the slowest statement of a day).
+    rebuilt = select(
+        DailyProductViews.product_id,
+        DailyProductViews.day,
+        DailyProductViews.anonymous_views,
+        DailyProductViews.registered_views,
+    ).where(DailyProductViews.day.between(first, last))
+    counts = Counter(
+        {(pid, day): (anon, reg) for pid, day, anon, reg in db.session.execute(rebuilt)}
     )
-    in_days = DailyProductViews.day.between(first, last)
-    db.session.execute(
-        insert(DailySkuViews).from_select(
-            ["sku_lower", "day", *COUNTED, "views"],
-            select(Product.sku_lower, DailyProductViews.day, anon, reg, anon + reg)
-            .join(Product, Product.id == DailyProductViews.product_id)
-            .where(in_days)
-            .group_by(Product.sku_lower, DailyProductViews.day),
-        )
-    )
-    db.session.execute(
-        insert(DailyCatalogViews).from_select(
-            ["day", *COUNTED],
-            select(DailyProductViews.day, anon, reg).where(in_days).group_by(DailyProductViews.day),
-        )
-    )
+    if counts:
+        _upsert_totals(db.session, counts)
     db.session.execute(
         insert(DailyProductViewer).from_select(
             ["product_id", "day", "user_id"],
@@ -279,12 +279,7 @@ def _rebuild_days(first: date, last: date) -> int:
             .distinct(),
         )
     )
-    counted = db.session.execute(
-        select(
-            func.sum(DailyCatalogViews.anonymous_views + DailyCatalogViews.registered_views)
-        ).where(DailyCatalogViews.day.between(first, last))
-    ).scalar()
-    return int(counted or 0)
+    return sum(anon + reg for anon, reg in counts.values())
 
 
 def views_before(before: date) -> int:
