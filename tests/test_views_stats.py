@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import delete, event, insert, select, update
 
 from app import create_app
 from app.catalog.models import Product
@@ -20,7 +20,13 @@ from app.core import config, redis_client
 from app.core.extensions import db
 from app.core.spreadsheets import csv_cell, plain_cell
 from app.views import recorder, rollups, stream
-from app.views.models import DailyCatalogViews, DailyProductViews, DailySkuViews, ProductView
+from app.views.models import (
+    DailyCatalogViews,
+    DailyProductViewer,
+    DailyProductViews,
+    DailySkuViews,
+    ProductView,
+)
 from app.views.recorder import new_view_id
 from app.views.rollups import View
 from app.views.stream import ViewsConsumer
@@ -586,6 +592,70 @@ def test_rollup_rebuilds_from_raw_rows_and_prune_keeps_the_statistics(
     assert (
         client.get(f"/api/products/abc/stats?{query}", headers=admin["headers"]).json["views"] == 5
     )
+
+
+ROLLUPS = (DailyProductViews, DailySkuViews, DailyCatalogViews, DailyProductViewer)
+
+
+def test_a_rollup_mends_every_wrong_row_and_writes_nothing_when_all_are_right(
+    app, runner, make, viewers
+):
+    make.product("abc")
+    make.product("xyz")
+    u1, u2 = viewers[0]["id"], viewers[1]["id"]
+    d1, d2 = date(2026, 4, 1), date(2026, 4, 2)
+    seed_views(app, "abc", {d1: (2, [u1, u1]), d2: (0, [u2])})
+    seed_views(app, "xyz", {d1: (3, [u2])})
+    abc, xyz = product_id(app, "abc"), product_id(app, "xyz")
+
+    def state() -> dict:
+        with app.app_context():
+            return {
+                model.__tablename__: sorted(db.session.execute(select(model.__table__)).all())
+                for model in ROLLUPS
+            }
+
+    right = state()
+    with app.app_context():  # every kind of damage
+        products, viewer = DailyProductViews, DailyProductViewer
+        db.session.execute(
+            update(products)
+            .where(products.product_id == abc, products.day == d1)
+            .values(anonymous_views=7)
+        )
+        db.session.execute(
+            insert(products).values(product_id=xyz, day=d2, anonymous_views=5, registered_views=0)
+        )
+        db.session.execute(delete(DailySkuViews).where(DailySkuViews.sku_lower == "xyz"))
+        db.session.execute(update(DailyCatalogViews).values(registered_views=9))
+        db.session.execute(delete(viewer).where(viewer.product_id == xyz, viewer.user_id == u2))
+        db.session.execute(insert(viewer).values(product_id=abc, day=d2, user_id=u1))
+        db.session.commit()
+    assert state() != right
+
+    rollup = ["stats", "rollup", "--from", "2026-04-01", "--to", "2026-04-02"]
+    result = runner.invoke(args=rollup)
+    assert result.exit_code == 0, result.output
+    assert "rolled up 9 view(s)" in result.output
+    assert state() == right
+
+    with app.app_context():
+        engine = db.engine
+    writes = []
+
+    def seen(_conn, _cursor, statement, *args):
+        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            writes.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        result = runner.invoke(args=rollup)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert result.exit_code == 0, result.output
+    assert "rolled up 9 view(s)" in result.output
+    assert writes == []  # right roll-ups: nothing rewritten, nothing locked
+    assert state() == right
 
 
 def test_an_interrupted_rollup_keeps_the_stretches_of_days_it_finished(

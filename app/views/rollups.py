@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
+from operator import itemgetter
 from typing import NamedTuple
 
 from flask import current_app
-from sqlalchemy import case, delete, func, insert, select
+from sqlalchemy import delete, except_, func, insert, select, tuple_
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from app.catalog.models import Product
+from app.core import dialect
 from app.core.dialect import insert_ignore, upsert_adding
 from app.core.extensions import db
 from app.views.models import (
@@ -83,11 +85,6 @@ def _upsert_counts(session: Session, counts: Counter) -> None:
     ]
     table = DailyProductViews.__table__
     session.execute(upsert_adding(table, ["product_id", "day"], COUNTED, session), rows)
-    _upsert_totals(session, counts)
-
-
-def _upsert_totals(session: Session, counts: Counter) -> None:
-    """Add the per-product counts ``counts`` to the per-sku counts, then to the catalog's."""
     skus = _skus_of({pid for pid, _day in counts}, session)
     per_sku = [
         {
@@ -194,18 +191,18 @@ def write_views(views: list[View]) -> int:
     return 0
 
 
-# Days rebuilt per transaction by `flask stats rollup`. More days a statement visit each
-# roll-up page fewer times (their keys start with the product, so a day's rows are spread
-# over the whole table): 5 days took 2.8 s a day at 20 million views, 1 day 3.9 s. But a
-# statement's time grows with the views it reads, and DB_STATEMENT_SECONDS (4 s) stops it:
-# one day (222,000 views there) keeps each under 1.5 s.
+# Days rebuilt per transaction by `flask stats rollup`: a day's roll-ups change at once (a
+# reader sees the day as it was or as rebuilt), and each statement reads one day's views
+# (222,000 at 20 million views over 90 days), well within DB_STATEMENT_SECONDS (4 s).
 DAYS_PER_TRANSACTION = 1
+# Keys per DELETE of the roll-up rows that differ from the raw views.
+DELETED_PER_STATEMENT = 500
 
 
 def rebuild_rollups(
     start: date, end: date, progress: Callable[[int], object] | None = None
 ) -> tuple[int, date | None]:
-    """Recompute the roll-ups of [start, end] from the raw rows (`flask stats rollup`).
+    """Bring the roll-ups of [start, end] to what the raw rows say (`flask stats rollup`).
 
     Days before the oldest raw row are left alone: their raw rows may have been pruned,
     and their roll-ups are then the only record. Returns (views rolled up, first day).
@@ -219,10 +216,8 @@ def rebuild_rollups(
     if first > end:
         return 0, None
     count = 0
-    # Computed by the database (a year of views never goes through Python), a stretch of
-    # days per transaction: those days' roll-ups change at once (a reader sees them as
-    # they were or as rebuilt), the operator sees it advance, and an interrupted run
-    # keeps the stretches it finished.
+    # A stretch of days per transaction: the operator sees it advance, and an interrupted
+    # run keeps the stretches it finished.
     day = first
     while day <= end:
         last = min(end, day + timedelta(days=DAYS_PER_TRANSACTION - 1))
@@ -234,52 +229,96 @@ def rebuild_rollups(
 
 
 def _rebuild_days(first: date, last: date) -> int:
-    """Rebuild the roll-ups of the days [first, last] in the session's transaction; the
-    number of raw views they hold."""
+    """Make the roll-ups of the days [first, last] what their raw views say, in the
+    session's transaction; the number of raw views they hold.
+
+    The raw views are read grouped by the database, from one index (the days' entries of
+    ``ix_product_views_viewed_product_user``, no row read), and each roll-up is compared
+    with them: only the rows that differ are deleted and written again. A rebuild of right
+    roll-ups (the usual run: a check after an incident) writes nothing, so it neither
+    locks the rows the worker is adding to nor rewrites pages spread over the tables
+    (their keys start with the product or sku: a day's rows are everywhere)."""
     lo = datetime.combine(first, datetime.min.time())
     hi = datetime.combine(last + timedelta(days=1), datetime.min.time())
-    in_range = (ProductView.viewed_at >= lo, ProductView.viewed_at < hi)
+    in_days = (ProductView.viewed_at >= lo, ProductView.viewed_at < hi)
     day_of_view = func.date(ProductView.viewed_at)
-    anonymous = case((ProductView.user_id.is_(None), 1), else_=0)
-    for model in (DailyProductViews, DailyProductViewer, DailySkuViews, DailyCatalogViews):
-        db.session.execute(
-            delete(model).where(model.day.between(first, last)),
-            execution_options={"synchronize_session": False},  # no objects of them loaded
-        )
-    db.session.execute(
-        insert(DailyProductViews).from_select(
-            ["product_id", "day", "anonymous_views", "registered_views"],
-            select(
-                ProductView.product_id, day_of_view, func.sum(anonymous), func.sum(1 - anonymous)
-            )
-            .where(*in_range)
-            .group_by(ProductView.product_id, day_of_view),
-        )
+    registered = func.count(ProductView.user_id)
+    grouped = (
+        select(ProductView.product_id, day_of_view, func.count() - registered, registered)
+        .where(*in_days)
+        .group_by(ProductView.product_id, day_of_view)
     )
-    # The per-sku and the catalog's counts from the day's per-product ones, by the writer
-    # the worker's batches use: the skus come from this process's memo, not from a join
-    # with products, whose rows are spread over a table the buffer pool seldom holds (a
-    # lookup of each viewed product, every day, was the slowest statement of a day).
-    rebuilt = select(
-        DailyProductViews.product_id,
-        DailyProductViews.day,
-        DailyProductViews.anonymous_views,
-        DailyProductViews.registered_views,
-    ).where(DailyProductViews.day.between(first, last))
     counts = Counter(
-        {(pid, day): (anon, reg) for pid, day, anon, reg in db.session.execute(rebuilt)}
+        {
+            (pid, dialect.as_date(day)): (int(anon), int(reg))
+            for pid, day, anon, reg in db.session.execute(grouped)
+        }
     )
-    if counts:
-        _upsert_totals(db.session, counts)
-    db.session.execute(
-        insert(DailyProductViewer).from_select(
-            ["product_id", "day", "user_id"],
-            select(ProductView.product_id, day_of_view, ProductView.user_id)
-            .where(*in_range, ProductView.user_id.is_not(None))
-            .distinct(),
-        )
+    # In the order the worker's batches write them (products, skus, catalog, viewers).
+    _make_rows(DailyProductViews, first, last, dict(counts))
+    skus = _skus_of({pid for pid, _day in counts}, db.session)
+    per_sku = _summed(counts, lambda pid, day: (skus[pid], day) if pid in skus else None)
+    _make_rows(DailySkuViews, first, last, {key: (a, r, a + r) for key, (a, r) in per_sku})
+    _make_rows(DailyCatalogViews, first, last, dict(_summed(counts, lambda _pid, day: (day,))))
+    viewed_by = (
+        select(ProductView.product_id, day_of_view, ProductView.user_id)
+        .where(*in_days, ProductView.user_id.is_not(None))
+        .distinct()
     )
+    _make_viewers(first, last, viewed_by)
     return sum(anon + reg for anon, reg in counts.values())
+
+
+def _make_viewers(first: date, last: date, viewed_by) -> None:
+    """Make the registered viewers of the days [first, last] those of ``viewed_by``
+    (product, day, user). Compared by the database (EXCEPT, both ways): only the rows that
+    differ come back, where reading both sides (twice as many as a day's products) would
+    cost more than the rest of the day's rebuild."""
+    viewer = DailyProductViewer
+    stored = select(viewer.product_id, viewer.day, viewer.user_id).where(
+        viewer.day.between(first, last)
+    )
+    stale = [tuple(row) for row in db.session.execute(except_(stored, viewed_by))]
+    for at in range(0, len(stale), DELETED_PER_STATEMENT):
+        chunk = stale[at : at + DELETED_PER_STATEMENT]
+        keys = tuple_(viewer.product_id, viewer.day, viewer.user_id)
+        db.session.execute(delete(viewer).where(keys.in_(chunk)))
+    missing = [
+        {"product_id": pid, "day": dialect.as_date(day), "user_id": user}
+        for pid, day, user in db.session.execute(except_(viewed_by, stored))
+    ]
+    if missing:
+        db.session.execute(
+            insert_ignore(viewer.__table__),
+            sorted(missing, key=itemgetter("product_id", "day", "user_id")),
+        )
+
+
+def _make_rows(model, first: date, last: date, wanted: dict[tuple, tuple]) -> None:
+    """Make ``model``'s rows of the days [first, last] ``wanted`` ({primary key: the
+    other columns, in the table's order}): the rows that are missing, or hold other
+    values, or are not wanted at all, are deleted and inserted, the others left alone."""
+    table = model.__table__
+    keys = list(table.primary_key.columns)
+    values = [c for c in table.columns if not c.primary_key]
+    stored = {
+        tuple(row[: len(keys)]): tuple(row[len(keys) :])
+        for row in db.session.execute(
+            select(*keys, *values).where(table.c.day.between(first, last))
+        )
+    }
+    stale = sorted(key for key, had in stored.items() if wanted.get(key) != had)
+    for at in range(0, len(stale), DELETED_PER_STATEMENT):
+        chunk = stale[at : at + DELETED_PER_STATEMENT]
+        db.session.execute(delete(table).where(tuple_(*keys).in_(chunk)))
+    names = [c.name for c in (*keys, *values)]
+    fresh = [
+        dict(zip(names, (*key, *now), strict=True))
+        for key, now in sorted(wanted.items())
+        if stored.get(key) != now
+    ]
+    if fresh:
+        db.session.execute(insert(table), fresh)
 
 
 def views_before(before: date) -> int:
