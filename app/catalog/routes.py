@@ -90,7 +90,10 @@ class Products(MethodView):
     @products_blp.response(200, ProductSchema(many=True))
     @products_blp.paginate()
     def get(self, pagination_parameters, **filters):
-        """List products, filtered, sorted and paginated (by page, or by cursor)."""
+        """List products, filtered, sorted and paginated (by page, or by cursor).
+
+        Pages by number reach the first 100,000 products of a list: a page past them is a
+        422 naming page (walk further by cursor)."""
         count = filters.pop("count")
         if "cursor" in filters:
             if "page" in request.args:
