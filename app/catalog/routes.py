@@ -92,7 +92,7 @@ class Products(MethodView):
     def get(self, pagination_parameters, **filters):
         """List products, filtered, sorted and paginated (by page, or by cursor).
 
-        Pages by number reach the first 100,000 products of a list: a page past them is a
+        Pages by number reach the first 50,000 products of a list: a page past them is a
         422 naming page (walk further by cursor)."""
         count = filters.pop("count")
         if "cursor" in filters:

@@ -330,7 +330,7 @@ class Blueprint(flask_smorest.Blueprint):
     def _make_pagination_metadata(page, page_size, item_count, deepest=None):
         """flask-smorest's metadata, built without a marshmallow schema per request: the
         same keys, in the same order, all integers. ``deepest``: the last page a list
-        answers by number (app/core/pagination.py ``deepest_page``), if it has one: the
+        answers by number (app/core/pagination.py ``within_reach``), if it has one: the
         last and next pages stop there, the total and total_pages do not."""
         meta = {"total": item_count}
         if not item_count:

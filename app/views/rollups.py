@@ -278,11 +278,9 @@ def _make_viewers(first: date, last: date, viewed_by) -> None:
     stored = select(viewer.product_id, viewer.day, viewer.user_id).where(
         viewer.day.between(first, last)
     )
-    stale = [tuple(row) for row in db.session.execute(except_(stored, viewed_by))]
-    for at in range(0, len(stale), DELETED_PER_STATEMENT):
-        chunk = stale[at : at + DELETED_PER_STATEMENT]
-        keys = tuple_(viewer.product_id, viewer.day, viewer.user_id)
-        db.session.execute(delete(viewer).where(keys.in_(chunk)))
+    _delete_keys(
+        viewer.__table__, [tuple(row) for row in db.session.execute(except_(stored, viewed_by))]
+    )
     missing = [
         {"product_id": pid, "day": dialect.as_date(day), "user_id": user}
         for pid, day, user in db.session.execute(except_(viewed_by, stored))
@@ -307,10 +305,7 @@ def _make_rows(model, first: date, last: date, wanted: dict[tuple, tuple]) -> No
             select(*keys, *values).where(table.c.day.between(first, last))
         )
     }
-    stale = sorted(key for key, had in stored.items() if wanted.get(key) != had)
-    for at in range(0, len(stale), DELETED_PER_STATEMENT):
-        chunk = stale[at : at + DELETED_PER_STATEMENT]
-        db.session.execute(delete(table).where(tuple_(*keys).in_(chunk)))
+    _delete_keys(table, [key for key, had in stored.items() if wanted.get(key) != had])
     names = [c.name for c in (*keys, *values)]
     fresh = [
         dict(zip(names, (*key, *now), strict=True))
@@ -319,6 +314,14 @@ def _make_rows(model, first: date, last: date, wanted: dict[tuple, tuple]) -> No
     ]
     if fresh:
         db.session.execute(insert(table), fresh)
+
+
+def _delete_keys(table, keys: list[tuple]) -> None:
+    """Delete the rows of ``table`` with these primary keys, in key order."""
+    columns = tuple_(*table.primary_key.columns)
+    keys = sorted(keys)
+    for at in range(0, len(keys), DELETED_PER_STATEMENT):
+        db.session.execute(delete(table).where(columns.in_(keys[at : at + DELETED_PER_STATEMENT])))
 
 
 def views_before(before: date) -> int:
