@@ -53,6 +53,11 @@ def test_the_best_match_comes_first_and_the_other_filters_and_sorts_still_apply(
     page = client.get(f"{LIST}?q=bota&page_size=1&page=2")
     assert json.loads(page.headers["X-Pagination"])["total"] == 3
     assert len(page.json) == 1
+    # The total of a ranked search, past its last page and with other filters too.
+    past = client.get(f"{LIST}?q=bota&page_size=1&page=9")
+    assert past.json == [] and json.loads(past.headers["X-Pagination"])["total"] == 3
+    marked = client.get(f"{LIST}?q=bota&mark=a&page_size=1")
+    assert json.loads(marked.headers["X-Pagination"])["total"] == 2
 
 
 def test_a_product_is_found_as_soon_as_its_write_answers_and_never_once_deleted(
