@@ -1,6 +1,7 @@
-"""the raw views' time index also holds the product and the user: `flask stats rollup`
-reads a day's views from the index alone (no lookup of each view's row), for the
-per-product counts and the registered viewers alike
+"""indexes that `flask stats rollup` reads alone: the raw views' time index also holds the
+product and the user (a day's views without a lookup of each view's row), and the
+per-product roll-ups' day index also holds the counts (a day's rows without a lookup of
+each: the table's key starts with the product, so a day's rows are spread over it)
 
 Revision ID: 0015_views_by_time_covering
 Revises: 0014_daily_sku_views
@@ -26,9 +27,19 @@ def upgrade():
             unique=False,
         )
         batch_op.drop_index("ix_product_views_viewed_at")
+    with op.batch_alter_table("daily_product_views", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_daily_product_views_day_counts",
+            ["day", "product_id", "anonymous_views", "registered_views"],
+            unique=False,
+        )
+        batch_op.drop_index("ix_daily_product_views_day")
 
 
 def downgrade():
+    with op.batch_alter_table("daily_product_views", schema=None) as batch_op:
+        batch_op.create_index("ix_daily_product_views_day", ["day", "product_id"], unique=False)
+        batch_op.drop_index("ix_daily_product_views_day_counts")
     with op.batch_alter_table("product_views", schema=None) as batch_op:
         batch_op.create_index("ix_product_views_viewed_at", ["viewed_at"], unique=False)
         batch_op.drop_index("ix_product_views_viewed_product_user")
