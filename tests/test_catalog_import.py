@@ -527,6 +527,25 @@ def test_the_csv_export_writes_each_cell_as_the_csv_writer_would(
     assert "'=1+1" in expected.getvalue() and '"Zapatos, talla 42"' in expected.getvalue()
 
 
+def test_a_chunk_of_the_longest_names_comes_out_whole(app, client, admin):
+    """A chunk of products whose names and marks are as long as allowed, of four-byte
+    characters and characters that JSON escapes: over a megabyte in one chunk, every
+    character back as it went in."""
+    name = '"\\ñ' + "😀" * 197
+    mark = "😀" * 100
+    body = [
+        {"sku": f"L{n:04}", "name": name, "price": 1, "mark": mark} for n in range(bulk.CHUNK + 1)
+    ]
+    assert client.post(IMPORT, json=body, headers=admin["headers"]).status_code == 200
+
+    as_json = json.loads(client.get(f"{EXPORT}?format=json", headers=admin["headers"]).get_data())
+    as_csv = parse_csv(client.get(EXPORT, headers=admin["headers"]))
+
+    for exported in (as_json, as_csv):
+        assert [row["sku"] for row in exported] == [row["sku"] for row in body]
+        assert {(row["name"], row["mark"]) for row in exported} == {(name, mark)}
+
+
 def parse_csv_bytes(raw: bytes) -> list[dict]:
     return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
 

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from types import SimpleNamespace
 from typing import BinaryIO
 
@@ -31,7 +32,7 @@ from app.accounts.models import User
 from app.catalog import cache
 from app.catalog.models import Product
 from app.catalog.schemas import CATALOG_COLUMNS, ProductImportSchema, dump_product
-from app.catalog.service import EDITABLE, plain, product_filters, rows_after
+from app.catalog.service import EDITABLE, plain, product_filters, rows_after, sort_order
 from app.core import dialect
 from app.core.columns import utcnow
 from app.core.extensions import db
@@ -411,36 +412,37 @@ def _update(rows: list[dict]) -> None:
 
 
 def exported(filters: dict) -> Iterator[list]:
-    """Chunks of the live products matching the list's filters, in the list's order.
+    """Chunks of the live products matching the list's filters, in the list's order: each
+    product a sequence of its id, its sort key, then its values in ``CATALOG_COLUMNS``'s
+    order.
 
     A generator for a streamed answer: it runs after the view has returned (and its
     session ended), so the snapshot begins here, with the first chunk."""
-    chunk = CHUNK
     # One snapshot: a product changed during the download is neither skipped nor listed
     # twice.
     dialect.begin_snapshot()
-    where = product_filters(filters)
-    columns = (Product.sku, *(getattr(Product, f) for f in EDITABLE))
+    where, sort = product_filters(filters), filters.get("sort")
+    key = sort_order(sort)[0]
+    columns = [Product.id, key, *(getattr(Product, column) for column in CATALOG_COLUMNS)]
+    read = partial(dialect.ordered_rows, columns)
     position = None
     while True:
-        rows = rows_after(where, filters.get("sort"), position, chunk, columns)
+        rows = rows_after(where, sort, position, CHUNK, read)
         if rows:
             yield rows
-        if len(rows) < chunk:
+        if len(rows) < CHUNK:
             return
-        position = (rows[-1].sort_key, rows[-1].id)
+        position = (rows[-1][1], rows[-1][0])
 
 
 def product_values(row) -> dict:
-    return {"sku": row.sku, **{field: plain(getattr(row, field)) for field in EDITABLE}}
+    """An exported product (as ``exported`` yields it) by column."""
+    return dict(zip(CATALOG_COLUMNS, (plain(value) for value in row[2:]), strict=True))
 
 
 def csv_text(chunks: Iterable[list], bom: bool) -> Iterator[str]:
     """The export as CSV: a header line, then a piece of text per chunk."""
-    rows = (
-        [[values[column] for column in CATALOG_COLUMNS] for values in map(product_values, chunk)]
-        for chunk in chunks
-    )
+    rows = ([[plain(value) for value in row[2:]] for row in chunk] for chunk in chunks)
     return csv_document(CATALOG_COLUMNS, rows, bom)
 
 

@@ -8,6 +8,7 @@ change's own transaction.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
@@ -216,10 +217,13 @@ def ordered_by(sort: str | None) -> tuple:
     return (column.desc(), ids.desc()) if descending else (column, ids)
 
 
-def rows_after(where: list, sort: str | None, position: tuple | None, limit: int, columns) -> list:
-    """Up to ``limit`` rows (``id``, ``sort_key``, then ``columns``) matching ``where``, in
-    the list's order ``sort`` (its column, then the id), after ``position``: the
-    ``(sort key, id)`` of the last row seen (None: from the first).
+def rows_after(
+    where: list, sort: str | None, position: tuple | None, limit: int, read: Callable
+) -> list:
+    """Up to ``limit`` rows matching ``where``, in the list's order ``sort`` (its column,
+    then the id), after ``position``: the ``(sort key, id)`` of the last row seen (None:
+    from the first). ``read(from_, order)`` reads them: ``from_`` is the products joined
+    to the ids of the rows (see ``sorted_rows`` and ``dialect.ordered_rows``).
 
     Each statement reads one index range, however far the position: first the rows that
     tie with the last key (after its id), then the rows beyond the key; and each finds
@@ -233,12 +237,7 @@ def rows_after(where: list, sort: str | None, position: tuple | None, limit: int
 
     def rows(conditions: list, order_by: tuple, count: int) -> list:
         page = select(ids).where(*conditions).order_by(*order_by).limit(count).subquery()
-        query = (
-            select(ids, column.label("sort_key"), *columns)
-            .join_from(PRODUCTS, page, page.c.id == ids)
-            .order_by(*order)
-        )
-        return db.session.execute(query).all()
+        return read(PRODUCTS.join(page, page.c.id == ids), order)
 
     if position is None:
         return rows(where, order, limit)
@@ -249,6 +248,18 @@ def rows_after(where: list, sort: str | None, position: tuple | None, limit: int
         return ties
     beyond = column < key if descending else column > key
     return ties + rows([*where, beyond], order, limit - len(ties))
+
+
+def sorted_rows(sort: str | None, columns) -> Callable:
+    """A ``read`` for ``rows_after``: rows of the id, the sort key (``sort_key``), then
+    ``columns``."""
+    key = sort_order(sort)[0].label("sort_key")
+
+    def read(from_, order: tuple) -> list:
+        query = select(PRODUCTS.c.id, key, *columns).select_from(from_).order_by(*order)
+        return db.session.execute(query).all()
+
+    return read
 
 
 # Pages by number reach this many matches of a list, no further: the page's ids come from
@@ -314,7 +325,7 @@ def list_after(
     as at the first, and a position is seldom asked twice."""
     where = product_filters(filters)
     sort = filters.get("sort") or "created"
-    rows = rows_after(where, sort, position, page_size + 1, SHOWN)
+    rows = rows_after(where, sort, position, page_size + 1, sorted_rows(sort, SHOWN))
     shown, more = rows[:page_size], len(rows) > page_size
     next_cursor = cursor_of(sort, shown[-1].sort_key, shown[-1].id) if more else None
     total = count_matching(where) if count else None

@@ -7,15 +7,19 @@ not, and each function says what it does on each database.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, datetime
+from decimal import Decimal
 
 from sqlalchemy import (
+    DateTime,
     Table,
     and_,
     bindparam,
     column,
     false,
+    func,
     literal_column,
     null,
     select,
@@ -177,6 +181,42 @@ def begin_snapshot() -> None:
     if not is_sqlite():
         db.session.rollback()  # end any transaction this session began
         db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+# Bytes of one aggregated answer. MariaDB's default (1 MiB) cuts it short, and a chunk of
+# 1,000 products with the longest names and marks of four-byte characters takes 1.3 MB
+# (tests/test_catalog_import.py); this is six times that, and half the 16 MiB packet
+# that the server and pymysql accept.
+LONGEST_AGGREGATE = 8 * 1024 * 1024
+
+
+def ordered_rows(columns: list, from_, order: tuple) -> list:
+    """The values of ``columns`` (text, numbers, times) of the rows of ``from_``, in
+    ``order``, as sequences: for thousands of rows at a time.
+
+    MariaDB sends them as one JSON array (``JSON_ARRAYAGG``) that Python's json module
+    reads, because pymysql reads a row's values in Python, one at a time: 25 ms for a
+    chunk of 1,000 products, of which the database took 2 (one value: 7 ms). Numbers with
+    decimals come back as Decimal, and times (JSON text) as their column's type makes
+    them. SQLite runs in-process: its rows as they come."""
+    if is_sqlite():
+        return db.session.execute(select(*columns).select_from(from_).order_by(*order)).all()
+    connection = db.session.connection()
+    # Once per connection (it keeps the setting, which changes nothing else it runs).
+    if connection.info.get("longest_aggregate") != LONGEST_AGGREGATE:
+        connection.exec_driver_sql(f"SET SESSION group_concat_max_len = {LONGEST_AGGREGATE}")
+        connection.info["longest_aggregate"] = LONGEST_AGGREGATE
+    aggregated = func.json_arrayagg(func.json_array(*columns)).aggregate_order_by(*order)
+    document = connection.scalar(select(aggregated).select_from(from_))
+    rows = json.loads(document, parse_float=Decimal) if document else []
+    for n, selected in enumerate(columns):
+        kind = selected.type
+        if isinstance(getattr(kind, "impl_instance", kind), DateTime):
+            loaded = getattr(kind, "process_result_value", lambda value, _d: value)
+            for row in rows:
+                if row[n] is not None:
+                    row[n] = loaded(datetime.fromisoformat(row[n]), connection.dialect)
+    return rows
 
 
 def as_date(value) -> date:

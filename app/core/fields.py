@@ -16,7 +16,8 @@ CENT = Decimal("0.01")
 
 def json_number(value: Decimal) -> int | float:
     """A money amount as JSON shows it: 300, 19.99 (never "300.00")."""
-    value = Decimal(value)
+    if type(value) is not Decimal:
+        value = Decimal(value)
     return int(value) if value == value.to_integral_value() else float(value)
 
 

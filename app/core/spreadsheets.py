@@ -23,12 +23,15 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # Read as a minus by spreadsheets, though NFKC keeps it.
 MINUS_SIGN = "\u2212"
 QUOTE = "'"
+ASCII_QUOTED = frozenset((*FORMULA_STARTS, QUOTE))
 
 
 def quoted_start(text: str) -> bool:
     """Whether ``text`` starts with what a spreadsheet may run as a formula, or with a
     quote: the texts ``csv_cell`` quotes."""
     first = text[:1]
+    if first < "\x80":  # ASCII (or empty): NFKC keeps it as it is
+        return first in ASCII_QUOTED
     return first == MINUS_SIGN or unicodedata.normalize("NFKC", first).startswith(
         (*FORMULA_STARTS, QUOTE)
     )
