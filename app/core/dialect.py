@@ -14,6 +14,10 @@ from decimal import Decimal
 
 from sqlalchemy import (
     DateTime,
+    Float,
+    Integer,
+    Numeric,
+    String,
     Table,
     and_,
     bindparam,
@@ -183,22 +187,25 @@ def begin_snapshot() -> None:
         db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
-# Bytes of one aggregated answer. MariaDB's default (1 MiB) cuts it short, and a chunk of
+# Bytes of one aggregated answer. MariaDB's default (1 MiB) cuts it short: a chunk of
 # 1,000 products with the longest names and marks of four-byte characters takes 1.3 MB
-# (tests/test_catalog_import.py); this is six times that, and half the 16 MiB packet
-# that the server and pymysql accept.
+# (tests/test_catalog_import.py), 2.1 MB sorted by name (the name twice). This is four
+# times that, and half the largest packet the server sends (max_allowed_packet, 16 MiB).
 LONGEST_AGGREGATE = 8 * 1024 * 1024
 
 
 def ordered_rows(columns: list, from_, order: tuple) -> list:
-    """The values of ``columns`` (text, numbers, times) of the rows of ``from_``, in
-    ``order``, as sequences: for thousands of rows at a time.
+    """The values of ``columns`` (text, integers, exact numbers, times) of the rows of
+    ``from_``, in ``order``, as sequences: for thousands of rows at a time.
 
     MariaDB sends them as one JSON array (``JSON_ARRAYAGG``) that Python's json module
     reads, because pymysql reads a row's values in Python, one at a time: 25 ms for a
     chunk of 1,000 products, of which the database took 2 (one value: 7 ms). Numbers with
     decimals come back as Decimal, and times (JSON text) as their column's type makes
     them. SQLite runs in-process: its rows as they come."""
+    kinds = [getattr(c.type, "impl_instance", c.type) for c in columns]
+    if unread := [c for c, kind in zip(columns, kinds, strict=True) if not _from_json(kind)]:
+        raise TypeError(f"not read back from JSON as the driver reads them: {unread}")
     if is_sqlite():
         return db.session.execute(select(*columns).select_from(from_).order_by(*order)).all()
     connection = db.session.connection()
@@ -207,16 +214,25 @@ def ordered_rows(columns: list, from_, order: tuple) -> list:
         connection.exec_driver_sql(f"SET SESSION group_concat_max_len = {LONGEST_AGGREGATE}")
         connection.info["longest_aggregate"] = LONGEST_AGGREGATE
     aggregated = func.json_arrayagg(func.json_array(*columns)).aggregate_order_by(*order)
-    document = connection.scalar(select(aggregated).select_from(from_))
+    document, count = connection.execute(select(aggregated, func.count()).select_from(from_)).one()
     rows = json.loads(document, parse_float=Decimal) if document else []
-    for n, selected in enumerate(columns):
-        kind = selected.type
-        if isinstance(getattr(kind, "impl_instance", kind), DateTime):
-            loaded = getattr(kind, "process_result_value", lambda value, _d: value)
+    # Longer than group_concat_max_len, the text is cut: JSON that does not parse, or, cut
+    # at a product's end, a short chunk (which would end an export early).
+    if len(rows) != count:
+        raise RuntimeError(f"{count} rows, {len(rows)} read: longer than {LONGEST_AGGREGATE}")
+    for n, (selected, kind) in enumerate(zip(columns, kinds, strict=True)):
+        if isinstance(kind, DateTime):
+            loaded = getattr(selected.type, "process_result_value", lambda value, _d: value)
             for row in rows:
                 if row[n] is not None:
                     row[n] = loaded(datetime.fromisoformat(row[n]), connection.dialect)
     return rows
+
+
+def _from_json(kind) -> bool:
+    """Whether JSON gives a column of this type back as the driver would (times as text,
+    turned back by ``ordered_rows``; a float would come back as a Decimal)."""
+    return isinstance(kind, (String, Integer, Numeric, DateTime)) and not isinstance(kind, Float)
 
 
 def as_date(value) -> date:
