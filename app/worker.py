@@ -7,13 +7,16 @@
 - Emails: a few sender threads claim due rows (app/outbox.py) and send them, each send
   at the pace SES allows (app/notifications/pace.py: a token bucket, in Redis shared by
   every worker process); a commit that adds emails wakes one at once (a Redis list), and
-  they poll the database besides.
+  they poll the database besides. After a claim smaller than WORKER_BATCH, a sender lets
+  the next emails gather for WORKER_LINGER_SECONDS.
 - Webhooks: one thread claims due deliveries, several per transaction, as many as there
-  are free places among WEBHOOK_CONCURRENCY sending threads, which post them and record
-  each attempt (app/notifications/webhooks/sender.py). A commit that adds deliveries
-  wakes it (a Redis list of its own), and so does each finished attempt (the next event
-  of that product may be due); it polls besides. Emails and webhooks never share a
-  thread: a slow endpoint does not hold an email back.
+  are free places among WEBHOOK_CONCURRENCY sending threads, which post them; the same
+  thread then records the attempts that have finished, together, in one transaction
+  (app/notifications/webhooks/sender.py). A commit that adds deliveries wakes it (a Redis
+  list of its own), and so does each finished attempt (once recorded, the next event of
+  that product may be due); it polls besides. After a claim smaller than it asked for, it
+  lets deliveries gather for WEBHOOK_LINGER_SECONDS before the next. Emails and webhooks
+  never share a thread: a slow endpoint does not hold an email back.
 - SES events: with SES_EVENTS_QUEUE_URL, one thread long-polls the SQS queue of SES's
   events and applies each (app/notifications/ses_events.py): deliveries, bounces,
   complaints; a message is deleted once its effect is committed.
@@ -27,8 +30,10 @@ released, and the process exits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -72,12 +77,15 @@ class Worker:
         self.senders = config["WORKER_SENDERS"]
         self.batch = config["WORKER_BATCH"]
         self.poll = config["WORKER_POLL_SECONDS"]
+        self.email_linger = config["WORKER_LINGER_SECONDS"]
         self.name = config["WORKER_NAME"] or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = stopping or threading.Event()  # set: stop (see stop())
         self.linger = config["VIEWS_LINGER_SECONDS"]
         self.webhook_places = config["WEBHOOK_CONCURRENCY"]
         self.webhook_batch = config["WEBHOOK_BATCH"]
+        self.webhook_linger = config["WEBHOOK_LINGER_SECONDS"]
         self.webhook_work = threading.Event()
+        self.webhooks_posted: queue.SimpleQueue[webhooks.Attempted] = queue.SimpleQueue()
         self.webhooks_in_flight = 0
         self.flight_lock = threading.Lock()
         url = config["REDIS_URL"]
@@ -152,8 +160,13 @@ class Worker:
         with self.app.app_context():
             mailer = build_mailer(self.app.config)
             while not self.stopping.is_set():
-                if not self._guarded("sending emails", lambda: self._send_once(mailer)):
+                sent = self._guarded("sending emails", lambda: self._send_once(mailer))
+                if not sent:
                     self._wait_for_emails()
+                elif sent < self.batch:
+                    # A part batch: the emails of the next changes gather for a moment, so
+                    # that one claim serves several changes under a steady stream of them.
+                    self.stopping.wait(self.email_linger)
 
     # ------------------------------------------------------------ webhooks
 
@@ -163,34 +176,54 @@ class Worker:
             return self.webhooks_in_flight
 
     def _webhooks(self) -> None:
-        """Claim due deliveries for the free sending places; wait when there are none."""
+        """Record the attempts that have finished, then claim due deliveries for the free
+        sending places; wait when there is nothing to do."""
         pool = ThreadPoolExecutor(self.webhook_places, thread_name_prefix="webhook")
         with self.app.app_context():
             while not self.stopping.is_set():
                 self.webhook_work.clear()
-                free = self.webhook_places - self._flying()
+                self._record_webhooks()
+                wanted = min(self.webhook_places - self._flying(), self.webhook_batch)
                 claimed = None
-                if free > 0:
-                    claimed = self._guarded(
-                        "claiming webhooks", partial(webhooks.claim, min(free, self.webhook_batch))
-                    )
+                if wanted > 0:
+                    claimed = self._guarded("claiming webhooks", partial(webhooks.claim, wanted))
                     _safe_remove()
                 if claimed:
                     for row in claimed:
                         self._flying(+1)
-                        pool.submit(self._send_webhook, row)
+                        pool.submit(self._post_webhook, row)
+                    if len(claimed) < wanted:
+                        # A part batch: the first delivery has gone at once; let the next
+                        # ones gather (one claim and one record per several deliveries,
+                        # not per delivery, under a steady stream of changes).
+                        self.stopping.wait(self.webhook_linger)
                     continue
                 self.webhook_work.wait(self.poll)
-        pool.shutdown(wait=True)  # the attempts under way finish (WEBHOOK_TIMEOUT_SECONDS)
+            pool.shutdown(wait=True)  # the attempts under way finish (WEBHOOK_TIMEOUT_SECONDS)
+            self._record_webhooks()
 
-    def _send_webhook(self, row: webhooks.Claimed) -> None:
+    def _post_webhook(self, row: webhooks.Claimed) -> None:
+        """On a sending thread: one POST; its answer waits for ``_record_webhooks``."""
         try:
             with self.app.app_context(), logs.bind(webhook_id=row.webhook_id):
-                self._guarded("sending a webhook", lambda: webhooks.attempt(row))
-                _safe_remove()
-        finally:
+                self.webhooks_posted.put(webhooks.post(row))
+        except Exception:
+            log.exception("worker: sending webhook %s failed", row.webhook_id)
             self._flying(-1)
+        finally:
             self.webhook_work.set()
+
+    def _record_webhooks(self) -> None:
+        """Record every attempt that has finished, in one transaction (each a sending
+        place again once recorded; the next delivery of its product may be due)."""
+        posted = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                posted.append(self.webhooks_posted.get_nowait())
+        if posted:
+            self._guarded("recording webhook attempts", partial(webhooks.record, posted))
+            _safe_remove()
+            self._flying(-len(posted))
 
     def _webhook_wakeups(self) -> None:
         """Redis: a commit that added deliveries wakes the webhook thread at once."""
@@ -307,10 +340,12 @@ class Worker:
         attempted = 0
         with self.app.app_context():
             while rows := webhooks.claim(self.webhook_batch):
+                posted = []
                 for row in rows:
                     with logs.bind(webhook_id=row.webhook_id):
-                        webhooks.attempt(row)
-                    attempted += 1
+                        posted.append(webhooks.post(row))
+                webhooks.record(posted)
+                attempted += len(rows)
                 _safe_remove()
             _safe_remove()
         return attempted

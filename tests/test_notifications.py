@@ -27,6 +27,7 @@ from app.notifications import outbox
 from app.notifications.mailers import NOTIFICATION_HEADER, SESMailer, build_mailer
 from app.notifications.models import Notification
 from app.worker import Worker
+from tests.system import harness as h
 
 SENDER = "catalog@example.com"
 REGION = "us-east-1"
@@ -853,6 +854,35 @@ def test_a_graceful_stop_gives_back_the_emails_it_had_not_started(app, client, a
     assert len(due_now) == 2
     settle(app)
     assert len(ses.sent_messages) == 2  # the first is still claimed by its sender
+
+
+def test_the_emails_of_changes_made_while_a_sender_lingers_are_claimed_together(
+    app, client, admins, ses, rows, monkeypatch
+):
+    """The first change after a quiet spell is claimed at once; the changes made while
+    its emails are sent gather (WORKER_LINGER_SECONDS) and one claim takes them all."""
+    app.config.update(WORKER_SENDERS=1, WORKER_POLL_SECONDS=0.01, WORKER_LINGER_SECONDS=2.0)
+    claimed = []
+    claim = outbox.claim
+    monkeypatch.setattr(
+        outbox, "claim", lambda limit: claimed.append(len(found := claim(limit))) or found
+    )
+    worker = Worker(app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        client.post("/api/products", json=SEED, headers=admins[0]["headers"])
+        h.wait_until("the first change's emails", lambda: len(ses.sent_messages) == 3, 20)
+        for n in range(3):
+            product = {**SEED, "sku": f"{SEED['sku']}-{n}"}
+            client.post("/api/products", json=product, headers=admins[0]["headers"])
+        h.wait_until("every email", lambda: len(ses.sent_messages) == 12, 20)
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert [size for size in claimed if size] == [3, 9]
+    assert {row.status for row in rows(Notification)} == {"sent"}
 
 
 def test_the_worker_process_wakes_on_a_commit_and_stops_on_request(app, client, admins, ses, rows):

@@ -20,6 +20,7 @@ from app.notifications.models import Notification
 from app.notifications.webhooks import destinations, sender
 from app.notifications.webhooks.models import WebhookDelivery, WebhookEndpoint
 from app.worker import Worker
+from tests.system import harness as h
 from tests.system.receiver import Answer, Receiver, verified
 from tests.test_catalog_import import Statements
 from tests.test_notifications import admins, inbox, ses  # noqa: F401 (fixtures)
@@ -380,6 +381,76 @@ def test_a_claim_reads_its_deliveries_with_their_events_and_endpoints_at_once(
     by_url = {receiver.url(f"/h{n}"): hook["id"] for n, hook in enumerate(hooks)}
     assert {row.url for row in claimed} == set(by_url)
     assert all(row.secrets == (secrets[by_url[row.url]],) for row in claimed)
+
+
+def test_attempts_finished_together_are_recorded_in_one_transaction(app, client, admin, receiver):
+    """The attempts that finish while the worker records the ones before are recorded
+    together, in as many statements as one: the deliveries, their attempts, the
+    endpoint's health."""
+    hook = register(client, admin["headers"], receiver.url())
+    for n in range(5):
+        product = {**SHOE, "sku": f"shoe-{n}"}
+        assert (
+            client.post("/api/products", json=product, headers=admin["headers"]).status_code == 201
+        )
+    with app.app_context():
+        posted = [sender.post(row) for row in sender.claim(5)]
+        with Statements(app) as wrote:
+            outcomes = sender.record(posted)
+        db.session.remove()
+
+    assert outcomes == ["delivered"] * 5
+    assert wrote.count == 3
+    found = deliveries(client, admin["headers"], hook["id"])
+    assert [d["status"] for d in found] == ["delivered"] * 5
+    assert [[a["status_code"] for a in d["attempts"]] for d in found] == [[204]] * 5
+
+
+def test_attempts_recorded_together_each_get_their_own_result(app, client, admin, receiver):
+    hook = register(client, admin["headers"], receiver.url())
+    for n in range(4):
+        product = {**SHOE, "sku": f"shoe-{n}"}
+        client.post("/api/products", json=product, headers=admin["headers"])
+    receiver.answer = lambda got: Answer(503 if got.json["data"]["sku"] == "shoe-2" else 204)
+    with app.app_context():
+        posted = [sender.post(row) for row in sender.claim(5)]
+        assert sender.record(posted) == ["delivered", "delivered", "retrying", "delivered"]
+        db.session.remove()
+
+    found = {d["id"]: d for d in deliveries(client, admin["headers"], hook["id"])}
+    retried = found[posted[2].row.id]
+    assert retried["status"] == "retrying"
+    assert [a["status_code"] for a in retried["attempts"]] == [503]
+    # The endpoint's last answer was a success: it is healthy.
+    health = client.get(f"/api/webhooks/{hook['id']}", headers=admin["headers"]).json
+    assert health["health"]["state"] == "healthy", health
+
+
+def test_attempts_recorded_together_keep_only_the_deliveries_still_held(
+    app, client, admin, receiver
+):
+    """When another sender has taken one of the deliveries meanwhile (its lease ran out),
+    the others keep their results and that one's attempt is left out of the log."""
+    hook = register(client, admin["headers"], receiver.url())
+    client.post("/api/products", json=SHOE, headers=admin["headers"])
+    client.post("/api/products", json=HAT, headers=admin["headers"])
+    with app.app_context():
+        late, held = sender.claim(5)
+        db.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == late.id)
+            .values(claimed_until=utcnow() - timedelta(seconds=1))
+        )
+        db.session.commit()
+        [taken] = sender.claim(5)
+        assert sender.record([sender.post(late), sender.post(held)]) == ["lost", "delivered"]
+        assert sender.record([sender.post(taken)]) == ["delivered"]
+        db.session.remove()
+
+    assert len(receiver.received) == 3
+    found = deliveries(client, admin["headers"], hook["id"])
+    assert [d["status"] for d in found] == ["delivered", "delivered"]
+    assert [len(d["attempts"]) for d in found] == [1, 1]
 
 
 def test_only_the_chosen_event_types_are_delivered(app, client, admin, receiver):
@@ -788,6 +859,41 @@ def test_the_running_worker_sends_a_change_without_being_asked(app, client, admi
     assert not thread.is_alive()
 
 
+def test_the_running_worker_sends_the_changes_that_gather_behind_one_together(
+    app, client, admin, receiver, monkeypatch
+):
+    """The first change after a quiet spell goes at once; the changes made while it is
+    sent gather (WEBHOOK_LINGER_SECONDS) and are claimed and recorded together."""
+    app.config.update(WORKER_POLL_SECONDS=0.01, WEBHOOK_LINGER_SECONDS=2.0)
+    hook = register(client, admin["headers"], receiver.url())
+    recorded = []
+    record = sender.record
+    monkeypatch.setattr(
+        sender, "record", lambda posted: recorded.append(len(posted)) or record(posted)
+    )
+    worker = Worker(app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        client.post("/api/products", json=SHOE, headers=admin["headers"])
+        receiver.wait_for(1, timeout=10)
+        for n in range(4):
+            client.post(
+                "/api/products", json={**SHOE, "sku": f"shoe-{n}"}, headers=admin["headers"]
+            )
+        got = receiver.wait_for(5, timeout=10)
+        h.wait_until("recorded", lambda: sum(recorded) == 5, 10)
+    finally:
+        worker.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+    assert got[0].sku == "shoe"
+    assert sorted(r.sku for r in got[1:]) == ["shoe-0", "shoe-1", "shoe-2", "shoe-3"]
+    assert recorded == [1, 4]
+    found = deliveries(client, admin["headers"], hook["id"])
+    assert [d["status"] for d in found] == ["delivered"] * 5
+
+
 def test_a_lease_left_by_a_dead_sender_runs_out_and_the_same_id_is_sent(
     app, client, admin, receiver
 ):
@@ -868,8 +974,8 @@ def test_a_result_kept_after_its_lease_ran_out_is_not_recorded_twice(app, client
         )
         db.session.commit()
         [fast] = sender.claim(5)
-        assert sender.attempt(fast) == "delivered"
-        assert sender.attempt(slow) == "lost"
+        assert sender.record([sender.post(fast)]) == ["delivered"]
+        assert sender.record([sender.post(slow)]) == ["lost"]
         db.session.remove()
 
     first, second = receiver.received

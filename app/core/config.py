@@ -260,9 +260,11 @@ class Config:
         self.WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0)
         self.WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")
         self.WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", self.APP_ENV != "production")
-        # Deliveries in flight at once in `flask worker`, and claimed per transaction.
+        # Deliveries in flight at once in `flask worker`, and claimed per transaction;
+        # after a claim smaller than it asked for, how long it lets deliveries gather.
         self.WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 8)
         self.WEBHOOK_BATCH = env_int("WEBHOOK_BATCH", 10)
+        self.WEBHOOK_LINGER_SECONDS = env_float("WEBHOOK_LINGER_SECONDS", 0.1)
 
         # Redis: the views stream and the worker's wake-up (optional; see app/streams.py).
         self.REDIS_URL = env_str("REDIS_URL")
@@ -279,6 +281,9 @@ class Config:
         self.WORKER_SENDERS = env_int("WORKER_SENDERS", 2)
         self.WORKER_BATCH = env_int("WORKER_BATCH", 10)
         self.WORKER_POLL_SECONDS = env_float("WORKER_POLL_SECONDS", 2.0 if self.REDIS_URL else 0.5)
+        # After a claim of fewer emails than WORKER_BATCH, how long a sender lets the next
+        # ones gather.
+        self.WORKER_LINGER_SECONDS = env_float("WORKER_LINGER_SECONDS", 0.1)
 
         # Product views and their statistics: auto = the stream when REDIS_URL is set,
         # else written directly; direct = always written by the read; off.
@@ -380,6 +385,9 @@ class Config:
             raise ConfigError("WEBHOOK_RETRY_BASE_SECONDS must be 1 to 3600.")
         if self.WEBHOOK_CONCURRENCY < 1 or self.WEBHOOK_BATCH < 1:
             raise ConfigError("WEBHOOK_CONCURRENCY and WEBHOOK_BATCH must be 1 or more.")
+        for name in ("WORKER_LINGER_SECONDS", "WEBHOOK_LINGER_SECONDS"):
+            if not 0 <= getattr(self, name) <= 5:
+                raise ConfigError(f"{name} must be 0 to 5.")
         for entry in self.WEBHOOK_ALLOWED_HOSTS:
             if not allowed_host_entry(entry):
                 raise ConfigError(

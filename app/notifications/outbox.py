@@ -39,10 +39,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import and_, case, func, insert, literal, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from app.core import dialect
+from app.core.batches import per_row
 from app.core.columns import utcnow
 from app.core.extensions import db
 from app.notifications import suppressions
@@ -245,19 +246,6 @@ class Tried:
     kept: dict  # the try itself: when, what, how long
 
 
-def _per_row(column: str, tried: list[Tried]):
-    """One column's new value for each row of ``tried`` that sets it (the others keep
-    theirs), as one expression."""
-    setting = {t.row.id: t.values[column] for t in tried if column in t.values}
-    if len(setting) == len(tried) and len({repr(v) for v in setting.values()}) == 1:
-        return next(iter(setting.values()))
-    kind = Notification.__table__.c[column].type
-    return case(
-        *((Notification.id == row_id, literal(value, kind)) for row_id, value in setting.items()),
-        else_=getattr(Notification, column),
-    )
-
-
 def _finish(tried: list[Tried], stopping: threading.Event | None) -> None:
     """Record the results on their rows and keep the tries, in one transaction of two
     statements, if the rows are still this sender's; however long the database takes to
@@ -265,13 +253,19 @@ def _finish(tried: list[Tried], stopping: threading.Event | None) -> None:
     recorded on its own, so that only this sender's rows get its results."""
     token = tried[0].row.token
     columns = sorted({column for t in tried for column in t.values})
+    table = Notification.__table__
+
+    def value_of(column: str):
+        setting = {t.row.id: t.values[column] for t in tried if column in t.values}
+        return per_row(table.c[column], table.c.id, setting, len(tried))
+
     statement = (
         _by_ids([t.row.id for t in tried])
         .where(Notification.claim_token == token)
         .values(
             claim_token=None,
             claimed_until=None,
-            **{column: _per_row(column, tried) for column in columns},
+            **{column: value_of(column) for column in columns},
         )
         .execution_options(synchronize_session=False)
     )

@@ -1,4 +1,4 @@
-"""Sending webhook deliveries: the claim, one attempt, and what its answer decides.
+"""Sending webhook deliveries: the claim, the attempts, and what their answers decide.
 
 A delivery's life::
 
@@ -11,9 +11,10 @@ A delivery's life::
   its time come, its endpoint active, and no earlier delivery of the same product to the
   same endpoint still open, so one product's events go out one at a time, in order,
   while other products' go on.
-- ``attempt`` checks the URL's addresses again (SSRF, DNS rebinding), signs and posts,
-  then ``record`` keeps the attempt and the delivery's new status in one transaction, if
-  the lease is still this sender's.
+- ``post`` checks the URL's addresses again (SSRF, DNS rebinding), signs and posts one
+  delivery; ``record`` then keeps the attempts of several (the posts that finished while
+  the last were being recorded) and their deliveries' new status in one transaction, if
+  the leases are still this sender's (else each on its own: only those still held).
 - A sender that dies holding a lease (kill -9, a lost database) leaves the delivery open:
   once the lease runs out it is sent again, under the same webhook-id. Receivers see a
   delivery at least once and never under two ids; they de-duplicate by webhook-id.
@@ -36,6 +37,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from flask import current_app
 from sqlalchemy import and_, exists, insert, or_, select, update
@@ -43,6 +45,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import aliased, joinedload
 
 from app.core import dialect, metrics
+from app.core.batches import per_row
 from app.core.columns import utcnow
 from app.core.extensions import db
 from app.events.models import Event
@@ -57,6 +60,7 @@ from app.notifications.webhooks.models import (
 from app.notifications.webhooks.signing import SecretUnreadable, signatures
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Status = DeliveryStatus
 RETRY_WINDOW = timedelta(hours=72)
@@ -193,22 +197,24 @@ def _claimed(row: WebhookDelivery, token: str, now) -> Claimed:
     )
 
 
-# ---------------------------------------------------------------- one attempt
+# ---------------------------------------------------------------- attempts
 
 
-def attempt(row: Claimed) -> str:
-    """Post one claimed delivery once and record what came of it; its new status (or
-    "gone" when a 410 disabled the endpoint, "lost" when another sender had taken it)."""
+@dataclass(frozen=True)
+class Attempted:
+    """One POST of a claimed delivery, begun at ``began``, and its answer: to be recorded."""
+
+    row: Claimed
+    answer: transport.Answer
+    began: datetime
+
+
+def post(row: Claimed) -> Attempted:
+    """Post one claimed delivery once (``record`` keeps what came of it)."""
     began = utcnow()
     answer = _post(row, current_app.config["WEBHOOK_TIMEOUT_SECONDS"])
     metrics.WEBHOOK_ATTEMPT_SECONDS.observe(answer.duration_ms / 1000)
-    outcome = record(row, answer, began)
-    metrics.WEBHOOKS.labels(outcome).inc()
-    if answer.delivered:
-        log.info("webhook %s delivered (%s ms)", row.webhook_id, answer.duration_ms)
-    else:
-        log.warning("webhook %s attempt %s: %s", row.webhook_id, row.attempts + 1, answer.error)
-    return outcome
+    return Attempted(row, answer, began)
 
 
 def _post(row: Claimed, timeout: float) -> transport.Answer:
@@ -245,10 +251,18 @@ def delay(attempts: int, retry_after: float | None = None) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def record(row: Claimed, answer: transport.Answer, began: datetime) -> str:
-    """Keep the attempt (begun at ``began``) and the delivery's new status in one
-    transaction, if the lease is still this sender's; the endpoint's health with it."""
-    now = utcnow()
+@dataclass(frozen=True)
+class _Result:
+    """What an attempt changes: the delivery's new status and values, the attempt's row."""
+
+    attempted: Attempted
+    outcome: str
+    values: dict
+    kept: dict
+
+
+def _result(attempted: Attempted, now: datetime) -> _Result:
+    row, answer, began = attempted.row, attempted.answer, attempted.began
     first = row.first_attempt_at or began
     attempts = row.attempts + 1
     values: dict = {"attempts": attempts, "first_attempt_at": first}
@@ -271,34 +285,77 @@ def record(row: Claimed, answer: transport.Answer, began: datetime) -> str:
         "error": answer.error,
         "response_excerpt": answer.excerpt,
     }
+    return _Result(attempted, outcome, values, kept)
 
-    deliveries = WebhookDelivery.__table__  # plain statements: no ORM objects to keep in step
 
-    def work() -> str:
-        changed = db.session.execute(
-            update(deliveries)
-            .where(deliveries.c.id == row.id, deliveries.c.claim_token == row.token)
-            .values(claim_token=None, claimed_until=None, **values)
-        ).rowcount
-        if changed != 1:
-            db.session.commit()
-            return "lost"
-        db.session.execute(insert(WebhookAttempt.__table__), [kept])
-        result = outcome
+def record(attempted: list[Attempted]) -> list[str]:
+    """Keep the attempts and their deliveries' new status, with the endpoints' health, in
+    one transaction of a few statements, if every delivery is still this sender's (its
+    claim token); else each on its own, so that only the deliveries still held get their
+    result. Each one's new status, in order ("gone" when its 410 disabled the endpoint,
+    "lost" when another sender had taken the delivery)."""
+    now = utcnow()
+    results = [_result(one, now) for one in attempted]
+    outcomes = _until_the_database_answers(lambda: _kept(results, now), attempted[0].row.webhook_id)
+    if outcomes is None and len(results) > 1:
+        return [outcome for one in attempted for outcome in record([one])]
+    if outcomes is None:
+        log.warning(
+            "webhook %s: its lease ran out before its result was kept", attempted[0].row.webhook_id
+        )
+        outcomes = ["lost"]
+    for result, outcome in zip(results, outcomes, strict=True):
+        row, answer = result.attempted.row, result.attempted.answer
+        metrics.WEBHOOKS.labels(outcome).inc()
         if answer.delivered:
-            marked[0] = _succeeded(row.endpoint_id, now)
-        elif _failed(row, now, gone=answer.status_code == 410):
-            result = "gone" if answer.status_code == 410 else outcome
-        db.session.commit()
-        return result
+            log.info("webhook %s delivered (%s ms)", row.webhook_id, answer.duration_ms)
+        elif outcome != "lost":
+            log.warning("webhook %s attempt %s: %s", row.webhook_id, row.attempts + 1, answer.error)
+    return outcomes
 
-    marked = [False]
-    result = _until_the_database_answers(work, row.webhook_id)
-    if marked[0]:
-        _healthy(row.endpoint_id)
-    if result == "lost":
-        log.warning("webhook %s: its lease ran out before its result was kept", row.webhook_id)
-    return result
+
+def _kept(results: list[_Result], now: datetime) -> list[str] | None:
+    """One transaction: the deliveries (if still held), their attempts, the endpoints'
+    health. The outcomes, or None (nothing written) when a delivery was no longer held."""
+    deliveries = WebhookDelivery.__table__  # plain statements: no ORM objects to keep in step
+    ids = [result.attempted.row.id for result in results]
+    tokens = {result.attempted.row.id: result.attempted.row.token for result in results}
+    columns = sorted({column for result in results for column in result.values})
+
+    def value_of(column: str):
+        setting = {r.attempted.row.id: r.values[column] for r in results if column in r.values}
+        return per_row(deliveries.c[column], deliveries.c.id, setting, len(results))
+
+    held = per_row(deliveries.c.claim_token, deliveries.c.id, tokens, len(results))
+    changed = db.session.execute(
+        update(deliveries)
+        .where(deliveries.c.id.in_(ids), deliveries.c.claim_token == held)
+        .values(
+            claim_token=None,
+            claimed_until=None,
+            **{column: value_of(column) for column in columns},
+        )
+    ).rowcount
+    if changed != len(results):
+        db.session.rollback()
+        return None
+    db.session.execute(insert(WebhookAttempt.__table__), [result.kept for result in results])
+    outcomes, marked = [], set()
+    for result in results:
+        row, answer = result.attempted.row, result.attempted.answer
+        outcome = result.outcome
+        if answer.delivered:
+            if row.endpoint_id not in marked and _succeeded(row.endpoint_id, now):
+                marked.add(row.endpoint_id)
+        else:
+            marked.discard(row.endpoint_id)  # the endpoint is failing again
+            if _failed(row, now, gone=answer.status_code == 410) and answer.status_code == 410:
+                outcome = "gone"
+        outcomes.append(outcome)
+    db.session.commit()
+    for endpoint_id in marked:
+        _healthy(endpoint_id)
+    return outcomes
 
 
 # When this process's app last marked each endpoint healthy (monotonic seconds): a
@@ -372,7 +429,7 @@ def _failed(row: Claimed, now: datetime, gone: bool) -> bool:
     return True
 
 
-def _until_the_database_answers(work: Callable[[], str], webhook_id: str) -> str:
+def _until_the_database_answers(work: Callable[[], T], webhook_id: str) -> T:
     """Run a short transaction, retrying while the database is away."""
     pause, deadline = 0.5, time.monotonic() + RECORD_RETRY_SECONDS
     while True:
