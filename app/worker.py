@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 5.0
 PRUNE_SECONDS = 300.0
 FINAL_DRAIN_SECONDS = 5.0
+# A sender claims no more emails than the pace lets it send in this long: half the lease
+# of a claimed row.
+CLAIM_WITHIN = outbox.CLAIM_LEASE.total_seconds() / 2
 # A consumer gone this long with nothing pending is forgotten by the group.
 FORGET_CONSUMER_MS = 3_600_000
 
@@ -129,7 +132,7 @@ class Worker:
         return None
 
     def _send_once(self, mailer) -> int:
-        rows = outbox.claim(self.batch)
+        rows = outbox.claim(self.pace.claimable(self.batch, self.senders, CLAIM_WITHIN))
         index = 0
         while index < len(rows):
             if self.stopping.is_set() or not self.pace.wait(self.stopping):

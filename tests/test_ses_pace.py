@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from botocore.exceptions import ClientError
 
 from app.core import redis_client
@@ -14,6 +15,7 @@ from app.core.buckets import LocalBucket, SharedBucket, refill
 from app.notifications.mailers import build_mailer
 from app.notifications.models import Notification, NotificationTry
 from app.notifications.pace import Pace
+from app.worker import CLAIM_WITHIN
 from tests.test_notifications import (  # noqa: F401 (fixtures)
     ADMIN_ADDRESSES,
     SEED,
@@ -91,6 +93,21 @@ def test_the_rate_is_read_from_ses_unless_set(app, ses):  # noqa: F811
         unlimited = Pace(app.config, build_mailer(app.config), None)
         assert unlimited.current_rate() is None
         assert all(unlimited.wait(stopping) for _ in range(100))
+
+
+@pytest.mark.parametrize(
+    ("rate", "claimed"),
+    [(1.0, 15), (0.1, 1), (14.0, 25), (0.0, 25)],  # the sandbox, slower, production, none
+)
+def test_a_sender_claims_no_more_emails_than_it_can_send_within_half_their_lease(
+    app, rate, claimed
+):
+    """Two senders sharing the rate, a claim's lease of 60 s, WORKER_BATCH 25: at a slow
+    rate the claimed rows would otherwise wait past their lease for their turn."""
+    app.config["SES_MAX_SEND_RATE"] = rate
+    with app.app_context():
+        pace = Pace(app.config, build_mailer(app.config), None)
+        assert pace.claimable(25, senders=2, within=CLAIM_WITHIN) == claimed
 
 
 def ses_refuses(mailer, message: str, refused: list[int], times: int) -> None:

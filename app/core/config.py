@@ -279,7 +279,7 @@ class Config:
         # The worker process (`flask worker`, app/worker.py).
         self.WORKER_NAME = env_str("WORKER_NAME")
         self.WORKER_SENDERS = env_int("WORKER_SENDERS", 2)
-        self.WORKER_BATCH = env_int("WORKER_BATCH", 10)
+        self.WORKER_BATCH = env_int("WORKER_BATCH", 25)
         self.WORKER_POLL_SECONDS = env_float("WORKER_POLL_SECONDS", 2.0 if self.REDIS_URL else 0.5)
         # After a claim of fewer emails than WORKER_BATCH, how long a sender lets the next
         # ones gather.

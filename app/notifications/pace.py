@@ -61,6 +61,16 @@ class Pace:
                     self.rate = rate
             return self.rate
 
+    def claimable(self, most: int, senders: int, within: float) -> int:
+        """How many emails one of ``senders`` sharing the pace claims at once: at most
+        ``most``, and no more than it can send within ``within`` seconds at the current
+        rate (at least one), so that a slow rate does not leave claimed rows waiting
+        past their lease."""
+        rate = self.current_rate()
+        if not rate:
+            return most
+        return max(1, min(most, int(rate / senders * within)))
+
     def _take(self, rate: float) -> float:
         if self.shared is not None:
             try:
