@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
+import threading
 import tracemalloc
 from decimal import Decimal
 
@@ -15,7 +17,7 @@ from sqlalchemy import event, func, select
 from app.catalog import bulk
 from app.catalog.models import Product
 from app.core.extensions import db
-from app.core.spreadsheets import csv_cell
+from app.core.spreadsheets import QUOTED_STARTS, csv_cell
 from app.notifications.models import Notification
 from tests.test_notifications import inbox, ses, settle  # noqa: F401 (the ses fixture)
 
@@ -527,6 +529,41 @@ def test_the_csv_export_writes_each_cell_as_the_csv_writer_would(
     assert "'=1+1" in expected.getvalue() and '"Zapatos, talla 42"' in expected.getvalue()
 
 
+def test_random_cells_of_every_kind_are_written_as_the_csv_writer_would(
+    app, client, make, admin, monkeypatch
+):
+    """Names, marks and skus of random pieces (every first character a spreadsheet may
+    run, commas, quotes, line ends, spaces, accents, four-byte characters) and prices
+    of every shape: the export is, byte for byte, the CSV writer's text of them."""
+    monkeypatch.setattr(bulk, "CHUNK", 7)  # several chunks
+    pieces = [*QUOTED_STARTS, ",", '"', "\r", "\n", "\r\n", " ", "a", "Ñ", "é", "😀", "x,y", "''"]
+    draw = random.Random(20261207)
+
+    def text() -> str:
+        return "".join(draw.choice(pieces) for _ in range(draw.randint(1, 6)))
+
+    made = []
+    for n in range(60):
+        price = Decimal(draw.choice(["0", "1", "10", "100", "9999999999"])) + Decimal(
+            draw.choice(["0", "0.01", "0.1", "0.5", "0.05", "0.99", "0.9"])
+        )
+        made.append((f"{text()}{n}", text(), price, text(), draw.randint(0, 10**6)))
+        make.product(
+            made[-1][0], name=made[-1][1], price=price, mark=made[-1][3], quantity=made[-1][4]
+        )
+    expected = io.StringIO()
+    writer = csv.writer(expected)
+    writer.writerow(["sku", "name", "price", "mark", "quantity"])
+    for sku, name, price, mark, quantity in made:  # the order of creation, the export's
+        shown = int(price) if price == price.to_integral_value() else float(price)
+        writer.writerow([csv_cell(cell) for cell in (sku, name, shown, mark, quantity)])
+
+    response = client.get(EXPORT, headers=admin["headers"])
+
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == expected.getvalue()
+
+
 def test_a_chunk_of_the_longest_names_comes_out_whole(app, client, admin):
     """A chunk of products whose names and marks are as long as allowed, of four-byte
     characters and characters that JSON escapes: over a megabyte in one chunk (two
@@ -589,6 +626,32 @@ def test_a_change_during_an_export_shows_in_the_next_one_on_mariadb(
     else:
         # One snapshot: every product once, as it was when the download began.
         assert exported == [(f"p{n}", 10 * (n + 1)) for n in range(6)]
+
+
+def reading_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "read-ahead"]
+
+
+def test_a_download_the_client_leaves_ends_its_reading(app, client, make, admin, monkeypatch):
+    """A client that goes away in the middle of an export leaves nothing behind: on
+    MariaDB the thread that reads the chunks ahead stops, and every connection is back in
+    the pool; SQLite reads in the request's own thread."""
+    monkeypatch.setattr(bulk, "CHUNK", 2)
+    for n in range(10):
+        make.product(f"p{n}")
+    with app.app_context():
+        pool, dialect = db.engine.pool, db.engine.dialect.name
+    in_use = pool.checkedout()
+    response = client.get(EXPORT, headers=admin["headers"], buffered=False)
+    body = iter(response.response)
+    first = next(body) + next(body)  # the header line and the first chunk
+    assert first.count(b"\n") == 3
+    assert reading_threads() == ([] if dialect == "sqlite" else ["read-ahead"])
+
+    response.close()
+
+    assert reading_threads() == []
+    assert pool.checkedout() == in_use
 
 
 # ---------------------------------------------------------------- hostile files
@@ -655,6 +718,32 @@ def test_a_10_mib_hostile_file_is_refused_within_a_bounded_memory(
     bound = 8 * 2**20 if content_type == "text/csv" else 3 * len(body)
     assert peak < bound, f"peak {peak / 2**20:.1f} MiB"
     assert products(app) == {}
+
+
+def test_each_chunk_after_the_first_is_one_statement_on_mariadb_two_on_sqlite(
+    app, client, make, admin, monkeypatch
+):
+    """The chunks after a position: MariaDB reads "after (key, id)" as one index range, one
+    statement a chunk; SQLite, the rows that tie with the last key, then those beyond."""
+    monkeypatch.setattr(bulk, "CHUNK", 2)
+    for n in range(7):
+        make.product(f"p{n}")
+    with app.app_context():
+        engine = db.engine
+    chunk_reads = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if "JOIN (SELECT products.id" in statement:
+            chunk_reads.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        exported = parse_csv(client.get(EXPORT, headers=admin["headers"]))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    assert len(exported) == 7
+    assert len(chunk_reads) == (1 + 3 * 2 if engine.dialect.name == "sqlite" else 4)
 
 
 @pytest.mark.parametrize("sort", ["created", "-created", "name", "-name", "price", "-price"])

@@ -132,11 +132,10 @@ class CatalogExport(MethodView):
     @catalog_blp.response(200, ProductImportSchema(many=True))
     def get(self, query):
         """Download every live product matching the list's filters, as CSV or JSON (admin)."""
-        chunks = bulk.exported(query)
         if query["format"] == "csv":
-            body, mimetype = bulk.csv_text(chunks, query["bom"]), "text/csv"
+            body, mimetype = bulk.csv_text(query, query["bom"]), "text/csv"
         else:
-            body, mimetype = bulk.json_text(chunks), "application/json"
+            body, mimetype = bulk.json_text(query), "application/json"
         filename = f"catalog-{utcnow():%Y-%m-%d}.{query['format']}"
         return Response(
             stream_with_context(body),

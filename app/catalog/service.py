@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
 from app.accounts.models import User
 from app.catalog import cache
@@ -223,15 +223,17 @@ def rows_after(
     """Up to ``limit`` rows matching ``where``, in the list's order ``sort`` (its column,
     then the id), after ``position``: the ``(sort key, id)`` of the last row seen (None:
     from the first). ``read(from_, order)`` reads them: ``from_`` is the products joined
-    to the ids of the rows (see ``sorted_rows`` and ``dialect.ordered_rows``).
+    to the ids of the rows (see ``sorted_rows`` and ``dialect.ordered_rows``; on MariaDB,
+    where this is one statement, what ``read`` gives is returned as it is, such as
+    ``dialect.csv_lines``'s lines).
 
-    Each statement reads one index range, however far the position: first the rows that
-    tie with the last key (after its id), then the rows beyond the key; and each finds
-    the ids first (from the index alone), then reads just those rows. (SQLite reads the
-    one-statement form ``key > k OR (key = k AND id > i)`` as a walk of the live products
-    from the first; MariaDB, asked for more columns than the index holds, walks the index
-    from the first live product too, testing the key on each entry, and only an ids-only
-    query makes it seek to the key.)"""
+    Each statement finds the ids first, from the index alone, then reads just those rows
+    (MariaDB, asked for more columns than the index holds, walks the index from the first
+    live product, testing the key on each entry; for the ids alone it seeks to the key).
+    MariaDB reads "after the position", ``key > k OR (key = k AND id > i)``, as one index
+    range; SQLite reads that as a walk of the live products from the first, so there it
+    is two statements, each one range: the rows that tie with the last key (after its
+    id), then the rows beyond the key."""
     column, descending = sort_order(sort)
     ids, order = PRODUCTS.c.id, ordered_by(sort)
 
@@ -242,11 +244,13 @@ def rows_after(
     if position is None:
         return rows(where, order, limit)
     key, last = position
-    after_last = ids < last if descending else ids > last
-    ties = rows([*where, column == key, after_last], (ids.desc() if descending else ids,), limit)
+    tie = and_(column == key, ids < last if descending else ids > last)
+    beyond = column < key if descending else column > key
+    if dialect.ranges_after_a_position():
+        return rows([*where, or_(beyond, tie)], order, limit)
+    ties = rows([*where, tie], (ids.desc() if descending else ids,), limit)
     if len(ties) >= limit:
         return ties
-    beyond = column < key if descending else column > key
     return ties + rows([*where, beyond], order, limit - len(ties))
 
 

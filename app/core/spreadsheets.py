@@ -24,6 +24,19 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 MINUS_SIGN = "\u2212"
 QUOTE = "'"
 ASCII_QUOTED = frozenset((*FORMULA_STARTS, QUOTE))
+# Every first character ``quoted_start`` quotes: those, and the characters beyond ASCII
+# whose NFKC form starts with one of them (superscript and subscript + and =, the
+# fullwidth and small forms, U+2A75 and U+2A76 (== and ===), the Hebrew alternative plus
+# sign) and the minus sign. For a database to test them (``dialect.csv_lines``); a test
+# checks the list against every character Python's Unicode tables know.
+QUOTED_STARTS = (
+    *sorted(ASCII_QUOTED),
+    *"\u207a\u207c\u208a\u208c\u2212\u2a75\u2a76\ufb29",
+    *"\ufe62\ufe63\ufe66\ufe6b\uff07\uff0b\uff0d\uff1d\uff20",
+)
+# A cell holding one of these is quoted by the CSV writer (QUOTE_MINIMAL: the delimiter,
+# the quote character and the line end's characters), its quotes doubled.
+NEEDS_QUOTES = (",", '"', "\r", "\n")
 
 
 def quoted_start(text: str) -> bool:
