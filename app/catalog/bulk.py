@@ -421,11 +421,18 @@ def exported(filters: dict) -> Iterator[list]:
     session ended). On MariaDB the chunks are read one ahead of the writing, in a thread
     of their own (``read_ahead``); SQLite runs in this process, with no wait to overlap."""
     chunks = partial(_exported_chunks, filters, as_csv=False)
-    return _lazily(chunks) if dialect.is_sqlite() else read_ahead(chunks)
+    return _lazily(chunks) if dialect.is_sqlite() else _read_ahead(chunks)
 
 
 def _lazily(chunks: Callable[[], Iterator]) -> Iterator:
     yield from chunks()
+
+
+def _read_ahead(chunks: Callable[[], Iterator]) -> Iterator:
+    """``read_ahead`` of ``chunks``, the request's own session ended first: the download
+    may last a while, and the reading thread has a session and a connection of its own."""
+    db.session.close()
+    yield from read_ahead(chunks)
 
 
 def _exported_chunks(filters: dict, as_csv: bool) -> Iterator:
@@ -470,7 +477,7 @@ def csv_text(filters: dict, bom: bool) -> Iterator[str]:
 
 def _csv_lines(filters: dict, bom: bool) -> Iterator[str]:
     yield from csv_document(CATALOG_COLUMNS, [], bom)  # the header line
-    for lines in read_ahead(partial(_exported_chunks, filters, as_csv=True)):
+    for lines in _read_ahead(partial(_exported_chunks, filters, as_csv=True)):
         yield lines.text + "\r\n"
 
 

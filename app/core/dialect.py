@@ -289,10 +289,12 @@ def csv_lines(cells: list, last: list) -> Callable[..., Lines]:
     return read
 
 
-NUMBER_ZEROS = r"\.?0+$"
+# The patterns anchor at the text's start and end (\A, \z), not at a line's, whatever
+# the server's default_regex_flags.
+NUMBER_ZEROS = r"\.?0+\z"
 # A pattern of the first characters spreadsheets.quoted_start quotes (one bound value,
 # where a list would be one each), and one of the characters that make a cell quoted.
-QUOTED_START = "^[" + "".join("\\" + c if c in "\\]^-" else c for c in QUOTED_STARTS) + "]"
+QUOTED_START = r"\A[" + "".join("\\" + c if c in "\\]^-" else c for c in QUOTED_STARTS) + "]"
 QUOTED_CELL = "[" + "".join(NEEDS_QUOTES) + "]"
 
 

@@ -79,22 +79,34 @@ def read_ahead(produce: Callable[[], Iterator[T]], ahead: int = 1) -> Iterator[T
 def in_parallel(work: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
     """``work(item)`` of each item, in the items' order, up to ``threads`` at once, each in
     a thread with an app context of this app (its own session: ``work`` commits what it
-    keeps). One thread: each in turn, here, in the caller's context. When the caller
-    stops reading (an error, an interrupt), the items not begun are dropped and those
-    under way finish."""
-    items = list(items)
+    keeps). One thread: each in turn, here, in the caller's context.
+
+    Once a ``work`` has failed, or the caller has stopped reading (an error, an
+    interrupt), no item is begun, and those under way finish."""
     if threads <= 1:
         yield from map(work, items)
         return
     app = current_app._get_current_object()
+    stopped = threading.Event()
 
     def in_context(item: T) -> R:
-        with app.app_context():
-            return work(item)
+        if stopped.is_set():
+            raise _NotBegun
+        try:
+            with app.app_context():
+                return work(item)
+        except BaseException:
+            stopped.set()
+            raise
 
     pool = ThreadPoolExecutor(threads, thread_name_prefix="in-parallel")
     try:
         for future in [pool.submit(in_context, item) for item in items]:
             yield future.result()
     finally:
+        stopped.set()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _NotBegun(Exception):
+    """An item ``in_parallel`` did not begin: an earlier one failed (and is raised first)."""
