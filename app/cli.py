@@ -177,10 +177,12 @@ DAY = click.DateTime(formats=["%Y-%m-%d"])
 @click.option("--from", "start", type=DAY, help="First day (UTC); default 30 days ago.")
 @click.option("--to", "end", type=DAY, help="Last day (UTC); default yesterday.")
 def stats_rollup(start, end) -> None:
-    """Rebuild the per-day roll-ups of a range from the raw view rows.
+    """Rebuild the per-day roll-ups of a range from the raw view rows, and the weekly
+    rankings of its weeks from the days.
 
     Meant for past days: views still being written for a day in the range (today) can
-    be missed by the rebuild, so the default range ends yesterday.
+    be missed by the rebuild, so the default range ends yesterday (the weekly pass is
+    safe on the week being written).
     """
     end = end.date() if end else datetime.now(UTC).date() - timedelta(days=1)
     start = start.date() if start else end - timedelta(days=29)

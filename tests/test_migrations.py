@@ -212,3 +212,37 @@ def test_each_skus_views_per_day_are_summed_from_the_product_roll_ups(empty_data
         ("shoe", "2026-03-01", 5, 1, 6),
         ("shoe", "2026-03-02", 0, 4, 4),
     ]
+
+
+def test_each_skus_views_per_week_are_summed_from_its_days(empty_database):
+    app = create_app(config.TestConfig(empty_database))
+    with app.app_context():
+        upgrade(revision="0015_views_by_time_covering")
+        with db.engine.begin() as conn:
+            for sku, day, anonymous, registered in (
+                ("shoe", "2026-03-01", 2, 1),  # a Sunday: the week of Monday 2026-02-23
+                ("shoe", "2026-03-02", 3, 0),  # Monday
+                ("shoe", "2026-03-08", 1, 4),  # Sunday, the same week
+                ("hat", "2026-03-04", 0, 2),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO daily_sku_views (sku_lower, day, anonymous_views,"
+                        " registered_views, views) VALUES (:s, :d, :a, :r, :a + :r)"
+                    ),
+                    {"s": sku, "d": day, "a": anonymous, "r": registered},
+                )
+        upgrade()
+        with db.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT sku_lower, week, anonymous_views, registered_views, views"
+                    " FROM weekly_sku_views"
+                )
+            ).all()
+        db.engine.dispose()
+    assert sorted((sku, str(week), a, r, v) for sku, week, a, r, v in rows) == [
+        ("hat", "2026-03-02", 0, 2, 2),
+        ("shoe", "2026-02-23", 2, 1, 3),
+        ("shoe", "2026-03-02", 4, 4, 8),
+    ]

@@ -6,6 +6,7 @@ import csv
 import io
 import random
 import socket
+import threading
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -26,6 +27,7 @@ from app.views.models import (
     DailyProductViews,
     DailySkuViews,
     ProductView,
+    WeeklySkuViews,
 )
 from app.views.recorder import new_view_id
 from app.views.rollups import View
@@ -362,6 +364,11 @@ def test_the_worker_keeps_each_skus_views_per_day_across_a_re_created_sku(
         for r in rows(DailySkuViews)
     ]
     assert ranked == [("shoe", TODAY, 2, 1, 3)]
+    weekly = [
+        (r.sku_lower, r.week, r.anonymous_views, r.registered_views, r.views)
+        for r in rows(WeeklySkuViews)
+    ]
+    assert weekly == [("shoe", TODAY - timedelta(days=TODAY.weekday()), 2, 1, 3)]
     top = client.get("/api/stats/products?viewer=registered", headers=admin["headers"]).json
     assert [(p["name"], p["views"], p["registered_views"]) for p in top] == [("new shoe", 3, 1)]
 
@@ -418,9 +425,19 @@ def expected_top(seeded: dict[str, dict[date, tuple[int, list[int]]]], limit: in
     return [(sku, views, anon, reg) for _r, sku, views, anon, reg in sorted(totals)[:limit]]
 
 
-def test_the_most_viewed_are_those_of_adding_up_every_view(app, client, make, admin, viewers):
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [
+        ("2026-06-01", "2026-06-12"),  # from a Monday: a whole week, then days
+        ("2026-06-03", "2026-06-24"),  # days, two whole weeks, days
+        ("2026-06-08", "2026-06-21"),  # two whole weeks only
+        ("2026-06-09", "2026-06-14"),  # days of one week only
+    ],
+)
+def test_the_most_viewed_are_those_of_adding_up_every_view(
+    app, client, make, admin, viewers, first, last
+):
     chance = random.Random(29)
-    first = date(2026, 6, 1)
     users = [v["id"] for v in viewers]
     seeded = {}
     for n in range(40):
@@ -428,24 +445,27 @@ def test_the_most_viewed_are_those_of_adding_up_every_view(app, client, make, ad
         make.product(sku)
         weight = 40 // (n + 1)  # a few products take most of the views, as in a shop
         seeded[sku] = {
-            first + timedelta(days=d): (
+            date(2026, 6, 1) + timedelta(days=d): (
                 chance.randint(0, weight),
                 [chance.choice(users) for _ in range(chance.randint(0, weight // 2))],
             )
-            for d in range(12)
+            for d in range(28)
             if chance.random() < 0.7
         }
         seed_views(app, sku, seeded[sku])
+    in_range = {
+        sku: {day: seen for day, seen in per_day.items() if first <= day.isoformat() <= last}
+        for sku, per_day in seeded.items()
+    }
 
-    query = "from=2026-06-01&to=2026-06-12"
     for limit in (1, 3, 10, 25, 100):
         for audience in ("all", "anonymous", "registered"):
             top = client.get(
-                f"/api/stats/products?{query}&limit={limit}&viewer={audience}",
+                f"/api/stats/products?from={first}&to={last}&limit={limit}&viewer={audience}",
                 headers=admin["headers"],
             ).json
             got = [(p["sku"], p["views"], p["anonymous_views"], p["registered_views"]) for p in top]
-            assert got == expected_top(seeded, limit, audience), (limit, audience)
+            assert got == expected_top(in_range, limit, audience), (limit, audience)
 
 
 def parse_csv(response) -> list[dict]:
@@ -557,6 +577,40 @@ def test_statistics_are_for_admins_only(client, make, reader):
         assert client.get(path, headers=reader["headers"]).status_code == 403
 
 
+def test_a_week_mended_while_the_worker_writes_keeps_what_the_worker_wrote(app, make, rows):
+    make.product("abc")
+    monday = date(2026, 4, 6)
+    seed_views(app, "abc", {monday: (2, [])})
+    with app.app_context():  # the week's row is wrong
+        db.session.execute(update(WeeklySkuViews).values(anonymous_views=9, views=9))
+        db.session.commit()
+        engine = db.engine
+    written = []
+
+    def batch_meanwhile(_conn, _cursor, statement, *args):
+        # Right after the rollup has read the week: the worker commits a batch of views.
+        if not written and statement.lstrip().startswith("SELECT") and "weekly_sku" in statement:
+            written.append(statement)
+            worker = threading.Thread(
+                target=seed_views, args=(app, "abc", {monday + timedelta(days=1): (3, [])})
+            )
+            worker.start()
+            worker.join()
+
+    event.listen(engine, "after_cursor_execute", batch_meanwhile)
+    try:
+        with app.app_context():
+            rollups.rebuild_rollups(monday, monday + timedelta(days=6))
+    finally:
+        event.remove(engine, "after_cursor_execute", batch_meanwhile)
+    assert written
+    weekly = [
+        (r.sku_lower, r.week, r.anonymous_views, r.registered_views, r.views)
+        for r in rows(WeeklySkuViews)
+    ]
+    assert weekly == [("abc", monday, 5, 0, 5)]
+
+
 def test_stats_of_an_unknown_product_is_404(client, admin):
     response = client.get("/api/products/never/stats", headers=admin["headers"])
     assert response.status_code == 404
@@ -571,7 +625,7 @@ def test_rollup_rebuilds_from_raw_rows_and_prune_keeps_the_statistics(
     make.product("xyz")
     seed_views(app, "xyz", {recent: (4, [])})
     with app.app_context():  # damaged roll-ups
-        for model in (DailyProductViews, DailySkuViews, DailyCatalogViews):
+        for model in (DailyProductViews, DailySkuViews, WeeklySkuViews, DailyCatalogViews):
             db.session.execute(model.__table__.delete())
         db.session.commit()
 
@@ -593,8 +647,19 @@ def test_rollup_rebuilds_from_raw_rows_and_prune_keeps_the_statistics(
         client.get(f"/api/products/abc/stats?{query}", headers=admin["headers"]).json["views"] == 5
     )
 
+    # The week of the pruned day (Monday 2026-01-05) is mended from its days' roll-ups.
+    with app.app_context():
+        db.session.execute(delete(WeeklySkuViews))
+        db.session.commit()
+    result = runner.invoke(args=["stats", "rollup", "--from", "2026-01-01", "--to", "2026-01-31"])
+    assert "raw views start on 2026-01-20" in result.output
+    week = "from=2026-01-05&to=2026-01-11"
+    top = client.get(f"/api/stats/products?{week}&limit=1", headers=admin["headers"]).json
+    assert [(p["sku"], p["views"]) for p in top] == [("abc", 3)]
+    assert len(rows(WeeklySkuViews)) == 3
 
-ROLLUPS = (DailyProductViews, DailySkuViews, DailyCatalogViews, DailyProductViewer)
+
+ROLLUPS = (DailyProductViews, DailySkuViews, WeeklySkuViews, DailyCatalogViews, DailyProductViewer)
 
 
 def test_a_rollup_mends_every_wrong_row_and_writes_nothing_when_all_are_right(
@@ -627,6 +692,11 @@ def test_a_rollup_mends_every_wrong_row_and_writes_nothing_when_all_are_right(
             insert(products).values(product_id=xyz, day=d2, anonymous_views=5, registered_views=0)
         )
         db.session.execute(delete(DailySkuViews).where(DailySkuViews.sku_lower == "xyz"))
+        db.session.execute(update(WeeklySkuViews).values(views=1))
+        gone = {"anonymous_views": 1, "registered_views": 0, "views": 1}
+        db.session.execute(  # a sku the week (from Monday 2026-03-30) never had
+            insert(WeeklySkuViews).values(sku_lower="gone", week=date(2026, 3, 30), **gone)
+        )
         db.session.execute(update(DailyCatalogViews).values(registered_views=9))
         db.session.execute(delete(viewer).where(viewer.product_id == xyz, viewer.user_id == u2))
         db.session.execute(insert(viewer).values(product_id=abc, day=d2, user_id=u1))

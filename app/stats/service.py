@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 
 from sqlalchemy import Date, Integer, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from app.catalog.models import Product
-from app.core.dates import days
+from app.core.dates import days, whole_weeks
 from app.core.extensions import db
 from app.views.models import (
     DailyCatalogViews,
     DailyProductViewer,
     DailyProductViews,
     DailySkuViews,
+    WeeklySkuViews,
 )
 
 
@@ -99,32 +100,39 @@ def product_stats(product: Product, start: date, end: date) -> dict:
     }
 
 
-# Each day's ranking is first read to FIRST_DEPTH times the limit, then DEEPER times deeper
-# while that does not settle the answer; past DEEPEST skus a day, the range is grouped.
+# Each period's ranking is first read to FIRST_DEPTH times the limit, then DEEPER times
+# deeper while that does not settle the answer; past DEEPEST skus a period, the range is
+# grouped.
 FIRST_DEPTH = 2
 DEEPER = 4
 DEEPEST = 5_000
 RANKED_BY = {"all": "views", "anonymous": "anonymous_views", "registered": "registered_views"}
+# The rankings of a period, by its column: a range's whole weeks are read from the weekly
+# one, its other days from the daily one.
+RANKINGS = {"week": WeeklySkuViews.__tablename__, "day": DailySkuViews.__tablename__}
 
 
 def top_products(start: date, end: date, limit: int, audience: str) -> list[dict]:
     """The most viewed skus in the range (a deleted and re-created sku counts once).
 
-    Read from each day's ranking (``DailySkuViews``, indexed by day and count), not by
-    grouping every product of the range. A sku that is not above a day's ``depth``-th
-    count has at most that count on that day, so a sku above none of them has at most
-    their sum (``bound``); the skus above some of them are the candidates. When the
-    limit-th candidate has more than ``bound``, the candidates hold the answer, exactly;
-    otherwise each day is read deeper (a day with fewer than ``depth`` skus is read whole:
-    its floor is 0). Past DEEPEST skus a day, the range is grouped.
+    Read from the ranking of each period of the range (its whole weeks in
+    ``WeeklySkuViews``, its other days in ``DailySkuViews``, each indexed by period and
+    count), not by grouping every product of the range. A sku that is not above a
+    period's ``depth``-th count has at most that count in that period, so a sku above
+    none of them has at most their sum (``bound``); the skus above some of them are the
+    candidates. When the limit-th candidate has more than ``bound``, the candidates hold
+    the answer, exactly; otherwise each period is read deeper (a period with fewer than
+    ``depth`` skus is read whole: its floor is 0). Past DEEPEST skus a period, the range
+    is grouped.
     """
     with stats_session() as session:
+        periods = _periods(session, start, end)
         depth = FIRST_DEPTH * limit
         while True:
             if depth > DEEPEST:  # a ranking too flat to settle early: group the range
                 ranked = _grouped(session, start, end, limit, audience)
                 break
-            floors = _floors(session, start, end, audience, depth)
+            floors = _floors(session, periods, audience, depth)
             bound = sum(floors.values())
             skus = _candidates(session, floors, limit, audience) if floors else []
             ranked = _grouped(session, start, end, limit, audience, skus)
@@ -148,62 +156,62 @@ def _rank(row, audience: str) -> int:
     return {"all": row.anon + row.reg, "anonymous": row.anon, "registered": row.reg}[audience]
 
 
-# The two statements below are a part per day of the range (up to 366): written as text
-# with bound values, since building and caching them as expressions cost more than the
-# database takes to answer them. The count's column comes from RANKED_BY only.
-RANKINGS = DailySkuViews.__tablename__
+def _periods(session, start: date, end: date) -> list[tuple[str, date]]:
+    """The periods of [start, end] with views: ("week", its Monday) for each week the
+    range holds whole, ("day", the day) for the days left over."""
+    viewed = set(
+        session.scalars(
+            select(DailyCatalogViews.day).where(DailyCatalogViews.day.between(start, end))
+        )
+    )
+    mondays, other_days = whole_weeks(start, end)
+    weeks = [m for m in mondays if viewed.intersection(days(m, m + timedelta(days=6)))]
+    return [("week", m) for m in weeks] + [("day", d) for d in other_days if d in viewed]
 
 
-def _day(n: int, day: date):
-    return bindparam(f"day{n}", day, type_=Date)
+# The two statements below are a part per period of the range (up to 60 in a year): written
+# as text with bound values, since building and caching them as expressions cost more
+# than the database takes to answer them. The count's column comes from RANKED_BY only.
 
 
-def _floors(session, start: date, end: date, audience: str, depth: int) -> dict[date, int]:
-    """Each viewed day's ``depth``-th count (0 for a day with fewer skus): a sku not above
-    it on that day has at most that many views there. A short index range a day, in one
-    statement of one row."""
-    viewed_days = session.scalars(
-        select(DailyCatalogViews.day).where(DailyCatalogViews.day.between(start, end))
-    ).all()
-    if not viewed_days:
+def _floors(session, periods: list[tuple[str, date]], audience: str, depth: int) -> dict:
+    """Each period's ``depth``-th count (0 for a period with fewer skus): a sku not above
+    it in that period has at most that many views there. A short index range a period, in
+    one statement of one row."""
+    if not periods:
         return {}
     column = RANKED_BY[audience]
     floors = session.execute(
         text(
             "SELECT "
             + ", ".join(
-                f"COALESCE((SELECT {column} FROM {RANKINGS} WHERE day = :day{n}"
+                f"COALESCE((SELECT {column} FROM {RANKINGS[kind]} WHERE {kind} = :p{n}"
                 f" ORDER BY {column} DESC LIMIT 1 OFFSET :skip), 0)"
-                for n in range(len(viewed_days))
+                for n, (kind, _when) in enumerate(periods)
             )
-        ).bindparams(
-            *[_day(n, day) for n, day in enumerate(viewed_days)],
-            bindparam("skip", depth - 1, type_=Integer),
-        )
+        ).bindparams(*_bound_periods(periods), bindparam("skip", depth - 1, type_=Integer))
     ).one()
-    return {day: int(floor) for day, floor in zip(viewed_days, floors, strict=True)}
+    return {period: int(floor) for period, floor in zip(periods, floors, strict=True)}
 
 
-def _candidates(session, floors: dict[date, int], limit: int, audience: str) -> list[str]:
-    """The skus above some day's floor that may be in the top ``limit``: each has at least
-    its views on those days and at most that plus the floors of the other days, and one
-    whose most is below the limit-th best "at least" cannot make it. Summed and sorted out
-    by the database: fewer than ``depth`` rows a day, and only the kept skus come back."""
+def _bound_periods(periods: list[tuple[str, date]]) -> list:
+    return [bindparam(f"p{n}", when, type_=Date) for n, (_kind, when) in enumerate(periods)]
+
+
+def _candidates(session, floors: dict, limit: int, audience: str) -> list[str]:
+    """The skus above some period's floor that may be in the top ``limit``: each has at
+    least its views in those periods and at most that plus the floors of the others, and
+    one whose most is below the limit-th best "at least" cannot make it. Summed and sorted
+    out by the database: fewer than ``depth`` rows a period, and only the kept skus come
+    back."""
     column = RANKED_BY[audience]
-    # A day with a floor: the index range above it, the floor as a constant; the days read
-    # to their end (floor 0) in a row: one range of days (a quiet stretch). A part each, so
-    # that no row is tested against every day.
-    floored = [(day, floor) for day, floor in floors.items() if floor]
+    periods = list(floors)
+    # A part per period (the index range above its floor, the floor as a constant), so
+    # that no row is tested against every period.
     parts = [
-        f"SELECT sku_lower, {column} AS n, :floor{n} AS floor FROM {RANKINGS}"
-        f" WHERE day = :day{n} AND {column} > :floor{n}"
-        for n in range(len(floored))
-    ]
-    quiet = _quiet_stretches(floors)
-    parts += [
-        f"SELECT sku_lower, {column} AS n, 0 AS floor FROM {RANKINGS}"
-        f" WHERE day BETWEEN :first{n} AND :last{n} AND {column} > 0"
-        for n in range(len(quiet))
+        f"SELECT sku_lower, {column} AS n, :floor{n} AS floor FROM {RANKINGS[kind]}"
+        f" WHERE {kind} = :p{n} AND {column} > :floor{n}"
+        for n, (kind, _when) in enumerate(periods)
     ]
     statement = text(
         "SELECT sku_lower FROM ("
@@ -214,29 +222,12 @@ def _candidates(session, floors: dict[date, int], limit: int, audience: str) -> 
         f" FROM ({' UNION ALL '.join(parts)}) parts GROUP BY sku_lower"
         ") seen WHERE least + :bound - floors >= COALESCE(cut, 0) ORDER BY sku_lower"
     ).bindparams(
-        *[_day(n, day) for n, (day, _floor) in enumerate(floored)],
-        *[bindparam(f"floor{n}", floor, type_=Integer) for n, (_d, floor) in enumerate(floored)],
-        *[bindparam(f"first{n}", first, type_=Date) for n, (first, _l) in enumerate(quiet)],
-        *[bindparam(f"last{n}", last, type_=Date) for n, (_f, last) in enumerate(quiet)],
+        *_bound_periods(periods),
+        *[bindparam(f"floor{n}", floors[p], type_=Integer) for n, p in enumerate(periods)],
         bindparam("limit", limit, type_=Integer),
         bindparam("bound", sum(floors.values()), type_=Integer),
     )
     return list(session.scalars(statement))
-
-
-def _quiet_stretches(floors: dict[date, int]) -> list[tuple[date, date]]:
-    """(first, last) of each run of viewed days whose floor is 0 (a day between two viewed
-    days has no views: it may join the run)."""
-    stretches: list[list[date]] = []
-    previous = None
-    for day, floor in sorted(floors.items()):
-        if floor == 0:
-            if stretches and previous == stretches[-1][1]:
-                stretches[-1][1] = day
-            else:
-                stretches.append([day, day])
-        previous = day
-    return [(first, last) for first, last in stretches]
 
 
 def _grouped(

@@ -59,27 +59,47 @@ class DailyProductViews(db.Model):
     registered_views: Mapped[int] = mapped_column(default=0)
 
 
-class DailySkuViews(db.Model):
-    """Views per sku (every product that ever carried it, any case) per UTC day, kept with
-    the per-product counts in the same transactions, and indexed by day and count for each
-    audience: the most viewed of a day are the first entries of an index, which is what the
-    top products read instead of grouping every product of the range (see
-    app/stats/service.py ``top_products``)."""
+class SkuViews:
+    """The counts of a sku's views over a period (a day, a week): every product that ever
+    carried the sku, any case."""
+
+    anonymous_views: Mapped[int] = mapped_column(default=0)
+    registered_views: Mapped[int] = mapped_column(default=0)
+    # anonymous + registered, stored so that one index ranks all of a period's views.
+    views: Mapped[int] = mapped_column(default=0)
+
+
+def _ranked_by(table: str, period: str) -> tuple:
+    """The indexes that rank a period's skus by count, one per audience."""
+    return (
+        Index(f"ix_{table}_{period}_views", period, "views"),
+        Index(f"ix_{table}_{period}_anonymous", period, "anonymous_views"),
+        Index(f"ix_{table}_{period}_registered", period, "registered_views"),
+    )
+
+
+class DailySkuViews(SkuViews, db.Model):
+    """Views per sku per UTC day, kept with the per-product counts in the same
+    transactions, and indexed by day and count for each audience: the most viewed of a day
+    are the first entries of an index, which is what the top products read instead of
+    grouping every product of the range (see app/stats/service.py ``top_products``)."""
 
     __tablename__ = "daily_sku_views"
-    __table_args__ = (
-        Index("ix_daily_sku_views_day_views", "day", "views"),
-        Index("ix_daily_sku_views_day_anonymous", "day", "anonymous_views"),
-        Index("ix_daily_sku_views_day_registered", "day", "registered_views"),
-        TABLE_ARGS,
-    )
+    __table_args__ = (*_ranked_by(__tablename__, "day"), TABLE_ARGS)
 
     sku_lower: Mapped[str] = mapped_column(key_string(64), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
-    anonymous_views: Mapped[int] = mapped_column(default=0)
-    registered_views: Mapped[int] = mapped_column(default=0)
-    # anonymous + registered, stored so that one index ranks all of a day's views.
-    views: Mapped[int] = mapped_column(default=0)
+
+
+class WeeklySkuViews(SkuViews, db.Model):
+    """The same per ISO week (``week``: its Monday), kept in the same transactions: a
+    range's whole weeks are ranked by a seventh of the index entries its days would take."""
+
+    __tablename__ = "weekly_sku_views"
+    __table_args__ = (*_ranked_by(__tablename__, "week"), TABLE_ARGS)
+
+    sku_lower: Mapped[str] = mapped_column(key_string(64), primary_key=True)
+    week: Mapped[date] = mapped_column(Date, primary_key=True)
 
 
 class DailyCatalogViews(db.Model):

@@ -14,12 +14,13 @@ from operator import itemgetter
 from typing import NamedTuple
 
 from flask import current_app
-from sqlalchemy import delete, except_, func, insert, select, tuple_
+from sqlalchemy import delete, except_, func, insert, or_, select, tuple_, union_all
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from app.catalog.models import Product
 from app.core import dialect
+from app.core.dates import days, week_of
 from app.core.dialect import insert_ignore, upsert_adding
 from app.core.extensions import db
 from app.core.threads import in_parallel
@@ -29,6 +30,7 @@ from app.views.models import (
     DailyProductViews,
     DailySkuViews,
     ProductView,
+    WeeklySkuViews,
 )
 
 
@@ -76,10 +78,23 @@ def _skus_of(ids: set[int], session: Session) -> dict[int, str]:
     return found
 
 
+# The per-sku roll-ups: (model, period column, the period of a day), in the order they
+# are written.
+PER_SKU = ((DailySkuViews, "day", lambda day: day), (WeeklySkuViews, "week", week_of))
+
+
+def _per_sku(counts: Counter, skus: dict[int, str], period_of) -> dict[tuple, tuple]:
+    """``counts`` ((product, day) -> (anonymous, registered)) as {(sku, period): (anonymous,
+    registered, views)}, in key order. A view of an id no product has (a malformed entry)
+    ranks nowhere."""
+    summed = _summed(counts, lambda pid, day: (skus[pid], period_of(day)) if pid in skus else None)
+    return {key: (anon, reg, anon + reg) for key, (anon, reg) in summed}
+
+
 def _upsert_counts(session: Session, counts: Counter) -> None:
-    """Add to the per-product counts, then to the per-sku ones, then to the catalog's of the
-    same days (always in this order, each in key order: concurrent batches lock alike, and
-    never deadlock)."""
+    """Add to the per-product counts, then to the per-sku ones (per day, per week), then to
+    the catalog's of the same days (always in this order, each in key order: concurrent
+    batches lock alike, and never deadlock)."""
     rows = [
         {"product_id": pid, "day": day, "anonymous_views": anon, "registered_views": reg}
         for (pid, day), (anon, reg) in sorted(counts.items())
@@ -87,24 +102,14 @@ def _upsert_counts(session: Session, counts: Counter) -> None:
     table = DailyProductViews.__table__
     session.execute(upsert_adding(table, ["product_id", "day"], COUNTED, session), rows)
     skus = _skus_of({pid for pid, _day in counts}, session)
-    per_sku = [
-        {
-            "sku_lower": sku,
-            "day": day,
-            "anonymous_views": anon,
-            "registered_views": reg,
-            "views": anon + reg,
-        }
-        # A view of an id no product has (a malformed entry) ranks nowhere, as before.
-        for (sku, day), (anon, reg) in _summed(
-            counts, lambda pid, day: (skus[pid], day) if pid in skus else None
-        )
-    ]
-    if per_sku:
-        table = DailySkuViews.__table__
-        session.execute(
-            upsert_adding(table, ["sku_lower", "day"], [*COUNTED, "views"], session), per_sku
-        )
+    for model, period, period_of in PER_SKU:
+        if per_sku := _per_sku(counts, skus, period_of):
+            keys, counted = ["sku_lower", period], [*COUNTED, "views"]
+            names = [*keys, *counted]
+            session.execute(
+                upsert_adding(model.__table__, keys, counted, session),
+                [dict(zip(names, (*key, *n), strict=True)) for key, n in per_sku.items()],
+            )
     catalog = [
         {"day": day, "anonymous_views": anon, "registered_views": reg}
         for day, (anon, reg) in _summed(counts, lambda _pid, day: day)
@@ -210,15 +215,27 @@ def rebuild_rollups(
     """Bring the roll-ups of [start, end] to what the raw rows say (`flask stats rollup`).
 
     Days before the oldest raw row are left alone: their raw rows may have been pruned,
-    and their roll-ups are then the only record. Returns (views rolled up, first day).
-    ``progress(days)`` is told of each stretch of days done (skipped days included).
+    and their roll-ups are then the only record. The weekly rankings of every week the
+    range touches are mended from the days (``_mend_week``). Returns (views rolled up,
+    first day). ``progress(days)`` is told of each stretch of days done (skipped days
+    included).
     """
     progress = progress or (lambda _days: None)
     oldest = db.session.scalar(select(func.min(ProductView.viewed_at)))
     first = max(start, oldest.date()) if oldest is not None else end + timedelta(days=1)
     progress(min((first - start).days, (end - start).days + 1))
     db.session.commit()  # the read above ends its transaction
+    # Every week the range touches is mended once the days of it that are rebuilt are
+    # done (the days before ``first`` are not rebuilt: their weeks can be mended at once).
+    weeks = sorted({week_of(day) for day in days(start, end)})
+
+    def mend_weeks(through: date) -> None:
+        while weeks and weeks[0] + timedelta(days=6) <= through:
+            _mend_week(weeks.pop(0))
+
+    mend_weeks(first - timedelta(days=1))
     if first > end:
+        mend_weeks(date.max)
         return 0, None
     # A stretch of days per transaction: the operator sees it advance, and an interrupted
     # run keeps the stretches it finished.
@@ -232,9 +249,68 @@ def rebuild_rollups(
     for (day, last), rolled_up in zip(
         stretches, in_parallel(_rebuilt, stretches, threads), strict=True
     ):
+        # The days come back in order: the weeks whose rebuilt days are all done.
+        mend_weeks(last if last < end else date.max)
         count += rolled_up
         progress((last - day).days + 1)
     return count, first
+
+
+def _mend_week(monday: date) -> None:
+    """Make the weekly roll-ups of the week from ``monday`` the sums of its days', in a
+    transaction of its own, while the worker writes.
+
+    One statement reads each sku's difference between the sums of its days and its weekly
+    row, and each difference is then added to the row. A batch of views the worker
+    commits meanwhile adds the same to a day and to its week, so the difference is the
+    same after it: added, it mends the row whatever was committed in between (rewriting
+    the row with the sums read would drop that batch). The rows are locked in key order,
+    as the worker's batches lock them."""
+    daily, weekly = DailySkuViews, WeeklySkuViews
+    parts = union_all(
+        select(
+            daily.sku_lower,
+            daily.anonymous_views.label("anon"),
+            daily.registered_views.label("reg"),
+            (daily.anonymous_views + daily.registered_views).label("views"),
+        ).where(daily.day.between(monday, monday + timedelta(days=6))),
+        select(
+            weekly.sku_lower, -weekly.anonymous_views, -weekly.registered_views, -weekly.views
+        ).where(weekly.week == monday),
+    ).subquery()
+    anon, reg, views = (func.sum(parts.c[name]) for name in ("anon", "reg", "views"))
+    differences = [
+        {
+            "sku_lower": sku,
+            "week": monday,
+            "anonymous_views": int(a),
+            "registered_views": int(r),
+            "views": int(v),
+        }
+        for sku, a, r, v in db.session.execute(
+            select(parts.c.sku_lower, anon, reg, views)
+            .group_by(parts.c.sku_lower)
+            .having(or_(anon != 0, reg != 0, views != 0))
+            .order_by(parts.c.sku_lower)
+        )
+    ]
+    if differences:
+        counted = [*COUNTED, "views"]
+        db.session.execute(
+            upsert_adding(weekly.__table__, ["sku_lower", "week"], counted, db.session),
+            differences,
+        )
+        # A sku the week no longer holds (its row taken down to nothing) goes.
+        lowered = [d["sku_lower"] for d in differences if min(d[name] for name in counted) < 0]
+        for at in range(0, len(lowered), DELETED_PER_STATEMENT):
+            db.session.execute(
+                delete(weekly).where(
+                    weekly.week == monday,
+                    weekly.sku_lower.in_(lowered[at : at + DELETED_PER_STATEMENT]),
+                    *[weekly.__table__.c[name] == 0 for name in counted],
+                )
+            )
+    db.session.commit()
 
 
 def _rebuilt(stretch: tuple[date, date]) -> int:
@@ -273,8 +349,7 @@ def _rebuild_days(first: date, last: date) -> int:
     # In the order the worker's batches write them (products, skus, catalog, viewers).
     _make_rows(DailyProductViews, first, last, dict(counts))
     skus = _skus_of({pid for pid, _day in counts}, db.session)
-    per_sku = _summed(counts, lambda pid, day: (skus[pid], day) if pid in skus else None)
-    _make_rows(DailySkuViews, first, last, {key: (a, r, a + r) for key, (a, r) in per_sku})
+    _make_rows(DailySkuViews, first, last, _per_sku(counts, skus, lambda day: day))
     _make_rows(DailyCatalogViews, first, last, dict(_summed(counts, lambda _pid, day: (day,))))
     viewed_by = (
         select(ProductView.product_id, day_of_view, ProductView.user_id)
