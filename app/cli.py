@@ -171,6 +171,7 @@ def notifications_retry(ids: tuple[int, ...], all_failed: bool, all_unknown: boo
 stats = AppGroup("stats", help="Product view statistics.")
 views = AppGroup("views", help="Raw product view records.")
 DAY = click.DateTime(formats=["%Y-%m-%d"])
+ROLLUP_LOCK = "marketplace_stats_rollup"
 
 
 @stats.command("rollup")
@@ -182,16 +183,23 @@ def stats_rollup(start, end) -> None:
 
     Meant for past days: views still being written for a day in the range (today) can
     be missed by the rebuild, so the default range ends yesterday (the weekly pass is
-    safe on the week being written).
+    safe on the week being written). One run at a time (MariaDB: a named lock).
     """
     end = end.date() if end else datetime.now(UTC).date() - timedelta(days=1)
     start = start.date() if start else end - timedelta(days=29)
     if start > end:
         raise click.BadParameter("must not be after --to", param_hint="--from")
-    with progress("rolling up", (end - start).days + 1, "days") as advance:
-        count, first = rollups.rebuild_rollups(start, end, advance)
+    with dialect.named_lock(ROLLUP_LOCK, 0) as got:
+        if not got:
+            # Two runs would both add a week's difference to it, and rewrite each other's
+            # days between a read and a write.
+            raise click.ClickException("another flask stats rollup is running: try again later")
+        with progress("rolling up", (end - start).days + 1, "days") as advance:
+            count, first = rollups.rebuild_rollups(start, end, advance)
     if first is None:
-        click.echo(f"no raw views in that range: nothing rebuilt ({advance.seconds:.1f}s)")
+        click.echo(
+            f"no raw views in that range: its days keep their roll-ups ({advance.seconds:.1f}s)"
+        )
         return
     if first > start:
         click.echo(f"raw views start on {first}; earlier days keep their roll-ups")

@@ -76,7 +76,7 @@ def test_a_range_without_views_says_so(runner, views, rows):
     result = runner.invoke(args=["stats", "rollup", "--from", "2025-01-01", "--to", "2025-01-31"])
     assert result.exit_code == 0, result.output
     assert re.fullmatch(
-        r"no raw views in that range: nothing rebuilt \(\d+\.\ds\)\n", result.output
+        r"no raw views in that range: its days keep their roll-ups \(\d+\.\ds\)\n", result.output
     )
 
 

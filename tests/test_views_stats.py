@@ -17,7 +17,8 @@ from sqlalchemy import delete, event, insert, select, update
 
 from app import create_app
 from app.catalog.models import Product
-from app.core import config, redis_client
+from app.cli import ROLLUP_LOCK
+from app.core import config, dialect, redis_client
 from app.core.extensions import db
 from app.core.spreadsheets import csv_cell, plain_cell
 from app.views import recorder, rollups, stream
@@ -609,6 +610,18 @@ def test_a_week_mended_while_the_worker_writes_keeps_what_the_worker_wrote(app, 
         for r in rows(WeeklySkuViews)
     ]
     assert weekly == [("abc", monday, 5, 0, 5)]
+
+
+def test_one_rollup_runs_at_a_time(app, runner):
+    with app.app_context(), dialect.named_lock(ROLLUP_LOCK, 0) as got:
+        assert got
+        sqlite = dialect.is_sqlite()
+        result = runner.invoke(args=["stats", "rollup"])
+    if sqlite:  # one host, one writer at a time: no lock to take
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 1
+        assert "another flask stats rollup is running" in result.output
 
 
 def test_stats_of_an_unknown_product_is_404(client, admin):

@@ -207,6 +207,8 @@ DAYS_PER_TRANSACTION = 1
 ROLLUP_THREADS = 2
 # Keys per DELETE of the roll-up rows that differ from the raw views.
 DELETED_PER_STATEMENT = 500
+# Skus per transaction of a week's mend: no worker batch waits on a whole week's rows.
+MENDED_PER_TRANSACTION = 500
 
 
 def rebuild_rollups(
@@ -257,8 +259,8 @@ def rebuild_rollups(
 
 
 def _mend_week(monday: date) -> None:
-    """Make the weekly roll-ups of the week from ``monday`` the sums of its days', in a
-    transaction of its own, while the worker writes.
+    """Make the weekly roll-ups of the week from ``monday`` the sums of its days', while
+    the worker writes.
 
     One statement reads each sku's difference between the sums of its days and its weekly
     row, and each difference is then added to the row. A batch of views the worker
@@ -294,23 +296,24 @@ def _mend_week(monday: date) -> None:
             .order_by(parts.c.sku_lower)
         )
     ]
-    if differences:
-        counted = [*COUNTED, "views"]
+    db.session.commit()  # the read's transaction
+    counted = [*COUNTED, "views"]
+    # Each difference is right whenever it is added: a few hundred per transaction.
+    for at in range(0, len(differences), MENDED_PER_TRANSACTION):
+        chunk = differences[at : at + MENDED_PER_TRANSACTION]
         db.session.execute(
-            upsert_adding(weekly.__table__, ["sku_lower", "week"], counted, db.session),
-            differences,
+            upsert_adding(weekly.__table__, ["sku_lower", "week"], counted, db.session), chunk
         )
         # A sku the week no longer holds (its row taken down to nothing) goes.
-        lowered = [d["sku_lower"] for d in differences if min(d[name] for name in counted) < 0]
-        for at in range(0, len(lowered), DELETED_PER_STATEMENT):
+        if lowered := [d["sku_lower"] for d in chunk if min(d[name] for name in counted) < 0]:
             db.session.execute(
                 delete(weekly).where(
                     weekly.week == monday,
-                    weekly.sku_lower.in_(lowered[at : at + DELETED_PER_STATEMENT]),
+                    weekly.sku_lower.in_(lowered),
                     *[weekly.__table__.c[name] == 0 for name in counted],
                 )
             )
-    db.session.commit()
+        db.session.commit()
 
 
 def _rebuilt(stretch: tuple[date, date]) -> int:
