@@ -90,6 +90,8 @@ ROLLUP_TARGET = Target("<=", 30)
 ROLLUP_SECONDS = 3600
 
 COMMON_WORD = NOUNS[0]  # in one product name of 9
+# The common word with its last two letters swapped: corrected to it (one edit).
+MISSPELT_WORD = COMMON_WORD[:-2] + COMMON_WORD[-1] + COMMON_WORD[-2]
 RANGE = f"from={FIRST_DAY}&to={LAST_DAY}"
 
 
@@ -400,6 +402,10 @@ def lines(scales: list[Scale]):
         ),
         ("GET /api/products?cursor=<second half>", each(deep_cursor_paths)),
         (f"GET /api/products?q={COMMON_WORD}", each(lambda s: [f"/api/products?q={COMMON_WORD}"])),
+        (
+            f"GET /api/products?q={MISSPELT_WORD} (corrected to {COMMON_WORD})",
+            each(lambda s: [f"/api/products?q={MISSPELT_WORD}"]),
+        ),
         (
             "GET /api/products?q=<a product's number>",
             each(lambda s: [f"/api/products?q={n:07d}" for n in rare_numbers(s)]),

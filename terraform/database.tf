@@ -15,10 +15,18 @@ resource "aws_db_subnet_group" "main" {
 resource "aws_db_parameter_group" "main" {
   name        = "${local.prefix}-mariadb"
   family      = "mariadb${var.db_engine_version}"
-  description = "MariaDB of ${local.prefix}: TLS required"
+  description = "MariaDB of ${local.prefix}: TLS required, triggers by the migrations"
 
   parameter {
     name  = "require_secure_transport"
+    value = "1"
+  }
+
+  # The search's index (product_words) is kept by triggers on products, which `flask db
+  # upgrade` creates as the master user: with binary logging on (backups), RDS allows
+  # that only with this set (the master user has no SUPER privilege).
+  parameter {
+    name  = "log_bin_trust_function_creators"
     value = "1"
   }
 }

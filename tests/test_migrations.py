@@ -5,7 +5,7 @@ import os
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from flask_migrate import upgrade
+from flask_migrate import downgrade, upgrade
 from sqlalchemy import create_engine, inspect, make_url, text
 
 from app import create_app
@@ -246,3 +246,65 @@ def test_each_skus_views_per_week_are_summed_from_its_days(empty_database):
         ("shoe", "2026-02-23", 2, 1, 3),
         ("shoe", "2026-03-02", 4, 4, 8),
     ]
+
+
+def test_the_search_index_is_filled_from_the_live_products_and_survives_a_downgrade(
+    empty_database,
+):
+    app = create_app(config.TestConfig(empty_database))
+    with app.app_context():
+        upgrade(revision="0016_weekly_sku_views")
+        with db.engine.begin() as conn:
+            # Ids on both sides of the fill's ranges of 10,000, and far beyond.
+            for id_, search, deleted in (
+                (1, "wwbota wwroja wwbota", None),
+                (9_999, "wwbota wwazul", "2026-01-02"),
+                (10_000, "", None),  # a name without a word
+                (10_001, "wwcapa", None),
+                (25_000, "wwcapa wwroja", None),
+                (900_000, "wwgorro", None),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO products (id, sku, sku_lower, sku_key, name, search, price,"
+                        " mark, quantity, version, created_at, updated_at, deleted_at) VALUES"
+                        " (:id, :sku, :sku, :key, 'n', :search, 1, 'm', 0, 1, '2026-01-01',"
+                        " '2026-01-01', :d)"
+                    ),
+                    {
+                        "id": id_,
+                        "sku": f"s{id_}",
+                        "key": None if deleted else f"s{id_}",
+                        "search": search,
+                        "d": deleted,
+                    },
+                )
+        upgrade()
+        query = text(
+            "SELECT word, other_words, product_id FROM product_words"
+            " ORDER BY word, other_words, product_id"
+        )
+        with db.engine.connect() as conn:
+            filled = conn.execute(query).all()
+            vocabulary = conn.execute(text("SELECT length, word FROM search_vocabulary")).all()
+        downgrade(revision="0016_weekly_sku_views")
+        upgrade()
+        with db.engine.connect() as conn:
+            again = conn.execute(query).all()
+        db.engine.dispose()
+    # bota twice in a name of three words: one row, one other word.
+    assert [tuple(row) for row in filled] == [
+        ("bota", 1, 1),
+        ("capa", 0, 10_001),
+        ("capa", 1, 25_000),
+        ("gorro", 0, 900_000),
+        ("roja", 1, 25_000),
+        ("roja", 2, 1),
+    ]
+    assert sorted(tuple(row) for row in vocabulary) == [
+        (4, "bota"),
+        (4, "capa"),
+        (4, "roja"),
+        (5, "gorro"),
+    ]
+    assert again == filled

@@ -5,13 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, Index, Integer, Numeric, String, Text, select
+from sqlalchemy import (
+    CheckConstraint,
+    Index,
+    Integer,
+    Numeric,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Text,
+    select,
+)
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from app.core.columns import TABLE_ARGS, UTCDateTime, key_string, text_column, utcnow
-from app.core.dialect import locked, search_document
+from app.core.dialect import locked
 from app.core.extensions import db
 from app.core.text import key, search_words
+
+# products.search holds each word of the name behind this mark, cut at WORD_MAX characters
+# (the format migration 0013 gave it); the triggers of product_words read the words after
+# the mark.
+WORD_MARK = "ww"
+WORD_MAX = 80
 
 
 class Product(db.Model):
@@ -39,9 +55,8 @@ class Product(db.Model):
     # sku, whatever its case; a deleted product's sku can be used again.
     sku_key: Mapped[str | None] = mapped_column(key_string(64), unique=True)
     name: Mapped[str] = mapped_column(text_column(200))
-    # The name's words as search reads them (``search_of``), under a full-text index that
-    # the migrations keep (MariaDB: FULLTEXT ft_products_search; SQLite: the FTS5 table
-    # products_fts, by triggers), so that a product is found once its write commits.
+    # The name's words as search reads them (``search_of``): the database's triggers
+    # write them into product_words (``ProductWord``) in the same statement.
     search: Mapped[str] = mapped_column(Text, default="", server_default="")
     price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     mark: Mapped[str] = mapped_column(text_column(100))
@@ -74,9 +89,15 @@ class Product(db.Model):
         return sku
 
     @staticmethod
-    def search_of(name: str) -> str:
-        """What the search index reads of a name: its words, accents and case folded."""
-        return search_document(search_words(name))
+    def words_of(text: str) -> list[str]:
+        """The words of a name or a search as the search compares them: accents and case
+        folded (``text.search_words``), each cut at ``WORD_MAX`` characters."""
+        return [word[:WORD_MAX] for word in search_words(text)]
+
+    @classmethod
+    def search_of(cls, name: str) -> str:
+        """What the search's index reads of a name (``products.search``)."""
+        return " ".join(WORD_MARK + word for word in cls.words_of(name))
 
     @validates("name")
     def _derive_search(self, _key: str, name: str) -> str:
@@ -167,3 +188,47 @@ class Product(db.Model):
 
     def __repr__(self) -> str:
         return f"<Product {self.sku}>"
+
+
+class ProductWord(db.Model):
+    """The search's index: one row per distinct word of each live product's name.
+
+    Written by the database alone: triggers on ``products`` (migration
+    0017_product_words) read ``search`` whenever a row is inserted, its ``search`` or
+    ``deleted_at`` changes, or it is deleted, so every writer (the ORM, the import's bulk
+    statements, SQL run by hand) keeps it, in its own transaction. A deleted product has
+    no rows: the index holds the live catalog. SQL run by hand must write ``search`` as
+    ``Product.search_of`` does (a write whose ``search`` holds a quote, a backslash or a
+    control character fails: the triggers read it as a JSON list).
+
+    The key orders a word's products as the search ranks them (``app/catalog/search.py``):
+    the fewest other words in the name first, then the oldest."""
+
+    __tablename__ = "product_words"
+    __table_args__ = (
+        PrimaryKeyConstraint("word", "other_words", "product_id"),
+        Index("ix_product_words_product_id", "product_id"),
+        TABLE_ARGS,
+    )
+
+    # A word of the name as ``text.search_words`` gives it (accents and case folded),
+    # cut at ``WORD_MAX`` characters.
+    word: Mapped[str] = mapped_column(key_string(WORD_MAX))
+    # How many of the name's words are not this one: 0 for a name of just this word.
+    other_words: Mapped[int] = mapped_column(SmallInteger)
+    product_id: Mapped[int] = mapped_column(Integer)
+
+
+class SearchVocabulary(db.Model):
+    """Every word a live product's name has held, by length: where the search looks for the
+    correction of a misspelt word (``app/catalog/search.py`` ``closest``).
+
+    Written by the triggers that keep ``ProductWord`` (migration 0017_product_words), which
+    add a product's new words and never remove one (a word no live product holds any more
+    is never chosen: the search counts each candidate's products)."""
+
+    __tablename__ = "search_vocabulary"
+    __table_args__ = (PrimaryKeyConstraint("length", "word"), TABLE_ARGS)
+
+    length: Mapped[int] = mapped_column(SmallInteger)
+    word: Mapped[str] = mapped_column(key_string(WORD_MAX))

@@ -1,5 +1,7 @@
 """Products: anyone reads; admins create, change and delete."""
 
+from urllib.parse import quote
+
 from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_jwt_extended import current_user
@@ -51,6 +53,20 @@ IF_MATCH = {
 ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "The version read."}}
 
 
+CORRECTED_HEADER = {
+    "X-Corrected-Query": {
+        "schema": {"type": "string"},
+        "description": "Only when q found nothing and a misspelt word was corrected: the "
+        "words of the search answered instead (accents and case folded), percent-encoded "
+        "UTF-8 (zapatos%20rojos for q=Zapatso rojos).",
+    }
+}
+
+
+def corrected_header(corrected: str | None) -> dict:
+    return {} if corrected is None else {"X-Corrected-Query": quote(corrected)}
+
+
 def lock_or_404(sku: str) -> Product:
     """The product, locked for a change, if it is the version the client names (If-Match;
     412 otherwise)."""
@@ -87,7 +103,7 @@ def update(sku: str, data: dict) -> Response:
 class Products(MethodView):
     @token_optional
     @products_blp.arguments(ProductListQuerySchema, location="query", as_kwargs=True)
-    @products_blp.response(200, ProductSchema(many=True))
+    @products_blp.response(200, ProductSchema(many=True), headers=CORRECTED_HEADER)
     @products_blp.paginate()
     def get(self, pagination_parameters, **filters):
         """List products, filtered, sorted and paginated (by page, or by cursor).
@@ -103,19 +119,19 @@ class Products(MethodView):
                     messages={"query": {"page": ["Not with cursor: a walk goes by cursor."]}},
                 )
             position = filters.pop("cursor")
-            body, next_cursor, total = service.list_after(
+            body, next_cursor, total, corrected = service.list_after(
                 filters, position, pagination_parameters.page_size, count
             )
             cursor_page(pagination_parameters, next_cursor, total)
-            return Response(body, mimetype=JSON)
+            return Response(body, mimetype=JSON, headers=corrected_header(corrected))
         within_reach(pagination_parameters, service.DEEPEST_PAGED)
-        total, body = service.list_page(
+        total, body, corrected = service.list_page(
             filters, pagination_parameters.page, pagination_parameters.page_size
         )
         pagination_parameters.item_count = total
         # Already the JSON ProductSchema(many=True) documents: answered as it is
         # (flask-smorest still adds the pagination headers to this response).
-        return Response(body, mimetype=JSON)
+        return Response(body, mimetype=JSON, headers=corrected_header(corrected))
 
     @admin_required
     @transaction

@@ -24,13 +24,8 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    column,
-    false,
     func,
-    literal_column,
-    null,
     select,
-    table,
     text,
     update,
 )
@@ -372,46 +367,12 @@ def as_date(value) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
-# ---------------------------------------------------------------- full-text search
+# ---------------------------------------------------------------- schema
 
-# Each word of a searched column is stored behind this mark, and cut at WORD_MAX
-# characters: MariaDB's FULLTEXT index, with the server's defaults, leaves out words
-# shorter than innodb_ft_min_token_size (3) or longer than innodb_ft_max_token_size (84),
-# and its stopwords ("the", "with", "und"...); "ww" + word is never one of those. SQLite's
-# FTS5 index reads the same text.
-WORD_MARK = "ww"
-WORD_MAX = 80
-# SQLite's FTS5 table of a searched column, kept by triggers (the migration that adds it).
+# The full-text indexes of migration 0013 (SQLite's FTS5 table products_fts, MariaDB's
+# FULLTEXT ft_products_search) stay until a later release's migration drops them: the
+# release before 0017 searches through them while the next one is rolled out.
 FTS_SUFFIX = "_fts"
-
-
-def search_document(words: list[str]) -> str:
-    """The text a full-text index reads for these words (``text.search_words``)."""
-    return " ".join(WORD_MARK + word[:WORD_MAX] for word in words)
-
-
-def full_text(searched, words: list[str]) -> tuple:
-    """(WHERE clause, relevance: higher is better) of a search of the column ``searched``
-    (stored with ``search_document``) for rows holding every word, each as a whole word
-    or the start of one. MariaDB: MATCH ... AGAINST ('+wwzapa* +wwrojo*' IN BOOLEAN MODE) on the
-    column's FULLTEXT index; SQLite: the column's FTS5 table (``<table>_fts``, rowid the
-    row's id), ranked by bm25."""
-    if not words:
-        return false(), null()  # not 0: ORDER BY 0 would name a column
-    terms = [WORD_MARK + word[:WORD_MAX] for word in words]
-    if not is_sqlite():
-        match = searched.match(" ".join(f"+{term}*" for term in terms))
-        return match, match
-    fts = table(searched.table.name + FTS_SUFFIX, column("rowid"), column("rank"))
-    query = " AND ".join(f'"{term}"*' for term in terms)
-
-    def matching():
-        return literal_column(fts.name).op("MATCH")(query)
-
-    ids = searched.table.c.id
-    where = ids.in_(select(fts.c.rowid).where(matching()))
-    rank = select(fts.c.rank).where(matching(), fts.c.rowid == ids).scalar_subquery()
-    return where, -rank
 
 
 def in_models(obj, name, type_, reflected, compare_to) -> bool:

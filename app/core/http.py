@@ -47,7 +47,7 @@ def init_app(app: Flask) -> None:
         CORS(
             app,
             resources={r"/api/*": {"origins": origins}},
-            expose_headers=["X-Pagination", "Link", "Location"],
+            expose_headers=["X-Pagination", "Link", "Location", "X-Corrected-Query"],
         )
     app.before_request(_start)
     app.after_request(_finish)

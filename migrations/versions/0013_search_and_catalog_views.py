@@ -5,7 +5,7 @@ triggers; existing products are filled in. The catalog's views per day
 
 Each word is stored as "ww" + the word (cut at 80 characters), so that MariaDB's index,
 with the server's defaults (innodb_ft_min_token_size 3, its stopwords), keeps every word.
-The rule is app/core/text.py search_words and app/core/dialect.py search_document, copied
+The rule is app/core/text.py search_words and Product.search_of (app/catalog/), copied
 here as they are now: a migration does not change when the app does.
 
 On SQLite, a later migration that rebuilds the products table (batch_alter_table) drops
